@@ -1,0 +1,104 @@
+"""File I/O: atomic writes, safetensors with a JSON metadata block, JSON and tables.
+
+Every writer goes through :func:`atomic_output`: the content is written to a temporary file in
+the destination's directory and renamed over the destination only when complete, so a killed
+job never leaves a half-written artifact that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+METADATA_KEY = "clipdrift"
+
+
+class ArtifactError(ValueError):
+    """A file exists but cannot be used (truncated, wrong kind, missing metadata)."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
+def _json_default(value):
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Save tensors with ``metadata`` (any JSON-able dict) under the ``clipdrift`` header key."""
+    header = {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=_json_default)}
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load tensors and the clipdrift metadata; refuse missing, truncated or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_len))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ArtifactError(
+            f"checkpoint {path} is unreadable (truncated or not a safetensors file: {error}). "
+            "Delete it and rerun the job that writes it."
+        ) from error
+    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ArtifactError(f"{path} has no clipdrift metadata: it was not written by clipdrift")
+    return tensors, json.loads(raw)
+
+
+def write_table(frame, path: str | os.PathLike) -> None:
+    """Write a pandas DataFrame as CSV or Parquet, chosen by the file suffix."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        elif path.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            raise ValueError(f"unsupported table format {path.suffix!r}: use .csv or .parquet")
+
+
+def read_table(path: str | os.PathLike):
+    import pandas as pd
+
+    path = Path(path)
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)

@@ -1,0 +1,92 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipdrift.adapters import MethodConfig, apply_method, trainable_parameter_counts, trainable_parameters
+from clipdrift.backbones import BackboneSpec, build_classifier
+from conftest import make_tiny
+
+
+def test_vit_b32_lora_parameter_counts_match_the_paper():
+    model = apply_method(build_classifier(BackboneSpec("ViT-B-32-quickgelu"), 37, seed=0), MethodConfig("lora"))
+    counts = trainable_parameter_counts(model)
+    assert counts["adapter"] == 294_912  # 12 layers x (q, v) x r8 x (768 + 768)
+    assert counts["projection"] == 393_216  # 768 x 512
+    assert counts["head"] == 512 * 37 + 37
+    assert counts["image_tower"] == counts["text_tower"] == 0
+
+
+def test_full_ft_trains_the_image_tower_projection_and_head_only(tiny_spec):
+    counts = trainable_parameter_counts(make_tiny("full"))
+    assert counts["image_tower"] > 0 and counts["projection"] > 0 and counts["head"] > 0
+    assert counts["text_tower"] == 0 and counts["adapter"] == 0
+
+
+def test_lora_targets_only_image_tower_q_and_v():
+    model = make_tiny("lora")
+    adapted = {name.split(".lora_")[0] for name, _ in model.named_parameters() if "lora_" in name}
+    assert adapted == {f"clip.visual.transformer.resblocks.{i}.attn.{p}" for i in range(3) for p in ("q_proj", "v_proj")}
+
+
+def test_frozen_projection_switch():
+    counts = trainable_parameter_counts(make_tiny("lora", train_projection=False))
+    assert counts["projection"] == 0 and counts["adapter"] > 0
+
+
+def test_bad_method_config_is_refused():
+    with pytest.raises(ValueError, match="method 'bitfit'"):
+        MethodConfig("bitfit")
+    with pytest.raises(ValueError, match="lora targets"):
+        MethodConfig("lora", lora_targets=("query",))
+
+
+def test_lora_at_init_equals_the_pretrained_model(tiny_images):
+    base, lora = make_tiny("full", seed=4), make_tiny("lora", seed=4)
+    with torch.no_grad():
+        assert torch.equal(lora.eval()(tiny_images), base.eval()(tiny_images))
+
+
+def _train_steps(model, images, steps=3, lr=1e-2):
+    optimiser = torch.optim.AdamW(trainable_parameters(model), lr=lr)
+    targets = torch.arange(images.shape[0]) % model.n_classes
+    model.train()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        F.cross_entropy(model(images), targets).backward()
+        optimiser.step()
+    return model.eval()
+
+
+def _snapshot(model):
+    return {name: param.detach().clone() for name, param in model.named_parameters()}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_only_the_methods_parameters_change_and_never_the_text_tower(method, tiny_images):
+    model = make_tiny(method)
+    before = _snapshot(model)
+    _train_steps(model, tiny_images)
+    changed = {name for name, value in _snapshot(model).items() if not torch.equal(value, before[name])}
+    assert not any(name.startswith("clip.") and not name.startswith("clip.visual.") for name in changed)
+    assert "clip.visual.proj" in changed and "head.weight" in changed
+    if method == "lora":
+        assert changed <= {n for n in before if "lora_" in n} | {"clip.visual.proj", "head.weight", "head.bias"}
+        assert any("lora_B" in name for name in changed)
+    else:
+        assert "clip.visual.transformer.resblocks.0.attn.q_proj.weight" in changed
+
+
+def test_trained_lora_equals_a_hand_merged_model(tiny_images):
+    lora = _train_steps(make_tiny("lora", seed=5, lora_r=4, lora_alpha=8), tiny_images)
+    merged = make_tiny("full", seed=5)
+    scale = 8 / 4
+    state = lora.state_dict()
+    with torch.no_grad():
+        for i, block in enumerate(merged.clip.visual.transformer.resblocks):
+            for proj in ("q_proj", "v_proj"):
+                prefix = f"clip.visual.transformer.resblocks.{i}.attn.{proj}"
+                delta = state[f"{prefix}.lora_B.default.weight"] @ state[f"{prefix}.lora_A.default.weight"]
+                getattr(block.attn, proj).weight.copy_(state[f"{prefix}.base_layer.weight"] + scale * delta)
+        merged.clip.visual.proj.copy_(lora.clip.visual.proj)
+        merged.head.load_state_dict(lora.head.state_dict())
+        assert torch.allclose(lora(tiny_images), merged(tiny_images), atol=1e-5)
