@@ -102,3 +102,19 @@ def read_table(path: str | os.PathLike):
 
     path = Path(path)
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def write_image_split(path: str | os.PathLike, split, dataset: str, split_name: str) -> None:
+    """Store a :class:`clipdrift.data.ImageSplit` in the tensor cache."""
+    tensors = {"images": split.images.contiguous(), "labels": split.labels.contiguous()}
+    metadata = {"dataset": dataset, "split": split_name, "class_names": list(split.class_names)}
+    write_safetensors(path, tensors, metadata)
+
+
+def read_image_split(path: str | os.PathLike):
+    from clipdrift.data import ImageSplit
+
+    tensors, metadata = read_safetensors(path)
+    if set(tensors) != {"images", "labels"}:
+        raise ArtifactError(f"{path} is not an image split (holds {sorted(tensors)})")
+    return ImageSplit(tensors["images"], tensors["labels"], metadata["class_names"])
