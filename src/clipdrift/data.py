@@ -32,3 +32,16 @@ class ImageSplit:
     def subset(self, indices) -> "ImageSplit":
         index = torch.as_tensor(indices, dtype=torch.long)
         return ImageSplit(self.images[index], self.labels[index], list(self.class_names))
+
+
+def to_model_input(images: torch.Tensor, mean, std, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 ``(N, 3, H, W)`` → float, CLIP-normalised; ``flip_mask`` flips selected images.
+
+    Runs on whatever device ``images`` is on (the GPU during training when there is one).
+    """
+    x = images.float().div_(255.0)
+    if flip_mask is not None and bool(flip_mask.any()):
+        x[flip_mask] = x[flip_mask].flip(-1)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
