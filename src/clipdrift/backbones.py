@@ -23,15 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipdrift.errors import UserFacingError
+
 PACKAGED_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _HF_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE")
 
 
-class BackboneUnavailableError(RuntimeError):
+class BackboneUnavailableError(UserFacingError, RuntimeError):
     """Pretrained weights could not be found or fetched."""
 
 
-class BackboneConfigError(ValueError):
+class BackboneConfigError(UserFacingError, ValueError):
     """The backbone name or pretrained reference is not valid."""
 
 

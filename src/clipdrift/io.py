@@ -18,10 +18,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from clipdrift.errors import UserFacingError
+
 METADATA_KEY = "clipdrift"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserFacingError, ValueError):
     """A file exists but cannot be used (truncated, wrong kind, missing metadata)."""
 
 
