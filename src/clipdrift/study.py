@@ -1,0 +1,173 @@
+"""From a validated study config to the settings each stage runs with, and script plumbing.
+
+The Snakemake layer validates the config against its JSON schema, then calls these functions
+to derive plain, JSON-able settings dicts that it passes to each rule as ``params`` (so that a
+change to a stage's settings reruns exactly that stage). :func:`run_script` is the common
+wrapper of the workflow scripts: logging to the rule's log, thread count, and user errors
+reported without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+import open_clip
+
+from clipdrift.errors import UserFacingError
+
+REAL_DATASETS = ("eurosat", "pets", "cifar100")
+log = logging.getLogger("clipdrift")
+
+
+class StudyConfigError(UserFacingError, ValueError):
+    """The study config is valid JSON-schema-wise but inconsistent."""
+
+
+def canonical_lr(value) -> str:
+    """The canonical string of a learning rate, as used in paths and tables: ``1e-05``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise StudyConfigError(f"learning_rates: {value!r} is not a number (e.g. 1.0e-5)") from None
+    if not 0 < number <= 1:
+        raise StudyConfigError(f"learning_rates: {value!r} must lie in (0, 1]")
+    mantissa, exponent = f"{number:.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent):+03d}"
+
+
+def dataset_source(name: str) -> str:
+    return "real" if name in REAL_DATASETS else "world"
+
+
+def backbone_image_size(config: dict) -> int:
+    model_config = open_clip.get_model_config(config["backbone"]["name"]) or {}
+    size = model_config.get("vision_cfg", {}).get("image_size", 224)
+    return size if isinstance(size, int) else size[0]
+
+
+def check_study_config(config: dict) -> None:
+    """Cross-key checks the schema cannot express; raises naming the key and the fix."""
+    from clipdrift.backbones import register_packaged_configs
+
+    register_packaged_configs()
+    names = [d["name"] for d in config["datasets"]]
+    if len(set(names)) != len(names):
+        raise StudyConfigError(f"datasets: names must be unique, got {names}")
+    lrs = [canonical_lr(lr) for lr in config["learning_rates"]]
+    if len(set(lrs)) != len(lrs):
+        raise StudyConfigError(f"learning_rates: {config['learning_rates']} lists the same rate twice ({lrs})")
+    if config["backbone"]["name"] not in open_clip.list_models():
+        raise StudyConfigError(
+            f"backbone.name {config['backbone']['name']!r} is not an open_clip model config "
+            "(e.g. ViT-B-32-quickgelu, clipdrift-tiny)"
+        )
+    expected = backbone_image_size(config)
+    for name in [*names, config["zeroshot"]["dataset"]]:
+        key, size = _image_size_key(config, name)
+        if size != expected:
+            raise StudyConfigError(
+                f"{key} is {size} but backbone {config['backbone']['name']} expects {expected}-pixel "
+                f"images: set {key}: {expected} (dataset {name})."
+            )
+
+
+def _image_size_key(config: dict, dataset: str) -> tuple[str, int]:
+    if dataset_source(dataset) == "world":
+        return "world.image_size", config["world"]["image_size"]
+    return "data.image_size", config["data"]["image_size"]
+
+
+def data_settings(config: dict, dataset: str) -> dict:
+    """How to build a dataset's splits and probe (what its cache depends on)."""
+    data = config["data"]
+    settings = {"source": dataset_source(dataset), "probe_size": data["probe_size"], "probe_seed": data["probe_seed"]}
+    if settings["source"] == "world":
+        settings["world"] = {"seed": config["world"]["seed"], "image_size": config["world"]["image_size"]}
+    else:
+        settings.update(
+            root=data["root"], download=data["download"], image_size=data["image_size"],
+            interpolation=data["interpolation"], split_seed=data["split_seed"],
+        )
+    return settings
+
+
+def method_settings(config: dict, method: str) -> dict:
+    """Keyword arguments of :class:`clipdrift.adapters.MethodConfig` for ``method``."""
+    if method == "full":
+        return {"method": "full"}
+    lora = config["lora"]
+    return {
+        "method": "lora", "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
+        "lora_targets": list(lora["targets"]), "train_projection": lora["train_projection"],
+    }
+
+
+def run_script(snakemake, main: Callable) -> None:
+    """Run a workflow script's ``main(snakemake)`` with logging, threads and clean user errors."""
+    import torch
+
+    _configure_logging(snakemake.log[0] if len(snakemake.log) else None)
+    torch.set_num_threads(max(1, int(snakemake.threads)))
+    try:
+        main(snakemake)
+    except UserFacingError as error:
+        log.error("%s", error)
+        sys.exit(1)
+    except Exception:
+        log.exception("unexpected error in rule %s", getattr(snakemake, "rule", "?"))
+        raise
+
+
+def _configure_logging(log_path: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+
+
+def training_settings(config: dict, dataset: str, lr: str, seed: int) -> dict:
+    """The optimisation settings of one run (everything its fine-tune depends on)."""
+    training = config["training"]
+    dataset_config = next(d for d in config["datasets"] if d["name"] == dataset)
+    return {
+        "epochs": dataset_config["epochs"],
+        "lr": float(lr),
+        "seed": seed,
+        "batch_size": training["batch_size"],
+        "weight_decay": training["weight_decay"],
+        "warmup_fraction": training["warmup_fraction"],
+        "grad_clip": training["grad_clip"],
+        "amp": training["amp"],
+        "eval_batch_size": training["eval_batch_size"],
+        "selection_split": training["selection_split"],
+        "max_train_images": dataset_config.get("max_train_images"),
+    }
+
+
+def attention_settings(config: dict) -> dict:
+    metrics = config["metrics"]
+    return {key: metrics[key] for key in ("aggregation", "batch_size", "rollout_alpha", "erf_mass", "entropy_unit")}
+
+
+def cka_settings(config: dict) -> dict:
+    return {"token": config["metrics"]["cka_token"], "batch_size": config["metrics"]["batch_size"]}
+
+
+def zeroshot_settings(config: dict) -> dict:
+    return {"templates": config["zeroshot"]["templates"], "batch_size": config["zeroshot"]["batch_size"]}
+
+
+def backbone_descriptor(config: dict, weights_path: str | None = None) -> dict:
+    """What backbone.json records: enough to rebuild the pretrained model anywhere."""
+    backbone = config["backbone"]
+    return {
+        "name": backbone["name"],
+        "pretrained": weights_path if backbone["source"] == "world" else backbone["pretrained"],
+        "cache_dir": backbone.get("cache_dir"),
+        "source": backbone["source"],
+    }

@@ -1,0 +1,35 @@
+# The pretrained backbone every run starts from, described by backbone.json. On the synthetic
+# world a tiny CLIP is pretrained here; otherwise the open_clip weights are checked up front so
+# that an offline run without cached weights stops at this first job with a clear message.
+
+if config["backbone"]["source"] == "world":
+
+    rule pretrain_backbone:
+        output:
+            descriptor=f"{STUDY}/backbone/backbone.json",
+            weights=f"{STUDY}/backbone/backbone.safetensors",
+            history=f"{STUDY}/backbone/pretrain.json",
+        params:
+            name=config["backbone"]["name"],
+            world=config["world"],
+            code=code_digest(*MODEL_CODE, *DATA_CODE),
+        threads: workflow.cores
+        log:
+            f"{LOGS}/backbone.log",
+        benchmark:
+            f"{BENCH}/backbone.tsv"
+        script:
+            "../scripts/pretrain_backbone.py"
+
+else:
+
+    rule check_backbone:
+        output:
+            descriptor=f"{STUDY}/backbone/backbone.json",
+        params:
+            backbone=config["backbone"],
+            code=code_digest(*MODEL_CODE),
+        log:
+            f"{LOGS}/backbone.log",
+        script:
+            "../scripts/check_backbone.py"

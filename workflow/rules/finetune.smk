@@ -1,0 +1,31 @@
+# One fine-tune per (dataset, method, lr, seed). Resume state lives in SCRATCH, outside the
+# declared outputs (Snakemake deletes those when a job fails), so a killed run continues from
+# its last completed epoch.
+
+
+rule finetune:
+    input:
+        train=f"{STUDY}/data/{{dataset}}/train.safetensors",
+        val=f"{STUDY}/data/{{dataset}}/val.safetensors",
+        test=f"{STUDY}/data/{{dataset}}/test.safetensors",
+        backbone=f"{STUDY}/backbone/backbone.json",
+    output:
+        best=f"{RUN_DIR}/best.safetensors",
+        final=f"{RUN_DIR}/final.safetensors",
+        history=f"{RUN_DIR}/history.json",
+    params:
+        run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
+        method=lambda wc: method_settings(wc.method),
+        training=lambda wc: training_settings(wc.dataset, wc.lr, int(wc.seed)),
+        resume_dir=lambda wc: f"{SCRATCH}/{RUN.format(**wc)}",
+        code=code_digest(*TRAIN_CODE),
+    threads: 1
+    resources:
+        runtime=lambda wc, attempt: config["resources"]["finetune_runtime"] * attempt,
+        mem_mb=config["resources"]["finetune_mem_mb"],
+    log:
+        f"{LOGS}/finetune/{RUN}.log",
+    benchmark:
+        f"{BENCH}/finetune/{RUN}.tsv"
+    script:
+        "../scripts/finetune.py"

@@ -1,0 +1,44 @@
+# Adapter-aware zero-shot transfer on the held-out task: the fine-tuned image tower (adapters
+# active, its own projection) against text features from the frozen pretrained text tower.
+
+ZEROSHOT_TEST = f"{STUDY}/data/{ZEROSHOT_DATASET}/test.safetensors"
+
+
+rule zeroshot:
+    input:
+        checkpoint=measured_checkpoint,
+        images=ZEROSHOT_TEST,
+        backbone=f"{STUDY}/backbone/backbone.json",
+    output:
+        scores=f"{STUDY}/zeroshot/{RUN}.json",
+    params:
+        run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
+        settings=zeroshot_settings(),
+        code=code_digest(*ZEROSHOT_CODE),
+    threads: 1
+    resources:
+        runtime=config["resources"]["metrics_runtime"],
+        mem_mb=config["resources"]["metrics_mem_mb"],
+    log:
+        f"{LOGS}/zeroshot/{RUN}.log",
+    benchmark:
+        f"{BENCH}/zeroshot/{RUN}.tsv"
+    script:
+        "../scripts/zeroshot.py"
+
+
+rule zeroshot_pretrained:
+    input:
+        images=ZEROSHOT_TEST,
+        backbone=f"{STUDY}/backbone/backbone.json",
+    output:
+        scores=f"{STUDY}/zeroshot/pretrained.json",
+    params:
+        run={"dataset": None, "method": "pretrained", "lr": None, "seed": None},
+        settings=zeroshot_settings(),
+        code=code_digest(*ZEROSHOT_CODE),
+    threads: 1
+    log:
+        f"{LOGS}/zeroshot/pretrained.log",
+    script:
+        "../scripts/zeroshot.py"

@@ -1,0 +1,14 @@
+"""Check that the configured open_clip weights load, and record the backbone descriptor."""
+
+from clipdrift.backbones import BackboneSpec, create_clip
+from clipdrift.io import write_json
+from clipdrift.study import backbone_descriptor, run_script
+
+
+def main(smk):
+    descriptor = backbone_descriptor({"backbone": smk.params.backbone})
+    create_clip(BackboneSpec(descriptor["name"], descriptor["pretrained"], descriptor["cache_dir"]))
+    write_json(smk.output.descriptor, descriptor)
+
+
+run_script(snakemake, main)  # noqa: F821 - injected by Snakemake
