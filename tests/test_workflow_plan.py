@@ -1,0 +1,57 @@
+"""The workflow's plan: presets, config validation, and the front door's errors (dry runs)."""
+
+import pytest
+
+from workflow_helpers import REPO, planned_jobs, snakemake
+
+
+def test_paper_preset_plans_the_published_80_run_matrix(tmp_path):
+    plan = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/paper.yaml")))
+    assert plan["finetune"] == 80  # 2 datasets x 2 methods x 4 lrs x 5 seeds
+    assert plan["attention"] == plan["cka"] == plan["zeroshot"] == 80
+    assert plan["prepare_task"] == 2 and plan["prepare_zeroshot_task"] == 1
+    assert plan["check_backbone"] == 1 and "pretrain_backbone" not in plan
+    assert plan["aggregate"] == plan["report"] == 1
+
+
+def test_paper_preset_does_not_inherit_the_synthetic_study(tmp_path):
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "configs/paper.yaml"))
+    text = result.stdout
+    assert "world-" not in text
+    for dataset in ("eurosat", "pets"):
+        for lr in ("1e-06", "5e-06", "1e-05", "5e-05"):
+            assert f"runs/{dataset}/lora/lr{lr}/seed123/history.json" in text
+
+
+def test_default_study_is_the_synthetic_world(tmp_path):
+    plan = planned_jobs(snakemake(tmp_path, "-n"))
+    assert plan["pretrain_backbone"] == 1 and "check_backbone" not in plan
+    assert plan["finetune"] == 2 * 2 * 4 * 3
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("methods=[full,bitfit]", "instance['methods'][1]"),
+        ("learning_rates=[fast]", "instance['learning_rates'][0]"),
+        ("seeds=seven", "instance['seeds']"),
+        ("datasets=[{epochs: 3}]", "'name' is a required property"),
+        ("datasets=[{name: imagenet, epochs: 3}]", "instance['datasets'][0]['name']"),
+        ("learning_rates=[1.0e-5,0.00001]", "learning_rates"),
+    ],
+)
+def test_a_wrong_config_stops_before_any_job_naming_the_key(tmp_path, override, named):
+    result = snakemake(tmp_path, "-n", "--config", override)
+    assert result.returncode != 0
+    assert named in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_image_size_that_does_not_fit_the_backbone_is_refused_with_the_fix(tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text("world:\n  image_size: 64\n")
+    result = snakemake(tmp_path, "-n", "--configfile", str(override))
+    assert result.returncode != 0
+    assert "world.image_size is 64 but backbone clipdrift-tiny expects 32-pixel images: set world.image_size: 32" in (
+        result.stdout + result.stderr
+    )
