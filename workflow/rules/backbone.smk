@@ -14,6 +14,7 @@ if config["backbone"]["source"] == "world":
             world=config["world"],
             code=code_digest(*MODEL_CODE, *DATA_CODE),
         threads: workflow.cores
+        priority: 100
         log:
             f"{LOGS}/backbone.log",
         benchmark:
@@ -29,6 +30,7 @@ else:
         params:
             backbone=config["backbone"],
             code=code_digest(*MODEL_CODE),
+        priority: 100  # first job: missing weights stop the study before any data work
         log:
             f"{LOGS}/backbone.log",
         script:
