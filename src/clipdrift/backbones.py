@@ -298,3 +298,30 @@ def build_classifier(spec: BackboneSpec, n_classes: int, seed: int) -> CLIPClass
         torch.manual_seed(seed)
         classifier = CLIPClassifier(clip, n_classes)
     return classifier.eval()
+
+
+@contextlib.contextmanager
+def capture_hidden_states(model: nn.Module) -> Iterator[list[list[torch.Tensor]]]:
+    """Record the image tower's token states, for representation similarity (CKA).
+
+    Yields ``states``: ``states[0]`` holds the embedding output (after ``ln_pre``) and
+    ``states[i]`` the output of block ``i - 1``; each is a list with one ``(batch, tokens,
+    width)`` tensor per forward pass made inside the ``with`` block (detached).
+    """
+    blocks = image_tower_blocks(model)
+    # ln_pre runs before the transformer's NLD -> LND transpose; the blocks see its layout.
+    blocks_batch_first = getattr(model.visual.transformer, "batch_first", True)
+    states: list[list[torch.Tensor]] = [[] for _ in range(len(blocks) + 1)]
+
+    def recorder(index: int, batch_first: bool):
+        def hook(_module, _inputs, output):
+            states[index].append((output if batch_first else output.transpose(0, 1)).detach())
+        return hook
+
+    handles = [model.visual.ln_pre.register_forward_hook(recorder(0, True))]
+    handles += [block.register_forward_hook(recorder(i + 1, blocks_batch_first)) for i, block in enumerate(blocks)]
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
