@@ -1,0 +1,150 @@
+"""Zero-shot classification that sees the fine-tuned image tower, adapters included.
+
+Text side: class names × prompt templates through the frozen pretrained text tower
+(open_clip's ``build_zero_shot_classifier``: per class, the normalised mean of the normalised
+template embeddings). Image side: :meth:`CLIPClassifier.image_features`, i.e. the fine-tuned
+image tower with its LoRA adapters active and its own fine-tuned visual projection. Prediction
+is the argmax cosine similarity.
+
+Template sets ship as package data (``resources/zeroshot_templates.json``): ``single`` (the
+published study's ``"a photo of a {}"``) and ``cifar18`` (CLIP's 18 CIFAR templates, which
+open_clip does not ship).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from importlib import resources
+from typing import Callable, Sequence, Union
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from clipdrift.backbones import CLIPClassifier
+from clipdrift.data import ImageSplit
+from clipdrift.metrics.runtime import check_images, evaluating, model_input, resolve_device
+
+Template = Union[str, Callable[[str], str]]
+
+
+def _packaged_template_sets() -> dict[str, tuple[str, ...]]:
+    text = resources.files("clipdrift").joinpath("resources/zeroshot_templates.json").read_text()
+    return {name: tuple(templates) for name, templates in json.loads(text).items() if not name.startswith("_")}
+
+
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = _packaged_template_sets()
+
+
+def load_templates(name: str) -> list[str]:
+    """The prompt templates of a named set (``single`` or ``cifar18``)."""
+    if name not in TEMPLATE_SETS:
+        raise ValueError(f"zero-shot template set {name!r} is unknown: use one of {sorted(TEMPLATE_SETS)}")
+    return list(TEMPLATE_SETS[name])
+
+
+def _as_callables(templates: Sequence[Template]) -> list[Callable[[str], str]]:
+    # open_clip decides "format or call" from the first template only, and formats positionally:
+    # check every string here and hand it callables, so mixed lists work too.
+    if isinstance(templates, str) or len(templates) == 0:
+        raise ValueError("zero-shot templates must be a non-empty list, e.g. ['a photo of a {}']")
+    checked = []
+    for template in templates:
+        if callable(template):
+            checked.append(template)
+            continue
+        try:
+            filled = template.format("\0")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"zero-shot template {template!r} cannot be filled positionally ({error!r}): write the "
+                "class-name slot as '{}' (named fields like '{c}' are not supported)"
+            ) from error
+        if filled == template:
+            raise ValueError(f"zero-shot template {template!r} has no '{{}}' slot for the class name")
+        checked.append(template.format)
+    return checked
+
+
+def text_classifier(clip: torch.nn.Module, tokenizer, class_names: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:
+    """Zero-shot weights ``(embed_dim, n_classes)``, float32, unit columns, on the CLIP's device.
+
+    ``tokenizer``: ``open_clip.get_tokenizer(<model name>)``. ``templates``: strings with one
+    positional ``{}`` slot, or callables taking the class name.
+    """
+    if len(class_names) == 0:
+        raise ValueError("zero-shot needs at least one class name")
+    device = next(clip.parameters()).device
+    was_training = clip.training
+    clip.eval()
+    try:
+        with _autocast(device):
+            weights = open_clip.build_zero_shot_classifier(
+                clip, tokenizer, list(class_names), _as_callables(templates), device=device, use_tqdm=False
+            )
+    finally:
+        clip.train(was_training)
+    return weights.float()
+
+
+def evaluate(model: CLIPClassifier, classifier_weights: torch.Tensor, split: ImageSplit, batch_size: int = 256,
+             device: str | torch.device | None = None) -> dict:
+    """Top-1, top-5 and balanced accuracy (fractions) of zero-shot classification on ``split``.
+
+    Runs on CUDA with autocast when available (or ``device``), on the CPU in float32 otherwise;
+    eval mode, no gradients, images in order. The model's mode and device are restored.
+    """
+    _check_weights(model, classifier_weights, split)
+    device = resolve_device(device)
+    check_images(model, split, what="zero-shot")
+    weights = classifier_weights.to(device=device, dtype=torch.float32)
+    k = min(5, weights.shape[1])
+    ranked = []
+    with evaluating(model, device):
+        for start in range(0, len(split), batch_size):
+            images = split.images[start:start + batch_size].to(device)
+            with _autocast(device):
+                features = model.image_features(model_input(model, images))
+            scores = F.normalize(features.float(), dim=-1) @ weights
+            ranked.append(scores.topk(k, dim=-1).indices.cpu())
+    return classification_scores(torch.cat(ranked), split.labels)
+
+
+def classification_scores(ranked: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Scores from the top-k predicted classes ``(n, k)`` (best first) and the true labels ``(n,)``.
+
+    Balanced accuracy is the mean per-class recall over the classes present in ``labels``.
+    """
+    labels = labels.to(ranked.device)
+    top1_hit = ranked[:, 0] == labels
+    top5_hit = (ranked[:, :5] == labels[:, None]).any(dim=1)
+    present = labels.unique()
+    recalls = torch.stack([top1_hit[labels == c].double().mean() for c in present])
+    return {
+        "top1": float(top1_hit.double().mean()),
+        "top5": float(top5_hit.double().mean()),
+        "balanced_acc": float(recalls.mean()),
+        "n_images": int(labels.numel()),
+    }
+
+
+def _check_weights(model: CLIPClassifier, weights: torch.Tensor, split: ImageSplit) -> None:
+    embed = model.clip.visual.output_dim
+    if weights.ndim != 2 or weights.shape[0] != embed:
+        raise ValueError(
+            f"zero-shot weights have shape {tuple(weights.shape)}, expected ({embed}, n_classes): "
+            "build them with text_classifier from the same backbone"
+        )
+    if len(split) and int(split.labels.max()) >= weights.shape[1]:
+        raise ValueError(
+            f"the zero-shot split has label {int(split.labels.max())} but the classifier has "
+            f"{weights.shape[1]} classes: build it from the split's class_names"
+        )
+
+
+def _autocast(device: torch.device):
+    # mixed precision on the GPU only: the CPU path stays float32 and bitwise repeatable
+    if device.type == "cuda":
+        return torch.autocast("cuda")
+    return contextlib.nullcontext()
