@@ -1,0 +1,132 @@
+"""Fabricated EuroSAT, Oxford-IIIT Pets and CIFAR-100 directories in torchvision's real layouts.
+
+A few tiny images per class, each a solid class colour (hues spread evenly) with a faint
+per-image gradient, so a test can tell from the pixels which class an image belongs to.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EUROSAT_CLASSES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
+                   "Pasture", "PermanentCrop", "Residential", "River", "SeaLake"]
+# (file-name stem, species: 1 cat / 2 dog), as in the real annotations (cats capitalised).
+PETS_BREEDS = [("Abyssinian", 1), ("american_bulldog", 2), ("Bengal", 1), ("great_pyrenees", 2)]
+CIFAR100_CLASSES = ["apple", "aquarium_fish", "baby", "bear", "maple_tree"]
+
+
+def class_colour(label: int, n_classes: int) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(label / n_classes, 0.9, 0.9)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def class_image(label: int, n_classes: int, item: int, height: int, width: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8: the class colour plus a faint item-specific texture.
+
+    The texture (a few grey levels, zero mean) keeps the mean colour at the class colour while
+    giving resampling filters something to disagree about.
+    """
+    colour = np.array(class_colour(label, n_classes), dtype=np.int32)
+    y, x = np.mgrid[0:height, 0:width]
+    texture = ((3 * x + 5 * y + item) % 5 - 2) * 6
+    pixels = colour[None, None, :] + texture[:, :, None]
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def nearest_class(image, n_classes: int) -> int:
+    """The class whose colour is closest to the mean colour of a ``(3, H, W)`` image tensor."""
+    mean = image.float().mean(dim=(1, 2)).tolist()
+    distances = [sum((m - c) ** 2 for m, c in zip(mean, class_colour(k, n_classes))) for k in range(n_classes)]
+    return distances.index(min(distances))
+
+
+def make_eurosat(root, per_class: int = 5, size: int = 64) -> Path:
+    """``root/eurosat/2750/<Class>/<Class>_<n>.jpg`` (1-based n, like the real archive)."""
+    base = Path(root) / "eurosat" / "2750"
+    for label, name in enumerate(EUROSAT_CLASSES):
+        (base / name).mkdir(parents=True, exist_ok=True)
+        for item in range(per_class):
+            pixels = class_image(label, len(EUROSAT_CLASSES), item, size, size)
+            Image.fromarray(pixels).save(base / name / f"{name}_{item + 1}.jpg", quality=95)
+    return Path(root)
+
+
+def pets_class_name(stem: str) -> str:
+    return " ".join(part.title() for part in stem.split("_"))
+
+
+def make_pets(root, trainval_per_class: int = 10, test_per_class: int = 3) -> Path:
+    """``root/oxford-iiit-pet/images/<stem>_<n>.jpg`` + ``annotations/{trainval,test}.txt``.
+
+    Images are non-square (the real ones are photos of any shape) to exercise the centre crop.
+    """
+    base = Path(root) / "oxford-iiit-pet"
+    (base / "images").mkdir(parents=True, exist_ok=True)
+    (base / "annotations").mkdir(parents=True, exist_ok=True)
+    lines = {"trainval": [], "test": []}
+    number = 0
+    for class_id, (stem, species) in enumerate(PETS_BREEDS, start=1):
+        for part, count in (("trainval", trainval_per_class), ("test", test_per_class)):
+            for _ in range(count):
+                number += 1
+                image_id = f"{stem}_{number}"
+                pixels = class_image(class_id - 1, len(PETS_BREEDS), number, 36 + number % 3, 48)
+                Image.fromarray(pixels).save(base / "images" / f"{image_id}.jpg", quality=95)
+                lines[part].append(f"{image_id} {class_id} {species} {class_id}")
+    for part, part_lines in lines.items():
+        (base / "annotations" / f"{part}.txt").write_text("\n".join(part_lines) + "\n")
+    return Path(root)
+
+
+def cifar100_test_pixels(per_class: int) -> tuple[np.ndarray, list[int]]:
+    """The fabricated CIFAR-100 test images ``(N, 32, 32, 3)`` and their fine labels."""
+    labels = [label for label in range(len(CIFAR100_CLASSES)) for _ in range(per_class)]
+    pixels = np.stack([class_image(label, len(CIFAR100_CLASSES), i, 32, 32) for i, label in enumerate(labels)])
+    return pixels, labels
+
+
+def make_cifar100(root, test_per_class: int = 4, train_per_class: int = 2) -> Path:
+    """``root/cifar-100-python/{train,test,meta}`` pickles with the real keys.
+
+    torchvision checks these files against the real archive's MD5 sums; tests accept the
+    fabricated ones through :func:`accept_fabricated_cifar100`.
+    """
+    base = Path(root) / "cifar-100-python"
+    base.mkdir(parents=True, exist_ok=True)
+    for part, per_class in (("test", test_per_class), ("train", train_per_class)):
+        pixels, labels = cifar100_test_pixels(per_class)
+        batch = {
+            "filenames": [f"img_{i}.png" for i in range(len(labels))],
+            "batch_label": f"{part} batch",
+            "fine_labels": labels,
+            "coarse_labels": [0] * len(labels),
+            "data": pixels.transpose(0, 3, 1, 2).reshape(len(labels), -1),  # rows of R, G, B planes
+        }
+        (base / part).write_bytes(pickle.dumps(batch))
+    meta = {"fine_label_names": CIFAR100_CLASSES, "coarse_label_names": ["fabricated"]}
+    (base / "meta").write_bytes(pickle.dumps(meta))
+    return Path(root)
+
+
+def accept_fabricated_cifar100(monkeypatch, root) -> None:
+    """Point torchvision's CIFAR-100 integrity check at the fabricated files' MD5 sums.
+
+    The real check (``check_integrity`` → MD5 of each file) still runs; only the expected sums
+    change, because fabricated files cannot have the real archive's sums.
+    """
+    from torchvision.datasets import CIFAR100
+
+    base = Path(root) / "cifar-100-python"
+
+    def md5(name: str) -> str:
+        return hashlib.md5((base / name).read_bytes()).hexdigest()
+
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", md5("train")]])
+    monkeypatch.setattr(CIFAR100, "test_list", [["test", md5("test")]])
+    monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5("meta")})
