@@ -1,0 +1,589 @@
+"""The fine-tuning engine: (model, image splits, config) → history, best and final weights.
+
+The protocol (DESIGN.md §3): AdamW with one parameter group and weight decay 0.01; a per-step
+schedule of linear warmup over 5% of the steps then cosine to zero; cross-entropy; gradient-norm
+clipping at 1.0; bf16 (or fp16) autocast on CUDA and fp32 on CPU; evaluation on the selection
+split after every epoch; the best (strictly better accuracy) and the final weights.
+
+Reliability:
+
+- Determinism: data order and flips come from ``(seed, epoch)``, dropout from the seeded
+  global RNG, so the same seed on the CPU gives identical histories and weights.
+- Resume: after every epoch the weights, optimiser moments, step counter (the schedule is a
+  function of it) and RNG states go to a :class:`clipdrift.io.ResumeStore`; a rerun of a
+  killed run continues from its last completed epoch and ends where an uninterrupted run does.
+- Divergence: a non-finite loss (or gradient norm) stops the run before the update that would
+  poison the weights; the history says ``diverged`` and at which step, and the outputs are
+  still produced, so a study with one exploding learning rate completes and reports it.
+
+No Snakemake, no argparse, no file I/O beyond the resume store the caller hands in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from clipdrift.adapters import trainable_parameter_counts, trainable_parameters
+from clipdrift.backbones import CLIPClassifier, image_preprocess_config
+from clipdrift.data import ImageSplit, to_model_input
+from clipdrift.io import ArtifactError, ResumeStore
+
+log = logging.getLogger(__name__)
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+SELECTION_SPLITS = ("val", "test")
+HISTORY_PARAM_GROUPS = ("adapter", "projection", "head", "image_tower", "total")
+_RESUME_KIND = "clipdrift-finetune-resume"
+
+
+class TrainConfigError(ValueError):
+    """A training setting is invalid or does not fit the model or data."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One fine-tuning run (paper defaults).
+
+    ``amp``: ``auto`` = bf16 on CUDA where supported (else fp16), fp32 on CPU.
+    ``device``: ``auto`` = CUDA when available. ``num_threads``: CPU threads for this run
+    (``None`` keeps torch's setting; bitwise CPU determinism needs the same thread count).
+    ``data_on_device``: keep the uint8 training images on the GPU (``None`` = when they take
+    under a quarter of its free memory).
+    """
+
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    amp: str = "auto"
+    device: str = "auto"
+    num_threads: int | None = None
+    eval_batch_size: int = 256
+    hflip: bool = True
+    selection_split: str = "val"
+    data_on_device: bool | None = None
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
+            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}"),
+            (self.amp in AMP_CHOICES, f"amp {self.amp!r} is unknown: use one of {AMP_CHOICES}"),
+            (self.selection_split in SELECTION_SPLITS,
+             f"selection_split {self.selection_split!r} is unknown: use one of {SELECTION_SPLITS}"),
+            (self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainConfigError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    """The history (docs/artifacts.md) and the trainable weights of the best and final epochs.
+
+    The states map parameter names to CPU tensors; :meth:`load_into` puts one into the model
+    (which holds the final weights when :func:`finetune` returns).
+    """
+
+    history: dict
+    best_state: dict[str, torch.Tensor]
+    final_state: dict[str, torch.Tensor]
+
+    def load_into(self, model: CLIPClassifier, which: str = "best") -> CLIPClassifier:
+        states = {"best": self.best_state, "final": self.final_state}
+        if which not in states:
+            raise ValueError(f"which must be 'best' or 'final', got {which!r}")
+        _load_params(model, states[which])
+        return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------
+
+def warmup_steps(total_steps: int, fraction: float) -> int:
+    return int(fraction * total_steps)
+
+
+def lr_factor(step: int, total_steps: int, n_warmup: int) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based).
+
+    Linear warmup from 0 over ``n_warmup`` steps, then cosine to 0 at ``total_steps`` — the
+    formula of transformers' ``get_cosine_schedule_with_warmup``, which the published code used.
+    """
+    if step < n_warmup:
+        return step / max(1, n_warmup)
+    progress = (step - n_warmup) / max(1, total_steps - n_warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Run set-up
+# ---------------------------------------------------------------------------------------------
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainConfigError(f"device {name!r} asked for CUDA but none is available: use device 'auto' or 'cpu'")
+    return device
+
+
+def _resolve_precision(amp: str, device: torch.device) -> tuple[str, torch.dtype | None]:
+    """(name for the history, autocast dtype or None for fp32)."""
+    if device.type != "cuda":
+        if amp in ("bf16", "fp16"):
+            raise TrainConfigError(f"amp {amp!r} needs a CUDA device; on CPU training runs in fp32 (amp 'auto' or 'off')")
+        return "fp32", None
+    if amp == "off":
+        return "fp32", None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return "bf16", torch.bfloat16
+    return "fp16", torch.float16
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _check_inputs(model: CLIPClassifier, config: TrainConfig, splits: dict[str, ImageSplit | None]) -> None:
+    expected = tuple(image_preprocess_config(model.clip)["size"])
+    for name, split in splits.items():
+        if split is None:
+            continue
+        if len(split) == 0:
+            raise TrainConfigError(
+                f"the {name} split is empty" + (
+                    f": selection_split is {config.selection_split!r}; give that split images "
+                    "(e.g. a non-zero val size) or select on the other split" if name == "select" else "")
+            )
+        if tuple(split.images.shape[-2:]) != expected:
+            raise TrainConfigError(
+                f"the {name} images are {tuple(split.images.shape[-2:])} but the model expects {expected}: "
+                f"prepare the data with image_size={expected[0]}"
+            )
+        top = int(split.labels.max())
+        if int(split.labels.min()) < 0 or top >= model.n_classes:
+            raise TrainConfigError(
+                f"the {name} labels reach {top} but the model's head has {model.n_classes} classes: "
+                "build the classifier with n_classes = the dataset's number of classes"
+            )
+
+
+def _wants_data_on_device(config: TrainConfig, device: torch.device, split: ImageSplit) -> bool:
+    if device.type != "cuda":
+        return False
+    if config.data_on_device is not None:
+        return config.data_on_device
+    free, _ = torch.cuda.mem_get_info(device)
+    return split.images.numel() < free // 4
+
+
+class CachedBatches:
+    """The engine's loader: batches from the uint8 cache, gathered, flipped and normalised on
+    the run's device (the GPU when there is one).
+
+    Nothing here decodes an image file: the cache already holds resized, cropped pixels. Every
+    step writes into the same preallocated buffers: on the CPU a fresh 40 MB batch tensor costs
+    more in page faults than the arithmetic. A returned batch is therefore only valid until the
+    next :meth:`take` (the engine finishes each step's backward pass before the next take).
+    The arithmetic is :func:`clipdrift.data.to_model_input`'s, done in place (same values).
+    """
+
+    def __init__(self, split: ImageSplit, device: torch.device, on_device: bool, mean: torch.Tensor,
+                 std: torch.Tensor, batch_size: int = 64):
+        self.device = device
+        self.mean, self.std = (t.to(device, torch.float32).view(1, 3, 1, 1) for t in (mean, std))
+        self.images = split.images.to(device) if on_device else split.images
+        self.labels = split.labels.to(device)
+        shape = (batch_size, *split.images.shape[1:])
+        staging_pinned = self.images.device.type == "cpu" and device.type == "cuda"
+        # Pinned staging lets the host-to-device copy run asynchronously.
+        self._gathered = torch.empty(shape, dtype=torch.uint8, pin_memory=staging_pinned)
+        if not staging_pinned:
+            self._gathered = self._gathered.to(self.images.device)
+        self._floats = torch.empty(shape, dtype=torch.float32, device=device)
+
+    def take(self, index: torch.Tensor, flip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (normalised float) and labels of ``index``; ``flip`` mirrors chosen images."""
+        n = len(index)
+        if n > len(self._floats):
+            raise ValueError(f"batch of {n} exceeds the loader's batch size {len(self._floats)}")
+        images = torch.index_select(self.images, 0, index.to(self.images.device), out=self._gathered[:n])
+        images = images.to(self.device, non_blocking=True)
+        if flip is not None and self.device.type == "cpu":
+            # Row by row, in place, on uint8: ~20x faster here than boolean indexing or index_copy_.
+            for row in flip.nonzero().squeeze(1).tolist():
+                images[row] = images[row].flip(-1)
+        elif flip is not None:
+            # torch.where, not boolean indexing: no host sync on the GPU.
+            mask = flip.to(self.device, non_blocking=True).view(-1, 1, 1, 1)
+            images = torch.where(mask, images.flip(-1), images)
+        x = self._floats[:n]
+        x.copy_(images).div_(255.0).sub_(self.mean).div_(self.std)
+        return x, self.labels.index_select(0, index.to(self.device, non_blocking=True))
+
+
+def _epoch_order(seed: int, epoch: int, n: int, hflip: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Shuffled order and flip decisions of one epoch, a function of (seed, epoch) only.
+
+    Deriving them per epoch (instead of carrying one generator along) makes a resumed epoch
+    see exactly the batches the interrupted one saw.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if hflip else None
+    return order, flips
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class _Progress:
+    """Everything that survives an epoch boundary (and goes into the resume state)."""
+
+    epoch: int = 0  # last completed epoch
+    step: int = 0  # optimiser steps done
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_select_acc: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed_from_epoch: int | None = None
+    diverged_at_step: int | None = None
+
+
+class _Run:
+    """One fine-tuning run: model, optimiser, data and precision, resolved from the config."""
+
+    def __init__(self, model: CLIPClassifier, train: ImageSplit, config: TrainConfig):
+        self.model, self.config = model, config
+        self.device = _resolve_device(config.device)
+        self.precision, self.autocast_dtype = _resolve_precision(config.amp, self.device)
+        preprocess = image_preprocess_config(model.clip)
+        self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(preprocess["std"], dtype=torch.float32, device=self.device)
+        model.to(self.device)
+        self.named_params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if not self.named_params:
+            raise TrainConfigError("the model has no trainable parameters: call clipdrift.adapters.apply_method first")
+        self.params = trainable_parameters(model)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # fp16 needs loss scaling; bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.data = CachedBatches(train, self.device, _wants_data_on_device(config, self.device, train),
+                                  self.mean, self.std, config.batch_size)
+        self.n_train = len(train)
+        self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.n_warmup = warmup_steps(self.total_steps, config.warmup_fraction)
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def lr_at(self, step: int) -> float:
+        return self.config.lr * lr_factor(step, self.total_steps, self.n_warmup)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().to("cpu", copy=True) for name, p in self.named_params}
+
+    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss, number correct and (clipped-before) gradient norm of one batch, all on device."""
+        with self.autocast():
+            logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        correct = (logits.detach().argmax(dim=1) == labels).sum()
+        return loss.detach(), correct, norm
+
+    def train_epoch(self, epoch: int, progress: _Progress, bar) -> dict | None:
+        """Train one epoch; its history entry (without selection accuracy), or None if it diverged."""
+        order, flips = _epoch_order(self.config.seed, epoch, self.n_train, self.config.hflip)
+        self.model.train()
+        loss_sum, correct, started = 0.0, 0, time.perf_counter()
+        bar.set_description(f"epoch {epoch}/{self.config.epochs}")
+        for start in range(0, self.n_train, self.config.batch_size):
+            index = order[start:start + self.config.batch_size]
+            images, labels = self.data.take(index, None if flips is None else flips[start:start + len(index)])
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(progress.step)
+            loss, batch_correct, norm = self.forward_backward(images, labels)
+            # One host sync per step: needed to stop before a non-finite update reaches the weights.
+            loss_value, correct_value, norm_value = torch.stack([loss.float(), batch_correct.float(), norm.float()]).tolist()
+            # With fp16 an inf gradient is routine (the scaler skips that step); only the loss counts.
+            if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
+                progress.diverged_at_step = progress.step + 1
+                return None
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            progress.step += 1
+            loss_sum += loss_value * len(index)
+            correct += int(correct_value)
+            seen = start + len(index)
+            bar.update(1)
+            bar.set_postfix(step=progress.step, loss=f"{loss_value:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+        seconds = time.perf_counter() - started
+        return {"epoch": epoch, "train_loss": loss_sum / self.n_train, "train_acc": correct / self.n_train,
+                "lr_end": self.lr_at(progress.step), "train_s": seconds, "images_per_s": self.n_train / seconds}
+
+    def accuracy(self, split: ImageSplit) -> float:
+        return _accuracy(self.model, split, self.device, self.autocast_dtype, self.mean, self.std,
+                         self.config.eval_batch_size)
+
+
+@torch.no_grad()
+def _accuracy(model, split: ImageSplit, device, autocast_dtype, mean, std, batch_size: int) -> float:
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, len(split), batch_size):
+        images = split.images[start:start + batch_size].to(device, non_blocking=True)
+        labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
+        context = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                   else contextlib.nullcontext())
+        with context:
+            logits = model(to_model_input(images, mean, std))
+        correct += (logits.argmax(dim=1) == labels).sum()
+    return int(correct) / len(split)
+
+
+def evaluate(model: CLIPClassifier, split: ImageSplit, *, batch_size: int = 256, device: str = "auto",
+             amp: str = "auto") -> float:
+    """Top-1 accuracy of ``model`` on ``split`` (eval mode, no flips, CLIP normalisation)."""
+    if amp not in AMP_CHOICES:
+        raise TrainConfigError(f"amp {amp!r} is unknown: use one of {AMP_CHOICES}")
+    resolved = _resolve_device(device)
+    _, dtype = _resolve_precision(amp, resolved)
+    preprocess = image_preprocess_config(model.clip)
+    mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=resolved)
+    std = torch.tensor(preprocess["std"], dtype=torch.float32, device=resolved)
+    model.to(resolved)
+    return _accuracy(model, split, resolved, dtype, mean, std, batch_size)
+
+
+def _load_params(model: CLIPClassifier, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise KeyError(f"state holds parameters the model lacks: {unknown[:5]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume state
+# ---------------------------------------------------------------------------------------------
+
+def _fingerprint(run: _Run, train: ImageSplit, select: ImageSplit) -> str:
+    """What must match for a saved state to continue this run: config, data, initial weights."""
+    digest = hashlib.blake2b(digest_size=16)
+    settings = {k: v for k, v in run.config.to_dict().items()
+                if k not in ("device", "num_threads", "eval_batch_size", "data_on_device")}
+    digest.update(json.dumps({"config": settings, "precision": run.precision, "n_train": len(train),
+                              "n_select": len(select)}, sort_keys=True).encode())
+    for labels in (train.labels, select.labels):
+        digest.update(labels.numpy().tobytes())
+    # The starting weights of the image tower and head (trainable or frozen), so a changed
+    # backbone or head seed never resumes from another model's state.
+    for name, param in run.model.named_parameters():
+        if name.startswith(("clip.visual.", "head.")):
+            digest.update(name.encode())
+            digest.update(param.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
+    tensors = {"rng/cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
+    return tensors
+
+
+def _save_resume(store: ResumeStore, run: _Run, progress: _Progress, fingerprint: str, improved: bool) -> None:
+    best_file = f"best-epoch{progress.best_epoch}"
+    if improved:  # written before the state that names it, so the state never points at nothing
+        store.save(best_file, progress.best_state, {"kind": _RESUME_KIND, "epoch": progress.best_epoch})
+    tensors = {f"param/{name}": p.detach().to("cpu") for name, p in run.named_params}
+    for index, values in run.optimizer.state_dict()["state"].items():
+        tensors.update({f"optim/{index}/{key}": value.to("cpu") for key, value in values.items()})
+    tensors.update(_rng_tensors(run.device))
+    metadata = {
+        "kind": _RESUME_KIND, "fingerprint": fingerprint, "epoch": progress.epoch, "step": progress.step,
+        "epochs": progress.epochs, "best_epoch": progress.best_epoch, "best_select_acc": progress.best_select_acc,
+        "best_file": best_file, "scaler": run.scaler.state_dict(),
+    }
+    store.save_state(tensors, metadata)
+    store.prune({best_file})
+
+
+def _restore(store: ResumeStore, run: _Run, fingerprint: str) -> _Progress | None:
+    """The progress saved in ``store`` loaded into ``run``; None (start afresh) if there is none usable."""
+    try:
+        saved = store.load_state()
+        if saved is None:
+            return None
+        tensors, metadata = saved
+        if metadata.get("kind") != _RESUME_KIND or metadata.get("fingerprint") != fingerprint:
+            log.warning("resume state in %s belongs to another run configuration; starting afresh", store.directory)
+            store.clear()
+            return None
+        best_state, _ = store.load(metadata["best_file"])
+    except ArtifactError as error:
+        log.warning("resume state in %s is unreadable (%s); starting afresh", store.directory, error)
+        store.clear()
+        return None
+    _load_params(run.model, {k.removeprefix("param/"): v for k, v in tensors.items() if k.startswith("param/")})
+    optimizer_state = run.optimizer.state_dict()
+    optimizer_state["state"] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            optimizer_state["state"].setdefault(int(index), {})[name] = value
+    run.optimizer.load_state_dict(optimizer_state)
+    if metadata["scaler"]:
+        run.scaler.load_state_dict(metadata["scaler"])
+    torch.set_rng_state(tensors["rng/cpu"])
+    if "rng/cuda" in tensors and run.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/cuda"], run.device)
+    return _Progress(epoch=metadata["epoch"], step=metadata["step"], epochs=metadata["epochs"],
+                     best_epoch=metadata["best_epoch"], best_select_acc=metadata["best_select_acc"],
+                     best_state=best_state, resumed_from_epoch=metadata["epoch"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, config: TrainConfig, *,
+             test: ImageSplit | None = None, resume: ResumeStore | str | None = None, progress: bool = True,
+             on_epoch_end: Callable[[dict], None] | None = None) -> FinetuneResult:
+    """Fine-tune ``model`` (in place) on ``train``, choosing the best epoch on ``select``.
+
+    ``resume``: a :class:`ResumeStore` (or its directory) outside the run's outputs; the run
+    continues from its last completed epoch there and removes it when done. ``test``: when
+    given, the final (and best) model's test accuracy goes into the history.
+    ``on_epoch_end`` is called with each epoch's history entry once its state is saved.
+    The model ends on the run's device, in eval mode, holding the final weights.
+    """
+    _check_inputs(model, config, {"train": train, "select": select, "test": test})
+    store = ResumeStore(resume) if resume is not None and not isinstance(resume, ResumeStore) else resume
+    with _torch_threads(config.num_threads), _rng_scope(config):
+        torch.manual_seed(config.seed)
+        run = _Run(model, train, config)
+        fingerprint = _fingerprint(run, train, select) if store is not None else ""
+        state = (_restore(store, run, fingerprint) if store is not None else None) or _Progress()
+        with tqdm(total=run.total_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+            _train_epochs(run, select, state, bar, store, fingerprint, on_epoch_end)
+        result = _result(run, select, test, state)
+    if store is not None:
+        store.clear()
+    return result
+
+
+def _rng_scope(config: TrainConfig):
+    """Seeding inside the run must not change the caller's global RNG streams."""
+    device = _resolve_device(config.device)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+def _train_epochs(run: _Run, select: ImageSplit, state: _Progress, bar, store: ResumeStore | None,
+                  fingerprint: str, on_epoch_end) -> None:
+    for epoch in range(state.epoch + 1, run.config.epochs + 1):
+        started = time.perf_counter()
+        entry = run.train_epoch(epoch, state, bar)
+        if entry is None:
+            log.warning("loss or gradient norm is not finite at step %d: the run diverged and stops", state.diverged_at_step)
+            return
+        select_acc = run.accuracy(select)
+        entry.update(select_acc=select_acc, time_s=time.perf_counter() - started)
+        state.epochs.append(entry)
+        state.epoch = epoch
+        improved = state.best_select_acc is None or select_acc > state.best_select_acc
+        if improved:
+            state.best_epoch, state.best_select_acc, state.best_state = epoch, select_acc, run.trainable_state()
+        if store is not None:
+            _save_resume(store, run, state, fingerprint, improved)
+        if on_epoch_end is not None:
+            on_epoch_end(dict(entry))
+
+
+def _result(run: _Run, select: ImageSplit, test: ImageSplit | None, state: _Progress) -> FinetuneResult:
+    final_state = run.trainable_state()
+    diverged = state.diverged_at_step is not None
+    # A diverged run's final weights are those before the non-finite step; score them too.
+    final_select_acc = run.accuracy(select) if diverged or not state.epochs else state.epochs[-1]["select_acc"]
+    final_test_acc = run.accuracy(test) if test is not None else None
+    best_state = state.best_state if state.best_state is not None else final_state
+    best_test_acc = None
+    if test is not None and state.best_epoch is not None:
+        _load_params(run.model, best_state)
+        best_test_acc = run.accuracy(test)
+        _load_params(run.model, final_state)
+    run.model.eval()
+    history = _history(run, state, final_select_acc, final_test_acc, best_test_acc)
+    return FinetuneResult(history=history, best_state=best_state, final_state=final_state)
+
+
+def _history(run: _Run, state: _Progress, final_select_acc: float, final_test_acc, best_test_acc) -> dict:
+    counts = trainable_parameter_counts(run.model)
+    train_time = sum(e["train_s"] for e in state.epochs)
+    images = run.n_train * len(state.epochs)
+    return {
+        "status": "diverged" if state.diverged_at_step is not None else "completed",
+        "diverged_at_step": state.diverged_at_step,
+        "selection_split": run.config.selection_split,
+        "epochs": [dict(e) for e in state.epochs],
+        "best_epoch": state.best_epoch,
+        "best_select_acc": state.best_select_acc,
+        "final_select_acc": final_select_acc,
+        "final_test_acc": final_test_acc,
+        "best_test_acc": best_test_acc,
+        "trainable_params": {group: counts[group] for group in HISTORY_PARAM_GROUPS},
+        "train_time_s": sum(e["time_s"] for e in state.epochs),
+        "images_per_s": images / train_time if train_time > 0 else None,
+        "steps": state.step,
+        "resumed_from_epoch": state.resumed_from_epoch,
+        "precision": run.precision,
+        "device": str(run.device),
+    }

@@ -1,0 +1,258 @@
+"""The fine-tuning engine on the tiny model: learning, outputs, determinism, resume, divergence."""
+
+import json
+import math
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipdrift.adapters import MethodConfig
+from clipdrift.checkpoints import load_classifier, save_classifier
+from clipdrift.data import ImageSplit, to_model_input
+from clipdrift.io import ResumeStore, read_json, read_safetensors, write_json
+from clipdrift.train import (CachedBatches, FinetuneResult, TrainConfig, TrainConfigError, evaluate, finetune,
+                             lr_factor, warmup_steps)
+from conftest import TINY, make_tiny
+from fakedata import class_image
+
+N_CLASSES = 4
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "select_acc", "lr_end", "time_s", "images_per_s"}
+HISTORY_KEYS = {"status", "diverged_at_step", "selection_split", "epochs", "best_epoch", "best_select_acc",
+                "final_select_acc", "final_test_acc", "trainable_params", "train_time_s", "images_per_s", "steps"}
+TIMING_KEYS = {"time_s", "train_s", "images_per_s", "train_time_s"}
+
+
+def colour_split(per_class: int, offset: int) -> ImageSplit:
+    """Noisy solid-colour images, one hue per class: learnable in a few steps."""
+    images = torch.stack([
+        torch.from_numpy(class_image(k, N_CLASSES, offset + i, 32, 32)).permute(2, 0, 1)
+        for k in range(N_CLASSES) for i in range(per_class)
+    ]).int()
+    noise = torch.randint(-60, 60, images.shape, generator=torch.Generator().manual_seed(offset))
+    labels = torch.arange(N_CLASSES).repeat_interleave(per_class)
+    return ImageSplit((images + noise).clamp(0, 255).to(torch.uint8), labels, [f"c{k}" for k in range(N_CLASSES)])
+
+
+TRAIN, VAL, TEST = colour_split(12, 0), colour_split(4, 100), colour_split(4, 200)
+
+
+def config(**overrides) -> TrainConfig:
+    values = dict(epochs=3, lr=1e-3, batch_size=16, seed=5, num_threads=1)
+    return TrainConfig(**{**values, **overrides})
+
+
+def lora_model():
+    torch.manual_seed(0)  # peft draws lora_A from the global RNG
+    return make_tiny("lora", n_classes=N_CLASSES)
+
+
+def without_timings(history: dict) -> dict:
+    history = {k: v for k, v in history.items() if k not in TIMING_KEYS | {"resumed_from_epoch"}}
+    history["epochs"] = [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in history["epochs"]]
+    return history
+
+
+def assert_same_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_is_linear_warmup_then_cosine_to_zero():
+    assert warmup_steps(600, 0.05) == 30 and warmup_steps(9, 0.05) == 0
+    assert [lr_factor(s, 600, 30) for s in (0, 15, 30)] == [0.0, 0.5, 1.0]
+    assert lr_factor(315, 600, 30) == pytest.approx(0.5)
+    assert lr_factor(600, 600, 30) == 0.0
+    assert lr_factor(0, 9, 0) == 1.0
+
+
+def test_run_learns_and_returns_best_and_final_weights():
+    model = make_tiny(n_classes=N_CLASSES)
+    snapshots = []
+
+    def snapshot(entry):
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+    result = finetune(model, TRAIN, VAL, config(epochs=4), test=TEST, progress=False, on_epoch_end=snapshot)
+    history = result.history
+    losses = [e["train_loss"] for e in history["epochs"]]
+    assert losses[-1] < 0.5 * losses[0] and history["epochs"][-1]["train_acc"] == 1.0
+    assert HISTORY_KEYS <= history.keys() and all(EPOCH_KEYS <= e.keys() for e in history["epochs"])
+    assert history["status"] == "completed" and history["diverged_at_step"] is None
+    assert history["selection_split"] == "val" and history["precision"] == "fp32"
+    assert history["steps"] == 4 * 3 and [e["epoch"] for e in history["epochs"]] == [1, 2, 3, 4]
+    assert history["epochs"][-1]["lr_end"] == 0.0
+    accs = [e["select_acc"] for e in history["epochs"]]
+    # Best = first epoch reaching the maximum: a tie is not an improvement.
+    assert history["best_epoch"] == accs.index(max(accs)) + 1 and history["best_select_acc"] == max(accs)
+    assert history["final_select_acc"] == accs[-1]
+    assert history["final_test_acc"] == evaluate(model, TEST)
+    assert history["trainable_params"] == {"adapter": 0, "projection": 6144, "head": 260,
+                                           "image_tower": 356064, "total": 362468}
+    assert_same_states(result.best_state, snapshots[history["best_epoch"] - 1])
+    assert_same_states(result.final_state, snapshots[-1])
+    assert not model.training
+    json.dumps(history)  # JSON-able as is
+
+
+def test_outputs_are_written_as_checkpoints_and_history(tmp_path):
+    model = make_tiny(n_classes=N_CLASSES)
+    result = finetune(model, TRAIN, VAL, config(epochs=2), progress=False)
+    save_classifier(tmp_path / "final.safetensors", model, TINY, MethodConfig("full"), seed=5)
+    save_classifier(tmp_path / "best.safetensors", result.load_into(model, "best"), TINY, MethodConfig("full"), seed=5)
+    write_json(tmp_path / "history.json", result.history)
+    best, _ = load_classifier(tmp_path / "best.safetensors")
+    final, _ = load_classifier(tmp_path / "final.safetensors")
+    assert torch.equal(best.head.weight, result.best_state["head.weight"])
+    assert torch.equal(final.head.weight, result.final_state["head.weight"])
+    assert read_json(tmp_path / "history.json")["best_epoch"] == result.history["best_epoch"]
+
+
+def test_same_seed_gives_identical_history_and_weights_and_keeps_caller_rng():
+    models = [lora_model() for _ in range(3)]
+    before = torch.get_rng_state()
+    first = finetune(models[0], TRAIN, VAL, config(), progress=False)
+    assert torch.equal(torch.get_rng_state(), before)  # seeding inside the run is undone
+    second = finetune(models[1], TRAIN, VAL, config(), progress=False)
+    other_seed = finetune(models[2], TRAIN, VAL, config(seed=6), progress=False)
+    assert without_timings(first.history) == without_timings(second.history)
+    assert_same_states(first.final_state, second.final_state)
+    assert_same_states(first.best_state, second.best_state)
+    assert not torch.equal(first.final_state["head.weight"], other_seed.final_state["head.weight"])
+
+
+def run_until_killed(resume_dir: str) -> None:
+    """Subprocess body: train with a resume store; after epoch 1 is saved, wait to be killed."""
+
+    def wait_for_kill(entry):
+        if entry["epoch"] == 1:
+            print("epoch 1 saved", flush=True)
+            time.sleep(600)
+
+    finetune(lora_model(), TRAIN, VAL, config(), resume=resume_dir, progress=False, on_epoch_end=wait_for_kill)
+
+
+def test_run_killed_after_first_epoch_resumes_and_matches_uninterrupted_run(tmp_path):
+    resume_dir = tmp_path / ".resume" / "run"
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); " \
+           f"import test_train; test_train.run_until_killed({str(resume_dir)!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        line = proc.stdout.readline() if ready else ""
+        assert line.strip() == "epoch 1 saved", proc.stderr.read() if proc.poll() is not None else "timed out"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    _, saved = ResumeStore(resume_dir).load_state()
+    assert saved["epoch"] == 1 and saved["step"] == 3
+
+    resumed = finetune(lora_model(), TRAIN, VAL, config(), resume=resume_dir, progress=False)
+    uninterrupted = finetune(lora_model(), TRAIN, VAL, config(), progress=False)
+    assert resumed.history["resumed_from_epoch"] == 1 and uninterrupted.history["resumed_from_epoch"] is None
+    assert without_timings(resumed.history) == without_timings(uninterrupted.history)
+    assert_same_states(resumed.final_state, uninterrupted.final_state)
+    assert_same_states(resumed.best_state, uninterrupted.best_state)
+    assert not resume_dir.exists()  # removed once the run completed
+
+
+def test_state_of_another_configuration_is_not_resumed(tmp_path):
+    store = ResumeStore(tmp_path / "resume")
+
+    def crash(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(), resume=store, progress=False, on_epoch_end=crash)
+    assert store.load_state()[1]["epoch"] == 1
+    assert [p.name for p in store.directory.glob("best-*")] == ["best-epoch1.safetensors"]
+    changed = finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(lr=2e-3), resume=store, progress=False)
+    fresh = finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(lr=2e-3), progress=False)
+    assert changed.history["resumed_from_epoch"] is None
+    assert_same_states(changed.final_state, fresh.final_state)
+
+
+def test_absurd_learning_rate_marks_the_run_diverged_instead_of_raising(tmp_path):
+    model = make_tiny(n_classes=N_CLASSES)
+    result = finetune(model, TRAIN, VAL, config(lr=1e6), test=TEST, resume=tmp_path / "resume", progress=False)
+    history = result.history
+    # 9 steps → no warmup: step 1 applies lr 1e6, step 2's loss is no longer finite.
+    assert history["status"] == "diverged" and history["diverged_at_step"] == 2 and history["steps"] == 1
+    assert history["epochs"] == [] and history["best_epoch"] is None
+    assert 0.0 <= history["final_select_acc"] <= 1.0 and history["final_test_acc"] is not None
+    # The weights stop before the non-finite update, and both outputs can still be written.
+    assert all(bool(t.isfinite().all()) for t in result.final_state.values())
+    assert_same_states(result.best_state, result.final_state)
+    save_classifier(tmp_path / "best.safetensors", model, TINY, MethodConfig("full"), seed=5)
+    write_json(tmp_path / "history.json", history)
+    assert read_json(tmp_path / "history.json")["status"] == "diverged"
+    assert read_safetensors(tmp_path / "best.safetensors")[0]["head.weight"].isfinite().all()
+    assert not (tmp_path / "resume").exists()
+
+
+def test_diverging_after_completed_epochs_keeps_them_and_the_best():
+    model = make_tiny(n_classes=N_CLASSES)
+
+    def blow_up(entry):  # sabotage the weights after epoch 2: the next loss is not finite
+        if entry["epoch"] == 2:
+            with torch.no_grad():
+                model.head.weight.fill_(math.inf)
+
+    result = finetune(model, TRAIN, VAL, config(epochs=4), progress=False, on_epoch_end=blow_up)
+    history = result.history
+    assert history["status"] == "diverged" and history["diverged_at_step"] == 7
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2] and history["best_epoch"] in (1, 2)
+    assert all(bool(t.isfinite().all()) for t in result.best_state.values())
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(amp="bf16"), "needs a CUDA device"),
+    (dict(amp="fp8"), "amp 'fp8' is unknown"),
+    (dict(selection_split="train"), "selection_split 'train' is unknown"),
+    (dict(warmup_fraction=1.0), "warmup_fraction"),
+])
+def test_invalid_settings_are_refused_with_the_fix(overrides, message):
+    with pytest.raises(TrainConfigError, match=message):
+        finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(**overrides), progress=False)
+
+
+def test_data_that_does_not_fit_the_model_is_refused():
+    model = make_tiny(n_classes=N_CLASSES)
+    big = ImageSplit(torch.zeros(4, 3, 64, 64, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), ["a"])
+    with pytest.raises(TrainConfigError, match=r"expects \(32, 32\): prepare the data with image_size=32"):
+        finetune(model, big, VAL, config(), progress=False)
+    many = ImageSplit(TRAIN.images, TRAIN.labels + 3, TRAIN.class_names)
+    with pytest.raises(TrainConfigError, match="labels reach 6 but the model's head has 4 classes"):
+        finetune(model, many, VAL, config(), progress=False)
+    with pytest.raises(TrainConfigError, match="select split is empty: selection_split is 'val'"):
+        finetune(model, TRAIN, VAL.subset([]), config(), progress=False)
+
+
+def test_result_loads_best_or_final_into_a_model():
+    model = make_tiny(n_classes=N_CLASSES)
+    result = finetune(model, TRAIN, VAL, config(epochs=2), progress=False)
+    other = make_tiny(n_classes=N_CLASSES)
+    assert isinstance(result, FinetuneResult)
+    result.load_into(other, "final")
+    assert torch.equal(other.head.weight, model.head.weight)
+    with pytest.raises(ValueError, match="'best' or 'final'"):
+        result.load_into(other, "last")
+
+
+def test_cached_batches_equal_to_model_input_with_the_same_flips():
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    batches = CachedBatches(TRAIN, torch.device("cpu"), False, mean, std, batch_size=8)
+    index, flip = torch.tensor([5, 0, 47, 12, 30]), torch.tensor([True, False, True, False, False])
+    images, labels = batches.take(index, flip)
+    assert torch.equal(images, to_model_input(TRAIN.images[index], mean, std, flip_mask=flip))
+    assert torch.equal(labels, TRAIN.labels[index])
+    assert torch.equal(TRAIN.images[5], colour_split(12, 0).images[5])  # the cache itself is untouched
+    with pytest.raises(ValueError, match="batch of 9 exceeds the loader's batch size 8"):
+        batches.take(torch.arange(9), None)
