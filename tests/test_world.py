@@ -1,0 +1,142 @@
+"""The offline synthetic world: determinism, what the images and captions show, the tasks'
+interface, a pretrained backbone that loads like downloaded weights, and the study's effect."""
+
+import dataclasses
+
+import open_clip
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipdrift.backbones import BackboneSpec, create_clip
+from clipdrift.data import ImageSplit
+from clipdrift.world import (
+    COLOURS,
+    SHAPES,
+    TASKS,
+    TERRAINS,
+    PretrainConfig,
+    WorldConfig,
+    captions,
+    pretrain_backbone,
+    task_splits,
+    world_pairs,
+)
+from clipdrift.world.render import _RGB, Attributes, render, sample_attributes, stream_generator
+
+WORLD = WorldConfig(seed=3)
+SIZES = {"train": 120, "val": 40, "test": 100}
+
+
+def test_same_seed_gives_byte_identical_images_and_captions():
+    images_a, captions_a = world_pairs(WORLD, 300)
+    images_b, captions_b = world_pairs(WorldConfig(seed=3), 300)
+    assert images_a.dtype == torch.uint8 and images_a.shape == (300, 3, 32, 32)
+    assert torch.equal(images_a, images_b)
+    assert captions_a == captions_b
+    images_c, captions_c = world_pairs(WorldConfig(seed=4), 300)
+    assert not torch.equal(images_a, images_c)
+    assert captions_a != captions_c
+
+
+def test_task_splits_are_deterministic_per_seed():
+    first, manifest_a = task_splits("world-pets", WORLD, SIZES)
+    second, manifest_b = task_splits("world-pets", WORLD, SIZES)
+    for name in SIZES:
+        assert torch.equal(first[name].images, second[name].images)
+        assert torch.equal(first[name].labels, second[name].labels)
+    assert manifest_a == manifest_b
+    # Splits draw from their own streams: val and train never share images.
+    assert not torch.equal(first["train"].images[:40], first["val"].images)
+
+
+def _tokens_used(tokenizer, texts):
+    ids = tokenizer(texts)
+    return (ids != 0).sum(dim=1), ids
+
+
+def test_captions_name_colour_and_shape_and_fit_the_context():
+    generator = stream_generator(0, "test-captions")
+    attrs = sample_attributes(WORLD, 400, generator)
+    texts = captions(WORLD, attrs)
+    for text, colour, shape in zip(texts, attrs.colour.tolist(), attrs.shape.tolist()):
+        assert f"{COLOURS[colour]} {SHAPES[shape]}" in text
+    assert len(set(texts)) > 200  # varied templates and optional attributes, not one sentence
+    tokenizer = open_clip.get_tokenizer("clipdrift-tiny")
+    used, ids = _tokens_used(tokenizer, texts)
+    # Untruncated: every caption ends with end-of-text before the context is full.
+    assert int(used.max()) < tokenizer.context_length
+    assert all(row[n - 1] == tokenizer.eot_token_id for row, n in zip(ids, used.tolist()))
+
+
+def _single_objects(shape: int, colour: int, pattern: int = 0) -> Attributes:
+    world = dataclasses.replace(WORLD, noise=0.0, colour_jitter=0.0)
+    attrs = sample_attributes(world, 1, stream_generator(0, "single"), shape=torch.tensor([shape]),
+                              colour=torch.tensor([colour]), pattern=torch.tensor([pattern]))
+    attrs.radius[:] = 0.35
+    attrs.centre[:] = 0.5
+    return world, attrs
+
+
+def test_object_shows_its_colour_and_each_shape_has_its_own_silhouette():
+    silhouettes = []
+    for shape in range(len(SHAPES)):
+        world, attrs = _single_objects(shape, colour=COLOURS.index("blue"))
+        image = render(world, attrs, stream_generator(0, "render")).float()[0] / 255
+        blue = (image - _RGB[COLOURS.index("blue")].view(3, 1, 1)).abs().amax(0) < 0.02
+        silhouettes.append(blue)
+        assert blue.sum() > 60, f"{SHAPES[shape]} covers too few pixels"
+    for i in range(len(SHAPES)):
+        for j in range(i + 1, len(SHAPES)):
+            a, b = silhouettes[i], silhouettes[j]
+            # Pixels covered by exactly one of the two: a circle and a square of radius 11 px
+            # still differ in ~70 pixels (the corners).
+            differing = int((a ^ b).sum())
+            assert differing >= 50, f"{SHAPES[i]} and {SHAPES[j]} differ in only {differing} pixels"
+
+
+@pytest.mark.parametrize("task,n_classes,splits", [
+    ("world-eurosat", 10, ("train", "val", "test")),
+    ("world-pets", 37, ("train", "val", "test")),
+    ("world-cifar100", 100, ("test",)),
+])
+def test_tasks_have_the_interface_of_real_datasets(task, n_classes, splits):
+    sizes = {name: SIZES[name] if n_classes < 100 else 200 for name in splits}
+    result, manifest = task_splits(task, WORLD, sizes)
+    assert tuple(result) == splits
+    for name, split in result.items():
+        assert isinstance(split, ImageSplit)
+        assert len(split.class_names) == n_classes and len(split) == sizes[name]
+        counts = torch.bincount(split.labels, minlength=n_classes)
+        assert counts.max() - counts.min() <= 1  # balanced
+        assert manifest["splits"][name]["class_counts"] == counts.tolist()
+    assert manifest["class_names"] == result["test"].class_names
+    assert manifest["seed"] == WORLD.seed and manifest["dataset"] == task
+
+
+def test_class_names_are_prompt_subjects():
+    cifar, _ = task_splits("world-cifar100", WORLD, {"test": 100})
+    assert "red triangle" in cifar["test"].class_names
+    assert {name.split(" ")[0] for name in cifar["test"].class_names} == set(COLOURS)
+    eurosat, _ = task_splits("world-eurosat", WORLD, {"test": 10})
+    assert eurosat["test"].class_names == list(TERRAINS)
+    pets, _ = task_splits("world-pets", WORLD, {"test": 37})
+    assert "striped star" in pets["test"].class_names and len(set(pets["test"].class_names)) == 37
+
+
+def test_zero_shot_task_refuses_training_splits():
+    with pytest.raises(ValueError, match="world-cifar100 has splits"):
+        task_splits("world-cifar100", WORLD, {"train": 100, "test": 100})
+    with pytest.raises(ValueError, match="unknown world task"):
+        task_splits("world-imagenet", WORLD, {"test": 100})
+    assert set(TASKS) == {"world-eurosat", "world-pets", "world-cifar100"}
+
+
+def test_eurosat_like_task_is_visually_shifted():
+    eurosat, _ = task_splits("world-eurosat", WORLD, {"test": 200})
+    pets, _ = task_splits("world-pets", WORLD, {"test": 200})
+    # The sensor shift lowers contrast and casts blue: pixel spread shrinks, blue dominates red.
+    spread = lambda split: split.images.float().std(dim=(1, 2, 3)).mean()  # noqa: E731
+    assert spread(eurosat["test"]) < 0.8 * spread(pets["test"])
+    channel_means = eurosat["test"].images.float().mean(dim=(0, 2, 3))
+    assert channel_means[2] > channel_means[0] + 5
