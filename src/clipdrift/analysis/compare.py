@@ -1,0 +1,81 @@
+"""Method comparisons at matched learning rates, and correlations across runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pandas as pd
+
+from clipdrift.analysis.stats import correlation, holm, permutation, welch
+from clipdrift.analysis.tables import METHOD_ORDER, present, sort_grid
+
+TEST_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_erf95_pct", "cka_mean")
+CORRELATION_PAIRS = (
+    ("drift_entropy_pct", "zs_top1"),
+    ("drift_erf95_pct", "zs_top1"),
+    ("cka_mean", "zs_top1"),
+    ("best_select_acc", "zs_top1"),
+)
+
+
+def _comparison_row(a, b, seed: int) -> dict:
+    return {
+        "n_a": int(a.notna().sum()),
+        "mean_a": a.mean(),
+        "sd_a": a.std(),
+        "n_b": int(b.notna().sum()),
+        "mean_b": b.mean(),
+        "sd_b": b.std(),
+        **welch(a, b),
+        **permutation(a, b, seed=seed),
+    }
+
+
+def comparisons(
+    runs: pd.DataFrame,
+    metrics: Iterable[str] = TEST_METRICS,
+    methods: tuple[str, str] = METHOD_ORDER,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per (dataset, lr, metric): method b vs method a (default LoRA vs Full FT) over seeds.
+
+    ``diff`` is mean_b − mean_a with Welch's 95% interval; ``p_welch`` and ``p_perm`` (exact
+    permutation where feasible) are Holm-adjusted within each metric across the whole grid of
+    (dataset, lr) comparisons — one family per question asked. Diverged runs are left out.
+    """
+    metrics = list(metrics)
+    method_a, method_b = methods
+    ok = runs[~runs["diverged"]]
+    rows = []
+    for (dataset, lr), group in ok.groupby(["dataset", "lr"], sort=False):
+        arm_a, arm_b = group[group["method"] == method_a], group[group["method"] == method_b]
+        if arm_a.empty or arm_b.empty:
+            continue  # not a matched comparison at this rate
+        for metric in present(runs, metrics):
+            row = {"dataset": dataset, "lr": lr, "metric": metric, "method_a": method_a, "method_b": method_b}
+            rows.append(row | _comparison_row(arm_a[metric].dropna(), arm_b[metric].dropna(), seed))
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for p in ("p_welch", "p_perm"):
+        table[f"{p}_holm"] = table.groupby("metric")[p].transform(holm)
+        table[f"reject_{p}_holm"] = table[f"{p}_holm"] < alpha
+    table["family_size"] = table.groupby("metric")["p_welch"].transform("count").astype(int)
+    # one block per metric (one Holm family), in the order asked for, then the grid
+    rank = {m: i for i, m in enumerate(dict.fromkeys(metrics))}
+    table = sort_grid(table).assign(_rank=lambda t: t["metric"].map(rank))
+    return table.sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
+
+
+def correlations(runs: pd.DataFrame, pairs: Iterable[tuple[str, str]] = CORRELATION_PAIRS) -> pd.DataFrame:
+    """Per dataset and (x, y) pair, across all non-diverged runs of both methods: Pearson r with
+    its 95% interval and Spearman ρ."""
+    ok = runs[~runs["diverged"]]
+    rows = [
+        {"dataset": dataset, "x": x, "y": y, **correlation(group[x], group[y])}
+        for dataset, group in ok.groupby("dataset", sort=True)
+        for x, y in pairs
+        if x in runs and y in runs
+    ]
+    return pd.DataFrame(rows)

@@ -1,0 +1,360 @@
+"""The report's figures, as matplotlib ``Figure`` objects (no pyplot state, no file I/O).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, so they render with the Agg
+canvas whatever backend the caller has, and many reports in one process leak nothing.
+Accuracies are drawn in percent. Bands and error bars are ± one SD over seeds; seeds are drawn
+as points where the figure has room, so n is visible, and diverged runs as red crosses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
+
+from clipdrift.analysis.findings import pretrained_top1
+from clipdrift.analysis.stats import correlation
+from clipdrift.analysis.tables import lr_order, method_label, method_order
+
+METHOD_COLORS = {"full": "#D55E00", "lora": "#0072B2"}
+LR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+PANEL_LABELS = {
+    "best_select_acc": "best selection accuracy (%)",
+    "final_test_acc": "final test accuracy (%)",
+    "zs_top1": "zero-shot top-1 (%)",
+    "drift_entropy_pct": "entropy drift (% of pretrained)",
+    "drift_erf95_pct": "ERF@0.95 drift (% of pretrained)",
+    "cka_mean": "mean CKA to pretrained",
+}
+ACCURACIES = ("best_select_acc", "final_select_acc", "final_test_acc", "zs_top1", "zs_top5", "zs_balanced")
+STYLE = "whitegrid"
+
+
+def _color(method: str, methods: list[str]) -> str:
+    fallback = sns.color_palette("colorblind", len(methods) + 2).as_hex()
+    return METHOD_COLORS.get(method, fallback[methods.index(method) % len(fallback)])
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric in ACCURACIES else 1.0
+
+
+def _canvas(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    with sns.axes_style(STYLE):
+        axes = figure.subplots(nrows, ncols, squeeze=False)
+    return figure, axes
+
+
+def _lr_axis(ax, lrs: list[str]) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks([float(lr) for lr in lrs], labels=lrs)
+    ax.minorticks_off()
+    ax.set_xlabel("learning rate")
+
+
+def _offsets(methods: list[str]) -> dict[str, float]:
+    """Small multiplicative x offsets per method, so bands and seeds of two methods at the same
+    rate do not hide each other on the log axis."""
+    spread = np.linspace(-0.04, 0.04, len(methods)) if len(methods) > 1 else [0.0]
+    return {m: 10**s for m, s in zip(methods, spread)}
+
+
+def _method_curve(ax, runs: pd.DataFrame, metric: str, method: str, color: str, shift: float) -> None:
+    ok = runs[~runs["diverged"]].dropna(subset=[metric])
+    if ok.empty:
+        return
+    scale = _scale(metric)
+    stats = ok.groupby("lr")[metric].agg(["mean", "std"]).reindex(lr_order(ok["lr"]))
+    x = np.array([float(lr) for lr in stats.index]) * shift
+    mean, sd = stats["mean"].to_numpy() * scale, stats["std"].fillna(0).to_numpy() * scale
+    ax.plot(x, mean, marker="o", color=color, label=method_label(method), zorder=3)
+    ax.fill_between(x, mean - sd, mean + sd, color=color, alpha=0.2, linewidth=0)
+    ax.scatter(ok["lr_value"] * shift, ok[metric] * scale, s=10, color=color, alpha=0.5, zorder=2)
+
+
+def _mark_diverged(ax, runs: pd.DataFrame) -> bool:
+    bad = runs[runs["diverged"]]
+    if bad.empty:
+        return False
+    at_bottom = blended_transform_factory(ax.transData, ax.transAxes)
+    ax.scatter(
+        bad["lr_value"],
+        np.full(len(bad), 0.04),
+        transform=at_bottom,
+        marker="x",
+        color="red",
+        s=40,
+        zorder=4,
+        clip_on=False,
+        label="diverged run (left out)",
+    )
+    return True
+
+
+def lr_panels(
+    runs: pd.DataFrame, pretrained=None, metrics: tuple[str, ...] = ("best_select_acc", "drift_entropy_pct", "zs_top1")
+) -> Figure:
+    """Rows: datasets; columns: ``metrics`` against the learning rate, one line per method
+    with a ± SD band over seeds, the seeds as points, and the pretrained zero-shot accuracy as
+    a dashed reference."""
+    metrics = [m for m in metrics if m in runs and runs[m].notna().any()]
+    datasets, methods = sorted(runs["dataset"].unique()), method_order(runs["method"])
+    figure, axes = _canvas(len(datasets), len(metrics), 4.2, 3.2)
+    shifts, reference = _offsets(methods), pretrained_top1(pretrained)
+    for row, dataset in enumerate(datasets):
+        data = runs[runs["dataset"] == dataset]
+        for col, metric in enumerate(metrics):
+            ax = axes[row, col]
+            for method in methods:
+                _method_curve(
+                    ax, data[data["method"] == method], metric, method, _color(method, methods), shifts[method]
+                )
+            if metric == "zs_top1" and not np.isnan(reference):
+                ax.axhline(100 * reference, color="0.35", linestyle="--", label="pretrained")
+            if metric.startswith("drift_"):
+                ax.axhline(0, color="0.35", linewidth=0.8)
+            elif metric in ACCURACIES:
+                _mark_diverged(ax, data)
+            _lr_axis(ax, lr_order(data["lr"]))
+            ax.set_ylabel(PANEL_LABELS.get(metric, metric))
+            ax.set_title(f"{dataset}: {PANEL_LABELS.get(metric, metric).split(' (')[0]}", fontsize=10)
+    _legend(figure, axes)
+    return figure
+
+
+def _legend(figure: Figure, axes: np.ndarray) -> None:
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(
+        handles.values(), handles.keys(), loc="outside lower center", ncols=max(1, len(handles)), frameon=False
+    )
+
+
+def _layer_matrix(layers: pd.DataFrame, dataset: str, quantity: str) -> pd.DataFrame:
+    data = layers[(layers["dataset"] == dataset) & (layers["quantity"] == quantity)]
+    rows = [(m, lr) for m in method_order(data["method"]) for lr in lr_order(data.loc[data["method"] == m, "lr"])]
+    matrix = data.pivot_table(index=["method", "lr"], columns="layer", values="mean").reindex(rows)
+    matrix.index = [f"{method_label(m)} · {lr}" for m, lr in rows]
+    return matrix
+
+
+def layer_heatmaps(
+    layers: pd.DataFrame, quantity: str = "entropy_drift_pct", label: str | None = None
+) -> Figure | None:
+    """One heatmap per dataset: rows method × learning rate, columns layers, colour the mean
+    per-layer drift over seeds on one symmetric scale centred at zero."""
+    data = layers[layers["quantity"] == quantity] if not layers.empty else layers
+    if data.empty:
+        return None
+    datasets = sorted(data["dataset"].unique())
+    matrices = [_layer_matrix(data, d, quantity) for d in datasets]
+    limit = max(float(np.nanmax(np.abs(m.to_numpy()))) for m in matrices) or 1.0
+    n_layers = max(m.shape[1] for m in matrices)
+    figure, axes = _canvas(1, len(datasets), 0.55 * n_layers + 2.8, 0.35 * max(len(m) for m in matrices) + 1.4)
+    for ax, dataset, matrix in zip(axes[0], datasets, matrices):
+        # symmetric limits on a diverging map put zero at the centre (seaborn's center= uses a deprecated API)
+        sns.heatmap(
+            matrix,
+            ax=ax,
+            cmap="vlag",
+            vmin=-limit,
+            vmax=limit,
+            annot=n_layers <= 16,
+            fmt=".1f",
+            annot_kws={"fontsize": 7},
+            linewidths=0.5,
+            cbar_kws={"label": label or quantity.replace("_", " ")},
+        )
+        ax.set_title(dataset, fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("")
+    return figure
+
+
+def drift_vs_zeroshot(
+    runs: pd.DataFrame, pretrained=None, x: str = "drift_entropy_pct", y: str = "zs_top1"
+) -> Figure | None:
+    """One panel per dataset: every non-diverged run, colour by method, marker by rate, with
+    Pearson r (95% interval), Spearman ρ and n in the title."""
+    ok = runs[~runs["diverged"]].dropna(subset=[x, y]) if {x, y} <= set(runs) else runs.iloc[:0]
+    if ok.empty:
+        return None
+    datasets, methods = sorted(ok["dataset"].unique()), method_order(ok["method"])
+    lrs = lr_order(ok["lr"])
+    markers = {lr: LR_MARKERS[i % len(LR_MARKERS)] for i, lr in enumerate(lrs)}
+    figure, axes = _canvas(1, len(datasets), 4.4, 3.8)
+    reference = pretrained_top1(pretrained)
+    for ax, dataset in zip(axes[0], datasets):
+        data = ok[ok["dataset"] == dataset]
+        for (method, lr), group in data.groupby(["method", "lr"]):
+            ax.scatter(
+                group[x] * _scale(x),
+                group[y] * _scale(y),
+                color=_color(method, methods),
+                marker=markers[lr],
+                s=28,
+                alpha=0.8,
+                edgecolor="white",
+                linewidth=0.4,
+            )
+        if not np.isnan(reference) and y == "zs_top1":
+            ax.axhline(100 * reference, color="0.35", linestyle="--")
+        ax.axvline(0, color="0.35", linewidth=0.8)
+        ax.set_title(f"{dataset}: {_correlation_text(correlation(data[x], data[y]))}", fontsize=9)
+        ax.set_xlabel(PANEL_LABELS.get(x, x))
+        ax.set_ylabel(PANEL_LABELS.get(y, y))
+    handles = [
+        Line2D([], [], color=_color(m, methods), marker="o", linestyle="", label=method_label(m)) for m in methods
+    ]
+    handles += [Line2D([], [], color="0.4", marker=markers[lr], linestyle="", label=f"lr {lr}") for lr in lrs]
+    if not np.isnan(reference):
+        handles.append(Line2D([], [], color="0.35", linestyle="--", label="pretrained zero-shot"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7), frameon=False)
+    return figure
+
+
+def _correlation_text(result: dict) -> str:
+    if np.isnan(result["pearson_r"]):
+        return f"correlation not computable (n = {result['n']})"
+    interval = (
+        ""
+        if np.isnan(result["pearson_ci_low"])
+        else f" [{result['pearson_ci_low']:.2f}, {result['pearson_ci_high']:.2f}]"
+    )
+    return f"r = {result['pearson_r']:.2f}{interval}, ρ = {result['spearman_rho']:.2f}, n = {result['n']}"
+
+
+def cka_profiles(layers: pd.DataFrame, quantity: str = "cka_linear_cls") -> Figure | None:
+    """Rows: datasets; columns: methods; one line per learning rate (darker = higher), mean
+    CKA to the pretrained model per layer with a ± SD band over seeds."""
+    data = layers[layers["quantity"] == quantity] if not layers.empty else layers
+    if data.empty:
+        return None
+    datasets, methods, lrs = sorted(data["dataset"].unique()), method_order(data["method"]), lr_order(data["lr"])
+    colors = dict(zip(lrs, sns.color_palette("crest", len(lrs))))
+    figure, axes = _canvas(len(datasets), len(methods), 3.8, 2.9)
+    for row, dataset in enumerate(datasets):
+        for col, method in enumerate(methods):
+            ax = axes[row, col]
+            part = data[(data["dataset"] == dataset) & (data["method"] == method)]
+            for lr in lr_order(part["lr"]):
+                line = part[part["lr"] == lr].sort_values("layer")
+                sd = line["sd"].fillna(0)
+                ax.plot(line["layer"], line["mean"], marker="o", markersize=3, color=colors[lr], label=f"lr {lr}")
+                ax.fill_between(
+                    line["layer"], line["mean"] - sd, line["mean"] + sd, color=colors[lr], alpha=0.15, linewidth=0
+                )
+            ax.set_ylim(min(0.0, float(data["mean"].min()) - 0.05), 1.05)
+            ax.set_title(f"{dataset}: {method_label(method)}", fontsize=10)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("layer (0 = embedding output)")
+            ax.set_ylabel("CKA to pretrained")
+    _legend(figure, axes)
+    return figure
+
+
+def indomain_vs_zeroshot(
+    cells: pd.DataFrame, pretrained=None, x: str = "final_test_acc", y: str = "zs_top1"
+) -> Figure | None:
+    """The robustness-paper view: per dataset, in-domain accuracy against zero-shot accuracy,
+    cell means with ± SD bars, each method's rates joined in order, the pretrained model as
+    the origin point (a star where its in-domain zero-shot accuracy is known, else a line)."""
+    if f"{x}_mean" not in cells or cells[f"{x}_mean"].isna().all():
+        x = "best_select_acc"
+    if f"{x}_mean" not in cells or f"{y}_mean" not in cells:
+        return None
+    datasets, methods = sorted(cells["dataset"].unique()), method_order(cells["method"])
+    figure, axes = _canvas(1, len(datasets), 4.6, 4.0)
+    reference = pretrained_top1(pretrained)
+    indomain = (pretrained or {}).get("indomain", {}) if isinstance(pretrained, dict) else {}
+    for ax, dataset in zip(axes[0], datasets):
+        for method in methods:
+            part = cells[(cells["dataset"] == dataset) & (cells["method"] == method)].dropna(
+                subset=[f"{x}_mean", f"{y}_mean"]
+            )
+            if part.empty:
+                continue
+            color = _color(method, methods)
+            ax.errorbar(
+                100 * part[f"{x}_mean"],
+                100 * part[f"{y}_mean"],
+                xerr=100 * part[f"{x}_sd"].fillna(0),
+                yerr=100 * part[f"{y}_sd"].fillna(0),
+                color=color,
+                marker="o",
+                capsize=2,
+                label=method_label(method),
+            )
+            for row in part.itertuples():
+                ax.annotate(
+                    row.lr,
+                    (100 * getattr(row, f"{x}_mean"), 100 * getattr(row, f"{y}_mean")),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color=color,
+                )
+        _pretrained_origin(ax, reference, indomain.get(dataset))
+        ax.set_title(dataset, fontsize=10)
+        ax.set_xlabel(f"in-domain {PANEL_LABELS.get(x, x)}")
+        ax.set_ylabel(PANEL_LABELS.get(y, y))
+    _legend(figure, axes)
+    return figure
+
+
+def _pretrained_origin(ax, zeroshot: float, indomain: float | None) -> None:
+    if np.isnan(zeroshot):
+        return
+    if indomain is not None:
+        ax.scatter(
+            [100 * indomain],
+            [100 * zeroshot],
+            marker="*",
+            s=160,
+            color="black",
+            zorder=5,
+            label="pretrained (zero-shot)",
+        )
+    else:
+        ax.axhline(100 * zeroshot, color="0.35", linestyle="--", label="pretrained zero-shot")
+
+
+FIGURES = {
+    "lr_panels": "Learning-rate panels",
+    "layer_entropy_drift": "Per-layer entropy drift",
+    "layer_erf_drift": "Per-layer ERF@0.95 drift",
+    "drift_vs_zeroshot": "Attention drift vs zero-shot accuracy",
+    "cka_profiles": "CKA to the pretrained model per layer",
+    "indomain_vs_zeroshot": "In-domain vs zero-shot accuracy",
+}
+
+
+def make_figures(tables: dict[str, pd.DataFrame], pretrained=None) -> dict[str, Figure]:
+    """Every report figure that the tables can support, keyed as in ``FIGURES`` (in order).
+
+    ``tables`` needs ``runs``, ``cells`` and ``layers`` (as :func:`build_tables` returns or as
+    read back from Parquet); ``pretrained`` is ``zeroshot/pretrained.json``, optionally with
+    ``"indomain": {dataset: accuracy}`` for the origin point of the last figure."""
+    runs, cells = tables["runs"], tables["cells"]
+    layers = tables.get("layers")
+    layers = (
+        layers
+        if layers is not None
+        else pd.DataFrame(columns=["dataset", "method", "lr", "quantity", "layer", "mean", "sd", "n"])
+    )
+    built = {
+        "lr_panels": lr_panels(runs, pretrained),
+        "layer_entropy_drift": layer_heatmaps(layers, "entropy_drift_pct", "entropy drift (% of pretrained)"),
+        "layer_erf_drift": layer_heatmaps(layers, "erf95_drift_pct", "ERF@0.95 drift (% of pretrained)"),
+        "drift_vs_zeroshot": drift_vs_zeroshot(runs, pretrained),
+        "cka_profiles": cka_profiles(layers),
+        "indomain_vs_zeroshot": indomain_vs_zeroshot(cells, pretrained),
+    }
+    return {name: figure for name, figure in built.items() if figure is not None}

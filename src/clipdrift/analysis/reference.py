@@ -1,0 +1,89 @@
+"""The published study's numbers, and the reproduced-vs-published comparison.
+
+The packaged CSVs copy the publication's numbers verbatim (accuracies in percent):
+``paper_cells.csv`` its 16 cell means, ``paper_methods.csv`` its averages over the four rates
+(which include the ERF drift, published only at that level). They are loaded in the artifacts'
+units: accuracies as fractions, drifts in percent, under the run table's column names, so a
+comparison is a join and a subtraction.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+
+import pandas as pd
+
+from clipdrift.analysis.tables import sort_grid
+
+# published column -> run-table metric
+PUBLISHED_METRICS = {
+    "best_val_acc": "best_select_acc",
+    "entropy_drift_pct": "drift_entropy_pct",
+    "erf_drift_pct": "drift_erf95_pct",
+    "cifar100_zeroshot": "zs_top1",
+}
+PERCENT_COLUMNS = ("best_val_acc", "cifar100_zeroshot")  # published in percent
+PUBLISHED_PRETRAINED_ZEROSHOT = 0.6022  # CIFAR-100, single template, pretrained ViT-B/32
+PUBLISHED_FILES = {"cells": "paper_cells.csv", "methods": "paper_methods.csv"}
+
+
+def load_reference(level: str = "cells") -> pd.DataFrame:
+    """The published cell means (``level="cells"``: dataset, method, lr) or the published
+    averages over the four rates (``level="methods"``), in run-table units and names."""
+    if level not in PUBLISHED_FILES:
+        raise ValueError(f"reference level {level!r} is unknown: use one of {sorted(PUBLISHED_FILES)}")
+    source = resources.files("clipdrift") / "resources" / PUBLISHED_FILES[level]
+    with source.open() as handle:
+        frame = pd.read_csv(handle, dtype={"lr": str, "dataset": str, "method": str})
+    for column in PERCENT_COLUMNS:
+        frame[column] = frame[column] / 100.0
+    return frame.rename(columns=PUBLISHED_METRICS)
+
+
+def _keys(reference: pd.DataFrame) -> list[str]:
+    return [k for k in ("dataset", "method", "lr") if k in reference]
+
+
+def paper_comparison(table: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Reproduced vs published, one row per (cell, metric).
+
+    ``table`` is the cell table (for cell-level references) or the method table (for the
+    published averages). ``within_sd``: the published value lies within one seed SD of the
+    reproduced mean; ``within_range``: within the reproduced seeds' min–max. Both are NA where
+    the reproduction has no spread (a missing cell, one seed, or the method level, whose SD is
+    across rates rather than seeds). Learning rates are matched by value, not spelling.
+    """
+    keys = _keys(reference)
+    metrics = [m for m in reference.columns if m not in keys and f"{m}_mean" in table]
+    left, right = reference.copy(), table.copy()
+    if "lr" in keys:
+        left["_lr"], right["_lr"] = left["lr"].map(float), right["lr"].map(float)
+        right = right.drop(columns="lr")
+    join = [k for k in keys if k != "lr"] + (["_lr"] if "lr" in keys else [])
+    merged = left.merge(right, on=join, how="left", suffixes=("", "_reproduced"))
+    rows = []
+    for _, row in merged.iterrows():
+        for metric in metrics:
+            rows.append({k: row[k] for k in keys} | _compare(row, metric))
+    frame = pd.DataFrame(rows)
+    frame[["within_sd", "within_range"]] = frame[["within_sd", "within_range"]].astype("boolean")
+    return sort_grid(frame, extra=["metric"])
+
+
+def _compare(row: pd.Series, metric: str) -> dict:
+    published, mean = row[metric], row.get(f"{metric}_mean")
+    sd = row.get(f"{metric}_sd", math.nan)  # absent at the method level: no seed spread there
+    n = row.get(f"{metric}_n", row.get(f"{metric}_n_lr"))  # seeds per cell, or rates per method
+    low, high = row.get(f"{metric}_min"), row.get(f"{metric}_max")
+    difference = mean - published
+    return {
+        "metric": metric,
+        "published": published,
+        "reproduced_mean": mean,
+        "reproduced_sd": float(sd),
+        "reproduced_n": 0 if pd.isna(n) else int(n),
+        "difference": difference,
+        "within_sd": pd.NA if pd.isna(sd) or pd.isna(mean) else bool(abs(difference) <= sd),
+        "within_range": pd.NA if pd.isna(low) or pd.isna(high) or low == high else bool(low <= published <= high),
+    }

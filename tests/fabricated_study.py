@@ -1,0 +1,164 @@
+"""A fabricated set of run results in the artifact shapes of docs/artifacts.md.
+
+2 datasets × 2 methods × 4 learning rates × 3 seeds, built so that the analysis has something
+to find: Full FT forgets zero-shot accuracy as the rate grows while LoRA keeps most of it;
+LoRA underfits pets at the lowest rate and overtakes Full FT there at the highest (a ranking
+flip). Two irregularities: eurosat / full / 5e-05 / seed 19 diverged (garbage numbers that
+would poison a mean), and pets / lora / 1e-06 lost seed 11 (a cell with n = 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+DATASETS = ("eurosat", "pets")
+METHODS = ("full", "lora")
+LRS = ("1e-06", "5e-06", "1e-05", "5e-05")
+SEEDS = (7, 11, 19)
+DIVERGED = ("eurosat", "full", "5e-05", 19)
+MISSING = ("pets", "lora", "1e-06", 11)
+PRETRAINED = {
+    "task": "world-cifar100",
+    "templates": "single",
+    "n_templates": 1,
+    "n_images": 1000,
+    "top1": 0.60,
+    "top5": 0.85,
+    "balanced_acc": 0.60,
+}
+N_LAYERS, N_HEADS = 3, 2
+BASELINE = {
+    "entropy": 3.0,
+    "erf95": 0.8,
+    "gini": 0.4,
+    "head_diversity": 0.3,
+    "p2p_entropy": 3.5,
+    "rollout_entropy": 3.6,
+    "rollout_erf95": 0.9,
+    "rollout_gini": 0.3,
+}
+
+# Cell means: selection accuracy, zero-shot top-1, entropy drift (% of pretrained).
+SELECT = {
+    "eurosat": {"full": (0.97, 0.98, 0.98, 0.97), "lora": (0.90, 0.95, 0.97, 0.98)},
+    "pets": {"full": (0.88, 0.90, 0.91, 0.86), "lora": (0.20, 0.82, 0.90, 0.92)},
+}
+ZEROSHOT = {"full": (0.40, 0.20, 0.10, 0.05), "lora": (0.58, 0.55, 0.50, 0.45)}
+DRIFT = {"full": (-0.5, -1.5, -3.0, -6.0), "lora": (0.1, 0.3, 0.5, 0.8)}
+
+
+def run_keys():
+    for dataset in DATASETS:
+        for method in METHODS:
+            for i, lr in enumerate(LRS):
+                for seed in SEEDS:
+                    if (dataset, method, lr, seed) != MISSING:
+                        yield dataset, method, i, lr, seed
+
+
+def _history(dataset, method, lr, seed, select, diverged):
+    epochs = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "train_acc": select,
+            "select_acc": select,
+            "lr_end": float(lr),
+            "time_s": 10.0,
+            "images_per_s": 400.0,
+        }
+        for e in (1, 2)
+    ]
+    return {
+        "dataset": dataset,
+        "method": method,
+        "lr": lr,
+        "seed": seed,
+        "status": "diverged" if diverged else "completed",
+        "diverged_at_step": 37 if diverged else None,
+        "selection_split": "val",
+        "epochs": epochs,
+        "best_epoch": 2,
+        "best_select_acc": select,
+        "final_select_acc": select - 0.005,
+        "final_test_acc": select - 0.01,
+        "trainable_params": {
+            "adapter": 0 if method == "full" else 1000,
+            "projection": 100,
+            "head": 50,
+            "image_tower": 50000 if method == "full" else 0,
+            "total": 50150 if method == "full" else 1150,
+        },
+        "train_time_s": 20.0 + seed / 10,
+        "images_per_s": 400.0 - seed,
+        "steps": 200,
+    }
+
+
+def _attention_rows(keys, drift_pct, rng):
+    """Per-layer drifts that average to ``drift_pct`` over layers, per head and head-mean rows."""
+    rows = []
+    layer_drift = drift_pct * np.array([0.5, 1.0, 1.5])
+    for metric, base in BASELINE.items():
+        layers = [-1] if metric.startswith("rollout") else range(N_LAYERS)
+        for layer in layers:
+            factor = 1 + (layer_drift[layer] if layer >= 0 else drift_pct) / 100
+            heads = [-1] if metric == "head_diversity" or layer < 0 else [-1, *range(N_HEADS)]
+            for head in heads:
+                # per-head values deliberately disagree with the head-mean row: the head-mean row must win
+                offset = 0.0 if head == -1 else (0.5 if head == 0 else -0.3)
+                for state, value in (("baseline", base + offset), ("final", base * factor + offset)):
+                    rows.append(
+                        {**keys, "layer": layer, "head": head, "metric": metric, "state": state, "value": value}
+                    )
+    return rows
+
+
+def _cka_rows(keys, level):
+    rows = []
+    for layer in range(N_LAYERS + 1):
+        for token in ("cls", "patch_mean"):
+            for variant in ("linear", "debiased"):
+                undefined = layer == 0 and token == "cls"
+                value = np.nan if undefined else level - 0.05 * layer - (0.02 if variant == "debiased" else 0)
+                rows.append(
+                    {
+                        **keys,
+                        "layer": layer,
+                        "token": token,
+                        "variant": variant,
+                        "value": value,
+                        "defined": not undefined,
+                    }
+                )
+    return rows
+
+
+def fabricate():
+    """(histories, zeroshot, attention, cka) for the fabricated study."""
+    rng = np.random.default_rng(0)
+    histories, zeroshot, attention, cka = [], [], [], []
+    for dataset, method, i, lr, seed in run_keys():
+        keys = {"dataset": dataset, "method": method, "lr": lr, "seed": seed}
+        diverged = (dataset, method, lr, seed) == DIVERGED
+        select = 0.10 if diverged else float(np.clip(SELECT[dataset][method][i] + rng.normal(0, 0.01), 0, 1))
+        zs = 0.01 if diverged else float(np.clip(ZEROSHOT[method][i] + rng.normal(0, 0.02), 0, 1))
+        drift = 80.0 if diverged else DRIFT[method][i] + rng.normal(0, 0.1)
+        histories.append(_history(dataset, method, lr, seed, select, diverged))
+        zeroshot.append(
+            {
+                **keys,
+                "task": PRETRAINED["task"],
+                "templates": "single",
+                "n_templates": 1,
+                "n_images": 1000,
+                "top1": zs,
+                "top5": min(1.0, zs + 0.2),
+                "balanced_acc": zs,
+            }
+        )
+        attention += _attention_rows(keys, drift, rng)
+        level = 0.99 - 0.02 * i - (0.1 if method == "full" else 0) + rng.normal(0, 0.005)
+        cka += _cka_rows(keys, 0.2 if diverged else level)
+    return histories, zeroshot, pd.DataFrame(attention), pd.DataFrame(cka)

@@ -1,0 +1,216 @@
+"""The figures and the self-contained HTML report, built from the fabricated runs; the page is
+opened in a real headless browser (Debian's chromium) that must load every image and log no
+console message."""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from fabricated_study import DIVERGED, PRETRAINED, fabricate
+
+from clipdrift import analysis
+from clipdrift.analysis.figures import FIGURES, indomain_vs_zeroshot, make_figures
+from clipdrift.io import read_table, write_figure, write_table
+from clipdrift.report import FIGURE_CAPTIONS, render_report
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "pets"], "seeds": [7, 11, 19]}
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return analysis.build_tables(*fabricate())
+
+
+@pytest.fixture(scope="module")
+def figures(tables):
+    return make_figures(tables, PRETRAINED)
+
+
+@pytest.fixture(scope="module")
+def found(tables):
+    return analysis.findings(tables["runs"], PRETRAINED)
+
+
+@pytest.fixture(scope="module")
+def page(tables, figures, found):
+    return render_report(tables, figures, found, STUDY, PRETRAINED)
+
+
+# ---------------------------------------------------------------------------------- figures
+
+
+def test_every_figure_is_built(figures):
+    assert list(figures) == list(FIGURES)
+    panels = figures["lr_panels"]
+    assert len([ax for ax in panels.axes if ax.get_xscale() == "log"]) == 2 * 3  # datasets × metrics
+
+
+def test_figures_are_written_as_png_and_reproducible_svg(tables, tmp_path):
+    """A rerun of the report rule on the same tables rewrites identical files."""
+    for name in ("a", "b"):
+        figure = indomain_vs_zeroshot(tables["cells"], PRETRAINED)
+        write_figure(figure, tmp_path / f"{name}.png", tmp_path / f"{name}.svg")
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = (tmp_path / "a.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<dc:date>" not in svg
+    assert svg == (tmp_path / "b.svg").read_text()
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_snakemake_report_captions_match_the_page(figures):
+    for name in figures:
+        caption = ROOT / "workflow" / "report" / f"{name}.rst"
+        assert caption.is_file(), f"missing caption {caption}"
+        assert " ".join(caption.read_text().split()) == FIGURE_CAPTIONS[name]
+
+
+# ------------------------------------------------------------------------------------- page
+
+
+def test_page_is_self_contained(page, figures):
+    assert page.startswith("<!DOCTYPE html>")
+    external = re.findall(r"""(?:src|href)\s*=\s*['"](?!data:|#)([^'"]*)""", page)
+    assert external == []
+    assert "<script" not in page and "<link" not in page and "url(" not in page
+    images = re.findall(r"<img [^>]*src='data:image/png;base64,", page)
+    assert len(images) == len(figures)
+
+
+def test_page_shows_the_diverged_run_as_such(page, tables):
+    dataset, _, lr, seed = DIVERGED
+    rows = re.findall(r'<tr class="diverged">(.*?)</tr>', page)
+    assert len(rows) == 1
+    assert f">{dataset}<" in rows[0] and f">{lr}<" in rows[0] and f">{seed}<" in rows[0]
+    assert "DIVERGED at step 37" in rows[0]
+
+
+def _row(page, *cells):
+    pattern = "".join(rf'<td class="text">{re.escape(c)}</td>' for c in cells)
+    rows = re.findall(rf"<tr[^>]*>{pattern}(.*?)</tr>", page)
+    assert len(rows) >= 1, cells
+    return rows[0]
+
+
+def test_page_cell_means_leave_the_diverged_run_out(page, tables):
+    dataset, method, lr, _ = DIVERGED
+    cells = tables["cells"]
+    cell = cells[(cells["dataset"] == dataset) & (cells["method"] == method) & (cells["lr"] == lr)].iloc[0]
+    row = _row(page, dataset, "Full FT", lr, "2 / 3", "1 (seed 19)")
+    assert f"{100 * cell['zs_top1_mean']:.1f} ± {100 * cell['zs_top1_sd']:.1f}" in row
+    assert f"{100 * cell['best_select_acc_mean']:.1f} ± {100 * cell['best_select_acc_sd']:.1f}" in row
+
+
+def test_page_states_the_findings(page, found):
+    import html
+
+    for finding in found:
+        assert html.escape(finding["sentence"]) in page
+    assert "LoRA kept" in page and "(pretrained: 60.0%" in page
+
+
+def test_paper_section_only_for_the_paper_preset(page, tables, figures, found):
+    assert "Does not apply" in page and "unit-test" in page
+    paper = dict(
+        tables,
+        paper_cells=analysis.paper_comparison(tables["cells"], analysis.load_reference()),
+        paper_methods=analysis.paper_comparison(tables["methods"], analysis.load_reference("methods")),
+    )
+    with_paper = render_report(paper, {}, found, {"name": "paper", "preset": "paper"}, PRETRAINED)
+    assert "Does not apply" not in with_paper
+    row = _row(with_paper, "eurosat", "Full FT", "1e-06", "zero-shot top-1 (%)")
+    assert ">15.9<" in row  # the published 15.90% for that cell
+    assert "published 60.2%" in with_paper
+
+
+def test_tables_read_back_from_parquet_render_the_same(tables, found, tmp_path):
+    """The report rule reads the aggregate rule's Parquet tables: dtypes must survive."""
+    back = {}
+    for name, frame in tables.items():
+        write_table(frame, tmp_path / f"{name}.parquet")
+        back[name] = read_table(tmp_path / f"{name}.parquet")
+    assert analysis.findings(back["runs"], PRETRAINED) == found
+    assert list(make_figures(back, PRETRAINED)) == list(FIGURES)
+    assert render_report(back, {}, found, STUDY, PRETRAINED) == render_report(tables, {}, found, STUDY, PRETRAINED)
+
+
+# ---------------------------------------------------------------------------------- browser
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser"):
+        if path := shutil.which(name):
+            return path
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail("CI is set but chromium is missing: install Debian's chromium (apt-get install chromium)")
+    pytest.skip("chromium is not installed (allowed only outside CI)")
+
+
+# Records, after the load event, how many images there are and how many failed to decode.
+PROBE = """<script>window.addEventListener('load', () => {
+  const images = Array.from(document.images);
+  document.body.dataset.images = images.length;
+  document.body.dataset.broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+  document.body.dataset.height = document.documentElement.scrollHeight;
+});</script>"""
+
+
+def _run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def _console_messages(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+def test_page_opens_in_headless_chromium(page, figures, tmp_path):
+    binary = _chromium()
+    index = tmp_path / "index.html"
+    index.write_text(page)
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE + "</body>"))
+
+    dom = _run_chromium(
+        binary,
+        tmp_path / "profile",
+        "--window-size=1280,900",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe.as_uri(),
+    )
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    attributes = dict(re.findall(r'data-(\w+)="(\d+)"', body))
+    assert int(attributes["images"]) == len(figures) and int(attributes["broken"]) == 0, attributes
+    assert _console_messages(dom.stderr) == []
+
+    screenshot = tmp_path / "report.png"
+    height = min(int(attributes["height"]), 16000)
+    shot = _run_chromium(
+        binary,
+        tmp_path / "profile",
+        f"--window-size=1280,{height}",
+        "--virtual-time-budget=10000",
+        f"--screenshot={screenshot}",
+        index.as_uri(),
+    )
+    assert _console_messages(shot.stderr) == []
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 50_000
+    print(f"report screenshot: {screenshot}")
