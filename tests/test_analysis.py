@@ -410,6 +410,13 @@ def test_diverged_run_and_power_caveats(found):
     assert power["values"]["p_perm_min"] == pytest.approx(0.1)  # 3 vs 3 seeds: 2 / C(6, 3)
 
 
+def test_a_single_method_study_compares_nothing(tables):
+    runs = tables["runs"][tables["runs"]["method"] == "lora"]
+    found = analysis.findings(runs, PRETRAINED)
+    assert {f["kind"] for f in found} == {"diverged"}
+    assert analysis.comparisons(runs).empty
+
+
 def test_findings_are_json_ready(found):
     import json
 

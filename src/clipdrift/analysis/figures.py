@@ -268,7 +268,7 @@ def indomain_vs_zeroshot(
     the origin point (a star where its in-domain zero-shot accuracy is known, else a line)."""
     if f"{x}_mean" not in cells or cells[f"{x}_mean"].isna().all():
         x = "best_select_acc"
-    if f"{x}_mean" not in cells or f"{y}_mean" not in cells:
+    if f"{x}_mean" not in cells or f"{y}_mean" not in cells or cells[f"{y}_mean"].isna().all():
         return None
     datasets, methods = sorted(cells["dataset"].unique()), method_order(cells["method"])
     figure, axes = _canvas(1, len(datasets), 4.6, 4.0)

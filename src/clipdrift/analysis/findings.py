@@ -380,26 +380,34 @@ def findings(
     task = _task_name(runs, pretrained_zeroshot)
     out: list[dict] = []
     for dataset in sorted(runs["dataset"].unique()):
-        if "zs_top1" in runs:
-            effect = headline(cells, stats, dataset, methods, pretrained, task, alpha)
-            top = highest_rate(cells, stats, dataset, methods, pretrained, task)
-            if effect and top and effect["values"]["widest"]["lr"] == top["values"]["lr"]:
-                top = None  # the headline already gives the highest rate's numbers
-            out += [effect, top, average_transfer(cells, dataset, methods, pretrained, task)]
-        out += [ranking_flips(cells, stats, dataset, methods, m) for m in FLIP_METRICS if m in runs]
-        out += underfit_cells(cells, dataset, methods, underfit_gap) or [
-            _finding(
-                "underfit",
-                dataset,
-                f"On {dataset}, {method_label(methods[1])}'s selection accuracy is never more than "
-                f"{100 * underfit_gap:.0f} points below {method_label(methods[0])}'s at the same rate.",
-                lr=None,
-                gap=underfit_gap,
-            )
-        ]
-        out.append(best_rates(cells, dataset, methods))
+        if not _matched_lrs(cells, dataset, methods, "best_select_acc"):
+            continue  # one method only, or no rate where both finished: nothing to compare
+        out += _dataset_findings(cells, stats, dataset, methods, pretrained, task, underfit_gap, alpha)
     out += [diverged_runs(runs), permutation_power(stats, alpha)]
     return [f for f in out if f is not None]
+
+
+def _dataset_findings(cells, stats, dataset, methods, pretrained, task, underfit_gap, alpha) -> list[dict | None]:
+    out: list[dict | None] = []
+    if "zs_top1_mean" in cells:
+        effect = headline(cells, stats, dataset, methods, pretrained, task, alpha)
+        top = highest_rate(cells, stats, dataset, methods, pretrained, task)
+        if effect and top and effect["values"]["widest"]["lr"] == top["values"]["lr"]:
+            top = None  # the headline already gives the highest rate's numbers
+        out += [effect, top, average_transfer(cells, dataset, methods, pretrained, task)]
+    out += [ranking_flips(cells, stats, dataset, methods, m) for m in FLIP_METRICS if f"{m}_mean" in cells]
+    a, b = methods
+    no_underfit = _finding(
+        "underfit",
+        dataset,
+        f"On {dataset}, {method_label(b)}'s selection accuracy is never more than "
+        f"{100 * underfit_gap:.0f} points below {method_label(a)}'s at the same rate.",
+        lr=None,
+        gap=underfit_gap,
+    )
+    out += underfit_cells(cells, dataset, methods, underfit_gap) or [no_underfit]
+    out.append(best_rates(cells, dataset, methods))
+    return out
 
 
 def _task_name(runs: pd.DataFrame, pretrained) -> str:

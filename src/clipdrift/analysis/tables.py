@@ -173,7 +173,9 @@ def attention_summary(attention: pd.DataFrame | None) -> pd.DataFrame:
     states["drift"] = drift_pct(states["final"], states["baseline"])
     wide = states.unstack("metric")
     wide.columns = [f"drift_{m}_pct" if s == "drift" else f"{m}_{s}" for s, m in wide.columns]
-    return wide.reset_index().reindex(columns=columns)
+    # the known metrics always (NaN if absent), then any others the metrics stage wrote (e.g. erf90)
+    extra = [c for c in wide.columns if c not in columns]
+    return wide.reset_index().reindex(columns=columns + extra)
 
 
 def _cka_rows(cka: pd.DataFrame) -> pd.DataFrame:
