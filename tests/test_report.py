@@ -14,7 +14,7 @@ from fabricated_study import DIVERGED, PRETRAINED, fabricate
 from clipdrift import analysis
 from clipdrift.analysis.figures import FIGURES, indomain_vs_zeroshot, make_figures
 from clipdrift.io import read_table, write_figure, write_table
-from clipdrift.report import FIGURE_CAPTIONS, render_report
+from clipdrift.report import FIGURE_CAPTIONS, mean_sd, render_report
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "pets"], "seeds": [7, 11, 19]}
@@ -70,6 +70,13 @@ def test_snakemake_report_captions_match_the_page(figures):
 
 
 # ------------------------------------------------------------------------------------- page
+
+
+def test_a_small_spread_is_never_shown_as_zero():
+    assert mean_sd("drift_entropy_pct", 0.78, 0.0043) == "+0.78 ± 0.004"
+    assert mean_sd("zs_top1", 0.5, 0.0004) == "50.0 ± 0.04"
+    assert mean_sd("zs_top1", 0.5, 0.02) == "50.0 ± 2.0"
+    assert mean_sd("cka_mean", 0.9, float("nan")) == "0.900"
 
 
 def test_page_is_self_contained(page, figures):

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 import clipdrift
 from clipdrift.analysis.figures import FIGURES
-from clipdrift.analysis.findings import pct, pretrained_top1
+from clipdrift.analysis.findings import pct, pretrained_top1, small
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.tables import ACCURACY_METRICS, method_label
 
@@ -88,11 +88,22 @@ def format_value(metric: str, value, signed: bool = False) -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
 
 
+def _spread(metric: str, sd: float) -> str:
+    """An SD as its metric is shown, but never rounded to a zero it is not."""
+    if metric in ACCURACY_METRICS:
+        return small(100 * sd, 1)
+    if metric.startswith("drift_"):
+        return small(sd)
+    if metric.startswith("cka"):
+        return small(sd, 3)
+    return format_value(metric, sd)
+
+
 def mean_sd(metric: str, mean, sd) -> str:
     """ "mean ± SD" (SD unsigned, omitted when there is none), or "–" without a mean."""
     if _is_missing(mean):
         return "–"
-    spread = "" if _is_missing(sd) else f" ± {format_value(metric, sd).lstrip('+')}"
+    spread = "" if _is_missing(sd) else f" ± {_spread(metric, sd)}"
     return format_value(metric, mean) + spread
 
 

@@ -39,13 +39,18 @@ def pct_sd(mean: float, sd: float) -> str:
     """An accuracy as "61.2% ± 3.1" (SD in percentage points), or with "(one seed)"."""
     if pd.isna(mean):
         return "n/a"
-    return f"{pct(mean)} ± {100 * sd:.1f}" if not pd.isna(sd) else f"{pct(mean)} (one seed)"
+    return f"{pct(mean)} ± {small(100 * sd, 1)}" if not pd.isna(sd) else f"{pct(mean)} (one seed)"
 
 
 def drift_sd(mean: float, sd: float) -> str:
     if pd.isna(mean):
         return "n/a"
-    return f"{mean:+.2f}% ± {sd:.2f}" if not pd.isna(sd) else f"{mean:+.2f}% (one seed)"
+    return f"{mean:+.2f}% ± {small(sd)}" if not pd.isna(sd) else f"{mean:+.2f}% (one seed)"
+
+
+def small(value: float, places: int = 2) -> str:
+    """A spread to ``places`` decimals, or to one significant digit where that would read as 0."""
+    return f"{value:.{places}f}" if value == 0 or abs(value) >= 0.5 * 10**-places else f"{value:.1g}"
 
 
 def p_text(p: float) -> str:
