@@ -80,6 +80,13 @@ def test_statistics_of_a_small_hand_worked_distribution():
     assert gini(dist).item() == pytest.approx(0.2)
 
 
+def test_entropy_renormalises_rows_so_scale_does_not_matter():
+    rows = torch.rand(3, 5, P)
+    normalised = rows / rows.sum(-1, keepdim=True)
+    assert torch.allclose(entropy(7.5 * rows), entropy(normalised), atol=1e-12)
+    assert torch.allclose(entropy(normalised), -(normalised.double() * normalised.double().log()).sum(-1), atol=1e-12)
+
+
 def test_erf_counts_a_threshold_reached_exactly_despite_rounding():
     # 19 of 20 uniform patches hold exactly 0.95; float sums land a hair below it
     assert effective_receptive_field(torch.full((20,), 0.05)).item() == 19 / 20
@@ -169,16 +176,28 @@ def models():
     return tuned, baseline
 
 
-def per_image_cls_stats(model, probe):
-    """Per-image, per-head entropy of the CLS row, the slow obvious way: (images, layers, heads)."""
+def per_image_cls_stats(model, probe, patch_to_patch=False):
+    """Per-image, per-head entropy of the CLS row (or the mean patch row of the patch block),
+    the slow obvious way: (images, layers, heads)."""
     with torch.no_grad(), capture_attention(model.clip) as maps:
         model.clip.encode_image(model_input(model, probe.images))
     values = []
     for layer in maps:
         probs = layer[0].double()
-        row = probs[:, :, 0, 1:] / probs[:, :, 0, 1:].sum(-1, keepdim=True)
-        values.append(-(row * row.log()).sum(-1))
+        block = probs[:, :, 1:, 1:] if patch_to_patch else probs[:, :, 0:1, 1:]
+        rows = block / block.sum(-1, keepdim=True)
+        values.append(-(rows * rows.log()).sum(-1).mean(-1))
     return torch.stack(values, dim=1)
+
+
+def rollout_entropy_by_hand(model, probe, alpha):
+    with torch.no_grad(), capture_attention(model.clip) as maps:
+        model.clip.encode_image(model_input(model, probe.images))
+    joint = torch.eye(17, dtype=torch.float64)
+    for layer in maps:
+        joint = (alpha * layer[0].double().mean(1) + (1 - alpha) * torch.eye(17, dtype=torch.float64)) @ joint
+    row = joint[:, 0, 1:] / joint[:, 0, 1:].sum(-1, keepdim=True)
+    return -(row * row.log()).sum(-1).mean().item()
 
 
 def values(frame, metric, state, head=-1):
@@ -214,6 +233,10 @@ def test_exact_entropy_is_the_per_image_mean_of_cls_row_entropies(models):
         by_hand = per_image_cls_stats(model, probe)  # (images, layers, heads)
         assert np.allclose(values(frame, "entropy", state), by_hand.mean(dim=(0, 2)).numpy(), atol=1e-6)
         assert np.allclose(values(frame, "entropy", state, head=1), by_hand[:, :, 1].mean(0).numpy(), atol=1e-6)
+    p2p = per_image_cls_stats(tuned, probe, patch_to_patch=True)
+    rolled = attention_table(tuned, baseline, probe, AttentionConfig(rollout_alpha=0.8, batch_size=16))
+    assert values(rolled, "rollout_entropy", "final")[0] == pytest.approx(rollout_entropy_by_hand(tuned, probe, 0.8), abs=1e-9)
+    assert np.allclose(values(frame, "p2p_entropy", "final", head=2), p2p[:, :, 2].mean(0).numpy(), atol=1e-6)
     bits = attention_table(tuned, baseline, probe, AttentionConfig(entropy_unit="bits", batch_size=32))
     assert np.allclose(values(bits, "entropy", "final"), values(frame, "entropy", "final") / math.log(2))
 

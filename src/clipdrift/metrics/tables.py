@@ -23,7 +23,6 @@ from clipdrift.metrics.attention import (
     distribution_stats,
     entropy,
     head_diversity,
-    patch_patch_distribution,
     rollout,
 )
 from clipdrift.metrics.cka import CKA_VARIANTS, CKAAccumulator
@@ -109,7 +108,8 @@ def batch_attention_stats(layer_probs: list[torch.Tensor], config: AttentionConf
         cls_rows = cls_patch_distribution(probs)  # (B, H, P)
         for name, values in distribution_stats(cls_rows, config.entropy_unit, config.erf_mass).items():
             per_layer[name].append(values.mean(dim=0))
-        p2p = entropy(patch_patch_distribution(probs), config.entropy_unit).mean(dim=-1)  # mean over patch rows
+        # patch×patch block, rows renormalised inside entropy(); mean over the patch rows
+        p2p = entropy(probs[..., 1:, 1:], config.entropy_unit).mean(dim=-1)
         per_layer["p2p_entropy"].append(p2p.mean(dim=0))
         per_layer["head_map"].append(cls_rows.mean(dim=0))
     stats = {name: torch.stack(values) for name, values in per_layer.items()}
@@ -184,7 +184,11 @@ def drift_summary(attention_df: pd.DataFrame) -> pd.DataFrame:
     """
     keys = [c for c in attention_df.columns if c not in ATTENTION_COLUMNS]
     head_mean = attention_df[attention_df["head"] == WHOLE]
-    wide = head_mean.pivot_table(index=keys + ["metric", "layer"], columns="state", values="value", aggfunc="first")
+    index = keys + ["metric", "layer", "state"]
+    if head_mean.duplicated(index).any():
+        raise ValueError(f"the attention table has duplicate rows for {index}: concatenate runs with their keys")
+    # unstack keeps NaN values (one head: no diversity) and adds no combinations that never existed
+    wide = head_mean.set_index(index)["value"].unstack("state")
     missing = set(STATES) - set(wide.columns)
     if missing:
         raise ValueError(f"drift needs both model states, the table lacks {sorted(missing)}")
