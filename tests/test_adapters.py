@@ -90,3 +90,14 @@ def test_trained_lora_equals_a_hand_merged_model(tiny_images):
         merged.clip.visual.proj.copy_(lora.clip.visual.proj)
         merged.head.load_state_dict(lora.head.state_dict())
         assert torch.allclose(lora(tiny_images), merged(tiny_images), atol=1e-5)
+
+
+def test_lora_initialisation_is_drawn_from_the_given_seed_without_touching_the_global_rng():
+    state = torch.random.get_rng_state()
+    a = apply_method(build_classifier(BackboneSpec("clipdrift-tiny"), 3, seed=0), MethodConfig("lora"), seed=1)
+    b = apply_method(build_classifier(BackboneSpec("clipdrift-tiny"), 3, seed=0), MethodConfig("lora"), seed=1)
+    c = apply_method(build_classifier(BackboneSpec("clipdrift-tiny"), 3, seed=0), MethodConfig("lora"), seed=2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    key = "clip.visual.transformer.resblocks.0.attn.q_proj.lora_A.default.weight"
+    assert torch.equal(a.state_dict()[key], b.state_dict()[key])
+    assert not torch.equal(a.state_dict()[key], c.state_dict()[key])

@@ -56,26 +56,36 @@ def lora_target_regex(targets: tuple[str, ...]) -> str:
     return rf"clip\.visual\.transformer\.resblocks\.\d+\.attn\.({'|'.join(targets)})"
 
 
-def apply_method(model: CLIPClassifier, config: MethodConfig) -> CLIPClassifier:
-    """Set up ``model`` in place for ``config``: inject adapters, set ``requires_grad``."""
+def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> CLIPClassifier:
+    """Set up ``model`` in place for ``config``: inject adapters, set ``requires_grad``.
+
+    peft draws the LoRA A matrices from the global RNG; they are drawn from ``seed`` here (the
+    caller's RNG state is left untouched), so the same seed gives the same run.
+    """
     image_tower_blocks(model.clip)  # fail early on unsupported towers
     model.requires_grad_(False)
     if config.method == "lora":
-        lora = peft.LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            bias="none",
-            target_modules=lora_target_regex(config.lora_targets),
-        )
-        peft.inject_adapter_in_model(lora, model)
-        for name, param in model.named_parameters():
-            param.requires_grad_("lora_" in name)
-        model.clip.visual.proj.requires_grad_(config.train_projection)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _inject_lora(model, config)
     else:
         model.clip.visual.requires_grad_(True)
     model.head.requires_grad_(True)
     return model
+
+
+def _inject_lora(model: CLIPClassifier, config: MethodConfig) -> None:
+    lora = peft.LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        target_modules=lora_target_regex(config.lora_targets),
+    )
+    peft.inject_adapter_in_model(lora, model)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    model.clip.visual.proj.requires_grad_(config.train_projection)
 
 
 def _parameter_group(name: str) -> str:

@@ -231,10 +231,11 @@ def convert_image_tower_attention(model: nn.Module) -> int:
     Weights are copied exactly; returns the number of blocks converted (0 if already done).
     """
     converted = 0
-    for block in image_tower_blocks(model):
-        if isinstance(block.attn, nn.MultiheadAttention):
-            block.attn = ExplicitAttention.from_multihead(block.attn)
-            converted += 1
+    with torch.random.fork_rng(devices=[]):  # the new linears' throw-away init must not consume the caller's RNG
+        for block in image_tower_blocks(model):
+            if isinstance(block.attn, nn.MultiheadAttention):
+                block.attn = ExplicitAttention.from_multihead(block.attn)
+                converted += 1
     return converted
 
 
