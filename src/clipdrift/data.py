@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from clipdrift.errors import UserFacingError
+
 
 @dataclass
 class ImageSplit:
@@ -64,7 +66,7 @@ PROBE_SIZE = 200
 PROBE_SEED = 42
 
 
-class SplitError(ValueError):
+class SplitError(UserFacingError, ValueError):
     """Requested split sizes do not fit the data."""
 
 
@@ -196,7 +198,7 @@ EUROSAT_READABLE = {
 }
 
 
-class DatasetUnavailableError(FileNotFoundError):
+class DatasetUnavailableError(UserFacingError, FileNotFoundError):
     """A real dataset is not on disk (or not intact) and may not be downloaded."""
 
 
@@ -238,7 +240,7 @@ def _unavailable(name: str, root: Path, problem: str, error: Exception | None = 
     message = (
         f"{source.title} dataset {problem}: looked in {root / source.folder}.\n"
         f"Expected layout: {source.layout.format(root=root)}\n"
-        f"To fetch it, allow downloading (download=True; the study config's data download switch) on "
+        f"To fetch it, allow downloading (data.download: true in the study config, or download=True) on "
         f"a machine with network access, or run there\n    {source.fetch.format(root=root)}\n"
         f"and copy {root / source.folder} here."
     )

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from clipdrift.adapters import trainable_parameter_counts, trainable_parameters
 from clipdrift.backbones import CLIPClassifier, image_preprocess_config
 from clipdrift.data import ImageSplit, to_model_input
+from clipdrift.errors import UserFacingError
 from clipdrift.io import ArtifactError, ResumeStore
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ HISTORY_PARAM_GROUPS = ("adapter", "projection", "head", "image_tower", "total")
 _RESUME_KIND = "clipdrift-finetune-resume"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserFacingError, ValueError):
     """A training setting is invalid or does not fit the model or data."""
 
 
