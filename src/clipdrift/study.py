@@ -94,6 +94,35 @@ def data_settings(config: dict, dataset: str) -> dict:
     return settings
 
 
+# Split sizes of the synthetic-world tasks when the config gives none.
+DEFAULT_WORLD_SIZES = {
+    "world-eurosat": {"train": 2000, "val": 500, "test": 500},
+    "world-pets": {"train": 2960, "val": 740, "test": 740},
+    "world-cifar100": {"test": 2000},
+}
+
+
+def build_dataset(dataset: dict, settings: dict):
+    """The image splits and manifest of one dataset (fine-tuning tasks also get their probe)."""
+    from clipdrift import data
+
+    name, sizes = dataset["name"], dataset.get("sizes") or None
+    if settings["source"] == "world":
+        from clipdrift.world import WorldConfig, task_splits
+
+        splits, manifest = task_splits(name, WorldConfig(**settings["world"]), sizes or DEFAULT_WORLD_SIZES[name])
+    else:
+        options = {"val_fraction": dataset["val_fraction"]} if dataset.get("val_fraction") is not None else {}
+        splits, manifest = data.prepare_real_dataset(
+            name, settings["root"], download=settings["download"], image_size=settings["image_size"],
+            interpolation=settings["interpolation"], split_sizes=sizes, seed=settings["split_seed"], **options,
+        )
+    if "train" in splits:
+        splits, manifest = data.with_probe(splits, manifest, source="test", n=settings["probe_size"],
+                                           seed=settings["probe_seed"])
+    return splits, manifest
+
+
 def method_settings(config: dict, method: str) -> dict:
     """Keyword arguments of :class:`clipdrift.adapters.MethodConfig` for ``method``."""
     if method == "full":
@@ -145,7 +174,6 @@ def training_settings(config: dict, dataset: str, lr: str, seed: int) -> dict:
         "amp": training["amp"],
         "eval_batch_size": training["eval_batch_size"],
         "selection_split": training["selection_split"],
-        "max_train_images": dataset_config.get("max_train_images"),
     }
 
 
@@ -160,6 +188,29 @@ def cka_settings(config: dict) -> dict:
 
 def zeroshot_settings(config: dict) -> dict:
     return {"templates": config["zeroshot"]["templates"], "batch_size": config["zeroshot"]["batch_size"]}
+
+
+def settings_hash(*settings: dict) -> str:
+    """A short stable hash of settings dicts (recorded in checkpoints as the config hash)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_backbone_spec(descriptor_path):
+    """The :class:`BackboneSpec` recorded in a study's ``backbone.json``."""
+    from clipdrift.backbones import BackboneSpec
+    from clipdrift.io import read_json
+
+    descriptor = read_json(descriptor_path)
+    return BackboneSpec(descriptor["name"], descriptor["pretrained"], descriptor.get("cache_dir"))
+
+
+def with_run_columns(frame, run: dict):
+    """``frame`` with the run's dataset/method/lr/seed as leading columns."""
+    columns = {key: run[key] for key in ("dataset", "method", "lr", "seed")}
+    return frame.assign(**columns)[[*columns, *frame.columns]]
 
 
 def backbone_descriptor(config: dict, weights_path: str | None = None) -> dict:

@@ -63,7 +63,7 @@ TRAIN_CODE = (*MODEL_CODE, *_module("train"), "data.py")
 ATTENTION_CODE = (*MODEL_CODE, *_module("metrics"))
 CKA_CODE = (*MODEL_CODE, *_module("metrics"))
 ZEROSHOT_CODE = (*MODEL_CODE, *_module("zeroshot"), "resources/*.json")
-ANALYSIS_CODE = (*_module("analysis"), *_module("report"), "resources/paper_cells.csv")
+ANALYSIS_CODE = (*_module("analysis"), *_module("report"), "resources/paper_*.csv")
 
 
 # Settings each rule runs with, derived from the config (see clipdrift.study).

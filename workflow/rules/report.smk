@@ -1,7 +1,34 @@
-# Aggregation into tidy tables, then the one summary report (a self-contained HTML page, plus
-# figures registered with report() for `snakemake --report`).
+# Aggregation into tidy tables, then the one summary report: a self-contained HTML page, with
+# its tables and figures also registered through report() for `snakemake --report`.
+from clipdrift.analysis import PAPER_TABLES, TABLES
+from clipdrift.analysis.figures import FIGURES
 
-PRETRAIN_HISTORY = [f"{STUDY}/backbone/pretrain.json"] if config["backbone"]["source"] == "world" else []
+STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
+
+
+def table_output(name, suffix):
+    path = f"{STUDY}/tables/{name}.{suffix}"
+    caption_name = "paper" if name.startswith("paper_") else name
+    return report(path, caption=f"../report/{caption_name}.rst", category="Tables") if suffix == "csv" else path
+
+
+rule zeroshot_pretrained_indomain:
+    input:
+        images=f"{STUDY}/data/{{dataset}}/test.safetensors",
+        backbone=f"{STUDY}/backbone/backbone.json",
+    output:
+        scores=f"{STUDY}/zeroshot/pretrained-indomain/{{dataset}}.json",
+    wildcard_constraints:
+        dataset="|".join(re.escape(d) for d in DATASETS),
+    params:
+        run=lambda wc: {"dataset": wc.dataset, "method": "pretrained", "lr": None, "seed": None},
+        task=lambda wc: wc.dataset,
+        settings=zeroshot_settings(),
+        code=code_digest(*ZEROSHOT_CODE),
+    log:
+        f"{LOGS}/zeroshot/pretrained-indomain/{{dataset}}.log",
+    script:
+        "../scripts/zeroshot.py"
 
 
 rule aggregate:
@@ -11,38 +38,45 @@ rule aggregate:
         cka=expand_runs(f"{STUDY}/metrics/cka/{RUN}.parquet"),
         zeroshot=expand_runs(f"{STUDY}/zeroshot/{RUN}.json"),
         pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
-        pretrain=PRETRAIN_HISTORY,
     output:
-        runs=f"{STUDY}/tables/runs.csv",
-        runs_parquet=f"{STUDY}/tables/runs.parquet",
-        cells=f"{STUDY}/tables/cells.csv",
-        methods=f"{STUDY}/tables/methods.csv",
-        layers=f"{STUDY}/tables/layers.csv",
-        stats=f"{STUDY}/tables/stats.csv",
+        **{f"{name}_csv": table_output(name, "csv") for name in STUDY_TABLES},
+        **{f"{name}_parquet": table_output(name, "parquet") for name in STUDY_TABLES},
+        findings=report(f"{STUDY}/tables/findings.json", caption="../report/findings.rst", category="Tables"),
     params:
+        compare_with_paper=config["preset"] == "paper",
         code=code_digest(*ANALYSIS_CODE),
     log:
         f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCH}/aggregate.tsv"
     script:
         "../scripts/aggregate.py"
 
 
 rule report:
     input:
-        runs=rules.aggregate.output.runs_parquet,
-        attention=expand_runs(f"{STUDY}/metrics/attention/{RUN}.parquet"),
-        cka=expand_runs(f"{STUDY}/metrics/cka/{RUN}.parquet"),
+        **{name: f"{STUDY}/tables/{name}.parquet" for name in STUDY_TABLES},
+        findings=f"{STUDY}/tables/findings.json",
         pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
+        pretrained_indomain=expand(f"{STUDY}/zeroshot/pretrained-indomain/{{dataset}}.json", dataset=DATASETS),
     output:
-        html=report(
-            f"{STUDY}/report/index.html",
-            caption="../report/index.rst",
-            category="Report",
-        ),
+        html=report(f"{STUDY}/report/index.html", caption="../report/index.rst", category="Report"),
+        **{f"{name}_png": report(f"{STUDY}/report/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+           for name in FIGURES},
+        **{f"{name}_svg": f"{STUDY}/report/{name}.svg" for name in FIGURES},
     params:
-        study={"name": config["study"], "preset": config["preset"], "config": config},
+        tables=STUDY_TABLES,
+        figures=list(FIGURES),
+        study={
+            "name": config["study"], "preset": config["preset"], "backbone": config["backbone"]["name"],
+            "datasets": DATASETS, "methods": METHODS, "learning_rates": LRS, "seeds": SEEDS,
+            "zeroshot": f"{ZEROSHOT_DATASET} ({config['zeroshot']['templates']} templates)",
+            "selection_split": config["training"]["selection_split"],
+        },
         code=code_digest(*ANALYSIS_CODE),
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCH}/report.tsv"
     script:
         "../scripts/report.py"

@@ -13,6 +13,7 @@ rule zeroshot:
         scores=f"{STUDY}/zeroshot/{RUN}.json",
     params:
         run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
+        task=ZEROSHOT_DATASET,
         settings=zeroshot_settings(),
         code=code_digest(*ZEROSHOT_CODE),
     threads: 1
@@ -35,6 +36,7 @@ rule zeroshot_pretrained:
         scores=f"{STUDY}/zeroshot/pretrained.json",
     params:
         run={"dataset": None, "method": "pretrained", "lr": None, "seed": None},
+        task=ZEROSHOT_DATASET,
         settings=zeroshot_settings(),
         code=code_digest(*ZEROSHOT_CODE),
     threads: 1

@@ -1,0 +1,22 @@
+"""Collect every run's artifacts into the study's tidy tables and computed findings."""
+
+import pandas as pd
+
+from clipdrift import analysis
+from clipdrift.io import read_json, read_table, write_json, write_table
+from clipdrift.study import run_script
+
+
+def main(smk):
+    histories = [read_json(path) for path in smk.input.histories]
+    zeroshot = [read_json(path) for path in smk.input.zeroshot]
+    attention = pd.concat([read_table(path) for path in smk.input.attention], ignore_index=True)
+    cka = pd.concat([read_table(path) for path in smk.input.cka], ignore_index=True)
+    tables = analysis.build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper)
+    for name, frame in tables.items():
+        write_table(frame, smk.output[f"{name}_csv"])
+        write_table(frame, smk.output[f"{name}_parquet"])
+    write_json(smk.output.findings, analysis.findings(tables["runs"], read_json(smk.input.pretrained_zeroshot)))
+
+
+run_script(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -1,0 +1,27 @@
+"""Fine-tune one (dataset, method, lr, seed) run; write best/final checkpoints and its history."""
+
+from clipdrift.adapters import MethodConfig, apply_method
+from clipdrift.backbones import build_classifier
+from clipdrift.checkpoints import save_classifier
+from clipdrift.io import read_image_split, write_json
+from clipdrift.study import load_backbone_spec, run_script, settings_hash
+from clipdrift.train import TrainConfig, finetune
+
+
+def main(smk):
+    spec = load_backbone_spec(smk.input.backbone)
+    train, val, test = (read_image_split(smk.input[split]) for split in ("train", "val", "test"))
+    config = TrainConfig(**smk.params.training, num_threads=smk.threads)
+    method = MethodConfig(**smk.params.method)
+    model = apply_method(build_classifier(spec, len(train.class_names), seed=config.seed), method, seed=config.seed)
+    select = val if config.selection_split == "val" else test
+    result = finetune(model, train, select, config, test=test, resume=smk.params.resume_dir)
+    config_hash = settings_hash(smk.params.method, smk.params.training)
+    for which in ("best", "final"):
+        result.load_into(model, which)
+        save_classifier(smk.output[which], model, spec, method, config.seed, config_hash,
+                        extra={"run": smk.params.run, "checkpoint": which})
+    write_json(smk.output.history, {**smk.params.run, **result.history})
+
+
+run_script(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -1,0 +1,23 @@
+"""Build one dataset's tensor cache: uint8 image splits, the probe subset and the manifest."""
+
+import torch
+
+from clipdrift.data import ImageSplit
+from clipdrift.io import write_image_split, write_json
+from clipdrift.study import build_dataset, run_script
+
+
+def main(smk):
+    name = smk.params.dataset["name"]
+    splits, manifest = build_dataset(smk.params.dataset, smk.params.settings)
+    for split in (key for key in smk.output.keys() if key != "manifest"):
+        images = splits.get(split) or _empty_like(next(iter(splits.values())))  # e.g. no val carved (paper Pets)
+        write_image_split(smk.output[split], images, dataset=name, split_name=split)
+    write_json(smk.output.manifest, manifest)
+
+
+def _empty_like(split: ImageSplit) -> ImageSplit:
+    return ImageSplit(split.images[:0], torch.zeros(0, dtype=torch.int64), list(split.class_names))
+
+
+run_script(snakemake, main)  # noqa: F821 - injected by Snakemake

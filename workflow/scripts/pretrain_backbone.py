@@ -1,0 +1,20 @@
+"""Pretrain the synthetic world's tiny CLIP and record it as the study's backbone."""
+
+from clipdrift.io import write_json, write_safetensors
+from clipdrift.study import run_script
+from clipdrift.world import PretrainConfig, WorldConfig, pretrain_backbone
+
+
+def main(smk):
+    world_settings = smk.params.world
+    world = WorldConfig(seed=world_settings["seed"], image_size=world_settings["image_size"])
+    config = PretrainConfig(model_name=smk.params.name, **world_settings.get("pretrain", {}))
+    clip, history = pretrain_backbone(world, config, progress=True)
+    state = {key: value.detach().contiguous() for key, value in clip.state_dict().items()}
+    write_safetensors(smk.output.weights, state, {"kind": "backbone", "model": smk.params.name, "pretrain": history})
+    write_json(smk.output.history, history)
+    write_json(smk.output.descriptor, {"name": smk.params.name, "pretrained": smk.output.weights,
+                                       "cache_dir": None, "source": "world"})
+
+
+run_script(snakemake, main)  # noqa: F821 - injected by Snakemake

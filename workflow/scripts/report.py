@@ -1,0 +1,25 @@
+"""Render the study report: figures (PNG + SVG) and one self-contained HTML page."""
+
+from clipdrift.analysis.figures import make_figures
+from clipdrift.errors import UserFacingError
+from clipdrift.io import atomic_output, read_json, read_table, write_figure
+from clipdrift.report import render_report
+from clipdrift.study import run_script
+
+
+def main(smk):
+    tables = {name: read_table(smk.input[name]) for name in smk.params.tables}
+    pretrained = read_json(smk.input.pretrained_zeroshot)
+    pretrained["indomain"] = {s["dataset"]: s["top1"] for s in map(read_json, smk.input.pretrained_indomain)}
+    figures = make_figures(tables, pretrained)
+    missing = [name for name in smk.params.figures if name not in figures]
+    if missing:
+        raise UserFacingError(f"the study's tables cannot support the figures {missing}: check the aggregate log")
+    for name, figure in figures.items():
+        write_figure(figure, smk.output[f"{name}_png"], smk.output[f"{name}_svg"])
+    html = render_report(tables, figures, read_json(smk.input.findings), smk.params.study, pretrained)
+    with atomic_output(smk.output.html) as tmp:
+        tmp.write_text(html)
+
+
+run_script(snakemake, main)  # noqa: F821 - injected by Snakemake
