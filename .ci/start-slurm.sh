@@ -65,6 +65,6 @@ for _ in $(seq 1 30); do
     sleep 1
 done
 sinfo
-cat /run/slurmctld.pid /run/slurmd.pid > "$SLURM_TEST_DIR/pids"
+cat /run/slurmctld.pid /run/slurmd.pid /run/munge/munged.pid 2>/dev/null > "$SLURM_TEST_DIR/pids" || true
 srun -N1 hostname >/dev/null
 echo "SLURM single-node cluster up on ${host} (${cpus} CPUs, ${mem_mb} MB)"

@@ -60,8 +60,9 @@ def _module(name):
 MODEL_CODE = ("backbones.py", "adapters.py", "checkpoints.py", "errors.py", "model_configs/*.json")
 DATA_CODE = (*_module("data"), *_module("world"))
 TRAIN_CODE = (*MODEL_CODE, *_module("train"), "data.py")
-ATTENTION_CODE = (*MODEL_CODE, *_module("metrics"))
-CKA_CODE = (*MODEL_CODE, *_module("metrics"))
+_METRICS_SHARED = ("metrics/__init__.py", "metrics/tables.py", "metrics/runtime.py")
+ATTENTION_CODE = (*MODEL_CODE, *_METRICS_SHARED, "metrics/attention.py")
+CKA_CODE = (*MODEL_CODE, *_METRICS_SHARED, "metrics/cka.py")
 ZEROSHOT_CODE = (*MODEL_CODE, *_module("zeroshot"), "resources/*.json")
 ANALYSIS_CODE = (*_module("analysis"), *_module("report"), "resources/paper_*.csv")
 

@@ -1,0 +1,125 @@
+"""The test study run end to end through Snakemake, the rerun contract, and the SLURM profile."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from workflow_helpers import REPO, planned_jobs, snakemake
+
+TEST_CONFIG = str(REPO / "configs/test.yaml")
+STUDY = "results/test"
+RUNS = 2 * 2 * 2 * 1  # datasets x methods x lrs x seeds in configs/test.yaml
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """A working directory in which the whole test study has run once."""
+    workdir = tmp_path_factory.mktemp("study")
+    result = snakemake(workdir, "--cores", "2", "--configfile", TEST_CONFIG)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir
+
+
+def _plan(workdir, *args, env=None):
+    return planned_jobs(snakemake(workdir, "-n", "--configfile", TEST_CONFIG, *args, env=env))
+
+
+def _override(workdir, name, text):
+    path = workdir / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_study_leaves_sane_outputs(study_dir):
+    study = study_dir / STUDY
+    runs = pd.read_parquet(study / "tables/runs.parquet")
+    assert len(runs) == RUNS
+    assert set(runs["method"]) == {"full", "lora"} and set(runs["lr"]) == {"1e-04", "1e-03"}
+    for column in ("best_select_acc", "final_test_acc", "zeroshot_top1", "zeroshot_top5"):
+        assert runs[column].between(0, 1).all(), column
+    assert (runs["zeroshot_top5"] >= runs["zeroshot_top1"]).all()
+    history = json.loads((study / "runs/world-eurosat/lora/lr1e-03/seed7/history.json").read_text())
+    assert history["status"] == "completed" and history["method"] == "lora" and len(history["epochs"]) == 1
+    attention = pd.read_parquet(study / "metrics/attention/world-pets/full/lr1e-03/seed7.parquet")
+    assert set(attention["state"]) == {"baseline", "final"}
+    assert attention["value"].map(math.isfinite).all()
+    entropy = attention.query("metric == 'entropy' and head == -1 and layer >= 0")
+    assert entropy["value"].between(0, math.log(16)).all()  # 16 patches in the tiny model
+    pretrained = json.loads((study / "zeroshot/pretrained.json").read_text())
+    assert pretrained["task"] == "world-cifar100" and pretrained["n_images"] == 200
+    html = (study / "report/index.html").read_text()
+    assert "<img" in html and "world-eurosat" in html and "src=\"http" not in html
+    assert (study / "report/lr_panels.png").stat().st_size > 10_000
+
+
+def test_nothing_reruns_when_nothing_changed(study_dir):
+    assert _plan(study_dir) == {}
+
+
+def test_a_metric_setting_reruns_that_metric_and_the_report_only(study_dir):
+    override = _override(study_dir, "metric.yaml", "metrics:\n  rollout_alpha: 0.3\n")
+    plan = _plan(study_dir, "--configfile", override)
+    assert plan == {"attention": RUNS, "aggregate": 1, "report": 1, "all": 1}
+
+
+def test_editing_a_metric_module_reruns_that_metric_and_never_a_finetune(study_dir, tmp_path):
+    import clipdrift
+
+    source = tmp_path / "src" / "clipdrift"
+    shutil.copytree(os.path.dirname(clipdrift.__file__), source)
+    with open(source / "metrics" / "cka.py", "a") as module:
+        module.write("\n# an edit to the CKA implementation\n")
+    plan = _plan(study_dir, env={"PYTHONPATH": str(tmp_path / "src")})
+    assert plan == {"cka": RUNS, "aggregate": 1, "report": 1, "all": 1}
+
+
+def test_a_new_seed_runs_only_its_own_finetunes(study_dir):
+    result = snakemake(study_dir, "-n", "--configfile", TEST_CONFIG, "--config", "seeds=[7,8]")
+    plan = planned_jobs(result)
+    assert plan["finetune"] == plan["attention"] == plan["cka"] == plan["zeroshot"] == RUNS
+    assert "seed8/history.json" in result.stdout and "seed7/history.json" not in result.stdout
+    assert "prepare_task" not in plan and "pretrain_backbone" not in plan
+
+
+def test_a_training_change_reruns_the_affected_finetunes(study_dir):
+    datasets = (
+        "datasets:\n"
+        "  - {name: world-eurosat, epochs: 2, sizes: {train: 200, val: 50, test: 50}}\n"
+        "  - {name: world-pets, epochs: 1, sizes: {train: 148, val: 74, test: 74}}\n"
+    )
+    result = snakemake(study_dir, "-n", "--configfile", TEST_CONFIG, "--configfile",
+                       _override(study_dir, "epochs.yaml", datasets))
+    plan = planned_jobs(result)
+    assert plan["finetune"] == RUNS // 2  # the world-eurosat runs only
+    assert "runs/world-pets" not in result.stdout
+
+
+@pytest.mark.slurm
+def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path):
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide a SLURM cluster (.ci/run starts one)")
+        pytest.skip("no SLURM cluster here (.ci/start-slurm.sh starts one)")
+    workdir = tmp_path / "slurm"
+    workdir.mkdir()
+    result = snakemake(
+        workdir, "--profile", str(REPO / "profiles/slurm"), "--configfile", TEST_CONFIG,
+        "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+        "--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1500", "cpus_per_task=1",
+        "--set-resources", "finetune:gpu=0", "attention:gpu=0", "cka:gpu=0", "zeroshot:gpu=0",
+        "finetune:cpus_per_task=1", "pretrain_backbone:cpus_per_task=2",
+        "--set-threads", "finetune=1", "pretrain_backbone=2",
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    # every job went through sbatch: the plugin keeps one SLURM log per job and rule
+    finetune_logs = list((workdir / ".snakemake/slurm_logs/rule_finetune").rglob("*.log"))
+    assert len(finetune_logs) == RUNS
+    local = pd.read_parquet(study_dir / STUDY / "tables/runs.parquet").set_index(["dataset", "method", "lr", "seed"])
+    remote = pd.read_parquet(workdir / STUDY / "tables/runs.parquet").set_index(["dataset", "method", "lr", "seed"])
+    for column in ("best_select_acc", "final_test_acc", "zeroshot_top1"):
+        pd.testing.assert_series_equal(remote[column].sort_index(), local[column].sort_index(), atol=1e-6)
