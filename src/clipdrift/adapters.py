@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import peft
 import torch
 from torch import nn
 
@@ -75,6 +74,8 @@ def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> 
 
 
 def _inject_lora(model: CLIPClassifier, config: MethodConfig) -> None:
+    import peft  # imported here: it pulls in transformers (seconds), which Full FT never needs
+
     lora = peft.LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

@@ -7,8 +7,9 @@ through pickle.
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import open_clip
-import peft
 import torch
 
 import clipdrift
@@ -28,7 +29,7 @@ def software_versions() -> dict[str, str]:
         "clipdrift": clipdrift.__version__,
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,
-        "peft": peft.__version__,
+        "peft": version("peft"),  # metadata only: importing peft costs seconds
     }
 
 

@@ -13,8 +13,6 @@ import logging
 import sys
 from typing import Callable
 
-import open_clip
-
 from clipdrift.errors import UserFacingError
 
 REAL_DATASETS = ("eurosat", "pets", "cifar100")
@@ -43,6 +41,8 @@ def dataset_source(name: str) -> str:
 
 
 def backbone_image_size(config: dict) -> int:
+    import open_clip
+
     model_config = open_clip.get_model_config(config["backbone"]["name"]) or {}
     size = model_config.get("vision_cfg", {}).get("image_size", 224)
     return size if isinstance(size, int) else size[0]
@@ -50,6 +50,8 @@ def backbone_image_size(config: dict) -> int:
 
 def check_study_config(config: dict) -> None:
     """Cross-key checks the schema cannot express; raises naming the key and the fix."""
+    import open_clip  # imported here: the aggregate and report jobs never need it
+
     from clipdrift.backbones import register_packaged_configs
 
     register_packaged_configs()
