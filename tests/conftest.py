@@ -14,6 +14,15 @@ from clipdrift.backbones import BackboneSpec, build_classifier  # noqa: E402
 TINY = BackboneSpec("clipdrift-tiny")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def single_thread():
+    # Tiny matrices: on a busy 2-core machine intra-op threads spin and make each op ~30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_spec():
     return TINY

@@ -33,15 +33,6 @@ P = 49  # the protocol's 7x7 patches
 T = P + 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matrices: on a busy 2-core machine intra-op threads spin and make each op ~30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cls_attention(patch_row: torch.Tensor, cls_self: float = 0.3) -> torch.Tensor:
     """(1, 1, T, T) attention whose CLS row puts ``cls_self`` on CLS and ``patch_row`` (scaled) on patches."""
     probs = torch.full((1, 1, T, T), 1.0 / T)

@@ -20,15 +20,6 @@ from conftest import make_tiny
 CLASSES = ["red circle", "blue square", "green triangle", "yellow star", "purple cross", "orange ring"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny matrices: on a busy 2-core machine intra-op threads spin and make each op ~30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return open_clip.get_tokenizer("clipdrift-tiny")

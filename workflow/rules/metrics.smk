@@ -25,7 +25,7 @@ rule attention:
     benchmark:
         f"{BENCH}/attention/{RUN}.tsv"
     script:
-        "../scripts/attention.py"
+        "../scripts/drift.py"
 
 
 rule cka:
@@ -48,4 +48,4 @@ rule cka:
     benchmark:
         f"{BENCH}/cka/{RUN}.tsv"
     script:
-        "../scripts/cka.py"
+        "../scripts/drift.py"
