@@ -18,7 +18,11 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "ring", "heart", "crescent", "arrow")
-COLOURS = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink", "white", "black")
+# The first ten colours make the held-out zero-shot classes; the last four (each a near neighbour
+# of one of the ten) make the Pets-like task's classes, so the two never share a class.
+COLOURS = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink", "white", "black",
+           "brown", "navy", "lime", "magenta")
+N_ZEROSHOT_COLOURS = 10
 PATTERNS = ("solid", "striped", "dotted", "checkered")
 TERRAINS = ("desert", "field", "meadow", "forest", "river", "road", "farm", "town", "lake", "hills")
 POSITIONS = ("on the left", "on the right", "at the top", "at the bottom")
@@ -35,11 +39,15 @@ _RGB = torch.tensor(
         [0.98, 0.52, 0.76],  # pink
         [0.97, 0.97, 0.97],  # white
         [0.04, 0.04, 0.04],  # black
+        [0.50, 0.30, 0.12],  # brown
+        [0.05, 0.10, 0.42],  # navy
+        [0.62, 0.92, 0.12],  # lime
+        [0.88, 0.10, 0.62],  # magenta
     ]
 )
 
 _CHUNK = 1024  # images rendered at once: bounds memory, and fixes how noise is drawn
-_SHAPE_WORDS = {"r_small": 0.30, "r_large": 0.36}  # radius (fraction of image) for "small"/"large"
+_SHAPE_WORDS = {"r_small": 0.31, "r_large": 0.39}  # radius (fraction of image) for "small"/"large"
 
 
 @dataclass(frozen=True)
@@ -56,18 +64,21 @@ class WorldConfig:
     """The world's generating parameters; the seed fixes every image and caption.
 
     ``min_radius``/``max_radius`` are the object radius as a fraction of the image side;
-    ``noise`` is the pixel noise standard deviation (images in [0, 1]); ``texture`` and
+    ``max_offset`` bounds how far the object centre strays from the image centre (fraction of the
+    side; it also stays where the object fits). ``noise`` is the pixel noise standard deviation (images in [0, 1]); ``texture`` and
     ``pattern_contrast`` scale how strongly terrains and object patterns show.
     """
 
     seed: int = 0
     image_size: int = 32
-    min_radius: float = 0.22
-    max_radius: float = 0.40
+    min_radius: float = 0.28
+    max_radius: float = 0.42
+    max_offset: float = 0.12
     noise: float = 0.03
-    texture: float = 0.14
-    pattern_contrast: float = 0.45
+    texture: float = 0.07
+    pattern_contrast: float = 0.4
     colour_jitter: float = 0.04
+    objects: bool = True
 
     def __post_init__(self):
         if self.image_size < 16:
@@ -120,8 +131,8 @@ def sample_attributes(world: WorldConfig, n: int, generator: torch.Generator, **
     }
     radius = world.min_radius + (world.max_radius - world.min_radius) * torch.rand(n, generator=generator)
     # The object may touch the border but its centre stays inside by (radius - 10%).
-    margin = (radius - 0.1).clamp(min=0.0).unsqueeze(1)
-    centre = margin + (1 - 2 * margin) * torch.rand(n, 2, generator=generator)
+    reach = (0.5 - (radius - 0.1).clamp(min=0.0)).clamp(max=world.max_offset).unsqueeze(1)
+    centre = 0.5 + reach * (2 * torch.rand(n, 2, generator=generator) - 1)
     extras = {
         "ground": torch.rand(n, generator=generator),  # ground brightness
         "tint": torch.rand(n, 3, generator=generator),  # ground colour cast
@@ -148,9 +159,10 @@ def _render_chunk(world: WorldConfig, attrs: Attributes, generator: torch.Genera
     size = world.image_size
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     ys, xs = torch.meshgrid(coords, coords, indexing="ij")  # pixel centres, y down
-    ground = _ground(world, attrs, xs, ys, generator)
-    colour, coverage = _object(world, attrs, xs, ys)
-    image = ground * (1 - coverage) + colour * coverage
+    image = _ground(world, attrs, xs, ys, generator)
+    if world.objects:
+        colour, coverage = _object(world, attrs, xs, ys)
+        image = image * (1 - coverage) + colour * coverage
     image = image * shift.contrast + torch.tensor(shift.tint).view(1, 3, 1, 1) + (1 - shift.contrast) * 0.5
     noise = world.noise + shift.extra_noise
     image = image + noise * torch.randn(image.shape, generator=generator)
@@ -227,7 +239,7 @@ def _pattern_mask(attrs: Attributes, xs, ys, size: int) -> torch.Tensor:
     """1 where the object shows its full colour, 0 where a pattern fades it; (n, S, S)."""
     n = len(attrs)
     phase = attrs.extras["phase"].view(n, 2, 1, 1) * 2 * math.pi
-    period = 4.0 * size / 32
+    period = 5.0 * size / 32
     masks = {
         "solid": torch.ones(n, size, size),
         "striped": (_wave(xs + ys, period * 1.2, phase[:, 0]) > 0).float(),
@@ -291,7 +303,7 @@ _SHAPE_SDF = {
 
 def size_word(radius: float) -> str | None:
     """"small"/"large" for the extremes of the radius range, nothing in between."""
-    if radius < _SHAPE_WORDS["r_small"] - 0.05:
+    if radius < _SHAPE_WORDS["r_small"]:
         return "small"
     if radius > _SHAPE_WORDS["r_large"]:
         return "large"
@@ -303,7 +315,7 @@ def position_word(centre: tuple[float, float]) -> str | None:
     x, y = centre
     offsets = {"on the left": 0.5 - x, "on the right": x - 0.5, "at the top": 0.5 - y, "at the bottom": y - 0.5}
     phrase, offset = max(offsets.items(), key=lambda item: item[1])
-    return phrase if offset > 0.14 else None
+    return phrase if offset > 0.09 else None
 
 
 _TEMPLATES = (
@@ -333,7 +345,7 @@ def captions(world: WorldConfig, attrs: Attributes) -> list[str]:
 
 def _caption(shape, colour, pattern, terrain, radius, centre, draw) -> str:
     words = [COLOURS[colour], SHAPES[shape]]
-    if draw[1] < 0.5:
+    if draw[1] < 0.8:
         words.insert(0, PATTERNS[pattern])
     size = size_word(radius)
     if size and draw[2] < 0.5:

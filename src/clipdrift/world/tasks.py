@@ -1,12 +1,16 @@
 """Tasks drawn from the world, in the same ImageSplit form as the real datasets.
 
-- ``world-eurosat`` (EuroSAT-like): 10 terrain classes seen through a "sensor" shift (lower
-  contrast, colour cast, more noise) with small objects as distractors; in-domain but shifted
-  from what the backbone was pretrained on.
-- ``world-pets`` (Oxford-IIIT-Pets-like): 37 fine-grained classes, a pattern × shape combination
-  ("striped star"); colour, terrain, size and position vary freely.
-- ``world-cifar100`` (CIFAR-100-like): 100 colour × shape classes ("red triangle") drawn from the
-  pretraining distribution; held out for zero-shot transfer, never fine-tuned on.
+- ``world-eurosat`` (EuroSAT-like): 10 land-cover classes ("forest", "river", …): tiles of
+  ground alone, with stronger texture, seen through a "sensor" (lower contrast, colour cast,
+  more noise). Pretraining always showed an object over the ground, named the terrain only
+  sometimes and never with this sensor: a visual shift.
+- ``world-pets`` (Oxford-IIIT-Pets-like): 37 fine-grained classes, colour × shape with the
+  four colours that are each a near neighbour of a zero-shot colour ("navy star" beside
+  "blue star"); pattern, terrain, size and position vary freely. In-domain: pretraining covers
+  these colours and shapes.
+- ``world-cifar100`` (CIFAR-100-like): 100 colour × shape classes ("red triangle") with the
+  other ten colours, drawn from the pretraining distribution; held out for zero-shot transfer,
+  never fine-tuned on, and sharing no class with the Pets-like task.
 
 Class names are the text-prompt subjects, so zero-shot code can build "a photo of a {}" prompts.
 """
@@ -22,7 +26,7 @@ import torch
 from clipdrift.data import ImageSplit
 from clipdrift.world.render import (
     COLOURS,
-    PATTERNS,
+    N_ZEROSHOT_COLOURS,
     SHAPES,
     TERRAINS,
     Shift,
@@ -47,7 +51,7 @@ class TaskSpec:
     class_names: tuple[str, ...]
     splits: tuple[str, ...]
     shift: Shift = Shift()
-    radius: tuple[float, float] | None = None  # overrides the world's object radius range
+    world_overrides: tuple[tuple[str, float], ...] = ()  # WorldConfig fields this task changes
 
     @property
     def n_classes(self) -> int:
@@ -63,25 +67,26 @@ def _eurosat_like() -> TaskSpec:
         class_names=TERRAINS,
         splits=FINETUNE_SPLITS,
         shift=Shift(contrast=0.6, tint=(-0.06, 0.02, 0.08), extra_noise=0.03),
-        radius=(0.14, 0.24),
+        world_overrides=(("objects", False), ("texture", 0.14)),
     )
 
 
 def _pets_like() -> TaskSpec:
-    # Pets has 37 breeds: the first 37 shape × pattern combinations (the arrow keeps one).
-    combos = list(itertools.product(range(len(SHAPES)), range(len(PATTERNS))))[:37]
+    # Pets has 37 breeds: the first 37 of the 4 × 10 colour × shape combinations.
+    colours = range(N_ZEROSHOT_COLOURS, len(COLOURS))
+    combos = list(itertools.product(colours, range(len(SHAPES))))[:37]
     return TaskSpec(
         name="world-pets",
         stands_for="Oxford-IIIT Pets",
-        label_attributes=("shape", "pattern"),
+        label_attributes=("colour", "shape"),
         class_values=tuple(combos),
-        class_names=tuple(f"{PATTERNS[p]} {SHAPES[s]}" for s, p in combos),
+        class_names=tuple(f"{COLOURS[c]} {SHAPES[s]}" for c, s in combos),
         splits=FINETUNE_SPLITS,
     )
 
 
 def _cifar100_like() -> TaskSpec:
-    combos = list(itertools.product(range(len(COLOURS)), range(len(SHAPES))))
+    combos = list(itertools.product(range(N_ZEROSHOT_COLOURS), range(len(SHAPES))))
     return TaskSpec(
         name="world-cifar100",
         stands_for="CIFAR-100",
@@ -133,7 +138,7 @@ def _split(spec: TaskSpec, world: WorldConfig, split: str, n: int) -> ImageSplit
     labels = (torch.arange(n) % spec.n_classes)[torch.randperm(n, generator=generator)]
     values = torch.tensor(spec.class_values)[labels]
     fixed = {attr: values[:, i] for i, attr in enumerate(spec.label_attributes)}
-    task_world = world if spec.radius is None else dataclasses.replace(world, min_radius=spec.radius[0], max_radius=spec.radius[1])
+    task_world = dataclasses.replace(world, **dict(spec.world_overrides))
     attrs = sample_attributes(task_world, n, generator, **fixed)
     images = render(task_world, attrs, generator, spec.shift)
     return ImageSplit(images, labels, list(spec.class_names))
@@ -149,7 +154,7 @@ def _manifest(spec: TaskSpec, world: WorldConfig, splits: dict[str, ImageSplit])
         "task": {
             "label_attributes": list(spec.label_attributes),
             "shift": dataclasses.asdict(spec.shift),
-            "radius": list(spec.radius) if spec.radius else None,
+            "world_overrides": dict(spec.world_overrides),
         },
         "class_names": list(spec.class_names),
         "splits": {
