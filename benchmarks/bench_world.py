@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -68,7 +69,7 @@ def get_backbone(args, world: WorldConfig) -> tuple[Path, dict]:
     if args.backbone:
         history_path = args.backbone.with_name("pretrain.json")
         return args.backbone, json.loads(history_path.read_text()) if history_path.exists() else {}
-    clip, history = pretrain_backbone(world, PretrainConfig(steps=args.pretrain_steps), progress=True)
+    clip, history = pretrain_backbone(world, PretrainConfig(steps=args.pretrain_steps), progress=sys.stderr.isatty())
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "backbone.safetensors"
     save_file(clip.state_dict(), str(path))

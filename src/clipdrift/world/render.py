@@ -25,7 +25,6 @@ COLOURS = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink",
 N_ZEROSHOT_COLOURS = 10
 PATTERNS = ("solid", "striped", "dotted", "checkered")
 TERRAINS = ("desert", "field", "meadow", "forest", "river", "road", "farm", "town", "lake", "hills")
-POSITIONS = ("on the left", "on the right", "at the top", "at the bottom")
 
 _RGB = torch.tensor(
     [
@@ -47,7 +46,6 @@ _RGB = torch.tensor(
 )
 
 _CHUNK = 1024  # images rendered at once: bounds memory, and fixes how noise is drawn
-_SHAPE_WORDS = {"r_small": 0.31, "r_large": 0.39}  # radius (fraction of image) for "small"/"large"
 
 
 @dataclass(frozen=True)
@@ -301,21 +299,18 @@ _SHAPE_SDF = {
 }
 
 
-def size_word(radius: float) -> str | None:
-    """"small"/"large" for the extremes of the radius range, nothing in between."""
-    if radius < _SHAPE_WORDS["r_small"]:
-        return "small"
-    if radius > _SHAPE_WORDS["r_large"]:
-        return "large"
-    return None
+def size_word(world: WorldConfig, radius: float) -> str | None:
+    """"small"/"large" for the bottom/top quarter of the world's radius range, else nothing."""
+    fraction = (radius - world.min_radius) / max(world.max_radius - world.min_radius, 1e-9)
+    return "small" if fraction < 0.25 else "large" if fraction > 0.75 else None
 
 
-def position_word(centre: tuple[float, float]) -> str | None:
+def position_word(world: WorldConfig, centre: tuple[float, float]) -> str | None:
     """A position phrase when the object sits clearly off-centre, else nothing."""
     x, y = centre
     offsets = {"on the left": 0.5 - x, "on the right": x - 0.5, "at the top": 0.5 - y, "at the bottom": y - 0.5}
     phrase, offset = max(offsets.items(), key=lambda item: item[1])
-    return phrase if offset > 0.09 else None
+    return phrase if offset > 0.75 * world.max_offset else None
 
 
 _TEMPLATES = (
@@ -336,21 +331,20 @@ def captions(world: WorldConfig, attrs: Attributes) -> list[str]:
     Colour and shape are always named; pattern, size, terrain and position sometimes, chosen by
     the per-image ``caption`` draws so captions are as deterministic as the images.
     """
-    del world  # captions depend on the attributes only; kept for a uniform signature
     draws = attrs.extras["caption"].tolist()
     rows = zip(attrs.shape.tolist(), attrs.colour.tolist(), attrs.pattern.tolist(), attrs.terrain.tolist(),
                attrs.radius.tolist(), attrs.centre.tolist(), draws)
-    return [_caption(*row) for row in rows]
+    return [_caption(world, *row) for row in rows]
 
 
-def _caption(shape, colour, pattern, terrain, radius, centre, draw) -> str:
+def _caption(world, shape, colour, pattern, terrain, radius, centre, draw) -> str:
     words = [COLOURS[colour], SHAPES[shape]]
     if draw[1] < 0.8:
         words.insert(0, PATTERNS[pattern])
-    size = size_word(radius)
+    size = size_word(world, radius)
     if size and draw[2] < 0.5:
         words.insert(0, size)
-    where = position_word(centre) or f"in the {TERRAINS[terrain]}"
+    where = position_word(world, centre) or f"in the {TERRAINS[terrain]}"
     place = f"in the {TERRAINS[terrain]}"
     template = _TEMPLATES[min(int(draw[0] * len(_TEMPLATES)), len(_TEMPLATES) - 1)]
     return template.format(obj=" ".join(words), place=place, where=where)
