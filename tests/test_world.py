@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from clipdrift.adapters import MethodConfig, apply_method
 from clipdrift.backbones import BackboneSpec, build_classifier, create_clip
 from clipdrift.data import ImageSplit
+from clipdrift.errors import UserFacingError
 from clipdrift.train import TrainConfig, finetune
 from clipdrift.world import (
     COLOURS,
@@ -131,10 +132,12 @@ def test_class_names_are_prompt_subjects():
 
 
 def test_zero_shot_task_refuses_training_splits():
-    with pytest.raises(ValueError, match="world-cifar100 has splits"):
+    with pytest.raises(UserFacingError, match="world-cifar100 has splits"):
         task_splits("world-cifar100", WORLD, {"train": 100, "test": 100})
-    with pytest.raises(ValueError, match="unknown world task"):
+    with pytest.raises(UserFacingError, match="unknown world task"):
         task_splits("world-imagenet", WORLD, {"test": 100})
+    with pytest.raises(UserFacingError, match="below its 37 classes"):
+        task_splits("world-pets", WORLD, {"train": 20})
     assert set(TASKS) == {"world-eurosat", "world-pets", "world-cifar100"}
 
 

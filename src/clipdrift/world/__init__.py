@@ -6,7 +6,17 @@ Everything is determined by :class:`WorldConfig` (its seed) and, for the backbon
 """
 
 from clipdrift.world.pretrain import PretrainConfig, pretrain_backbone, world_pairs, zeroshot_top1
-from clipdrift.world.render import COLOURS, PATTERNS, SHAPES, TERRAINS, Shift, WorldConfig, captions, render
+from clipdrift.world.render import (
+    COLOURS,
+    PATTERNS,
+    SHAPES,
+    TERRAINS,
+    Shift,
+    WorldConfig,
+    WorldConfigError,
+    captions,
+    render,
+)
 from clipdrift.world.tasks import FINETUNE_TASKS, TASK_SPECS, TASKS, ZEROSHOT_TASK, TaskSpec, task_spec, task_splits
 
 __all__ = [
@@ -22,6 +32,7 @@ __all__ = [
     "Shift",
     "TaskSpec",
     "WorldConfig",
+    "WorldConfigError",
     "captions",
     "pretrain_backbone",
     "render",

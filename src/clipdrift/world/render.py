@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from clipdrift.errors import UserFacingError
+
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "ring", "heart", "crescent", "arrow")
 # The first ten colours make the held-out zero-shot classes; the last four (each a near neighbour
 # of one of the ten) make the Pets-like task's classes, so the two never share a class.
@@ -46,6 +48,10 @@ _RGB = torch.tensor(
 )
 
 _CHUNK = 1024  # images rendered at once: bounds memory, and fixes how noise is drawn
+
+
+class WorldConfigError(UserFacingError, ValueError):
+    """A world or world-task setting is invalid (the message names the config key)."""
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,9 @@ class WorldConfig:
 
     def __post_init__(self):
         if self.image_size < 16:
-            raise ValueError(f"world image_size must be >= 16 pixels, got {self.image_size}")
+            raise WorldConfigError(f"world.image_size must be >= 16 pixels, got {self.image_size}")
         if not 0 < self.min_radius <= self.max_radius < 0.5:
-            raise ValueError(
+            raise WorldConfigError(
                 f"world radii must satisfy 0 < min_radius <= max_radius < 0.5, got {self.min_radius}, {self.max_radius}"
             )
 

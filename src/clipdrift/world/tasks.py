@@ -31,6 +31,7 @@ from clipdrift.world.render import (
     TERRAINS,
     Shift,
     WorldConfig,
+    WorldConfigError,
     render,
     sample_attributes,
     stream_generator,
@@ -105,7 +106,7 @@ ZEROSHOT_TASK = "world-cifar100"
 
 def task_spec(task: str) -> TaskSpec:
     if task not in TASK_SPECS:
-        raise ValueError(f"unknown world task {task!r}: use one of {TASKS}")
+        raise WorldConfigError(f"unknown world task {task!r}: use one of {TASKS}")
     return TASK_SPECS[task]
 
 
@@ -125,11 +126,13 @@ def task_splits(task: str, world: WorldConfig, sizes: dict[str, int]) -> tuple[d
 def _check_sizes(spec: TaskSpec, sizes: dict[str, int]) -> None:
     unknown = set(sizes) - set(spec.splits)
     if unknown:
-        raise ValueError(f"{spec.name} has splits {spec.splits}, not {sorted(unknown)}: fix the sizes for this task")
+        raise WorldConfigError(
+            f"{spec.name} has splits {list(spec.splits)}, not {sorted(unknown)}: fix the sizes of this dataset in the config"
+        )
     for name, n in sizes.items():
         if n < spec.n_classes:
-            raise ValueError(
-                f"{spec.name} {name} size {n} is below its {spec.n_classes} classes: use at least one image per class"
+            raise WorldConfigError(
+                f"{spec.name} {name} size {n} is below its {spec.n_classes} classes: give at least one image per class"
             )
 
 
