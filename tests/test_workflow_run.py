@@ -25,8 +25,13 @@ def study_dir(tmp_path_factory):
     return workdir
 
 
-def _plan(workdir, *args, env=None):
-    return planned_jobs(snakemake(workdir, "-n", "--configfile", TEST_CONFIG, *args, env=env))
+def _dry_run(workdir, *overrides, env=None):
+    # one --configfile option with several files: a second --configfile would replace the first
+    return snakemake(workdir, "-n", "--configfile", TEST_CONFIG, *overrides, env=env)
+
+
+def _plan(workdir, *overrides, env=None):
+    return planned_jobs(_dry_run(workdir, *overrides, env=env))
 
 
 def _override(workdir, name, text):
@@ -63,7 +68,7 @@ def test_nothing_reruns_when_nothing_changed(study_dir):
 
 def test_a_metric_setting_reruns_that_metric_and_the_report_only(study_dir):
     override = _override(study_dir, "metric.yaml", "metrics:\n  rollout_alpha: 0.3\n")
-    plan = _plan(study_dir, "--configfile", override)
+    plan = _plan(study_dir, override)
     assert plan == {"attention": RUNS, "aggregate": 1, "report": 1, "all": 1}
 
 
@@ -79,7 +84,7 @@ def test_editing_a_metric_module_reruns_that_metric_and_never_a_finetune(study_d
 
 
 def test_a_new_seed_runs_only_its_own_finetunes(study_dir):
-    result = snakemake(study_dir, "-n", "--configfile", TEST_CONFIG, "--config", "seeds=[7,8]")
+    result = _dry_run(study_dir, _override(study_dir, "seeds.yaml", "seeds: [7, 8]\n"))
     plan = planned_jobs(result)
     assert plan["finetune"] == plan["attention"] == plan["cka"] == plan["zeroshot"] == RUNS
     assert "seed8/history.json" in result.stdout and "seed7/history.json" not in result.stdout
@@ -92,8 +97,7 @@ def test_a_training_change_reruns_the_affected_finetunes(study_dir):
         "  - {name: world-eurosat, epochs: 2, sizes: {train: 200, val: 50, test: 50}}\n"
         "  - {name: world-pets, epochs: 1, sizes: {train: 148, val: 74, test: 74}}\n"
     )
-    result = snakemake(study_dir, "-n", "--configfile", TEST_CONFIG, "--configfile",
-                       _override(study_dir, "epochs.yaml", datasets))
+    result = _dry_run(study_dir, _override(study_dir, "epochs.yaml", datasets))
     plan = planned_jobs(result)
     assert plan["finetune"] == RUNS // 2  # the world-eurosat runs only
     assert "runs/world-pets" not in result.stdout

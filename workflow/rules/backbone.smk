@@ -13,7 +13,7 @@ if config["backbone"]["source"] == "world":
             name=config["backbone"]["name"],
             world=config["world"],
             code=code_digest(*MODEL_CODE, *DATA_CODE),
-        threads: workflow.cores
+        threads: 4  # capped at --cores locally; profiles/slurm sets the cluster's value
         priority: 100
         log:
             f"{LOGS}/backbone.log",
