@@ -87,7 +87,8 @@ def test_a_new_seed_runs_only_its_own_finetunes(study_dir):
     result = _dry_run(study_dir, _override(study_dir, "seeds.yaml", "seeds: [7, 8]\n"))
     plan = planned_jobs(result)
     assert plan["finetune"] == plan["attention"] == plan["cka"] == plan["zeroshot"] == RUNS
-    assert "seed8/history.json" in result.stdout and "seed7/history.json" not in result.stdout
+    # best.safetensors is a fine-tune output only (the aggregate job lists every history as input)
+    assert "seed8/best.safetensors" in result.stdout and "seed7/best.safetensors" not in result.stdout
     assert "prepare_task" not in plan and "pretrain_backbone" not in plan
 
 
@@ -100,7 +101,7 @@ def test_a_training_change_reruns_the_affected_finetunes(study_dir):
     result = _dry_run(study_dir, _override(study_dir, "epochs.yaml", datasets))
     plan = planned_jobs(result)
     assert plan["finetune"] == RUNS // 2  # the world-eurosat runs only
-    assert "runs/world-pets" not in result.stdout
+    assert "runs/world-pets/full/lr1e-03/seed7/best.safetensors" not in result.stdout
 
 
 @pytest.mark.slurm
