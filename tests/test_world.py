@@ -73,7 +73,8 @@ def test_captions_name_colour_and_shape_and_fit_the_context():
     assert all(row[n - 1] == tokenizer.eot_token_id for row, n in zip(ids, used.tolist()))
 
 
-def _single_objects(shape: int, colour: int, pattern: int = 0) -> Attributes:
+def _single_object(shape: int, colour: int, pattern: int = 0) -> tuple[WorldConfig, Attributes]:
+    """One noise-free, centred object of radius 0.35 on its world's ground."""
     world = dataclasses.replace(WORLD, noise=0.0, colour_jitter=0.0)
     attrs = sample_attributes(world, 1, stream_generator(0, "single"), shape=torch.tensor([shape]),
                               colour=torch.tensor([colour]), pattern=torch.tensor([pattern]))
@@ -85,7 +86,7 @@ def _single_objects(shape: int, colour: int, pattern: int = 0) -> Attributes:
 def test_object_shows_its_colour_and_each_shape_has_its_own_silhouette():
     silhouettes = []
     for shape in range(len(SHAPES)):
-        world, attrs = _single_objects(shape, colour=COLOURS.index("blue"))
+        world, attrs = _single_object(shape, colour=COLOURS.index("blue"))
         image = render(world, attrs, stream_generator(0, "render")).float()[0] / 255
         blue = (image - _RGB[COLOURS.index("blue")].view(3, 1, 1)).abs().amax(0) < 0.02
         silhouettes.append(blue)
