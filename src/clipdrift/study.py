@@ -153,8 +153,12 @@ def run_script(snakemake, main: Callable) -> None:
 
 
 def _configure_logging(log_path: str | None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    # the job's log file gets everything; the terminal, shared by every job Snakemake runs, only
+    # warnings and errors (without a log file, everything)
+    terminal = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [terminal]
     if log_path:
+        terminal.setLevel(logging.WARNING)
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True

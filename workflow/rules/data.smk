@@ -33,5 +33,7 @@ rule prepare_zeroshot_task:
         code=code_digest(*DATA_CODE),
     log:
         f"{LOGS}/data/{ZEROSHOT_DATASET}.log",
+    benchmark:
+        f"{BENCH}/data/{ZEROSHOT_DATASET}.tsv"
     script:
         "../scripts/prepare_data.py"

@@ -27,6 +27,8 @@ rule zeroshot_pretrained_indomain:
         code=code_digest(*ZEROSHOT_CODE),
     log:
         f"{LOGS}/zeroshot/pretrained-indomain/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/zeroshot/pretrained-indomain/{{dataset}}.tsv"
     script:
         "../scripts/zeroshot.py"
 

@@ -42,5 +42,7 @@ rule zeroshot_pretrained:
     threads: 1
     log:
         f"{LOGS}/zeroshot/pretrained.log",
+    benchmark:
+        f"{BENCH}/zeroshot/pretrained.tsv"
     script:
         "../scripts/zeroshot.py"

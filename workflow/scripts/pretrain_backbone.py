@@ -1,5 +1,7 @@
 """Pretrain the synthetic world's tiny CLIP and record it as the study's backbone."""
 
+import sys
+
 from clipdrift.io import write_json, write_safetensors
 from clipdrift.study import run_script
 from clipdrift.world import PretrainConfig, WorldConfig, pretrain_backbone
@@ -9,7 +11,7 @@ def main(smk):
     world_settings = smk.params.world
     world = WorldConfig(seed=world_settings["seed"], image_size=world_settings["image_size"])
     config = PretrainConfig(model_name=smk.params.name, **world_settings.get("pretrain", {}))
-    clip, history = pretrain_backbone(world, config, progress=True)
+    clip, history = pretrain_backbone(world, config, progress=sys.stderr.isatty())
     state = {key: value.detach().contiguous() for key, value in clip.state_dict().items()}
     write_safetensors(smk.output.weights, state, {"kind": "backbone", "model": smk.params.name, "pretrain": history})
     write_json(smk.output.history, history)

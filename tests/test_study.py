@@ -1,0 +1,55 @@
+"""The workflow scripts' common runner: logging split between job log and terminal, clean user errors."""
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from clipdrift.errors import UserFacingError
+from clipdrift.study import run_script
+
+log = logging.getLogger("clipdrift.test")
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging():
+    """run_script configures the root logger for a job process; put the test process's back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        handler.close()
+    root.handlers[:], root.level = handlers, level
+
+
+def _job(tmp_path):
+    return SimpleNamespace(log=[str(tmp_path / "job.log")], threads=1, rule="some_rule")
+
+
+def test_the_job_log_gets_everything_and_the_terminal_only_warnings(tmp_path, capsys):
+    def main(smk):
+        log.info("chatty progress detail")
+        log.warning("something the user must see")
+
+    run_script(_job(tmp_path), main)
+    written = (tmp_path / "job.log").read_text()
+    terminal = capsys.readouterr().err
+    assert "chatty progress detail" in written and "something the user must see" in written
+    assert "something the user must see" in terminal and "chatty progress detail" not in terminal
+
+
+def test_a_user_error_exits_with_its_message_and_no_traceback(tmp_path, capsys):
+    def main(smk):
+        raise UserFacingError("config key 'x' is wrong: set it to y")
+
+    with pytest.raises(SystemExit) as stopped:
+        run_script(_job(tmp_path), main)
+    assert stopped.value.code == 1
+    terminal = capsys.readouterr().err
+    assert "config key 'x' is wrong: set it to y" in terminal and "Traceback" not in terminal
+    assert "config key 'x' is wrong" in (tmp_path / "job.log").read_text()
+
+
+def test_without_a_log_file_the_terminal_gets_everything(tmp_path, capsys):
+    run_script(SimpleNamespace(log=[], threads=1, rule="r"), lambda smk: log.info("detail"))
+    assert "detail" in capsys.readouterr().err
