@@ -1,6 +1,7 @@
 """The test study run end to end through Snakemake, the rerun contract, and the SLURM profile."""
 
 import json
+from html import escape as html_escape
 import math
 import os
 import shutil
@@ -60,6 +61,13 @@ def test_the_study_leaves_sane_outputs(study_dir):
     html = (study / "report/index.html").read_text()
     assert "<img" in html and "world-eurosat" in html and "src=\"http" not in html
     assert (study / "report/lr_panels.png").stat().st_size > 10_000
+    # the effect is stated per dataset in a generated sentence carrying the run's own numbers
+    headlines = [f for f in json.loads((study / "tables/findings.json").read_text()) if f["kind"] == "headline"]
+    assert {f["dataset"] for f in headlines} == {"world-eurosat", "world-pets"}
+    for finding in headlines:
+        widest = finding["values"]["widest"]
+        assert f"{100 * widest['zs_top1_mean_lora']:.1f}%" in finding["sentence"]
+        assert html_escape(finding["sentence"]) in html
 
 
 def test_nothing_reruns_when_nothing_changed(study_dir):
