@@ -64,7 +64,7 @@ _METRICS_SHARED = ("metrics/__init__.py", "metrics/tables.py", "metrics/runtime.
 ATTENTION_CODE = (*MODEL_CODE, *_METRICS_SHARED, "metrics/attention.py")
 CKA_CODE = (*MODEL_CODE, *_METRICS_SHARED, "metrics/cka.py")
 ZEROSHOT_CODE = (*MODEL_CODE, *_module("zeroshot"), "resources/*.json")
-ANALYSIS_CODE = (*_module("analysis"), *_module("report"), "resources/paper_*.csv")
+ANALYSIS_CODE = (*_module("analysis"), *_module("report"), "outputs.py", "resources/paper_*.csv")
 
 
 # Settings each rule runs with, derived from the config (see clipdrift.study).

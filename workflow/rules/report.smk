@@ -1,7 +1,6 @@
 # Aggregation into tidy tables, then the one summary report: a self-contained HTML page, with
 # its tables and figures also registered through report() for `snakemake --report`.
-from clipdrift.analysis import PAPER_TABLES, TABLES
-from clipdrift.analysis.figures import FIGURES
+from clipdrift.outputs import FIGURES, PAPER_TABLES, TABLES
 
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
 

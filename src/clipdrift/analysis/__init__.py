@@ -19,6 +19,7 @@ from clipdrift.analysis.findings import findings, pretrained_top1
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT, load_reference, paper_comparison
 from clipdrift.analysis.stats import bootstrap_ci, holm
 from clipdrift.analysis.tables import cell_table, layer_table, method_table, run_table
+from clipdrift.outputs import PAPER_TABLES, TABLES
 
 __all__ = [
     "PUBLISHED_PRETRAINED_ZEROSHOT",
@@ -37,10 +38,6 @@ __all__ = [
     "pretrained_top1",
     "run_table",
 ]
-
-# Table names as written under tables/ (the paper tables only for the paper preset).
-TABLES = ("runs", "cells", "methods", "layers", "stats", "correlations")
-PAPER_TABLES = ("paper_cells", "paper_methods")
 
 
 def build_tables(

@@ -18,6 +18,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from clipdrift.analysis.findings import pretrained_top1
 from clipdrift.analysis.stats import correlation
+from clipdrift.outputs import FIGURES
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 
 METHOD_COLORS = {"full": "#D55E00", "lora": "#0072B2"}
@@ -324,16 +325,6 @@ def _pretrained_origin(ax, zeroshot: float, indomain: float | None) -> None:
         )
     else:
         ax.axhline(100 * zeroshot, color="0.35", linestyle="--", label="pretrained zero-shot")
-
-
-FIGURES = {
-    "lr_panels": "Learning-rate panels",
-    "layer_entropy_drift": "Per-layer entropy drift",
-    "layer_erf_drift": "Per-layer ERF@0.95 drift",
-    "drift_vs_zeroshot": "Attention drift vs zero-shot accuracy",
-    "cka_profiles": "CKA to the pretrained model per layer",
-    "indomain_vs_zeroshot": "In-domain vs zero-shot accuracy",
-}
 
 
 def make_figures(tables: dict[str, pd.DataFrame], pretrained=None) -> dict[str, Figure]:

@@ -1,0 +1,20 @@
+"""Names of the study's tables and report figures.
+
+Kept apart from ``clipdrift.analysis`` so that the Snakefile, which needs them to declare the
+aggregate and report outputs, does not import pandas, scipy and matplotlib on every start
+(every ``snakemake -n`` and every SLURM job step parses it).
+"""
+
+# Table names as written under tables/ (the paper tables only for the paper preset).
+TABLES = ("runs", "cells", "methods", "layers", "stats", "correlations")
+PAPER_TABLES = ("paper_cells", "paper_methods")
+
+# Report figures in reading order, with their titles.
+FIGURES = {
+    "lr_panels": "Learning-rate panels",
+    "layer_entropy_drift": "Per-layer entropy drift",
+    "layer_erf_drift": "Per-layer ERF@0.95 drift",
+    "drift_vs_zeroshot": "Attention drift vs zero-shot accuracy",
+    "cka_profiles": "CKA to the pretrained model per layer",
+    "indomain_vs_zeroshot": "In-domain vs zero-shot accuracy",
+}
