@@ -7,6 +7,7 @@ import pytest
 
 from clipdrift.errors import UserFacingError
 from clipdrift.study import run_script
+from workflow_helpers import REPO
 
 log = logging.getLogger("clipdrift.test")
 
@@ -53,3 +54,30 @@ def test_a_user_error_exits_with_its_message_and_no_traceback(tmp_path, capsys):
 def test_without_a_log_file_the_terminal_gets_everything(tmp_path, capsys):
     run_script(SimpleNamespace(log=[], threads=1, rule="r"), lambda smk: log.info("detail"))
     assert "detail" in capsys.readouterr().err
+
+
+def test_model_configs_read_without_open_clip_are_the_ones_open_clip_knows():
+    import open_clip
+
+    import clipdrift.backbones  # noqa: F401 - registers the packaged configs with open_clip
+    from clipdrift.study import backbone_image_size, model_configs
+
+    configs = model_configs()
+    assert set(configs) == set(open_clip.list_models()) and "clipdrift-tiny" in configs
+    for name in ("ViT-B-32-quickgelu", "clipdrift-tiny", "ViT-L-14-336"):
+        assert configs[name] == open_clip.get_model_config(name)
+    assert backbone_image_size(configs["ViT-B-32-quickgelu"]) == 224
+    assert backbone_image_size(configs["clipdrift-tiny"]) == 32
+
+
+def test_the_study_config_check_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, yaml; from clipdrift.study import check_study_config; "
+        "check_study_config(yaml.safe_load(open('config.yaml'))); "
+        "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.strip() == "[]"

@@ -9,8 +9,11 @@ reported without a traceback.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Callable
 
 from clipdrift.errors import UserFacingError
@@ -40,33 +43,42 @@ def dataset_source(name: str) -> str:
     return "real" if name in REAL_DATASETS else "world"
 
 
-def backbone_image_size(config: dict) -> int:
-    import open_clip
+def model_configs() -> dict[str, dict]:
+    """open_clip's model configs by name, plus the ones packaged with clipdrift, read from the JSON
+    files open_clip itself loads them from (``open_clip/model_configs/*.json``).
 
-    model_config = open_clip.get_model_config(config["backbone"]["name"]) or {}
+    The Snakefile checks the config on every start: every ``snakemake -n`` and every SLURM job
+    step. Importing open_clip for that (torch, torchvision, transformers) would cost seconds
+    each time; reading its config files costs milliseconds. A test keeps the two views equal.
+    """
+    found = importlib.util.find_spec("open_clip")  # locates the package without importing it
+    if found is None or not found.submodule_search_locations:
+        raise StudyConfigError("open_clip is not installed: python3 -m pip install -e .")
+    # clipdrift.backbones registers the same packaged folder with open_clip (not imported here)
+    folders = [Path(found.submodule_search_locations[0]) / "model_configs", Path(__file__).parent / "model_configs"]
+    return {path.stem: json.loads(path.read_text()) for folder in folders for path in sorted(folder.glob("*.json"))}
+
+
+def backbone_image_size(model_config: dict) -> int:
     size = model_config.get("vision_cfg", {}).get("image_size", 224)
     return size if isinstance(size, int) else size[0]
 
 
 def check_study_config(config: dict) -> None:
     """Cross-key checks the schema cannot express; raises naming the key and the fix."""
-    import open_clip  # imported here: the aggregate and report jobs never need it
-
-    from clipdrift.backbones import register_packaged_configs
-
-    register_packaged_configs()
     names = [d["name"] for d in config["datasets"]]
     if len(set(names)) != len(names):
         raise StudyConfigError(f"datasets: names must be unique, got {names}")
     lrs = [canonical_lr(lr) for lr in config["learning_rates"]]
     if len(set(lrs)) != len(lrs):
         raise StudyConfigError(f"learning_rates: {config['learning_rates']} lists the same rate twice ({lrs})")
-    if config["backbone"]["name"] not in open_clip.list_models():
+    model_config = model_configs().get(config["backbone"]["name"])
+    if model_config is None:
         raise StudyConfigError(
             f"backbone.name {config['backbone']['name']!r} is not an open_clip model config "
             "(e.g. ViT-B-32-quickgelu, clipdrift-tiny)"
         )
-    expected = backbone_image_size(config)
+    expected = backbone_image_size(model_config)
     for name in [*names, config["zeroshot"]["dataset"]]:
         key, size = _image_size_key(config, name)
         if size != expected:
