@@ -95,16 +95,16 @@ def import_seconds(repeats: int = 3) -> float:
 
 
 def print_costs(jobs: pd.DataFrame, wall_s: float | None, study: Path) -> None:
-    by_rule = jobs.groupby("stage").agg(jobs=("s", "size"), mean_s=("s", "mean"), max_s=("s", "max"),
+    by_stage = jobs.groupby("stage").agg(jobs=("s", "size"), mean_s=("s", "mean"), max_s=("s", "max"),
                                        total_s=("s", "sum"), max_rss_mb=("max_rss_mb", "max"))
-    print(by_rule.sort_values("total_s", ascending=False).round(1).to_string())
+    print(by_stage.sort_values("total_s", ascending=False).round(1).to_string())
     print(f"\n{len(jobs)} jobs, summed job time {jobs['s'].sum():.0f} s")
     floor = import_seconds()
     print(f"per-process import floor: {floor:.1f} s x {len(jobs)} jobs = {floor * len(jobs):.0f} s of job time "
           f"({floor * len(jobs) / os.cpu_count():.0f} s of wall time on {os.cpu_count()} cores)")
-    pretrain = json.loads((study / "backbone/pretrain.json").read_text()) if (study / "backbone/pretrain.json").exists() else {}
-    if pretrain:
-        print(f"pretraining: {pretrain['time_s']:.0f} s (target <= {TARGETS['pretrain_s']} s)")
+    pretrain = study / "backbone/pretrain.json"  # only the synthetic world pretrains its backbone
+    if pretrain.exists():
+        print(f"pretraining: {json.loads(pretrain.read_text())['time_s']:.0f} s (target <= {TARGETS['pretrain_s']} s)")
     finetune = jobs.loc[jobs["stage"] == "finetune", "s"]
     print(f"fine-tune job: mean {finetune.mean():.1f} s, max {finetune.max():.1f} s (incl. imports; "
           f"training alone: see train_time_s below; target <= {TARGETS['finetune_s']} s)")
