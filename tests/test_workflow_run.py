@@ -61,6 +61,11 @@ def test_the_study_leaves_sane_outputs(study_dir):
     html = (study / "report/index.html").read_text()
     assert "<img" in html and "world-eurosat" in html and "src=\"http" not in html
     assert (study / "report/lr_panels.png").stat().st_size > 10_000
+    # every model-loading job leaves its time and memory (benchmarks/bench_study.py reads them)
+    benchmarks = {p.relative_to(study / "benchmarks").as_posix() for p in (study / "benchmarks").rglob("*.tsv")}
+    assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/pretrained.tsv",
+            "zeroshot/pretrained-indomain/world-pets.tsv", "finetune/world-pets/lora/lr1e-03/seed7.tsv"} <= benchmarks
+    assert len(benchmarks) == 1 + 3 + 1 + 2 + 4 * RUNS + 2  # backbone, data, pretrained zero-shot, runs, tables+report
     # the effect is stated per dataset in a generated sentence carrying the run's own numbers
     headlines = [f for f in json.loads((study / "tables/findings.json").read_text()) if f["kind"] == "headline"]
     assert {f["dataset"] for f in headlines} == {"world-eurosat", "world-pets"}
