@@ -12,6 +12,8 @@ import pytest
 from fakedata import make_cifar100, make_eurosat, make_pets
 from workflow_helpers import REPO, snakemake
 
+pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
+
 PAPER = str(REPO / "configs/paper.yaml")
 PAPER_RULES = {
     "check_backbone", "prepare_task", "prepare_zeroshot_task", "finetune", "attention", "cka", "zeroshot",

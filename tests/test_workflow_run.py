@@ -12,6 +12,8 @@ import pytest
 
 from workflow_helpers import REPO, planned_jobs, snakemake
 
+pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
+
 TEST_CONFIG = str(REPO / "configs/test.yaml")
 STUDY = "results/test"
 RUNS = 2 * 2 * 2 * 1  # datasets x methods x lrs x seeds in configs/test.yaml

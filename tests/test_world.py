@@ -171,6 +171,7 @@ def pretrained(tmp_path_factory):
     return clip, history, path
 
 
+@pytest.mark.slow
 def test_pretraining_learns_a_zero_shot_classifier(pretrained):
     _, history, _ = pretrained
     assert history["zeroshot"]["task"] == "world-cifar100" and history["zeroshot"]["n_images"] == 500
@@ -180,6 +181,7 @@ def test_pretraining_learns_a_zero_shot_classifier(pretrained):
     assert history["time_s"] >= history["train_time_s"] > 0
 
 
+@pytest.mark.slow
 def test_saved_backbone_loads_like_downloaded_weights(pretrained):
     clip, _, path = pretrained
     loaded = create_clip(BackboneSpec("clipdrift-tiny", str(path)))
@@ -206,6 +208,7 @@ def _zero_shot_after(path, splits, method, lr, classifier_weights, cifar) -> flo
     return evaluate(model, classifier_weights, cifar, device="cpu")["top1"]
 
 
+@pytest.mark.slow
 def test_at_the_highest_rate_lora_keeps_more_zero_shot_than_full_ft(pretrained):
     clip, history, path = pretrained
     splits, _ = task_splits("world-eurosat", WORLD, {"train": 500, "val": 100})
