@@ -135,6 +135,26 @@ def _cka_rows(keys, level):
     return rows
 
 
+PROBE_SEEDS = (7, 21, 42, 123, 777)
+PROBE_NOISE = 0.01  # relative spread of the entropy over probe subsets
+
+
+def fabricate_sensitivity(attention: pd.DataFrame) -> pd.DataFrame:
+    """Probe-sensitivity rows consistent with ``attention``: each probe subset scales both model
+    states of a dataset by the same factor, plus a small run-specific wobble of the final state."""
+    rng = np.random.default_rng(1)
+    factors = {(d, s): 1 + PROBE_NOISE * rng.standard_normal() for d in DATASETS for s in PROBE_SEEDS}
+    head_mean = attention[(attention["head"] == -1) & attention["metric"].isin(["entropy", "rollout_entropy"])]
+    means = head_mean.groupby(["dataset", "method", "lr", "seed", "metric", "state"])["value"].mean()
+    rows = []
+    for (dataset, method, lr, seed, metric, state), value in means.items():
+        for probe_seed in PROBE_SEEDS:
+            wobble = 1 + (0.002 * rng.standard_normal() if state == "final" else 0.0)
+            rows.append({"dataset": dataset, "method": method, "lr": lr, "seed": seed, "probe_seed": probe_seed,
+                         "state": state, "metric": metric, "value": value * factors[(dataset, probe_seed)] * wobble})
+    return pd.DataFrame(rows)
+
+
 def fabricate():
     """(histories, zeroshot, attention, cka) for the fabricated study."""
     rng = np.random.default_rng(0)

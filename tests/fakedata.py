@@ -18,7 +18,24 @@ EUROSAT_CLASSES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "I
                    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake"]
 # (file-name stem, species: 1 cat / 2 dog), as in the real annotations (cats capitalised).
 PETS_BREEDS = [("Abyssinian", 1), ("american_bulldog", 2), ("Bengal", 1), ("great_pyrenees", 2)]
-CIFAR100_CLASSES = ["apple", "aquarium_fish", "baby", "bear", "maple_tree"]
+# The real CIFAR-100 fine label names (the meta file's fine_label_names), in their order.
+CIFAR100_FINE_LABEL_NAMES = [
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle",
+    "bicycle", "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel",
+    "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud",
+    "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant",
+    "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree",
+    "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter",
+    "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
+    "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea",
+    "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television",
+    "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+    "willow_tree", "wolf", "woman", "worm",
+]
+# Fabricated images exist for the first few classes only; the meta lists all 100 names.
+CIFAR100_CLASSES = CIFAR100_FINE_LABEL_NAMES[:5]
 
 
 def class_colour(label: int, n_classes: int) -> tuple[int, int, int]:
@@ -109,7 +126,7 @@ def make_cifar100(root, test_per_class: int = 4, train_per_class: int = 2) -> Pa
             "data": pixels.transpose(0, 3, 1, 2).reshape(len(labels), -1),  # rows of R, G, B planes
         }
         (base / part).write_bytes(pickle.dumps(batch))
-    meta = {"fine_label_names": CIFAR100_CLASSES, "coarse_label_names": ["fabricated"]}
+    meta = {"fine_label_names": CIFAR100_FINE_LABEL_NAMES, "coarse_label_names": ["fabricated"]}
     (base / "meta").write_bytes(pickle.dumps(meta))
     return Path(root)
 

@@ -441,13 +441,14 @@ def test_reference_is_loaded_in_artifact_units():
     np.testing.assert_allclose(methods.loc[averaged.index, ["zs_top1", "best_select_acc"]], averaged, atol=1e-4)
 
 
-def test_packaged_reference_is_the_shared_one():
+@pytest.mark.parametrize("name", ["paper_cells.csv", "paper_correlations.csv"])
+def test_packaged_reference_is_the_shared_one(name):
     from pathlib import Path
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper_cells.csv"
+    shared = Path(__file__).resolve().parents[2] / "shared" / "reference" / name
     if not shared.exists():
         pytest.skip("no shared reference next to this checkout")
-    packaged = analysis.reference.resources.files("clipdrift") / "resources" / "paper_cells.csv"
+    packaged = analysis.reference.resources.files("clipdrift") / "resources" / name
     assert packaged.read_text() == shared.read_text()
 
 
@@ -496,3 +497,123 @@ def test_paper_tables_only_when_asked(study):
     assert "paper_cells" not in analysis.build_tables(*study)
     with_paper = analysis.build_tables(*study, compare_with_paper=True)
     assert {"paper_cells", "paper_methods"} <= set(with_paper)
+
+
+def test_paper_cell_comparison_uses_population_sds_like_the_published_ones(study):
+    tables = analysis.build_tables(*study, compare_with_paper=True)
+    runs = tables["runs"]
+    row = tables["paper_cells"].query("dataset == 'pets' and method == 'lora' and lr == '1e-06' and metric == 'zs_top1'")
+    ok = runs.query("dataset == 'pets' and method == 'lora' and lr == '1e-06' and not diverged")["zs_top1"]
+    assert row["reproduced_sd"].iloc[0] == pytest.approx(np.std(ok, ddof=0))  # n = 2: ddof 1 would be √2 larger
+    assert tables["cells"].query("dataset == 'pets' and method == 'lora' and lr == '1e-06'")["zs_top1_sd"].iloc[0] \
+        == pytest.approx(np.std(ok, ddof=1))  # the rest of the report keeps sample SDs
+
+
+def test_published_correlations_side_by_side(study):
+    tables = analysis.build_tables(*study, compare_with_paper=True)
+    side = tables["paper_correlations"].set_index(["dataset", "x", "y"])
+    assert len(side) == 4 and set(side["published_n"]) == {40}
+    row = side.loc[("pets", "drift_entropy_pct", "zs_top1")]
+    measured = tables["correlations"].query("dataset == 'pets' and x == 'drift_entropy_pct' and y == 'zs_top1'").iloc[0]
+    assert row["published_r"] == 0.90 and row["measured_r"] == measured["pearson_r"]
+    assert row["difference"] == pytest.approx(measured["pearson_r"] - 0.90)
+    assert row["within_ci"] == (measured["pearson_ci_low"] <= 0.90 <= measured["pearson_ci_high"])
+    # drift vs in-domain accuracy, the published study's second correlation, is measured too
+    assert not math.isnan(side.loc[("eurosat", "drift_entropy_pct", "best_select_acc"), "measured_r"])
+
+
+def _enumerated_correlation_p(x, y):
+    """Two-sided permutation p by enumeration: twice the smaller one-sided tail (scipy's convention)."""
+    observed = np.corrcoef(x, y)[0, 1]
+    values = np.array([np.corrcoef(x, np.array(p))[0, 1] for p in itertools.permutations(y)])
+    eps = 1e-12
+    return min(1.0, 2 * min(np.mean(values >= observed - eps), np.mean(values <= observed + eps)))
+
+
+def test_permutation_correlation_is_exact_for_small_n_and_sampled_beyond():
+    from clipdrift.analysis.stats import permutation_correlation
+
+    x = np.array([0.1, 0.5, 0.2, 0.9, 0.4, 0.7])
+    y = np.array([1.0, 1.4, 0.9, 2.0, 1.6, 1.1])
+    result = permutation_correlation(x, y)
+    assert result["perm_exact"] and result["n_permutations"] == 720
+    assert result["r"] == pytest.approx(sps.pearsonr(x, y).statistic)
+    assert result["p_perm"] == pytest.approx(_enumerated_correlation_p(x, y))
+    spearman = permutation_correlation(x, y, "spearman")
+    assert spearman["r"] == pytest.approx(sps.spearmanr(x, y).statistic)
+    assert spearman["p_perm"] == pytest.approx(_enumerated_correlation_p(sps.rankdata(x), sps.rankdata(y)))
+    rng = np.random.default_rng(0)
+    sampled = permutation_correlation(rng.normal(size=30), rng.normal(size=30))
+    assert not sampled["perm_exact"] and sampled["n_permutations"] == 20_001
+    assert math.isnan(permutation_correlation([1, 2], [3, 4])["r"])
+
+
+def test_cka_against_entropy_drift_pairs_the_same_layer(study, tables):
+    _, _, attention, cka = study
+    relations = tables["cka_entropy"]
+    runs = tables["runs"]
+    ok = runs[~runs["diverged"] & (runs["dataset"] == "eurosat")]
+    run_level = relations.query("dataset == 'eurosat' and level == 'run' and method == 'pearson'").iloc[0]
+    assert run_level["r"] == pytest.approx(sps.pearsonr(ok["drift_entropy_pct"], ok["cka_mean"]).statistic)
+    assert run_level["n"] == len(ok)
+    # layer 1 (block 1): entropy drift of attention layer 1 vs CKA of the block's output, CKA layer 2
+    keys = ["dataset", "method", "lr", "seed"]
+    entropy = attention.query("dataset == 'eurosat' and metric == 'entropy' and head == -1 and layer == 1")
+    states = entropy.pivot_table(index=keys, columns="state", values="value")
+    drift = (100 * (states["final"] - states["baseline"]) / states["baseline"]).rename("drift")
+    cka_values = cka.query("dataset == 'eurosat' and variant == 'linear' and token == 'cls'")
+    for pairing, cka_layer in (("same_layer", 2), ("published_offset", 1)):
+        pairs = drift.to_frame().join(cka_values[cka_values["layer"] == cka_layer].set_index(keys)["value"])
+        pairs = pairs.drop(index=[k for k in pairs.index if k[1:] == ("full", "5e-05", 19)])  # the diverged run
+        row = relations.query(f"dataset == 'eurosat' and pairing == '{pairing}' and layer == 1 and method == 'spearman'")
+        assert row["n"].iloc[0] == len(pairs) == len(ok)
+        assert row["r"].iloc[0] == pytest.approx(sps.spearmanr(pairs["drift"], pairs["value"]).statistic)
+    # block 0 has no defined partner under the published pairing (CKA layer 0: the embedding's constant CLS)
+    assert relations.query("pairing == 'published_offset' and layer == 0").empty
+
+
+def test_probe_sensitivity_against_direct_computation(study, tables):
+    from fabricated_study import PROBE_SEEDS, fabricate_sensitivity
+
+    sensitivity = fabricate_sensitivity(study[2])
+    table = analysis.probe_sensitivity(sensitivity, tables["runs"])
+    pretrained = table.query("method == 'pretrained' and dataset == 'pets' and metric == 'entropy'").iloc[0]
+    values = sensitivity.query("dataset == 'pets' and metric == 'entropy' and state == 'baseline'").groupby("probe_seed")["value"].first()
+    assert pretrained["n_probes"] == len(PROBE_SEEDS)
+    assert pretrained["cv_pct"] == pytest.approx(100 * np.std(values, ddof=1) / np.mean(values))
+    run = table.query("dataset == 'pets' and method == 'full' and lr == '1e-05' and seed == 11 and metric == 'entropy'").iloc[0]
+    rows = sensitivity.query("dataset == 'pets' and method == 'full' and lr == '1e-05' and seed == 11 and metric == 'entropy'")
+    wide = rows.pivot_table(index="probe_seed", columns="state", values="value")
+    drifts = 100 * (wide["final"] - wide["baseline"]) / wide["baseline"]
+    assert run["drift_mean"] == pytest.approx(drifts.mean()) and run["drift_sd"] == pytest.approx(drifts.std(ddof=1))
+    measured = tables["runs"].query("dataset == 'pets' and method == 'full' and lr == '1e-05' and seed == 11")
+    assert run["drift_measured"] == pytest.approx(measured["drift_entropy_pct"].iloc[0])
+    assert run["probe_explains"] == (abs(run["drift_measured"]) <= 2 * run["drift_sd"])
+    assert table.query("method != 'pretrained'")["seed"].isin(SEEDS).all()
+    assert table.query("dataset == 'eurosat' and method == 'full' and lr == '5e-05' and seed == 19").empty  # diverged
+    summary = analysis.sensitivity_summary(table)
+    pets = summary.set_index("dataset").loc["pets"]
+    tuned = table.query("dataset == 'pets' and method != 'pretrained' and metric == 'entropy'")
+    assert pets["n_explained"] == tuned["probe_explains"].sum() and pets["n_judged"] == len(tuned)
+
+
+def test_probe_sensitivity_refuses_runs_that_disagree_about_the_pretrained_model(study):
+    from fabricated_study import fabricate_sensitivity
+
+    sensitivity = fabricate_sensitivity(study[2])
+    tampered = sensitivity.index[(sensitivity["state"] == "baseline") & (sensitivity["seed"] == 7)][:1]
+    sensitivity.loc[tampered, "value"] *= 1.01
+    with pytest.raises(ValueError, match="different pretrained values"):
+        analysis.probe_sensitivity(sensitivity)
+
+
+def test_probe_sensitivity_finding_states_its_numbers(study, tables):
+    from fabricated_study import fabricate_sensitivity
+
+    table = analysis.probe_sensitivity(fabricate_sensitivity(study[2]), tables["runs"])
+    found = analysis.findings(tables["runs"], PRETRAINED, sensitivity=table)
+    summary = analysis.sensitivity_summary(table).set_index("dataset")
+    for finding in [f for f in found if f["kind"] == "probe_sensitivity"]:
+        row = summary.loc[finding["dataset"]]
+        assert f"could explain the drift of {row['n_explained']} of {row['n_judged']} runs" in finding["sentence"]
+    assert {f["dataset"] for f in found if f["kind"] == "probe_sensitivity"} == {"eurosat", "pets"}

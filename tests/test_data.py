@@ -9,7 +9,7 @@ from PIL import Image
 
 from clipdrift.data import (DatasetUnavailableError, SplitError, class_counts, prepare_real_dataset,
                             preprocess_transform, probe_indices, seeded_order, stratified_split, with_probe)
-from fakedata import (CIFAR100_CLASSES, EUROSAT_CLASSES, PETS_BREEDS, accept_fabricated_cifar100,
+from fakedata import (CIFAR100_CLASSES, CIFAR100_FINE_LABEL_NAMES, EUROSAT_CLASSES, PETS_BREEDS, accept_fabricated_cifar100,
                       cifar100_test_pixels, make_cifar100, make_eurosat, make_pets, nearest_class,
                       pets_class_name)
 
@@ -193,7 +193,7 @@ def test_cifar100_gives_the_test_set_with_readable_class_names(data_root, monkey
     accept_fabricated_cifar100(monkeypatch, data_root)
     splits, manifest = prepare_real_dataset("cifar100", data_root, image_size=32)
     assert list(splits) == ["test"] and len(splits["test"]) == 4 * len(CIFAR100_CLASSES)
-    assert splits["test"].class_names[1] == "aquarium fish" and manifest["source_class_names"] == CIFAR100_CLASSES
+    assert splits["test"].class_names[1] == "aquarium fish" and manifest["source_class_names"] == CIFAR100_FINE_LABEL_NAMES
     pixels, labels = cifar100_test_pixels(4)
     # 32 px at 32 px: resize and crop are the identity, so the cache holds the exact pixels.
     assert torch.equal(splits["test"].images, torch.from_numpy(pixels).permute(0, 3, 1, 2))

@@ -17,8 +17,8 @@ from clipdrift.adapters import MethodConfig
 from clipdrift.checkpoints import load_classifier, save_classifier
 from clipdrift.data import ImageSplit, to_model_input
 from clipdrift.io import ResumeStore, read_json, read_safetensors, write_json
-from clipdrift.train import (CachedBatches, FinetuneResult, TrainConfig, TrainConfigError, evaluate, finetune,
-                             lr_factor, warmup_steps)
+from clipdrift.train import (CachedBatches, FinetuneResult, TrainConfig, TrainConfigError, choose_amp, evaluate,
+                             finetune, lr_factor, resolve_precision, warmup_steps)
 from conftest import TINY, make_tiny
 from fakedata import class_image
 
@@ -213,7 +213,6 @@ def test_diverging_after_completed_epochs_keeps_them_and_the_best():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(amp="bf16"), "needs a CUDA device"),
     (dict(amp="fp8"), "amp 'fp8' is unknown"),
     (dict(selection_split="train"), "selection_split 'train' is unknown"),
     (dict(warmup_fraction=1.0), "warmup_fraction"),
@@ -256,3 +255,51 @@ def test_cached_batches_equal_to_model_input_with_the_same_flips():
     assert torch.equal(TRAIN.images[5], colour_split(12, 0).images[5])  # the cache itself is untouched
     with pytest.raises(ValueError, match="batch of 9 exceeds the loader's batch size 8"):
         batches.take(torch.arange(9), None)
+
+
+# ---- precision: the GPU's autocast and GradScaler lines, run on the CPU -----------------------
+
+
+@pytest.mark.parametrize("amp, capability, expected", [
+    ("auto", (9, 0), "bf16"),  # Hopper
+    ("auto", (8, 0), "bf16"),  # Ampere
+    ("auto", (7, 5), "fp16"),  # T4: bf16 would only be emulated
+    ("auto", (7, 0), "fp16"),  # V100
+    ("fp16", (9, 0), "fp16"),
+    ("bf16", (7, 0), "bf16"),  # asked for explicitly: honoured
+    ("off", (9, 0), "fp32"),
+])
+def test_amp_auto_decides_by_compute_capability(amp, capability, expected):
+    assert choose_amp(amp, "cuda", capability) == expected
+
+
+def test_the_cpu_trains_in_fp32_whatever_amp_says_unless_the_test_switch_is_on():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp16", cpu).train == "fp32"
+    fp16 = resolve_precision("fp16", cpu, cpu_autocast=True)
+    assert (fp16.train, fp16.eval, fp16.scaled) == ("fp16", "fp32", True)
+    assert resolve_precision("bf16", cpu, eval_amp=True, cpu_autocast=True).eval == "bf16"
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_autocast_training_runs_its_gpu_lines_on_the_cpu_and_evaluates_in_fp32(amp, monkeypatch):
+    autocasts, evaluated_dtypes = [], []
+    real_autocast = torch.autocast
+
+    def recording_autocast(device_type, dtype=None, **kwargs):
+        autocasts.append(dtype)
+        return real_autocast(device_type, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(torch, "autocast", recording_autocast)
+    model = make_tiny(n_classes=N_CLASSES)
+    model.head.register_forward_hook(lambda _m, _i, out: evaluated_dtypes.append((torch.is_grad_enabled(), out.dtype)))
+    result = finetune(model, TRAIN, VAL, config(epochs=2, amp=amp, cpu_autocast=True), progress=False)
+    history = result.history
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[amp]
+    assert history["precision"] == amp and history["eval_precision"] == "fp32"
+    assert history["grad_scaler"] == (amp == "fp16")
+    assert autocasts and set(autocasts) == {dtype}  # every training step, no evaluation
+    assert {d for grad, d in evaluated_dtypes if grad} == {dtype}
+    assert {d for grad, d in evaluated_dtypes if not grad} == {torch.float32}  # selection in fp32
+    assert history["status"] == "completed"
+    assert all(bool(t.isfinite().all()) and t.dtype == torch.float32 for t in result.final_state.values())

@@ -168,6 +168,11 @@ def probe_indices(labels, n: int = PROBE_SIZE, seed: int = PROBE_SEED) -> torch.
     return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
+def probe_subsets(split: ImageSplit, n: int, seeds) -> dict[int, ImageSplit]:
+    """The class-balanced probe of ``n`` images drawn from ``split`` with each seed (seed → subset)."""
+    return {int(seed): split.subset(probe_indices(split.labels, n, int(seed))) for seed in seeds}
+
+
 def class_counts(labels, n_classes: int) -> list[int]:
     """How many items of each class ``0..n_classes-1``."""
     return torch.bincount(torch.as_tensor(labels, dtype=torch.long).reshape(-1), minlength=n_classes).tolist()

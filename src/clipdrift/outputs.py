@@ -6,8 +6,8 @@ aggregate and report outputs, does not import pandas, scipy and matplotlib on ev
 """
 
 # Table names as written under tables/ (the paper tables only for the paper preset).
-TABLES = ("runs", "cells", "methods", "layers", "stats", "correlations")
-PAPER_TABLES = ("paper_cells", "paper_methods")
+TABLES = ("runs", "cells", "methods", "layers", "stats", "correlations", "cka_entropy", "probe_sensitivity")
+PAPER_TABLES = ("paper_cells", "paper_methods", "paper_correlations")
 
 # Report figures in reading order, with their titles.
 FIGURES = {

@@ -21,6 +21,7 @@ import clipdrift
 from clipdrift.analysis.figures import FIGURES
 from clipdrift.analysis.findings import pct, pretrained_top1, small
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
+from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import ACCURACY_METRICS, method_label
 
 FIGURE_CAPTIONS = {
@@ -46,7 +47,7 @@ FIGURE_CAPTIONS = {
 FINDING_GROUPS = (
     ("The effect", ("headline", "highest_rate", "average_transfer")),
     ("Regimes that averages hide", ("ranking_flip", "underfit", "best_rate")),
-    ("Caveats", ("diverged", "permutation_power")),
+    ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
 )
 
 CSS = """
@@ -288,6 +289,74 @@ def correlations_section(correlations: pd.DataFrame) -> str:
     return "<h2 id='correlations'>Correlations</h2>" + note + _table(columns, rows, text_columns=3)
 
 
+def _r_with_p(row: pd.Series) -> str:
+    if _is_missing(row["r"]):
+        return "–"
+    return f"{row['r']:.2f} (p {_p(row['p_perm'])}{'' if row['perm_exact'] else ', sampled'})"
+
+
+def _relation_rows(frame: pd.DataFrame) -> list[list[str]]:
+    wide = frame.pivot_table(index=["dataset", "layer", "n"], columns="method",
+                             values=["r", "p_perm", "perm_exact"], aggfunc="first")
+    rows = []
+    for (dataset, layer, n), values in wide.iterrows():
+        cells = [_r_with_p(pd.Series({k: values[(k, m)] for k in ("r", "p_perm", "perm_exact")}))
+                 for m in ("pearson", "spearman")]
+        rows.append([dataset, "all (run means)" if layer < 0 else str(layer), n, *cells])
+    return rows
+
+
+def relations_section(relations: pd.DataFrame) -> str:
+    title = "<h2 id='relations'>CKA and attention drift</h2>"
+    if relations is None or relations.empty:
+        return title + "<p class='notapplicable'>Not computed: the study has no CKA or no attention tables.</p>"
+    columns = ["dataset", "layer", "n runs", "Pearson r (p)", "Spearman ρ (p)"]
+    note = (
+        "<p class='muted'>Does the representation drift track the attention drift? Over the non-diverged runs of "
+        "each dataset: the run's mean linear CKA of the CLS token over the blocks against its layer-mean "
+        "CLS-attention entropy drift, then layer by layer: block <em>i</em>'s entropy drift against the CKA of "
+        "block <em>i</em>'s own output (the same layer on both sides). Two-sided permutation p-values over "
+        "re-pairings of the runs (exact where n! is small, else 20,000 random re-pairings).</p>"
+    )
+    same = relations[relations["pairing"].isin(["mean_over_layers", "same_layer"])]
+    offset = relations[relations["pairing"] == "published_offset"]
+    parts = [title, note, _table(columns, _relation_rows(same), text_columns=2)]
+    if not offset.empty:
+        parts.append(
+            "<details><summary>The published pairing (off by one)</summary><p class='muted'>The published code "
+            "paired CKA entry <em>i</em>, counting the embedding output as entry 0, with attention layer "
+            "<em>i</em>: each block's attention with the <em>previous</em> block's output (layer 0 then has no "
+            "defined CKA partner). Shown for comparison only.</p>"
+            + _table(columns, _relation_rows(offset), text_columns=2) + "</details>"
+        )
+    return "".join(parts)
+
+
+SENSITIVITY_VIEW = (("entropy", "mean CLS-attention entropy"), ("rollout_entropy", "rollout entropy"))
+
+
+def sensitivity_section(table: pd.DataFrame) -> str:
+    title = "<h2 id='sensitivity'>Probe-subset sensitivity</h2>"
+    if table is None or table.empty:
+        return title + ("<p class='notapplicable'>Not measured: metrics.probe_sensitivity.enabled is false for this "
+                        "study.</p>")
+    columns = ["dataset", "statistic", "probe subsets", "pretrained CV (%)", "fine-tuned CV, median (%)",
+               "|drift| measured, median (%)", "drift SD across subsets, median", "drift the probe could explain"]
+    rows = []
+    for metric, label in SENSITIVITY_VIEW:
+        for r in sensitivity_summary(table, metric).itertuples():
+            rows.append([r.dataset, label, r.n_probes, small(r.pretrained_cv_pct), small(r.median_finetuned_cv_pct),
+                         small(r.median_abs_drift), small(r.median_drift_sd), f"{r.n_explained} of {r.n_judged} runs"])
+    note = (
+        "<p class='muted'>The drift is measured on one fixed probe subset. Here the same statistics are measured on "
+        "probe subsets of the same size drawn with other seeds: the coefficient of variation (SD / mean) of the "
+        "12-layer mean statistic across subsets, and the drift recomputed on every subset (fine-tuned vs pretrained "
+        "on the same images). A run's drift counts as one the probe choice alone could explain when it lies within "
+        "2 SD (across subsets) of zero.</p>"
+    )
+    return title + note + _table(columns, rows, text_columns=2)
+
+
 def _paper_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[list[list[str]], list[str]]:
     rows, classes = [], []
     for _, r in frame.iterrows():
@@ -318,10 +387,18 @@ def paper_section(tables: dict, study: dict, pretrained) -> str:
         )
     note = (
         "<p class='muted'>Published values in the report's units (accuracies in %, drifts in % of pretrained). "
-        "<em>within SD</em>: the published value lies within one seed SD of the reproduced mean; <em>within "
-        "range</em>: within the reproduced seeds' min–max. Highlighted: outside one SD.</p>"
+        "Like with like: the reproduced SDs here are population SDs (ddof 0), as the published ones are; the rest "
+        "of this report shows sample SDs. <em>within SD</em>: the published value lies within one seed SD of the "
+        "reproduced mean; <em>within range</em>: within the reproduced seeds' min–max. Highlighted: outside one "
+        "SD.</p>"
     )
     parts = [title, note]
+    names = study.get("zeroshot_class_names")
+    if names:
+        parts.append(f"<p>Zero-shot prompts used the <strong>{html.escape(str(names))}</strong> class names"
+                     + (" (the published spellings: underscores kept, “cra” for crab)." if names == "published"
+                        else " (not the published spellings: expect small differences in zero-shot accuracy).")
+                     + "</p>")
     reference = pretrained_top1(pretrained)
     if not math.isnan(reference):
         parts.append(
@@ -337,7 +414,23 @@ def paper_section(tables: dict, study: dict, pretrained) -> str:
             "<h3>Averaged over the learning rates (n = rates)</h3>",
             _table(["dataset", "method"] + columns, rows, text_columns=3),
         ]
+    if tables.get("paper_correlations") is not None:
+        parts += ["<h3>Correlations within each dataset (Pearson r over its runs)</h3>",
+                  paper_correlations_table(tables["paper_correlations"])]
     return "".join(parts)
+
+
+def paper_correlations_table(frame: pd.DataFrame) -> str:
+    columns = ["dataset", "x", "y", "published r (n)", "measured r [95% CI]", "n", "difference", "published inside CI"]
+    rows, classes = [], []
+    for _, r in frame.iterrows():
+        measured = "–" if _is_missing(r["measured_r"]) else f"{r['measured_r']:.2f}" + (
+            "" if _is_missing(r["pearson_ci_low"]) else f" [{r['pearson_ci_low']:.2f}, {r['pearson_ci_high']:.2f}]")
+        rows.append([r["dataset"], METRIC_LABELS.get(r["x"], r["x"]), METRIC_LABELS.get(r["y"], r["y"]),
+                     f"{r['published_r']:.2f} ({r['published_n']})", measured, r["measured_n"],
+                     "–" if _is_missing(r["difference"]) else f"{r['difference']:+.2f}", _yes_no(r["within_ci"])])
+        classes.append("" if _is_missing(r["within_ci"]) or r["within_ci"] else "flag")
+    return _table(columns, rows, classes, text_columns=3)
 
 
 RUN_VIEW = (
@@ -467,6 +560,8 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("cells", "Cells"),
     ("stats", "Comparisons"),
     ("correlations", "Correlations"),
+    ("relations", "CKA vs drift"),
+    ("sensitivity", "Probe sensitivity"),
     ("methods", "Method averages"),
     ("paper", "Published study"),
     ("runs", "All runs"),
@@ -492,6 +587,8 @@ def render_report(
         lambda: cells_section(tables["cells"]),
         lambda: stats_section(tables.get("stats")),
         lambda: correlations_section(tables.get("correlations")),
+        lambda: relations_section(tables.get("cka_entropy")),
+        lambda: sensitivity_section(tables.get("probe_sensitivity")),
         lambda: methods_section(tables["methods"]),
         lambda: paper_section(tables, study, pretrained),
         lambda: runs_section(tables["runs"]),

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from clipdrift.classnames import check_style
 from clipdrift.errors import UserFacingError
 
 REAL_DATASETS = ("eurosat", "pets", "cifar100")
@@ -78,6 +79,7 @@ def check_study_config(config: dict) -> None:
             f"backbone.name {config['backbone']['name']!r} is not an open_clip model config "
             "(e.g. ViT-B-32-quickgelu, clipdrift-tiny)"
         )
+    check_style(config["zeroshot"]["class_names"], config["zeroshot"]["dataset"])
     expected = backbone_image_size(model_config)
     for name in [*names, config["zeroshot"]["dataset"]]:
         key, size = _image_size_key(config, name)
@@ -190,6 +192,7 @@ def training_settings(config: dict, dataset: str, lr: str, seed: int) -> dict:
         "warmup_fraction": training["warmup_fraction"],
         "grad_clip": training["grad_clip"],
         "amp": training["amp"],
+        "eval_amp": training["eval_amp"],
         "eval_batch_size": training["eval_batch_size"],
         "selection_split": training["selection_split"],
     }
@@ -204,8 +207,25 @@ def cka_settings(config: dict) -> dict:
     return {"token": config["metrics"]["cka_token"], "batch_size": config["metrics"]["batch_size"]}
 
 
-def zeroshot_settings(config: dict) -> dict:
-    return {"templates": config["zeroshot"]["templates"], "batch_size": config["zeroshot"]["batch_size"]}
+def zeroshot_settings(config: dict, indomain: bool = False) -> dict:
+    """How zero-shot scoring runs. ``indomain``: the pretrained model on a fine-tuning task's
+    own test set, a reference that always uses readable class names (the published spellings
+    exist only for the held-out task)."""
+    zeroshot = config["zeroshot"]
+    return {
+        "templates": zeroshot["templates"],
+        "class_names": "readable" if indomain else zeroshot["class_names"],
+        "amp": zeroshot["amp"],
+        "batch_size": zeroshot["batch_size"],
+    }
+
+
+def probe_sensitivity_settings(config: dict) -> dict | None:
+    """Probe seeds of the probe-subset sensitivity, or None when it is off."""
+    sensitivity = config["metrics"]["probe_sensitivity"]
+    if not sensitivity["enabled"]:
+        return None
+    return {"seeds": [int(s) for s in sensitivity["seeds"]], "probe_size": config["data"]["probe_size"]}
 
 
 def settings_hash(*settings: dict) -> str:

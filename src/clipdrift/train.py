@@ -56,7 +56,12 @@ class TrainConfigError(UserFacingError, ValueError):
 class TrainConfig:
     """One fine-tuning run (paper defaults).
 
-    ``amp``: ``auto`` = bf16 on CUDA where supported (else fp16), fp32 on CPU.
+    ``amp``: mixed precision of the training steps on CUDA: ``auto`` = bf16 on GPUs of compute
+    capability >= 8.0, fp16 below; ``fp16`` always runs with a GradScaler (unscaled before
+    clipping); ``off`` = fp32. The CPU trains in fp32 whatever ``amp`` says, unless
+    ``cpu_autocast`` (test-only: runs the very autocast and GradScaler lines a GPU runs, so a CPU
+    test exercises them). ``eval_amp``: evaluate (selection, test accuracy) under the training
+    autocast; by default evaluation is fp32, as published.
     ``device``: ``auto`` = CUDA when available. ``num_threads``: CPU threads for this run
     (``None`` keeps torch's setting; bitwise CPU determinism needs the same thread count).
     ``data_on_device``: keep the uint8 training images on the GPU (``None`` = when they take
@@ -77,6 +82,8 @@ class TrainConfig:
     hflip: bool = True
     selection_split: str = "val"
     data_on_device: bool | None = None
+    eval_amp: bool = False
+    cpu_autocast: bool = False
 
     def __post_init__(self):
         checks = [
@@ -153,17 +160,64 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-def _resolve_precision(amp: str, device: torch.device) -> tuple[str, torch.dtype | None]:
-    """(name for the history, autocast dtype or None for fp32)."""
-    if device.type != "cuda":
-        if amp in ("bf16", "fp16"):
-            raise TrainConfigError(f"amp {amp!r} needs a CUDA device; on CPU training runs in fp32 (amp 'auto' or 'off')")
-        return "fp32", None
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# bf16 runs natively from Ampere (compute capability 8.0) on; older GPUs only emulate it, slowly
+# (torch.cuda.is_bf16_supported() counts the emulation), so they get fp16 with a GradScaler.
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def choose_amp(amp: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
+    """The training precision ``amp`` means on a device: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``capability``: the CUDA device's compute capability (decides ``auto`` there).
+    """
+    if amp not in AMP_CHOICES:
+        raise TrainConfigError(f"amp {amp!r} is unknown: use one of {AMP_CHOICES}")
     if amp == "off":
-        return "fp32", None
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return "bf16", torch.bfloat16
-    return "fp16", torch.float16
+        return "fp32"
+    if amp != "auto":
+        return amp
+    if device_type == "cuda":
+        return "bf16" if capability is not None and tuple(capability) >= NATIVE_BF16_CAPABILITY else "fp16"
+    return "bf16"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: its training steps (``train``) and its evaluations (``eval``)."""
+
+    train: str
+    eval: str
+    device_type: str
+
+    @property
+    def scaled(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 and fp32 need none."""
+        return self.train == "fp16"
+
+    def train_autocast(self):
+        return _autocast(self.device_type, self.train)
+
+    def eval_autocast(self):
+        return _autocast(self.device_type, self.eval)
+
+
+def _autocast(device_type: str, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=_AUTOCAST_DTYPES[precision])
+
+
+def resolve_precision(amp: str, device: torch.device, *, eval_amp: bool = False, cpu_autocast: bool = False) -> Precision:
+    """The run's :class:`Precision` on ``device`` (the CPU trains in fp32 unless ``cpu_autocast``)."""
+    if device.type == "cuda":
+        train = choose_amp(amp, "cuda", torch.cuda.get_device_capability(device))
+    elif cpu_autocast:
+        train = choose_amp(amp, device.type)
+    else:
+        choose_amp(amp, device.type)  # refuses an unknown amp here too
+        train = "fp32"
+    return Precision(train=train, eval=train if eval_amp else "fp32", device_type=device.type)
 
 
 @contextlib.contextmanager
@@ -293,7 +347,8 @@ class _Run:
     def __init__(self, model: CLIPClassifier, train: ImageSplit, config: TrainConfig):
         self.model, self.config = model, config
         self.device = _resolve_device(config.device)
-        self.precision, self.autocast_dtype = _resolve_precision(config.amp, self.device)
+        self.precision = resolve_precision(config.amp, self.device, eval_amp=config.eval_amp,
+                                           cpu_autocast=config.cpu_autocast)
         preprocess = image_preprocess_config(model.clip)
         self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=self.device)
         self.std = torch.tensor(preprocess["std"], dtype=torch.float32, device=self.device)
@@ -304,18 +359,13 @@ class _Run:
         self.params = trainable_parameters(model)
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         # fp16 needs loss scaling; bf16 and fp32 do not.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.data = CachedBatches(train, self.device, _wants_data_on_device(config, self.device, train),
                                   self.mean, self.std, config.batch_size)
         self.n_train = len(train)
         self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.n_warmup = warmup_steps(self.total_steps, config.warmup_fraction)
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def lr_at(self, step: int) -> float:
         return self.config.lr * lr_factor(step, self.total_steps, self.n_warmup)
@@ -325,7 +375,7 @@ class _Run:
 
     def forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, number correct and (clipped-before) gradient norm of one batch, all on device."""
-        with self.autocast():
+        with self.precision.train_autocast():
             logits = self.model(images)
         loss = F.cross_entropy(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -368,37 +418,36 @@ class _Run:
                 "lr_end": self.lr_at(progress.step), "train_s": seconds, "images_per_s": self.n_train / seconds}
 
     def accuracy(self, split: ImageSplit) -> float:
-        return _accuracy(self.model, split, self.device, self.autocast_dtype, self.mean, self.std,
+        return _accuracy(self.model, split, self.device, self.precision, self.mean, self.std,
                          self.config.eval_batch_size)
 
 
 @torch.no_grad()
-def _accuracy(model, split: ImageSplit, device, autocast_dtype, mean, std, batch_size: int) -> float:
+def _accuracy(model, split: ImageSplit, device, precision: Precision, mean, std, batch_size: int) -> float:
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size].to(device, non_blocking=True)
         labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
-        context = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                   else contextlib.nullcontext())
-        with context:
+        with precision.eval_autocast():
             logits = model(to_model_input(images, mean, std))
         correct += (logits.argmax(dim=1) == labels).sum()
     return int(correct) / len(split)
 
 
 def evaluate(model: CLIPClassifier, split: ImageSplit, *, batch_size: int = 256, device: str = "auto",
-             amp: str = "auto") -> float:
-    """Top-1 accuracy of ``model`` on ``split`` (eval mode, no flips, CLIP normalisation)."""
-    if amp not in AMP_CHOICES:
-        raise TrainConfigError(f"amp {amp!r} is unknown: use one of {AMP_CHOICES}")
+             amp: str = "off") -> float:
+    """Top-1 accuracy of ``model`` on ``split`` (eval mode, no flips, CLIP normalisation).
+
+    fp32 by default; ``amp`` evaluates under that autocast on CUDA (see :func:`choose_amp`).
+    """
     resolved = _resolve_device(device)
-    _, dtype = _resolve_precision(amp, resolved)
+    precision = resolve_precision(amp, resolved, eval_amp=True)
     preprocess = image_preprocess_config(model.clip)
     mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=resolved)
     std = torch.tensor(preprocess["std"], dtype=torch.float32, device=resolved)
     model.to(resolved)
-    return _accuracy(model, split, resolved, dtype, mean, std, batch_size)
+    return _accuracy(model, split, resolved, precision, mean, std, batch_size)
 
 
 def _load_params(model: CLIPClassifier, state: dict[str, torch.Tensor]) -> None:
@@ -420,7 +469,7 @@ def _fingerprint(run: _Run, train: ImageSplit, select: ImageSplit) -> str:
     digest = hashlib.blake2b(digest_size=16)
     settings = {k: v for k, v in run.config.to_dict().items()
                 if k not in ("device", "num_threads", "eval_batch_size", "data_on_device")}
-    digest.update(json.dumps({"config": settings, "precision": run.precision, "n_train": len(train),
+    digest.update(json.dumps({"config": settings, "precision": [run.precision.train, run.precision.eval], "n_train": len(train),
                               "n_select": len(select)}, sort_keys=True).encode())
     for labels in (train.labels, select.labels):
         digest.update(labels.numpy().tobytes())
@@ -585,6 +634,8 @@ def _history(run: _Run, state: _Progress, final_select_acc: float, final_test_ac
         "images_per_s": images / train_time if train_time > 0 else None,
         "steps": state.step,
         "resumed_from_epoch": state.resumed_from_epoch,
-        "precision": run.precision,
+        "precision": run.precision.train,
+        "eval_precision": run.precision.eval,
+        "grad_scaler": run.precision.scaled,
         "device": str(run.device),
     }

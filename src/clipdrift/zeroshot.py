@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from clipdrift.backbones import CLIPClassifier
 from clipdrift.data import ImageSplit
+from clipdrift.errors import UserFacingError
 from clipdrift.metrics.runtime import check_images, evaluating, model_input, resolve_device
 
 Template = Union[str, Callable[[str], str]]
@@ -67,11 +68,13 @@ def _as_callables(templates: Sequence[Template]) -> list[Callable[[str], str]]:
     return checked
 
 
-def text_classifier(clip: torch.nn.Module, tokenizer, class_names: Sequence[str], templates: Sequence[Template]) -> torch.Tensor:
+def text_classifier(clip: torch.nn.Module, tokenizer, class_names: Sequence[str], templates: Sequence[Template],
+                    amp: bool = False) -> torch.Tensor:
     """Zero-shot weights ``(embed_dim, n_classes)``, float32, unit columns, on the CLIP's device.
 
     ``tokenizer``: ``open_clip.get_tokenizer(<model name>)``. ``templates``: strings with one
-    positional ``{}`` slot, or callables taking the class name.
+    positional ``{}`` slot, or callables taking the class name. ``amp``: encode under mixed
+    precision on CUDA (fp32 otherwise, and always on the CPU).
     """
     if len(class_names) == 0:
         raise ValueError("zero-shot needs at least one class name")
@@ -79,21 +82,28 @@ def text_classifier(clip: torch.nn.Module, tokenizer, class_names: Sequence[str]
     was_training = clip.training
     clip.eval()
     try:
-        with _autocast(device):
+        with _autocast(device, amp):
             weights = open_clip.build_zero_shot_classifier(
                 clip, tokenizer, list(class_names), _as_callables(templates), device=device, use_tqdm=False
             )
     finally:
         clip.train(was_training)
+    _require_finite(weights, "the zero-shot text classifier")
     return weights.float()
 
 
+class NonFiniteFeaturesError(UserFacingError, ArithmeticError):
+    """A model produced NaN or infinite features: scoring them would give a plausible-looking
+    near-chance accuracy that is really an overflow."""
+
+
 def evaluate(model: CLIPClassifier, classifier_weights: torch.Tensor, split: ImageSplit, batch_size: int = 256,
-             device: str | torch.device | None = None) -> dict:
+             device: str | torch.device | None = None, amp: bool = False, what: str = "the model") -> dict:
     """Top-1, top-5 and balanced accuracy (fractions) of zero-shot classification on ``split``.
 
-    Runs on CUDA with autocast when available (or ``device``), on the CPU in float32 otherwise;
-    eval mode, no gradients, images in order. The model's mode and device are restored.
+    Runs on CUDA when available (or ``device``), in float32 unless ``amp`` (mixed precision on
+    CUDA); eval mode, no gradients, images in order. The model's mode and device are restored.
+    Non-finite image features are refused (:class:`NonFiniteFeaturesError` naming ``what``).
     """
     _check_weights(model, classifier_weights, split)
     device = resolve_device(device)
@@ -104,11 +114,21 @@ def evaluate(model: CLIPClassifier, classifier_weights: torch.Tensor, split: Ima
     with evaluating(model, device):
         for start in range(0, len(split), batch_size):
             images = split.images[start:start + batch_size].to(device)
-            with _autocast(device):
+            with _autocast(device, amp):
                 features = model.image_features(model_input(model, images))
+            _require_finite(features, f"{what} (zero-shot images {start}..{start + len(images) - 1})")
             scores = F.normalize(features.float(), dim=-1) @ weights
             ranked.append(scores.topk(k, dim=-1).indices.cpu())
     return classification_scores(torch.cat(ranked), split.labels)
+
+
+def _require_finite(features: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(features).all()):
+        raise NonFiniteFeaturesError(
+            f"{what} gave non-finite features (NaN or inf): the weights overflowed or diverged, so a "
+            "zero-shot score would be meaningless. Check the run's history (status, loss) and score in fp32 "
+            "(zeroshot.amp: false)."
+        )
 
 
 def classification_scores(ranked: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -143,8 +163,8 @@ def _check_weights(model: CLIPClassifier, weights: torch.Tensor, split: ImageSpl
         )
 
 
-def _autocast(device: torch.device):
-    # mixed precision on the GPU only: the CPU path stays float32 and bitwise repeatable
-    if device.type == "cuda":
+def _autocast(device: torch.device, amp: bool):
+    # mixed precision on request and on the GPU only: the CPU path stays float32, bitwise repeatable
+    if amp and device.type == "cuda":
         return torch.autocast("cuda")
     return contextlib.nullcontext()

@@ -91,5 +91,13 @@ def cka_settings():
     return _study.cka_settings(config)
 
 
-def zeroshot_settings():
-    return _study.zeroshot_settings(config)
+def zeroshot_settings(indomain=False):
+    return _study.zeroshot_settings(config, indomain)
+
+
+PROBE_SENSITIVITY = _study.probe_sensitivity_settings(config)
+
+
+def run_checkpoint(which):
+    """Input function: the run's ``which`` checkpoint (``best`` or ``final``)."""
+    return lambda wildcards: f"{RUN_DIR}/{which}.safetensors".format(**wildcards)

@@ -1,20 +1,24 @@
-# Checkpoint-level drift measurements against the pretrained model on the fixed probe subset.
+# Checkpoint-level drift measurements against the pretrained model on the fixed probe subset
+# (metrics.checkpoint: the final-epoch weights in the paper). With metrics.probe_sensitivity on,
+# the attention job also measures the same statistics on probe subsets drawn with other seeds.
 
-
-def measured_checkpoint(wildcards):
-    return f"{RUN_DIR}/{config['metrics']['checkpoint']}.safetensors".format(**wildcards)
+DRIFT_CHECKPOINT = run_checkpoint(config["metrics"]["checkpoint"])
+SENSITIVITY_TABLE = f"{STUDY}/metrics/probe_sensitivity/{RUN}.parquet"
 
 
 rule attention:
     input:
-        checkpoint=measured_checkpoint,
+        checkpoint=DRIFT_CHECKPOINT,
         probe=f"{STUDY}/data/{{dataset}}/probe.safetensors",
         backbone=f"{STUDY}/backbone/backbone.json",
+        **({"probe_source": f"{STUDY}/data/{{dataset}}/test.safetensors"} if PROBE_SENSITIVITY else {}),
     output:
         table=f"{STUDY}/metrics/attention/{RUN}.parquet",
+        **({"sensitivity": SENSITIVITY_TABLE} if PROBE_SENSITIVITY else {}),
     params:
         run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
         settings=attention_settings(),
+        sensitivity=PROBE_SENSITIVITY,
         code=code_digest(*ATTENTION_CODE),
     threads: 1
     resources:
@@ -30,7 +34,7 @@ rule attention:
 
 rule cka:
     input:
-        checkpoint=measured_checkpoint,
+        checkpoint=DRIFT_CHECKPOINT,
         probe=f"{STUDY}/data/{{dataset}}/probe.safetensors",
         backbone=f"{STUDY}/backbone/backbone.json",
     output:

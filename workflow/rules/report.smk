@@ -22,7 +22,8 @@ rule zeroshot_pretrained_indomain:
     params:
         run=lambda wc: {"dataset": wc.dataset, "method": "pretrained", "lr": None, "seed": None},
         task=lambda wc: wc.dataset,
-        settings=zeroshot_settings(),
+        settings=zeroshot_settings(indomain=True),
+        checkpoint=None,
         code=code_digest(*ZEROSHOT_CODE),
     log:
         f"{LOGS}/zeroshot/pretrained-indomain/{{dataset}}.log",
@@ -39,6 +40,7 @@ rule aggregate:
         cka=expand_runs(f"{STUDY}/metrics/cka/{RUN}.parquet"),
         zeroshot=expand_runs(f"{STUDY}/zeroshot/{RUN}.json"),
         pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
+        **({"sensitivity": expand_runs(SENSITIVITY_TABLE)} if PROBE_SENSITIVITY else {}),
     output:
         **{f"{name}_csv": table_output(name, "csv") for name in STUDY_TABLES},
         **{f"{name}_parquet": table_output(name, "parquet") for name in STUDY_TABLES},
@@ -72,6 +74,10 @@ rule report:
             "name": config["study"], "preset": config["preset"], "backbone": config["backbone"]["name"],
             "datasets": DATASETS, "methods": METHODS, "learning_rates": LRS, "seeds": SEEDS,
             "zeroshot": f"{ZEROSHOT_DATASET} ({config['zeroshot']['templates']} templates)",
+            "zeroshot_class_names": config["zeroshot"]["class_names"],
+            "zeroshot_checkpoint": config["zeroshot"]["checkpoint"],
+            "drift_checkpoint": config["metrics"]["checkpoint"],
+            "training_amp": config["training"]["amp"],
             "selection_split": config["training"]["selection_split"],
         },
         code=code_digest(*ANALYSIS_CODE),

@@ -1,12 +1,13 @@
 # Adapter-aware zero-shot transfer on the held-out task: the fine-tuned image tower (adapters
-# active, its own projection) against text features from the frozen pretrained text tower.
+# active, its own projection) against text features from the frozen pretrained text tower, on
+# the checkpoint zeroshot.checkpoint names (the best epoch in the paper).
 
 ZEROSHOT_TEST = f"{STUDY}/data/{ZEROSHOT_DATASET}/test.safetensors"
 
 
 rule zeroshot:
     input:
-        checkpoint=measured_checkpoint,
+        checkpoint=run_checkpoint(config["zeroshot"]["checkpoint"]),
         images=ZEROSHOT_TEST,
         backbone=f"{STUDY}/backbone/backbone.json",
     output:
@@ -15,6 +16,7 @@ rule zeroshot:
         run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
         task=ZEROSHOT_DATASET,
         settings=zeroshot_settings(),
+        checkpoint=config["zeroshot"]["checkpoint"],
         code=code_digest(*ZEROSHOT_CODE),
     threads: 1
     resources:
@@ -38,6 +40,7 @@ rule zeroshot_pretrained:
         run={"dataset": None, "method": "pretrained", "lr": None, "seed": None},
         task=ZEROSHOT_DATASET,
         settings=zeroshot_settings(),
+        checkpoint=None,
         code=code_digest(*ZEROSHOT_CODE),
     threads: 1
     log:

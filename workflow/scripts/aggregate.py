@@ -12,11 +12,16 @@ def main(smk):
     zeroshot = [read_json(path) for path in smk.input.zeroshot]
     attention = pd.concat([read_table(path) for path in smk.input.attention], ignore_index=True)
     cka = pd.concat([read_table(path) for path in smk.input.cka], ignore_index=True)
-    tables = analysis.build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper)
+    sensitivity = (pd.concat([read_table(path) for path in smk.input.sensitivity], ignore_index=True)
+                   if "sensitivity" in smk.input.keys() else None)
+    tables = analysis.build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper,
+                                   sensitivity=sensitivity)
     for name, frame in tables.items():
         write_table(frame, smk.output[f"{name}_csv"])
         write_table(frame, smk.output[f"{name}_parquet"])
-    write_json(smk.output.findings, analysis.findings(tables["runs"], read_json(smk.input.pretrained_zeroshot)))
+    found = analysis.findings(tables["runs"], read_json(smk.input.pretrained_zeroshot),
+                              sensitivity=tables["probe_sensitivity"])
+    write_json(smk.output.findings, found)
 
 
 run_script(snakemake, main)  # noqa: F821 - injected by Snakemake

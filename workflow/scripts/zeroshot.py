@@ -5,6 +5,7 @@ import open_clip
 
 from clipdrift.backbones import build_classifier
 from clipdrift.checkpoints import load_classifier
+from clipdrift.classnames import class_names
 from clipdrift.io import read_image_split, write_json
 from clipdrift.study import load_backbone_spec, run_script
 from clipdrift.zeroshot import evaluate, load_templates, text_classifier
@@ -17,11 +18,15 @@ def main(smk):
         model, _ = load_classifier(smk.input.checkpoint, base=spec)
     else:
         model = build_classifier(spec, n_classes=1, seed=0)  # the head plays no part in zero-shot
-    templates = load_templates(smk.params.settings["templates"])
-    weights = text_classifier(model.clip, open_clip.get_tokenizer(spec.name), split.class_names, templates)
-    scores = evaluate(model, weights, split, batch_size=smk.params.settings["batch_size"])
-    write_json(smk.output.scores, {**smk.params.run, "task": smk.params.task, "templates": smk.params.settings["templates"],
-                                   "n_templates": len(templates), **scores})
+    settings = smk.params.settings
+    templates = load_templates(settings["templates"])
+    names = class_names(settings["class_names"], smk.params.task, split.class_names)
+    weights = text_classifier(model.clip, open_clip.get_tokenizer(spec.name), names, templates, amp=settings["amp"])
+    scored = smk.input.get("checkpoint", "the pretrained model")
+    scores = evaluate(model, weights, split, batch_size=settings["batch_size"], amp=settings["amp"], what=scored)
+    write_json(smk.output.scores, {**smk.params.run, "task": smk.params.task, "templates": settings["templates"],
+                                   "n_templates": len(templates), "class_names": settings["class_names"],
+                                   "checkpoint": smk.params.checkpoint, **scores})
 
 
 run_script(snakemake, main)  # noqa: F821 - injected by Snakemake

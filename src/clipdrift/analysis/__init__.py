@@ -6,7 +6,9 @@ the aggregate and report scripts read artifacts, call these, and write with ``cl
 - ``tables``: :func:`run_table`, :func:`cell_table`, :func:`method_table`, :func:`layer_table`
 - ``stats`` / ``compare``: :func:`bootstrap_ci`, :func:`holm`, :func:`comparisons`, :func:`correlations`
 - ``findings``: regimes that method-only averages hide, as generated sentences
-- ``reference``: the published cell means and :func:`paper_comparison`
+- ``reference``: the published numbers, :func:`paper_comparison`, :func:`paper_correlations`
+- ``relations``: CKA against entropy drift, per run and per layer, with permutation p-values
+- ``sensitivity``: how much of a drift the probe subset alone could explain
 - ``figures``: :func:`make_figures` and the individual figures
 """
 
@@ -16,7 +18,16 @@ import pandas as pd
 
 from clipdrift.analysis.compare import comparisons, correlations
 from clipdrift.analysis.findings import findings, pretrained_top1
-from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT, load_reference, paper_comparison
+from clipdrift.analysis.reference import (
+    PUBLISHED_METRICS,
+    PUBLISHED_PRETRAINED_ZEROSHOT,
+    PUBLISHED_SD_DDOF,
+    load_reference,
+    paper_comparison,
+    paper_correlations,
+)
+from clipdrift.analysis.relations import cka_entropy_relations
+from clipdrift.analysis.sensitivity import probe_sensitivity, sensitivity_summary
 from clipdrift.analysis.stats import bootstrap_ci, holm
 from clipdrift.analysis.tables import cell_table, layer_table, method_table, run_table
 from clipdrift.outputs import PAPER_TABLES, TABLES
@@ -26,6 +37,7 @@ __all__ = [
     "TABLES",
     "bootstrap_ci",
     "build_tables",
+    "cka_entropy_relations",
     "cell_table",
     "comparisons",
     "correlations",
@@ -35,8 +47,11 @@ __all__ = [
     "load_reference",
     "method_table",
     "paper_comparison",
+    "paper_correlations",
     "pretrained_top1",
+    "probe_sensitivity",
     "run_table",
+    "sensitivity_summary",
 ]
 
 
@@ -46,9 +61,11 @@ def build_tables(
     attention: pd.DataFrame | None,
     cka: pd.DataFrame | None,
     compare_with_paper: bool = False,
+    sensitivity: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the study, keyed by the names in ``TABLES`` (+ ``PAPER_TABLES`` when
-    ``compare_with_paper``: the study is the paper preset)."""
+    ``compare_with_paper``: the study is the paper preset). ``sensitivity``: the runs'
+    probe-sensitivity tables, concatenated (None when the study did not measure it)."""
     runs = run_table(histories, zeroshot, attention, cka)
     tables = {
         "runs": runs,
@@ -57,8 +74,14 @@ def build_tables(
         "layers": layer_table(attention, cka, runs=runs),
         "stats": comparisons(runs),
         "correlations": correlations(runs),
+        "cka_entropy": cka_entropy_relations(runs, attention, cka),
+        "probe_sensitivity": probe_sensitivity(sensitivity, runs),
     }
     if compare_with_paper:
-        tables["paper_cells"] = paper_comparison(tables["cells"], load_reference("cells"))
+        published = load_reference("cells")
+        like_published = cell_table(runs, metrics=list(PUBLISHED_METRICS.values()), ci_metrics=(),
+                                    ddof=PUBLISHED_SD_DDOF)
+        tables["paper_cells"] = paper_comparison(like_published, published)
         tables["paper_methods"] = paper_comparison(tables["methods"], load_reference("methods"))
+        tables["paper_correlations"] = paper_correlations(tables["correlations"], load_reference("correlations"))
     return tables

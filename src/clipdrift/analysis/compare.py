@@ -15,6 +15,7 @@ CORRELATION_PAIRS = (
     ("drift_erf95_pct", "zs_top1"),
     ("cka_mean", "zs_top1"),
     ("best_select_acc", "zs_top1"),
+    ("drift_entropy_pct", "best_select_acc"),  # published alongside drift vs zero-shot
 )
 
 

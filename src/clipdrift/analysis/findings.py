@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipdrift.analysis.compare import comparisons
+from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import METHOD_ORDER, cell_table, lr_order, method_label
 
 METRIC_NAMES = {
@@ -367,16 +368,35 @@ def permutation_power(stats: pd.DataFrame, alpha: float) -> dict | None:
     )
 
 
+def probe_choice(summary: pd.DataFrame) -> list[dict]:
+    """Per dataset: how much the probe subset alone moves the entropy, against the drifts measured."""
+    out = []
+    for row in summary.itertuples(index=False):
+        sentence = (
+            f"On {row.dataset}, over {row.n_probes} probe subsets the pretrained model's mean CLS-attention "
+            f"entropy varies by a coefficient of variation of {small(row.pretrained_cv_pct)}% "
+            f"(fine-tuned checkpoints: median {small(row.median_finetuned_cv_pct)}%). A run's entropy drift moves by a "
+            f"median SD of {small(row.median_drift_sd)} points across subsets, against a median measured |drift| of "
+            f"{small(row.median_abs_drift)}%: the probe choice alone could explain the drift of {row.n_explained} of "
+            f"{row.n_judged} runs (|drift| within 2 SD across subsets)."
+        )
+        values = {k: v for k, v in row._asdict().items() if k != "dataset"}
+        out.append(_finding("probe_sensitivity", row.dataset, sentence, **values))
+    return out
+
+
 def findings(
     runs: pd.DataFrame,
     pretrained_zeroshot=None,
     methods: tuple[str, str] = METHOD_ORDER,
     underfit_gap: float = 0.10,
     alpha: float = 0.05,
+    sensitivity: pd.DataFrame | None = None,
 ) -> list[dict]:
     """All findings for the study, in reading order: per dataset the headline effect, the
-    average over rates, ranking flips, underfit cells and best rates; then diverged runs and
-    the power caveat. ``pretrained_zeroshot`` is ``zeroshot/pretrained.json`` (or its top-1)."""
+    average over rates, ranking flips, underfit cells and best rates; then diverged runs, the
+    power caveat and what the probe choice alone could explain. ``pretrained_zeroshot`` is
+    ``zeroshot/pretrained.json`` (or its top-1); ``sensitivity`` the probe-sensitivity table."""
     cells = cell_table(runs, ci_metrics=())
     stats = comparisons(
         runs, metrics=[m for m in ("best_select_acc", "zs_top1") if m in runs], methods=methods, alpha=alpha
@@ -389,6 +409,8 @@ def findings(
             continue  # one method only, or no rate where both finished: nothing to compare
         out += _dataset_findings(cells, stats, dataset, methods, pretrained, task, underfit_gap, alpha)
     out += [diverged_runs(runs), permutation_power(stats, alpha)]
+    if sensitivity is not None and not sensitivity.empty:
+        out += probe_choice(sensitivity_summary(sensitivity))
     return [f for f in out if f is not None]
 
 

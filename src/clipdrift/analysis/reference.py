@@ -2,9 +2,13 @@
 
 The packaged CSVs copy the publication's numbers verbatim (accuracies in percent):
 ``paper_cells.csv`` its 16 cell means, ``paper_methods.csv`` its averages over the four rates
-(which include the ERF drift, published only at that level). They are loaded in the artifacts'
+(which include the ERF drift, published only at that level), ``paper_correlations.csv`` its
+Pearson correlations within each dataset over its 40 runs. They are loaded in the artifacts'
 units: accuracies as fractions, drifts in percent, under the run table's column names, so a
 comparison is a join and a subtraction.
+
+Like with like: the published cell SDs are population SDs (ddof 0), so the cell comparison is
+made on a cell table computed with ``ddof=0`` (the rest of the report keeps sample SDs).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ PUBLISHED_METRICS = {
 }
 PERCENT_COLUMNS = ("best_val_acc", "cifar100_zeroshot")  # published in percent
 PUBLISHED_PRETRAINED_ZEROSHOT = 0.6022  # CIFAR-100, single template, pretrained ViT-B/32
-PUBLISHED_FILES = {"cells": "paper_cells.csv", "methods": "paper_methods.csv"}
+PUBLISHED_FILES = {"cells": "paper_cells.csv", "methods": "paper_methods.csv",
+                   "correlations": "paper_correlations.csv"}
+PUBLISHED_SD_DDOF = 0  # the published cell SDs are population SDs
 
 
 def load_reference(level: str = "cells") -> pd.DataFrame:
@@ -36,6 +42,8 @@ def load_reference(level: str = "cells") -> pd.DataFrame:
     source = resources.files("clipdrift") / "resources" / PUBLISHED_FILES[level]
     with source.open() as handle:
         frame = pd.read_csv(handle, dtype={"lr": str, "dataset": str, "method": str})
+    if level == "correlations":  # metric names are values here, not columns
+        return frame.assign(x=frame["x"].map(PUBLISHED_METRICS), y=frame["y"].map(PUBLISHED_METRICS))
     for column in PERCENT_COLUMNS:
         frame[column] = frame[column] / 100.0
     return frame.rename(columns=PUBLISHED_METRICS)
@@ -87,3 +95,24 @@ def _compare(row: pd.Series, metric: str) -> dict:
         "within_sd": pd.NA if pd.isna(sd) or pd.isna(mean) else bool(abs(difference) <= sd),
         "within_range": pd.NA if pd.isna(low) or pd.isna(high) or low == high else bool(low <= published <= high),
     }
+
+
+def paper_correlations(correlations: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Published vs measured Pearson r, one row per published (dataset, x, y).
+
+    ``correlations``: the study's correlation table (:func:`clipdrift.analysis.correlations`).
+    ``within_ci``: the published r lies inside the measured r's 95% Fisher-z interval (NA
+    where the study has no interval: fewer than 4 runs, or the pair was not measured).
+    """
+    measured = correlations.rename(columns={"n": "measured_n", "pearson_r": "measured_r"})
+    keep = ["dataset", "x", "y", "measured_r", "pearson_ci_low", "pearson_ci_high", "measured_n"]
+    merged = reference.merge(measured[keep] if not measured.empty else pd.DataFrame(columns=keep),
+                             on=["dataset", "x", "y"], how="left")
+    merged = merged.rename(columns={"r": "published_r", "n_runs": "published_n"})
+    merged["difference"] = merged["measured_r"] - merged["published_r"]
+    inside = (merged["pearson_ci_low"] <= merged["published_r"]) & (merged["published_r"] <= merged["pearson_ci_high"])
+    merged["within_ci"] = inside.astype("boolean").mask(merged["pearson_ci_low"].isna())
+    merged["measured_n"] = merged["measured_n"].fillna(0).astype(int)
+    columns = ["dataset", "x", "y", "published_r", "published_n", "measured_r", "pearson_ci_low", "pearson_ci_high",
+               "measured_n", "difference", "within_ci"]
+    return merged[columns]

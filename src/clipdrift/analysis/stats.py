@@ -155,3 +155,52 @@ def correlation(x, y, confidence: float = 0.95) -> dict:
     if interval is not None:
         out.update(pearson_ci_low=float(interval.low), pearson_ci_high=float(interval.high))
     return out
+
+
+CORRELATION_METHODS = ("pearson", "spearman")
+
+
+def _correlation_statistic(method: str):
+    def pearson(x, y, axis=-1):
+        x = x - x.mean(axis=axis, keepdims=True)
+        y = y - y.mean(axis=axis, keepdims=True)
+        return (x * y).sum(axis=axis) / np.sqrt((x * x).sum(axis=axis) * (y * y).sum(axis=axis))
+
+    if method == "pearson":
+        return pearson
+    if method == "spearman":
+        # Spearman's rho is Pearson's r of the ranks; permuting pairings permutes ranks alike
+        return lambda x, y, axis=-1: pearson(stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis), axis)
+    raise ValueError(f"correlation method {method!r} is unknown: use one of {CORRELATION_METHODS}")
+
+
+def permutation_correlation(x, y, method: str = "pearson", seed: int = 0) -> dict:
+    """Pearson r or Spearman ρ with a two-sided permutation p-value over re-pairings of ``y``
+    with ``x``: exact (all n! pairings) when there are at most ``MAX_EXACT_PERMUTATIONS``,
+    else Monte-Carlo with ``RANDOM_PERMUTATIONS`` (seeded). Pairs with a non-finite value
+    are dropped first; NaN where fewer than 3 pairs remain or a side is constant.
+    """
+    statistic = _correlation_statistic(method)
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    out = {"n": len(x), "r": math.nan, "p_perm": math.nan, "perm_exact": False, "n_permutations": 0}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return out
+    exact = math.factorial(len(x)) <= MAX_EXACT_PERMUTATIONS
+    result = stats.permutation_test(
+        (x, y),
+        statistic,
+        permutation_type="pairings",
+        vectorized=True,
+        n_resamples=np.inf if exact else RANDOM_PERMUTATIONS,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
+    out.update(
+        r=float(result.statistic),
+        p_perm=float(result.pvalue),
+        perm_exact=exact,
+        n_permutations=math.factorial(len(x)) if exact else RANDOM_PERMUTATIONS + 1,
+    )
+    return out

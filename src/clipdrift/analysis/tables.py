@@ -240,11 +240,11 @@ def _counts(runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return counts
 
 
-def _summaries(ok: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+def _summaries(ok: pd.DataFrame, keys: list[str], metrics: list[str], ddof: int = 1) -> pd.DataFrame:
     grouped = ok.groupby(keys, sort=False)
     parts = []
     for metric in metrics:
-        stats = grouped[metric].agg(["mean", "std", "count", "min", "max"])
+        stats = grouped[metric].agg(["mean", lambda values: values.std(ddof=ddof), "count", "min", "max"])
         stats.columns = [f"{metric}_{s}" for s in ("mean", "sd", "n", "min", "max")]
         parts.append(stats)
     return pd.concat(parts, axis=1) if parts else pd.DataFrame(index=grouped.size().index)
@@ -270,9 +270,12 @@ def cell_table(
     ci_metrics: Iterable[str] = CI_METRICS,
     confidence: float = 0.95,
     seed: int = 0,
+    ddof: int = 1,
 ) -> pd.DataFrame:
-    """One row per (dataset, method, lr): for each metric its mean, SD (ddof 1), n, min and max
-    over the non-diverged seeds, plus bootstrap intervals of the mean for ``ci_metrics``.
+    """One row per (dataset, method, lr): for each metric its mean, SD, n, min and max over the
+    non-diverged seeds, plus bootstrap intervals of the mean for ``ci_metrics``.
+
+    SDs are sample SDs (``ddof`` 1); ``ddof=0`` gives population SDs, the published convention.
 
     ``n_runs`` counts every run of the cell, ``n_diverged`` those left out; a cell whose runs
     all diverged stays in the table with NaN statistics and n = 0.
@@ -280,7 +283,7 @@ def cell_table(
     metrics = present(runs, metrics)
     ok = runs[~runs["diverged"]]
     cells = _counts(runs, CELL_KEYS)
-    cells = cells.join(_summaries(ok, CELL_KEYS, metrics))
+    cells = cells.join(_summaries(ok, CELL_KEYS, metrics, ddof))
     ci_metrics = [m for m in present(runs, ci_metrics) if m in metrics]
     if ci_metrics and not ok.empty:
         cells = cells.join(_intervals(ok, CELL_KEYS, ci_metrics, confidence, seed))

@@ -30,6 +30,7 @@ from clipdrift.metrics.tables import (
     cka_table,
     drift_summary,
     model_attention_stats,
+    probe_sensitivity_table,
 )
 
 __all__ = [
@@ -53,5 +54,6 @@ __all__ = [
     "linear_cka",
     "model_attention_stats",
     "patch_patch_distribution",
+    "probe_sensitivity_table",
     "rollout",
 ]

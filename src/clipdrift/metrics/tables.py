@@ -174,6 +174,29 @@ def attention_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probe
     return _typed(pd.concat(frames, ignore_index=True), {"layer": "int64", "head": "int64", "value": "float64"})
 
 
+SENSITIVITY_COLUMNS = ["probe_seed", "state", "metric", "value"]
+SENSITIVITY_METRICS = ("entropy", "rollout_entropy")
+
+
+def probe_sensitivity_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probes: dict[int, ImageSplit],
+                            config: AttentionConfig = AttentionConfig()) -> pd.DataFrame:
+    """The statistics the drift rests on, measured on several probe subsets instead of one.
+
+    ``probes``: probe seed → probe subset (same size, same source split). Per seed and model
+    state (``baseline`` = pretrained, ``final`` = fine-tuned): the all-layer mean of the
+    head-mean CLS-attention entropy (the quantity ``drift_entropy_pct`` is the drift of) and the
+    rollout entropy. Columns ``probe_seed, state, metric, value``.
+    """
+    rows = []
+    for seed, probe in sorted(probes.items()):
+        for state, model in zip(STATES, (pretrained, finetuned)):
+            summary = model_attention_stats(model, probe, config)
+            # (layers, heads): the mean over heads then layers is the mean of the whole matrix
+            rows.append((seed, state, "entropy", float(summary["entropy"].mean())))
+            rows.append((seed, state, "rollout_entropy", float(summary["rollout_entropy"])))
+    return _typed(pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS), {"probe_seed": "int64", "value": "float64"})
+
+
 def drift_summary(attention_df: pd.DataFrame) -> pd.DataFrame:
     """Drift in % of baseline: ``100·(final − baseline)/baseline`` of the head-mean rows.
 
