@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 
 import open_clip
 import pytest
@@ -7,8 +8,8 @@ import torch
 
 from clipdrift.adapters import MethodConfig
 from clipdrift.backbones import BackboneSpec
-from clipdrift.checkpoints import CheckpointError, load_classifier, save_classifier
-from clipdrift.io import ArtifactError, read_safetensors, write_safetensors
+from clipdrift.checkpoints import FORMAT_VERSION, CheckpointError, load_classifier, save_classifier
+from clipdrift.io import METADATA_KEY, ArtifactError, read_safetensors, write_safetensors
 from conftest import TINY, make_tiny
 from test_adapters import _train_steps
 
@@ -48,7 +49,7 @@ def test_full_checkpoint_holds_the_image_tower_not_the_text_tower(tmp_path, tiny
 def test_truncated_checkpoint_is_refused(tmp_path, tiny_images):
     _, path = _saved(tmp_path, "full", tiny_images)
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ArtifactError, match="truncated"):
+    with pytest.raises(ArtifactError, match=f"{re.escape(str(path))} is unreadable \\(truncated"):
         load_classifier(path)
 
 
@@ -85,3 +86,127 @@ def test_foreign_safetensors_file_is_refused(tmp_path):
     save_file({"x": torch.zeros(2)}, str(path))
     with pytest.raises(ArtifactError, match="no clipdrift metadata"):
         load_classifier(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged metadata: a byte changed on disk is caught by the digest; metadata that was written
+# wrong (valid digest) by the field checks. Either way the message names the file.
+# ---------------------------------------------------------------------------------------------
+
+def _named(path, rest: str) -> str:
+    return re.escape(f"checkpoint {path}") + rest
+
+
+def _edit_in_place(path, old: str, new: str) -> None:
+    """Change the metadata text inside the file's header, keeping the file length."""
+    escaped = lambda text: text.replace('"', '\\"').encode()  # the metadata JSON is a string in the header
+    data = path.read_bytes()
+    assert data.count(escaped(old)) == 1 and len(old) == len(new), old
+    path.write_bytes(data.replace(escaped(old), escaped(new)))
+
+
+def _rewrite_metadata(path, change) -> None:
+    """Rewrite the checkpoint with ``change(metadata)`` applied and a fresh, valid digest."""
+    tensors, metadata = read_safetensors(path)
+    change(metadata)
+    write_safetensors(path, tensors, metadata)
+
+
+@pytest.mark.parametrize("old, new", [
+    ('"init_seed": 0', '"init_seed": 1'),
+    ('"lora_alpha": 16', '"lora_alpha": 17'),
+    ('"n_classes": 5', '"n_classes": 6'),
+    (f'"format_version": {FORMAT_VERSION}', '"format_version": 1'),
+    ('"lora_r": 8', '"lora_r": 4'),
+])
+def test_a_changed_metadata_byte_is_refused_as_damaged(tmp_path, tiny_images, old, new):
+    _, path = _saved(tmp_path, "lora", tiny_images)
+    _edit_in_place(path, old, new)
+    with pytest.raises(ArtifactError, match=re.escape(str(path)) + " is damaged.*Delete it and rerun"):
+        load_classifier(path)
+
+
+def test_a_checkpoint_without_a_digest_is_refused_as_older(tmp_path, tiny_images):
+    from safetensors.torch import save_file
+
+    _, path = _saved(tmp_path, "lora", tiny_images)
+    tensors, metadata = read_safetensors(path)
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps({**metadata, "format_version": 1})})
+    with pytest.raises(ArtifactError, match=re.escape(str(path)) + " carries no integrity digest.*older"):
+        load_classifier(path)
+
+
+@pytest.mark.parametrize("version, problem", [
+    (1, " has format_version 1, from an older clipdrift"),
+    (FORMAT_VERSION + 1, f" has format_version {FORMAT_VERSION + 1}, from a newer clipdrift"),
+    ("2", ": metadata field 'format_version' must be int, got '2'"),
+])
+def test_an_unsupported_format_version_is_refused(tmp_path, tiny_images, version, problem):
+    _, path = _saved(tmp_path, "full", tiny_images)
+    _rewrite_metadata(path, lambda m: m.update(format_version=version))
+    with pytest.raises(CheckpointError, match=_named(path, re.escape(problem))):
+        load_classifier(path)
+
+
+def test_metadata_that_is_not_an_object_is_refused(tmp_path, tiny_images):
+    _, path = _saved(tmp_path, "lora", tiny_images)
+    tensors, _ = read_safetensors(path)
+    write_safetensors(path, tensors, [1, 2])
+    with pytest.raises(CheckpointError, match=_named(path, ": metadata field '\\(metadata\\)' must be a JSON object")):
+        load_classifier(path)
+
+
+@pytest.mark.parametrize("field, change", [
+    ("format_version", lambda m: m.pop("format_version")),
+    ("backbone", lambda m: m.update(backbone="clipdrift-tiny")),
+    ("backbone.name", lambda m: m["backbone"].update(name=7)),
+    ("backbone.name", lambda m: m["backbone"].update(name="")),
+    ("backbone.pretrained", lambda m: m["backbone"].update(pretrained=3)),
+    ("backbone.init_seed", lambda m: m["backbone"].update(init_seed="0")),
+    ("backbone.init_seed", lambda m: m["backbone"].pop("init_seed")),
+    ("method", lambda m: m.update(method="lora")),
+    ("method", lambda m: m["method"].pop("lora_alpha")),
+    ("method", lambda m: m["method"].update(lora_beta=1)),
+    ("method", lambda m: m["method"].update(method="qlora")),
+    ("method", lambda m: m["method"].update(lora_r=0)),
+    ("method.lora_alpha", lambda m: m["method"].update(lora_alpha="16")),
+    ("method.lora_alpha", lambda m: m["method"].update(lora_alpha=float("nan"))),
+    ("method.lora_r", lambda m: m["method"].update(lora_r=8.0)),
+    ("method.lora_dropout", lambda m: m["method"].update(lora_dropout=1.5)),
+    ("method.lora_targets", lambda m: m["method"].update(lora_targets="q_proj")),
+    ("method.lora_targets", lambda m: m["method"].update(lora_targets=[1])),
+    ("method.train_projection", lambda m: m["method"].update(train_projection=1)),
+    ("n_classes", lambda m: m.update(n_classes=0)),
+    ("n_classes", lambda m: m.update(n_classes=True)),
+    ("seed", lambda m: m.update(seed=None)),
+    ("config_hash", lambda m: m.pop("config_hash")),
+])
+def test_malformed_metadata_is_refused_naming_the_field(tmp_path, tiny_images, field, change):
+    _, path = _saved(tmp_path, "lora", tiny_images)
+    _rewrite_metadata(path, change)
+    with pytest.raises(CheckpointError, match=_named(path, f": metadata field '{re.escape(field)}' .*rerun its fine-tune")):
+        load_classifier(path)
+
+
+def test_n_classes_that_disagrees_with_the_head_is_named_not_blamed_on_the_backbone(tmp_path, tiny_images):
+    _, path = _saved(tmp_path, "lora", tiny_images)
+    _rewrite_metadata(path, lambda m: m.update(n_classes=6))
+    with pytest.raises(CheckpointError, match=_named(path, " does not fit its own metadata: its head has 5 classes but metadata n_classes is 6")) as error:
+        load_classifier(path)
+    assert "another backbone" not in str(error.value)
+
+
+def test_lora_r_that_disagrees_with_the_adapters_is_named_not_blamed_on_the_backbone(tmp_path, tiny_images):
+    _, path = _saved(tmp_path, "lora", tiny_images)
+    _rewrite_metadata(path, lambda m: m["method"].update(lora_r=4))
+    with pytest.raises(CheckpointError, match=_named(path, " does not fit its own metadata: its LoRA rank differs from metadata method.lora_r = 4")) as error:
+        load_classifier(path)
+    assert "another backbone" not in str(error.value)
+
+
+def test_a_random_base_with_another_init_seed_is_refused(tmp_path, tiny_images):
+    _, path = _saved(tmp_path, "lora", tiny_images)
+    with pytest.raises(CheckpointError, match=_named(path, " was made on random clipdrift-tiny weights drawn from init_seed 0, not 3")):
+        load_classifier(path, base=BackboneSpec("clipdrift-tiny", init_seed=3))
+    loaded, _ = load_classifier(path, base=BackboneSpec("clipdrift-tiny"))  # the same base, given explicitly
+    assert loaded.n_classes == 5

@@ -7,6 +7,7 @@ through pickle.
 
 from __future__ import annotations
 
+import math
 from importlib.metadata import version
 
 import open_clip
@@ -17,7 +18,7 @@ from clipdrift.adapters import MethodConfig, apply_method, checkpoint_keys, trai
 from clipdrift.backbones import BackboneSpec, CLIPClassifier, build_classifier
 from clipdrift.io import ArtifactError, read_safetensors, write_safetensors
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: written with an integrity digest (clipdrift.io)
 
 
 class CheckpointError(ArtifactError):
@@ -53,24 +54,132 @@ def load_classifier(path, base: BackboneSpec | None = None) -> tuple[CLIPClassif
     """Rebuild the classifier saved at ``path`` (eval mode) and return it with its metadata.
 
     ``base`` replaces the recorded backbone reference (e.g. a moved weights file or the
-    test-only random weights); its model name must match the checkpoint's.
+    test-only random weights); its model name must match the checkpoint's, and for random
+    weights so must its ``init_seed``. The file's digest is checked (:func:`read_safetensors`)
+    and its metadata validated before anything is built: every problem is a
+    :class:`CheckpointError` naming the file, the field and the fix.
     """
     tensors, metadata = read_safetensors(path)
-    recorded = metadata.get("backbone") or {}
-    if base is None:
-        base = BackboneSpec(recorded.get("name", ""), recorded.get("pretrained"), init_seed=recorded.get("init_seed", 0))
-    elif base.name != recorded.get("name"):
-        raise CheckpointError(
-            f"checkpoint {path} was made on backbone {recorded.get('name')!r}, not {base.name!r}: "
-            "load it with the backbone it was trained from."
-        )
-    method = MethodConfig.from_dict(metadata["method"])
-    model = apply_method(build_classifier(base, metadata["n_classes"], seed=metadata["seed"]), method)
-    _load_exact(model, tensors, checkpoint_keys(model, method), path)
+    recorded, method, n_classes, seed = _validated(path, metadata)
+    base = _base_for(path, recorded, base)
+    model = apply_method(build_classifier(base, n_classes, seed=seed), method)
+    _load_exact(model, tensors, checkpoint_keys(model, method), path, metadata)
     return model.eval(), metadata
 
 
-def _load_exact(model: CLIPClassifier, tensors: dict, expected_keys: list[str], path) -> None:
+def _base_for(path, recorded: BackboneSpec, base: BackboneSpec | None) -> BackboneSpec:
+    if base is None:
+        return recorded
+    if base.name != recorded.name:
+        raise CheckpointError(
+            f"checkpoint {path} was made on backbone {recorded.name!r}, not {base.name!r}: "
+            "load it with the backbone it was trained from."
+        )
+    if base.pretrained is None and recorded.pretrained is None and base.init_seed != recorded.init_seed:
+        raise CheckpointError(
+            f"checkpoint {path} was made on random {recorded.name} weights drawn from init_seed "
+            f"{recorded.init_seed}, not {base.init_seed}: load it with the base it was trained from."
+        )
+    return base
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata validation: the digest proves the file is what was written; these checks prove that
+# what was written is a checkpoint this version can rebuild.
+# ---------------------------------------------------------------------------------------------
+
+def _validated(path, metadata) -> tuple[BackboneSpec, MethodConfig, int, int]:
+    """The backbone, method, n_classes and seed recorded in ``metadata``, each checked."""
+    if not isinstance(metadata, dict):
+        raise _bad_field(path, "(metadata)", f"must be a JSON object, got {type(metadata).__name__}")
+    _check_format_version(path, _field(path, metadata, "format_version", int))
+    backbone = _backbone_field(path, _field(path, metadata, "backbone", dict))
+    method = _method_field(path, _field(path, metadata, "method", dict))
+    n_classes = _field(path, metadata, "n_classes", int)
+    if n_classes < 1:
+        raise _bad_field(path, "n_classes", f"must be a positive integer, got {n_classes}")
+    seed = _field(path, metadata, "seed", int)
+    for name, kind in (("config_hash", str), ("versions", dict), ("extra", dict)):
+        _field(path, metadata, name, kind)
+    return backbone, method, n_classes, seed
+
+
+def _check_format_version(path, found: int) -> None:
+    if found < FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format_version {found}, from an older clipdrift; this one reads "
+            f"format {FORMAT_VERSION}. Delete it and rerun its fine-tune."
+        )
+    if found > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format_version {found}, from a newer clipdrift; this one reads "
+            f"format {FORMAT_VERSION}. Upgrade clipdrift, or delete it and rerun its fine-tune."
+        )
+
+
+def _backbone_field(path, recorded: dict) -> BackboneSpec:
+    name = _field(path, recorded, "name", str, prefix="backbone.")
+    pretrained = _field(path, recorded, "pretrained", (str, type(None)), prefix="backbone.")
+    init_seed = _field(path, recorded, "init_seed", int, prefix="backbone.")
+    if not name:
+        raise _bad_field(path, "backbone.name", "is empty")
+    return BackboneSpec(name, pretrained, init_seed=init_seed)
+
+
+# Every MethodConfig field, as save_classifier writes it (to_dict): a field added there and not
+# here makes every new checkpoint fail to load, which the round-trip tests catch.
+_METHOD_FIELD_TYPES = {
+    "method": str,
+    "lora_r": int,
+    "lora_alpha": (int, float),
+    "lora_dropout": (int, float),
+    "lora_targets": list,
+    "train_projection": bool,
+}
+
+
+def _method_field(path, recorded: dict) -> MethodConfig:
+    if set(recorded) != set(_METHOD_FIELD_TYPES):
+        missing, unknown = sorted(set(_METHOD_FIELD_TYPES) - set(recorded)), sorted(set(recorded) - set(_METHOD_FIELD_TYPES))
+        raise _bad_field(path, "method", f"must hold exactly {sorted(_METHOD_FIELD_TYPES)}: missing {missing}, unknown {unknown}")
+    for name, kind in _METHOD_FIELD_TYPES.items():
+        _field(path, recorded, name, kind, prefix="method.")
+    if not all(isinstance(target, str) for target in recorded["lora_targets"]):
+        raise _bad_field(path, "method.lora_targets", f"must be a list of strings, got {recorded['lora_targets']!r}")
+    if not 0 <= recorded["lora_dropout"] < 1:
+        raise _bad_field(path, "method.lora_dropout", f"must be in [0, 1), got {recorded['lora_dropout']!r}")
+    if not math.isfinite(recorded["lora_alpha"]):
+        raise _bad_field(path, "method.lora_alpha", f"must be a finite number, got {recorded['lora_alpha']!r}")
+    try:
+        return MethodConfig.from_dict(recorded)
+    except ValueError as error:  # an unknown method or target, a rank below 1
+        raise _bad_field(path, "method", f"is invalid ({error})") from error
+
+
+def _field(path, record: dict, name: str, kind, prefix: str = ""):
+    """``record[name]``, refused unless present and of type ``kind`` (a bool is not an int here)."""
+    if name not in record:
+        raise _bad_field(path, prefix + name, "is missing")
+    value = record[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise _bad_field(path, prefix + name, f"must be {expected}, got {value!r}")
+    return value
+
+
+def _bad_field(path, field: str, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path}: metadata field {field!r} {problem}. The file does not hold a checkpoint "
+        "this clipdrift can rebuild; delete it and rerun its fine-tune."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+# ---------------------------------------------------------------------------------------------
+
+def _load_exact(model: CLIPClassifier, tensors: dict, expected_keys: list[str], path, metadata: dict) -> None:
     missing = sorted(set(expected_keys) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected_keys))
     if missing or unexpected:
@@ -80,11 +189,35 @@ def _load_exact(model: CLIPClassifier, tensors: dict, expected_keys: list[str], 
             f"({len(unexpected)}). It was written by another method or backbone; rerun its fine-tune."
         )
     state = model.state_dict()
-    wrong_shape = [k for k in expected_keys if tensors[k].shape != state[k].shape]
-    if wrong_shape:
-        key = wrong_shape[0]
-        raise CheckpointError(
-            f"checkpoint {path} is from another backbone: {key} has shape {tuple(tensors[key].shape)}, "
-            f"the model expects {tuple(state[key].shape)}."
-        )
+    wrong = [k for k in expected_keys if tensors[k].shape != state[k].shape or tensors[k].dtype != state[k].dtype]
+    if wrong:
+        raise CheckpointError(_mismatch_message(path, wrong[0], tensors[wrong[0]], state[wrong[0]], metadata))
     model.load_state_dict(tensors, strict=False)
+
+
+def _mismatch_message(path, key: str, saved: torch.Tensor, expected: torch.Tensor, metadata: dict) -> str:
+    found = (
+        f"{key} has shape {tuple(saved.shape)} ({saved.dtype}), the model built from its metadata "
+        f"expects shape {tuple(expected.shape)} ({expected.dtype})"
+    )
+    return (
+        f"checkpoint {path} does not fit its own metadata: {_mismatch_cause(key, saved, expected, metadata)}; "
+        f"{found}. Delete it and rerun its fine-tune."
+    )
+
+
+def _mismatch_cause(key: str, saved: torch.Tensor, expected: torch.Tensor, metadata: dict) -> str:
+    """The recorded field that disagrees with the tensors, where the shapes tell which."""
+    if saved.dtype != expected.dtype:
+        return "its tensors are not in the dtype clipdrift's fine-tune writes"
+    if key.startswith("head.") and saved.shape[1:] == expected.shape[1:]:
+        return f"its head has {saved.shape[0]} classes but metadata n_classes is {metadata['n_classes']}"
+    rank_differs = ("lora_A" in key and saved.shape[1:] == expected.shape[1:]) or (
+        "lora_B" in key and saved.shape[:1] == expected.shape[:1]
+    )
+    if rank_differs:
+        return f"its LoRA rank differs from metadata method.lora_r = {metadata['method']['lora_r']}"
+    return (
+        f"it was made on another backbone geometry than {metadata['backbone']['name']!r} builds now "
+        "(another backbone, or that model config changed since)"
+    )
