@@ -391,3 +391,23 @@ def test_cka_table_matches_features_captured_by_hand(models):
         expected = gram_cka(x.double().numpy(), y.double().numpy())
         assert frame.set_index("layer").loc[layer, "value"] == pytest.approx(expected, abs=1e-8)
     assert (frame.value < 1 - 1e-4).all()  # the perturbation is visible
+
+
+def test_probe_sensitivity_measures_the_drift_statistics_on_each_probe_subset(models):
+    from clipdrift.metrics import probe_sensitivity_table
+
+    tuned, baseline = models
+    probes = {7: make_probe(8, seed=7), 42: make_probe(8, seed=42)}
+    config = AttentionConfig(batch_size=4)
+    table = probe_sensitivity_table(tuned, baseline, probes, config)
+    assert list(table.columns) == ["probe_seed", "state", "metric", "value"] and len(table) == 2 * 2 * 2
+    for seed, probe in probes.items():
+        frame = attention_table(tuned, baseline, probe, config)
+        for state in ("baseline", "final"):
+            got = table.query(f"probe_seed == {seed} and state == '{state}'").set_index("metric")["value"]
+            # the quantity drift_entropy_pct is the drift of: the layer mean of the head-mean rows
+            assert got["entropy"] == pytest.approx(values(frame, "entropy", state).mean(), abs=1e-12)
+            assert got["rollout_entropy"] == pytest.approx(values(frame, "rollout_entropy", state)[0], abs=1e-12)
+    first, second = (table.query(f"probe_seed == {s} and state == 'baseline' and metric == 'entropy'")["value"].item()
+                     for s in probes)
+    assert first != second  # different images, different values

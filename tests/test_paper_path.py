@@ -8,6 +8,7 @@ import textwrap
 
 import pandas as pd
 import pytest
+import yaml
 
 from fakedata import make_cifar100, make_eurosat, make_pets
 from workflow_helpers import REPO, snakemake
@@ -41,20 +42,28 @@ SITECUSTOMIZE = textwrap.dedent(
     """
 )
 
-OVERRIDE = textwrap.dedent(
-    """
-    backbone: {pretrained: null}
-    data: {root: data, probe_size: 8}
-    datasets:
-      - {name: eurosat, epochs: 1, sizes: {train: 20, val: 10, test: 10}}
-      - {name: pets, epochs: 1, val_fraction: 0.25}
-    learning_rates: [1.0e-5]
-    seeds: [7]
-    training: {batch_size: 8, eval_batch_size: 16}
-    metrics: {batch_size: 8}
-    zeroshot: {batch_size: 16}
-    """
-)
+def _tiny_datasets() -> list[dict]:
+    """The preset's own dataset entries (Pets keeps its val_fraction), one epoch each, EuroSAT
+    split to the fabricated size."""
+    datasets = yaml.safe_load(open(PAPER))["datasets"]
+    for dataset in datasets:
+        dataset["epochs"] = 1
+        if dataset["name"] == "eurosat":
+            dataset["sizes"] = {"train": 20, "val": 10, "test": 10}
+    return datasets
+
+
+OVERRIDE = yaml.safe_dump({
+    "backbone": {"pretrained": None},
+    "data": {"root": "data", "probe_size": 8},
+    "datasets": _tiny_datasets(),
+    "learning_rates": [1.0e-5],
+    "seeds": [7],
+    "training": {"batch_size": 8, "eval_batch_size": 16},
+    "metrics": {"batch_size": 8, "probe_sensitivity": {"seeds": [7, 21]}},
+    "zeroshot": {"batch_size": 16},
+})
+PETS_TRAINVAL = 37 * 4  # make_pets(trainval_per_class=4)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +103,30 @@ def test_every_rule_of_the_paper_preset_runs_on_vit_b32(paper_run):
     assert manifest["preprocessing"]["interpolation"] == "bilinear" and manifest["splits"]["train"]["n"] == 20
 
 
+def test_the_paper_protocol_fixes_hold_on_the_real_code_path(paper_run):
+    workdir, result = paper_run
+    study = workdir / "results/paper"
+    # Pets trains on the whole (fabricated) trainval: no validation carve-out
+    manifest = json.loads((study / "data/pets/manifest.json").read_text())
+    assert manifest["splits"]["train"]["n"] == PETS_TRAINVAL and manifest["splits"]["val"]["n"] == 0
+    history = json.loads((study / "runs/pets/lora/lr1e-05/seed7/history.json").read_text())
+    assert history["n_train"] == PETS_TRAINVAL and history["selection_split"] == "test"
+    # evaluation in fp32; on this CPU training is fp32 too (the preset's fp16 applies on CUDA)
+    assert history["eval_precision"] == "fp32" and history["precision"] == "fp32" and history["skipped_steps"] == 0
+    # zero-shot read the best checkpoint with the published class names; drift read the final weights
+    scores = json.loads((study / "zeroshot/eurosat/full/lr1e-05/seed7.json").read_text())
+    assert scores["checkpoint"] == "best" and scores["class_names"] == "published"
+    pretrained = json.loads((study / "zeroshot/pretrained.json").read_text())
+    assert pretrained["class_names"] == "published" and pretrained["checkpoint"] is None
+    indomain = json.loads((study / "zeroshot/pretrained-indomain/pets.json").read_text())
+    assert indomain["class_names"] == "readable"  # in-domain baselines unchanged
+    jobs = result.stdout + result.stderr
+    assert "runs/eurosat/full/lr1e-05/seed7/best.safetensors, results/paper/data/cifar100/test.safetensors" in jobs
+    assert "runs/pets/lora/lr1e-05/seed7/final.safetensors, results/paper/data/pets/probe.safetensors" in jobs
+    sensitivity = pd.read_parquet(study / "metrics/probe_sensitivity/pets/lora/lr1e-05/seed7.parquet")
+    assert set(sensitivity["probe_seed"]) == {7, 21} and set(sensitivity["state"]) == {"baseline", "final"}
+
+
 def test_the_paper_report_compares_with_the_published_numbers(paper_run):
     workdir, _ = paper_run
     study = workdir / "results/paper"
@@ -102,6 +135,10 @@ def test_the_paper_report_compares_with_the_published_numbers(paper_run):
     html = (study / "report/index.html").read_text()
     assert "Comparison with the published study" in html
     assert "published 60.2%" in html  # the pretrained CIFAR-100 zero-shot accuracy, side by side
+    assert "Correlations within each dataset" in html and "population SDs (ddof 0)" in html
+    assert "<strong>published</strong> class names" in html
+    correlations = pd.read_csv(study / "tables/paper_correlations.csv")
+    assert len(correlations) == 4 and set(correlations["published_n"]) == {40}
 
 
 def test_offline_paper_run_without_weights_stops_at_the_first_job_with_the_fix(tmp_path):

@@ -303,3 +303,70 @@ def test_autocast_training_runs_its_gpu_lines_on_the_cpu_and_evaluates_in_fp32(a
     assert {d for grad, d in evaluated_dtypes if not grad} == {torch.float32}  # selection in fp32
     assert history["status"] == "completed"
     assert all(bool(t.isfinite().all()) and t.dtype == torch.float32 for t in result.final_state.values())
+
+
+def _inf_gradient_at(model, steps: set[int]):
+    """Make the head's gradient infinite on the given (1-based) backward passes."""
+    calls = {"n": 0}
+
+    def hook(grad):
+        calls["n"] += 1
+        return grad * math.inf if calls["n"] in steps else grad
+
+    model.head.weight.register_hook(hook)
+    return calls
+
+
+def test_the_scaler_unscales_before_clipping_and_counts_skipped_steps(monkeypatch):
+    order = []
+    real_unscale, real_clip = torch.amp.GradScaler.unscale_, torch.nn.utils.clip_grad_norm_
+
+    def unscale(self, optimizer):
+        order.append("unscale")
+        return real_unscale(self, optimizer)
+
+    def clip(params, max_norm, *args, **kwargs):
+        order.append(("clip", max_norm))
+        return real_clip(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "unscale_", unscale)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    model = make_tiny(n_classes=N_CLASSES)
+    _inf_gradient_at(model, {2})
+    before = {}
+
+    def remember(entry):
+        before.update({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+
+    result = finetune(model, TRAIN, VAL, config(epochs=2, amp="fp16", cpu_autocast=True, grad_clip=1.0),
+                      progress=False, on_epoch_end=remember)
+    history = result.history
+    assert order[:2] == ["unscale", ("clip", 1.0)] and order.count("unscale") == history["steps"] == 6
+    assert history["skipped_steps"] == 1 and history["status"] == "completed"
+    assert history["loss_scale"] == 65536.0 / 2  # the scaler halved its scale once, at the skipped step
+    assert history["flags"]  # 1 of 6 steps is more than 5%: flagged
+    assert all(bool(t.isfinite().all()) for t in result.final_state.values())
+
+
+def test_a_resumed_fp16_run_continues_with_its_scaler_state(tmp_path):
+    store = ResumeStore(tmp_path / "resume")
+
+    def crash(entry):
+        raise KeyboardInterrupt
+
+    settings = config(amp="fp16", cpu_autocast=True)
+    first = make_tiny(n_classes=N_CLASSES)
+    _inf_gradient_at(first, {1, 2})
+    with pytest.raises(KeyboardInterrupt):
+        finetune(first, TRAIN, VAL, settings, resume=store, progress=False, on_epoch_end=crash)
+    _, saved = store.load_state()
+    assert saved["skipped_steps"] == 2 and saved["scaler"]["scale"] == 65536.0 / 4
+    resumed = finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, settings, resume=store, progress=False)
+    uninterrupted_model = make_tiny(n_classes=N_CLASSES)
+    _inf_gradient_at(uninterrupted_model, {1, 2})
+    uninterrupted = finetune(uninterrupted_model, TRAIN, VAL, settings, progress=False)
+    assert resumed.history["resumed_from_epoch"] == 1
+    assert resumed.history["skipped_steps"] == uninterrupted.history["skipped_steps"] == 2
+    assert resumed.history["loss_scale"] == uninterrupted.history["loss_scale"]
+    assert without_timings(resumed.history) == without_timings(uninterrupted.history)
+    assert_same_states(resumed.final_state, uninterrupted.final_state)

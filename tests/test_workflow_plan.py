@@ -55,3 +55,13 @@ def test_image_size_that_does_not_fit_the_backbone_is_refused_with_the_fix(tmp_p
     assert "world.image_size is 64 but backbone clipdrift-tiny expects 32-pixel images: set world.image_size: 32" in (
         result.stdout + result.stderr
     )
+
+
+def test_paper_preset_scores_zero_shot_on_the_best_checkpoint_and_drift_on_the_final_one(tmp_path):
+    result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/paper.yaml"))
+    jobs = result.stdout.split("\nrule ")[1:]
+    zeroshot = [job for job in jobs if job.startswith("zeroshot:")]
+    drift = [job for job in jobs if job.startswith(("attention:", "cka:"))]
+    assert len(zeroshot) == 80 and len(drift) == 160
+    assert all("/best.safetensors" in b.split("output:")[0] and "/final.safetensors" not in b for b in zeroshot)
+    assert all("/final.safetensors" in b.split("output:")[0] and "/best.safetensors" not in b for b in drift)

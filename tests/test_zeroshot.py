@@ -171,3 +171,24 @@ def test_text_side_is_the_frozen_pretrained_tower_after_full_fine_tuning(tokeniz
     optimiser.step()
     assert not torch.equal(tuned.clip.visual.proj, base.clip.visual.proj)  # the image side moved
     assert torch.equal(text_classifier(tuned.clip, tokenizer, CLASSES, ["a photo of a {}"]), weights)
+
+
+def test_non_finite_image_features_are_refused_naming_the_run(tokenizer):
+    from clipdrift.zeroshot import NonFiniteFeaturesError
+
+    model = make_tiny("full", seed=2)
+    weights = text_classifier(model.clip, tokenizer, CLASSES, ["a photo of a {}"])
+    with torch.no_grad():
+        model.clip.visual.proj.fill_(float("inf"))  # an overflowed tower: inf · 0 gives NaN features
+    with pytest.raises(NonFiniteFeaturesError, match=r"runs/x/best.safetensors \(zero-shot images 0\.\.5\).*non-finite"):
+        evaluate(model, weights, make_split(6), what="runs/x/best.safetensors")
+
+
+def test_scoring_is_fp32_unless_amp_is_asked_for_and_never_on_the_cpu(tokenizer, monkeypatch):
+    autocasts = []
+    real = torch.autocast
+    monkeypatch.setattr(torch, "autocast", lambda *a, **k: autocasts.append(a) or real(*a, **k))
+    model = make_tiny("full", seed=2)
+    weights = text_classifier(model.clip, tokenizer, CLASSES, ["a photo of a {}"], amp=True)
+    scores = evaluate(model, weights, make_split(6), amp=True)
+    assert autocasts == [] and 0 <= scores["top1"] <= 1  # the CPU path stays fp32, bitwise repeatable

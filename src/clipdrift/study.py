@@ -20,6 +20,8 @@ from clipdrift.classnames import check_style
 from clipdrift.errors import UserFacingError
 
 REAL_DATASETS = ("eurosat", "pets", "cifar100")
+# The split the probe subset is drawn from: the evaluation split, as published.
+PROBE_SOURCE_SPLIT = "test"
 log = logging.getLogger("clipdrift")
 
 
@@ -134,7 +136,7 @@ def build_dataset(dataset: dict, settings: dict):
             interpolation=settings["interpolation"], split_sizes=sizes, seed=settings["split_seed"], **options,
         )
     if "train" in splits:
-        splits, manifest = data.with_probe(splits, manifest, source="test", n=settings["probe_size"],
+        splits, manifest = data.with_probe(splits, manifest, source=PROBE_SOURCE_SPLIT, n=settings["probe_size"],
                                            seed=settings["probe_seed"])
     return splits, manifest
 

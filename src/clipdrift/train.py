@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 SELECTION_SPLITS = ("val", "test")
 HISTORY_PARAM_GROUPS = ("adapter", "projection", "head", "image_tower", "total")
+# AdamW's own defaults, written out because the protocol fixes them (one parameter group).
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_EPS = 1e-8
 _RESUME_KIND = "clipdrift-finetune-resume"
 
 
@@ -339,6 +342,7 @@ class _Progress:
     best_state: dict[str, torch.Tensor] | None = None
     resumed_from_epoch: int | None = None
     diverged_at_step: int | None = None
+    skipped_steps: int = 0  # fp16 steps the GradScaler skipped (inf/NaN gradients)
 
 
 class _Run:
@@ -357,7 +361,8 @@ class _Run:
         if not self.named_params:
             raise TrainConfigError("the model has no trainable parameters: call clipdrift.adapters.apply_method first")
         self.params = trainable_parameters(model)
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=ADAMW_BETAS, eps=ADAMW_EPS)
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.data = CachedBatches(train, self.device, _wants_data_on_device(config, self.device, train),
@@ -404,6 +409,9 @@ class _Run:
             if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
                 progress.diverged_at_step = progress.step + 1
                 return None
+            # The scaler skips a step exactly when unscaling found an inf/NaN gradient, which makes
+            # the total norm non-finite: counted here, without another host sync.
+            progress.skipped_steps += int(self.scaler.is_enabled() and not math.isfinite(norm_value))
             self.scaler.step(self.optimizer)
             self.scaler.update()
             progress.step += 1
@@ -500,7 +508,7 @@ def _save_resume(store: ResumeStore, run: _Run, progress: _Progress, fingerprint
     metadata = {
         "kind": _RESUME_KIND, "fingerprint": fingerprint, "epoch": progress.epoch, "step": progress.step,
         "epochs": progress.epochs, "best_epoch": progress.best_epoch, "best_select_acc": progress.best_select_acc,
-        "best_file": best_file, "scaler": run.scaler.state_dict(),
+        "best_file": best_file, "scaler": run.scaler.state_dict(), "skipped_steps": progress.skipped_steps,
     }
     store.save_state(tensors, metadata)
     store.prune({best_file})
@@ -537,7 +545,8 @@ def _restore(store: ResumeStore, run: _Run, fingerprint: str) -> _Progress | Non
         torch.cuda.set_rng_state(tensors["rng/cuda"], run.device)
     return _Progress(epoch=metadata["epoch"], step=metadata["step"], epochs=metadata["epochs"],
                      best_epoch=metadata["best_epoch"], best_select_acc=metadata["best_select_acc"],
-                     best_state=best_state, resumed_from_epoch=metadata["epoch"])
+                     best_state=best_state, resumed_from_epoch=metadata["epoch"],
+                     skipped_steps=metadata["skipped_steps"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,7 +621,21 @@ def _result(run: _Run, select: ImageSplit, test: ImageSplit | None, state: _Prog
         _load_params(run.model, final_state)
     run.model.eval()
     history = _history(run, state, final_select_acc, final_test_acc, best_test_acc)
+    for flag in history["flags"]:
+        log.warning("%s", flag)
     return FinetuneResult(history=history, best_state=best_state, final_state=final_state)
+
+
+# A run whose GradScaler skipped more than this share of its steps is flagged: its loss scale
+# collapsed (a healthy fp16 run skips a handful while the scale settles, then almost none).
+SKIPPED_STEPS_FLAG = 0.05
+
+
+def _flags(state: _Progress) -> list[str]:
+    if state.step and state.skipped_steps > SKIPPED_STEPS_FLAG * state.step:
+        return [f"the fp16 loss scaler skipped {state.skipped_steps} of {state.step} steps "
+                f"({100 * state.skipped_steps / state.step:.0f}%): the loss scale collapsed; fewer updates than planned"]
+    return []
 
 
 def _history(run: _Run, state: _Progress, final_select_acc: float, final_test_acc, best_test_acc) -> dict:
@@ -621,6 +644,7 @@ def _history(run: _Run, state: _Progress, final_select_acc: float, final_test_ac
     images = run.n_train * len(state.epochs)
     return {
         "status": "diverged" if state.diverged_at_step is not None else "completed",
+        "n_train": run.n_train,
         "diverged_at_step": state.diverged_at_step,
         "selection_split": run.config.selection_split,
         "epochs": [dict(e) for e in state.epochs],
@@ -633,6 +657,9 @@ def _history(run: _Run, state: _Progress, final_select_acc: float, final_test_ac
         "train_time_s": sum(e["time_s"] for e in state.epochs),
         "images_per_s": images / train_time if train_time > 0 else None,
         "steps": state.step,
+        "skipped_steps": state.skipped_steps,
+        "loss_scale": run.scaler.get_scale() if run.scaler.is_enabled() else None,
+        "flags": _flags(state),
         "resumed_from_epoch": state.resumed_from_epoch,
         "precision": run.precision.train,
         "eval_precision": run.precision.eval,

@@ -28,7 +28,7 @@ rule prepare_zeroshot_task:
         test=f"{STUDY}/data/{ZEROSHOT_DATASET}/test.safetensors",
         manifest=f"{STUDY}/data/{ZEROSHOT_DATASET}/manifest.json",
     params:
-        dataset={"name": ZEROSHOT_DATASET, "sizes": config["zeroshot"].get("sizes", {})},
+        dataset={"name": ZEROSHOT_DATASET, "sizes": config["zeroshot"].get("sizes") or {}},
         settings=data_settings(ZEROSHOT_DATASET),
         code=code_digest(*DATA_CODE),
     log:

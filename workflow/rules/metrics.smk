@@ -11,7 +11,7 @@ rule attention:
         checkpoint=DRIFT_CHECKPOINT,
         probe=f"{STUDY}/data/{{dataset}}/probe.safetensors",
         backbone=f"{STUDY}/backbone/backbone.json",
-        **({"probe_source": f"{STUDY}/data/{{dataset}}/test.safetensors"} if PROBE_SENSITIVITY else {}),
+        **({"probe_source": f"{STUDY}/data/{{dataset}}/{_study.PROBE_SOURCE_SPLIT}.safetensors"} if PROBE_SENSITIVITY else {}),
     output:
         table=f"{STUDY}/metrics/attention/{RUN}.parquet",
         **({"sensitivity": SENSITIVITY_TABLE} if PROBE_SENSITIVITY else {}),
