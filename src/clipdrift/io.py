@@ -20,8 +20,8 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -220,7 +220,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # noqa: BLE001 - a damaged file fails in the decoder in many ways; see below
+    except Exception as error:  # a damaged file fails in the decoder in many ways; see below
         # SafetensorError for a bad header, OSError for a short read, TypeError/ValueError for a
         # dtype torch lacks: whatever the decoder raises, the file cannot be used.
         raise _unreadable(path, "safetensors", error) from error
@@ -293,10 +293,11 @@ def _read_parquet(path: Path):
     try:
         table = pq.read_table(pa.BufferReader(data))
         table.schema.names  # noqa: B018 - decoded lazily: a damaged name fails here, not in the digest
-    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways (ArrowInvalid, OSError, UnicodeDecodeError)
+    except Exception as error:  # a damaged file fails in many ways (ArrowInvalid, OSError, UnicodeDecodeError)
         raise _unreadable(path, "Parquet", error) from error
     recorded = (table.schema.metadata or {}).get(DIGEST_KEY.encode())
-    _check_digest(path, recorded and recorded.decode("utf-8", "replace"), lambda: _table_digest(table))
+    recorded = recorded.decode("utf-8", "replace") if recorded is not None else None
+    _check_digest(path, recorded, lambda: _table_digest(table))
     # pandas parses the verified bytes again so that its own conversions (string dtype, attrs) apply
     return pd.read_parquet(io.BytesIO(data))
 
