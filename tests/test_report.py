@@ -221,3 +221,27 @@ def test_page_opens_in_headless_chromium(page, figures, tmp_path):
     assert _console_messages(shot.stderr) == []
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 50_000
     print(f"report screenshot: {screenshot}")
+
+
+def test_the_published_analyses_render_even_on_a_study_too_small_for_them():
+    histories, zeroshot, attention, cka = fabricate()
+    keep = [(h["dataset"], h["method"], h["lr"], h["seed"]) for h in histories
+            if h["seed"] == 7 and h["lr"] in ("1e-06", "5e-06")]  # two runs per method and dataset
+    subset = [h for h in histories if (h["dataset"], h["method"], h["lr"], h["seed"]) in keep]
+    scores = [z for z in zeroshot if (z["dataset"], z["method"], z["lr"], z["seed"]) in keep]
+    tables = analysis.build_tables(subset, scores, attention, cka, compare_with_paper=True)
+    html = render_report(tables, {}, analysis.findings(tables["runs"], PRETRAINED), STUDY, PRETRAINED)
+    assert "id='relations'" in html and "Not measured" in html  # no sensitivity tables given: said so
+    assert "Correlations within each dataset" in html
+
+
+def test_the_report_shows_the_probe_sensitivity_and_cka_relations():
+    from fabricated_study import fabricate_sensitivity
+
+    study = fabricate()
+    tables = analysis.build_tables(*study, sensitivity=fabricate_sensitivity(study[2]))
+    found = analysis.findings(tables["runs"], PRETRAINED, sensitivity=tables["probe_sensitivity"])
+    html = render_report(tables, {}, found, STUDY, PRETRAINED)
+    summary = analysis.sensitivity_summary(tables["probe_sensitivity"]).set_index("dataset")
+    assert f"{summary.loc['pets', 'n_explained']} of {summary.loc['pets', 'n_judged']} runs" in html
+    assert "The published pairing (off by one)" in html and "data-kind='probe_sensitivity'" in html

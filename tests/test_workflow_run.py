@@ -68,6 +68,15 @@ def test_the_study_leaves_sane_outputs(study_dir):
     assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/pretrained.tsv",
             "zeroshot/pretrained-indomain/world-pets.tsv", "finetune/world-pets/lora/lr1e-03/seed7.tsv"} <= benchmarks
     assert len(benchmarks) == 1 + 3 + 1 + 2 + 4 * RUNS + 2  # backbone, data, pretrained zero-shot, runs, tables+report
+    # the published analyses run in every study: drift vs in-domain accuracy, CKA vs drift, probe sensitivity
+    correlations = pd.read_parquet(study / "tables/correlations.parquet")
+    assert len(correlations.query("x == 'drift_entropy_pct' and y == 'best_select_acc'")) == 2
+    relations = pd.read_parquet(study / "tables/cka_entropy.parquet")
+    assert set(relations["level"]) == {"run", "layer"} and set(relations["pairing"]) >= {"same_layer", "published_offset"}
+    sensitivity = pd.read_parquet(study / "tables/probe_sensitivity.parquet")
+    assert len(sensitivity.query("method == 'pretrained'")) == 2 * 2  # datasets x (entropy, rollout entropy)
+    assert sensitivity.query("method != 'pretrained'")["n_probes"].eq(5).all()
+    assert "id='relations'" in html and "id='sensitivity'" in html and "Not measured" not in html
     # the effect is stated per dataset in a generated sentence carrying the run's own numbers
     headlines = [f for f in json.loads((study / "tables/findings.json").read_text()) if f["kind"] == "headline"]
     assert {f["dataset"] for f in headlines} == {"world-eurosat", "world-pets"}

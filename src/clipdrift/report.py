@@ -296,13 +296,11 @@ def _r_with_p(row: pd.Series) -> str:
 
 
 def _relation_rows(frame: pd.DataFrame) -> list[list[str]]:
-    wide = frame.pivot_table(index=["dataset", "layer", "n"], columns="method",
-                             values=["r", "p_perm", "perm_exact"], aggfunc="first")
     rows = []
-    for (dataset, layer, n), values in wide.iterrows():
-        cells = [_r_with_p(pd.Series({k: values[(k, m)] for k in ("r", "p_perm", "perm_exact")}))
-                 for m in ("pearson", "spearman")]
-        rows.append([dataset, "all (run means)" if layer < 0 else str(layer), n, *cells])
+    for (dataset, layer), group in frame.groupby(["dataset", "layer"], sort=True):
+        by_method = group.set_index("method")
+        cells = [_r_with_p(by_method.loc[m]) if m in by_method.index else "–" for m in ("pearson", "spearman")]
+        rows.append([dataset, "all (run means)" if layer < 0 else str(layer), int(group["n"].max()), *cells])
     return rows
 
 
