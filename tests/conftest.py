@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite runs on the CPU even on a GPU machine (and so do the workflow jobs it starts): its
+# expected numbers are CPU numbers. Tests marked `cuda` run on the GPU (benchmarks/bench_gpu.py).
+os.environ["CLIPDRIFT_DEVICE"] = "cpu"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -21,6 +24,15 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def device_for_the_test(request, monkeypatch):
+    """CPU for every test; a `cuda` test gets the GPU (and is skipped without one)."""
+    if request.node.get_closest_marker("cuda") is not None:
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device (run on a GPU machine: benchmarks/bench_gpu.py)")
+        monkeypatch.delenv("CLIPDRIFT_DEVICE")
 
 
 @pytest.fixture

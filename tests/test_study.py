@@ -78,8 +78,9 @@ def test_model_configs_read_without_open_clip_are_the_ones_open_clip_knows():
 
 def test_the_study_config_check_does_not_import_torch():
     code = (
-        "import sys, yaml; from clipdrift.study import check_study_config; "
-        "check_study_config(yaml.safe_load(open('config.yaml'))); "
+        "import sys; from clipdrift.study import check_study_config; "
+        "from clipdrift.protocol import load_study_config; "
+        "check_study_config(load_study_config('workflow/schemas/config.schema.yaml', 'config.yaml')); "
         "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from clipdrift.backbones import CLIPClassifier, image_tower_blocks
+from clipdrift.device import seeded
 
 METHODS = ("full", "lora")
 LORA_TARGET_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -64,8 +65,7 @@ def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> 
     image_tower_blocks(model.clip)  # fail early on unsupported towers
     model.requires_grad_(False)
     if config.method == "lora":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             _inject_lora(model, config)
     else:
         model.clip.visual.requires_grad_(True)

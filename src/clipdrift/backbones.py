@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipdrift.device import seeded
 from clipdrift.errors import UserFacingError
 
 PACKAGED_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -71,8 +72,7 @@ def create_clip(spec: BackboneSpec) -> nn.Module:
     """Build an open_clip CLIP model in eval mode, with a clear error when weights are missing."""
     _check_spec(spec)
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(spec.init_seed)
+        with seeded(spec.init_seed):  # random weights (tests, the tiny world's start) from init_seed
             model = open_clip.create_model(spec.name, pretrained=spec.pretrained, cache_dir=spec.cache_dir)
     except RuntimeError as error:
         if spec.pretrained is None or spec.pretrained_is_file:
@@ -295,8 +295,7 @@ def build_classifier(spec: BackboneSpec, n_classes: int, seed: int) -> CLIPClass
     """The study's classifier: CLIP with explicit image-tower attention and a seeded new head."""
     clip = create_clip(spec)
     convert_image_tower_attention(clip)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         classifier = CLIPClassifier(clip, n_classes)
     return classifier.eval()
 

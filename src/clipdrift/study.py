@@ -152,13 +152,22 @@ def method_settings(config: dict, method: str) -> dict:
     }
 
 
-def run_script(snakemake, main: Callable) -> None:
-    """Run a workflow script's ``main(snakemake)`` with logging, threads and clean user errors."""
+def run_script(snakemake, main: Callable, uses_gpu: bool = False) -> None:
+    """Run a workflow script's ``main(snakemake)`` with logging, threads, its device and clean
+    user errors.
+
+    ``uses_gpu``: the script's work runs on a GPU when there is one. Such a job takes its own
+    GPU when the job claims ``gpu`` resources (a slot of :mod:`clipdrift.gpuslots`, so that
+    concurrent jobs on a multi-GPU workstation never share a device by accident); a job of a
+    script that does not use a GPU is pinned to the CPU, so it can never compete for one
+    without claiming it.
+    """
     import torch
 
     _configure_logging(snakemake.log[0] if len(snakemake.log) else None)
-    torch.set_num_threads(max(1, int(snakemake.threads)))
     try:
+        _choose_device(snakemake, uses_gpu)
+        torch.set_num_threads(max(1, int(snakemake.threads)))
         main(snakemake)
     except UserFacingError as error:
         log.error("%s", error)
@@ -166,6 +175,23 @@ def run_script(snakemake, main: Callable) -> None:
     except Exception:
         log.exception("unexpected error in rule %s", getattr(snakemake, "rule", "?"))
         raise
+
+
+def _choose_device(snakemake, uses_gpu: bool) -> None:
+    # before anything initialises CUDA in this process: CUDA_VISIBLE_DEVICES is read once
+    import os
+
+    from clipdrift.device import DEVICE_ENV
+
+    if not uses_gpu:
+        os.environ[DEVICE_ENV] = "cpu"
+        return
+    resources = getattr(snakemake, "resources", None) or {}
+    if int(resources.get("gpu", 0) or 0) > 0:
+        from clipdrift.gpuslots import claim_gpu
+
+        slot = claim_gpu()  # held until the job's process exits
+        log.info("%s", slot.describe() if slot is not None else "no GPU found: this job runs on the CPU")
 
 
 def _configure_logging(log_path: str | None) -> None:

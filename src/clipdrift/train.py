@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from clipdrift.adapters import trainable_parameter_counts, trainable_parameters
 from clipdrift.backbones import CLIPClassifier, image_preprocess_config
 from clipdrift.data import ImageSplit, to_model_input
+from clipdrift.device import deterministic, full_fp32, resolve_device, seeded
 from clipdrift.errors import UserFacingError
 from clipdrift.io import ArtifactError, ResumeStore
 
@@ -68,7 +69,9 @@ class TrainConfig:
     ``device``: ``auto`` = CUDA when available. ``num_threads``: CPU threads for this run
     (``None`` keeps torch's setting; bitwise CPU determinism needs the same thread count).
     ``data_on_device``: keep the uint8 training images on the GPU (``None`` = when they take
-    under a quarter of its free memory).
+    under a quarter of its free memory). ``deterministic``: deterministic kernels
+    (:func:`clipdrift.device.deterministic`), so that the same seed gives the same numbers and a
+    resumed run equals an uninterrupted one on a GPU as on the CPU (where that always holds).
     """
 
     epochs: int
@@ -87,6 +90,7 @@ class TrainConfig:
     data_on_device: bool | None = None
     eval_amp: bool = False
     cpu_autocast: bool = False
+    deterministic: bool = False
 
     def __post_init__(self):
         checks = [
@@ -153,15 +157,6 @@ def lr_factor(step: int, total_steps: int, n_warmup: int) -> float:
 # ---------------------------------------------------------------------------------------------
 # Run set-up
 # ---------------------------------------------------------------------------------------------
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainConfigError(f"device {name!r} asked for CUDA but none is available: use device 'auto' or 'cpu'")
-    return device
-
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # bf16 runs natively from Ampere (compute capability 8.0) on; older GPUs only emulate it, slowly
@@ -260,13 +255,41 @@ def _check_inputs(model: CLIPClassifier, config: TrainConfig, splits: dict[str, 
             )
 
 
-def _wants_data_on_device(config: TrainConfig, device: torch.device, split: ImageSplit) -> bool:
-    if device.type != "cuda":
+def keeps_data_on_device(n_bytes: int, free_bytes: int | None, override: bool | None) -> bool:
+    """Whether the uint8 training images live on the GPU: as ``override`` says, else when they
+    take under a quarter of the free GPU memory (``free_bytes``; None: there is no GPU)."""
+    if free_bytes is None:
         return False
-    if config.data_on_device is not None:
-        return config.data_on_device
-    free, _ = torch.cuda.mem_get_info(device)
-    return split.images.numel() < free // 4
+    if override is not None:
+        return override
+    return n_bytes < free_bytes // 4
+
+
+def _free_gpu_memory(device: torch.device) -> int | None:
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
+
+class _CopyFence:
+    """Orders reuse of the pinned staging buffer after the asynchronous copy out of it.
+
+    ``take`` copies a batch host-to-device with ``non_blocking=True`` from one reused pinned
+    buffer; the next ``take`` must not overwrite that buffer before the copy has finished. An
+    event recorded after each copy is waited on before the next gather. Without a pinned buffer
+    (the CPU, or data already on the GPU) there is no asynchronous copy: ``event`` is None and
+    both calls do nothing.
+    """
+
+    def __init__(self, event_factory=None):
+        self._new_event, self._event = event_factory, None
+
+    def wait(self) -> None:
+        if self._event is not None:
+            self._event.synchronize()
+
+    def mark(self) -> None:
+        if self._new_event is not None:
+            self._event = self._new_event()
+            self._event.record()
 
 
 class CachedBatches:
@@ -278,31 +301,39 @@ class CachedBatches:
     more in page faults than the arithmetic. A returned batch is therefore only valid until the
     next :meth:`take` (the engine finishes each step's backward pass before the next take).
     The arithmetic is :func:`clipdrift.data.to_model_input`'s, done in place (same values).
+
+    ``flip_rows``: flip row by row in place (fast on the CPU) instead of one ``torch.where``
+    over the batch (no host sync on a GPU); by default chosen by the device, and both give
+    the same images (tested).
     """
 
     def __init__(self, split: ImageSplit, device: torch.device, on_device: bool, mean: torch.Tensor,
-                 std: torch.Tensor, batch_size: int = 64):
+                 std: torch.Tensor, batch_size: int = 64, flip_rows: bool | None = None):
         self.device = device
         self.mean, self.std = (t.to(device, torch.float32).view(1, 3, 1, 1) for t in (mean, std))
         self.images = split.images.to(device) if on_device else split.images
         self.labels = split.labels.to(device)
         shape = (batch_size, *split.images.shape[1:])
         staging_pinned = self.images.device.type == "cpu" and device.type == "cuda"
-        # Pinned staging lets the host-to-device copy run asynchronously.
+        # Pinned staging lets the host-to-device copy run asynchronously; the fence orders its reuse.
         self._gathered = torch.empty(shape, dtype=torch.uint8, pin_memory=staging_pinned)
+        self._staged = _CopyFence(torch.cuda.Event if staging_pinned else None)
         if not staging_pinned:
             self._gathered = self._gathered.to(self.images.device)
         self._floats = torch.empty(shape, dtype=torch.float32, device=device)
+        self.flip_rows = device.type == "cpu" if flip_rows is None else flip_rows
 
     def take(self, index: torch.Tensor, flip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (normalised float) and labels of ``index``; ``flip`` mirrors chosen images."""
         n = len(index)
         if n > len(self._floats):
             raise ValueError(f"batch of {n} exceeds the loader's batch size {len(self._floats)}")
+        self._staged.wait()  # the previous batch's copy out of the staging buffer has finished
         images = torch.index_select(self.images, 0, index.to(self.images.device), out=self._gathered[:n])
         images = images.to(self.device, non_blocking=True)
-        if flip is not None and self.device.type == "cpu":
-            # Row by row, in place, on uint8: ~20x faster here than boolean indexing or index_copy_.
+        self._staged.mark()
+        if flip is not None and self.flip_rows:
+            # Row by row, in place, on uint8: ~20x faster on the CPU than boolean indexing or index_copy_.
             for row in flip.nonzero().squeeze(1).tolist():
                 images[row] = images[row].flip(-1)
         elif flip is not None:
@@ -350,7 +381,7 @@ class _Run:
 
     def __init__(self, model: CLIPClassifier, train: ImageSplit, config: TrainConfig):
         self.model, self.config = model, config
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.amp, self.device, eval_amp=config.eval_amp,
                                            cpu_autocast=config.cpu_autocast)
         preprocess = image_preprocess_config(model.clip)
@@ -365,8 +396,8 @@ class _Run:
                                            betas=ADAMW_BETAS, eps=ADAMW_EPS)
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
-        self.data = CachedBatches(train, self.device, _wants_data_on_device(config, self.device, train),
-                                  self.mean, self.std, config.batch_size)
+        on_device = keeps_data_on_device(train.images.numel(), _free_gpu_memory(self.device), config.data_on_device)
+        self.data = CachedBatches(train, self.device, on_device, self.mean, self.std, config.batch_size)
         self.n_train = len(train)
         self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
@@ -437,10 +468,15 @@ def _accuracy(model, split: ImageSplit, device, precision: Precision, mean, std,
     for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size].to(device, non_blocking=True)
         labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
-        with precision.eval_autocast():
+        with precision.eval_autocast(), _eval_math(precision):
             logits = model(to_model_input(images, mean, std))
         correct += (logits.argmax(dim=1) == labels).sum()
     return int(correct) / len(split)
+
+
+def _eval_math(precision: Precision):
+    # an fp32 evaluation is fp32 through and through: no TF32 matmuls or convolutions
+    return full_fp32() if precision.eval == "fp32" else contextlib.nullcontext()
 
 
 def evaluate(model: CLIPClassifier, split: ImageSplit, *, batch_size: int = 256, device: str = "auto",
@@ -449,7 +485,7 @@ def evaluate(model: CLIPClassifier, split: ImageSplit, *, batch_size: int = 256,
 
     fp32 by default; ``amp`` evaluates under that autocast on CUDA (see :func:`choose_amp`).
     """
-    resolved = _resolve_device(device)
+    resolved = resolve_device(device)
     precision = resolve_precision(amp, resolved, eval_amp=True)
     preprocess = image_preprocess_config(model.clip)
     mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=resolved)
@@ -476,7 +512,7 @@ def _fingerprint(run: _Run, train: ImageSplit, select: ImageSplit) -> str:
     """What must match for a saved state to continue this run: config, data, initial weights."""
     digest = hashlib.blake2b(digest_size=16)
     settings = {k: v for k, v in run.config.to_dict().items()
-                if k not in ("device", "num_threads", "eval_batch_size", "data_on_device")}
+                if k not in ("device", "num_threads", "eval_batch_size", "data_on_device", "deterministic")}
     digest.update(json.dumps({"config": settings, "precision": [run.precision.train, run.precision.eval], "n_train": len(train),
                               "n_select": len(select)}, sort_keys=True).encode())
     for labels in (train.labels, select.labels):
@@ -566,8 +602,9 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     """
     _check_inputs(model, config, {"train": train, "select": select, "test": test})
     store = ResumeStore(resume) if resume is not None and not isinstance(resume, ResumeStore) else resume
-    with _torch_threads(config.num_threads), _rng_scope(config):
-        torch.manual_seed(config.seed)
+    # Seeding inside the run must not change the caller's random streams (CPU and the run's device).
+    with _torch_threads(config.num_threads), seeded(config.seed, resolve_device(config.device)), \
+            deterministic(config.deterministic):
         run = _Run(model, train, config)
         fingerprint = _fingerprint(run, train, select) if store is not None else ""
         state = (_restore(store, run, fingerprint) if store is not None else None) or _Progress()
@@ -577,13 +614,6 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     if store is not None:
         store.clear()
     return result
-
-
-def _rng_scope(config: TrainConfig):
-    """Seeding inside the run must not change the caller's global RNG streams."""
-    device = _resolve_device(config.device)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices)
 
 
 def _train_epochs(run: _Run, select: ImageSplit, state: _Progress, bar, store: ResumeStore | None,

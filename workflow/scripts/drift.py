@@ -26,4 +26,4 @@ def main(smk):
         write_table(with_run_columns(table, smk.params.run), smk.output.sensitivity)
 
 
-run_script(snakemake, main)  # noqa: F821 - injected by Snakemake
+run_script(snakemake, main, uses_gpu=True)  # noqa: F821 - injected by Snakemake

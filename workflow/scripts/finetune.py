@@ -24,4 +24,4 @@ def main(smk):
     write_json(smk.output.history, {**smk.params.run, **result.history})
 
 
-run_script(snakemake, main)  # noqa: F821 - injected by Snakemake
+run_script(snakemake, main, uses_gpu=True)  # noqa: F821 - injected by Snakemake

@@ -29,4 +29,4 @@ def main(smk):
                                    "checkpoint": smk.params.checkpoint, **scores})
 
 
-run_script(snakemake, main)  # noqa: F821 - injected by Snakemake
+run_script(snakemake, main, uses_gpu=True)  # noqa: F821 - injected by Snakemake

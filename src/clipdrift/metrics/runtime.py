@@ -9,23 +9,20 @@ import torch
 
 from clipdrift.backbones import CLIPClassifier, image_preprocess_config
 from clipdrift.data import ImageSplit, to_model_input
+from clipdrift.device import full_fp32, resolve_device
 
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The requested device, or CUDA when available and CPU otherwise."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+__all__ = ["check_images", "evaluating", "model_input", "probe_batches", "resolve_device"]
 
 
 @contextlib.contextmanager
 def evaluating(model: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
-    """Run ``model`` in eval mode on ``device`` without gradients, then restore mode and device."""
+    """Run ``model`` in eval mode on ``device`` without gradients and in full fp32 (no TF32), then
+    restore its mode and device (and the TF32 flags)."""
     was_training = model.training
     original = next(model.parameters()).device
     model.to(device).eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), full_fp32():
             yield model
     finally:
         model.to(original).train(was_training)
