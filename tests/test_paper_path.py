@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fakedata import make_cifar100, make_eurosat, make_pets
+from fakedata import PETS_BREEDS, make_cifar100, make_eurosat, make_pets
 from workflow_helpers import REPO, snakemake
 
 pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
@@ -63,7 +63,7 @@ OVERRIDE = yaml.safe_dump({
     "metrics": {"batch_size": 8, "probe_sensitivity": {"seeds": [7, 21]}},
     "zeroshot": {"batch_size": 16},
 })
-PETS_TRAINVAL = 37 * 4  # make_pets(trainval_per_class=4)
+PETS_TRAINVAL = len(PETS_BREEDS) * 4  # make_pets(trainval_per_class=4)
 
 
 @pytest.fixture(scope="module")
