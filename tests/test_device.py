@@ -270,3 +270,55 @@ def test_every_rule_that_can_use_a_gpu_claims_one_in_every_profile(profile):
             assert claimed >= 1, f"profiles/{profile}: rule {rule} runs on a GPU but claims none"
         else:
             assert claimed == 0, f"profiles/{profile}: rule {rule} claims a GPU its script never uses"
+
+
+# ---- the remaining CUDA-only branches, with the device calls replaced -------------------------
+
+
+def test_a_cuda_run_decides_its_precision_from_its_own_gpu(monkeypatch):
+    from clipdrift.train import resolve_precision
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or (7, 5))
+    t4 = resolve_precision("auto", torch.device("cuda", 2))
+    assert (t4.train, t4.eval, t4.scaled, t4.device_type) == ("fp16", "fp32", True, "cuda")
+    assert asked == [torch.device("cuda", 2)]
+
+
+def test_a_cuda_run_measures_the_free_memory_of_its_gpu(monkeypatch):
+    from clipdrift.train import _free_gpu_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 << 30, 16 << 30))
+    assert _free_gpu_memory(torch.device("cuda", 0)) == 8 << 30
+    assert _free_gpu_memory(torch.device("cpu")) is None
+
+
+def test_the_resume_state_saves_and_restores_the_runs_gpu_stream(monkeypatch):
+    from clipdrift.train import _rng_tensors, _set_rng_tensors
+
+    streams = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([7, 7], dtype=torch.uint8))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: streams.update({device: state}))
+    saved = _rng_tensors(torch.device("cuda", 1))
+    assert set(saved) == {"rng/cpu", "rng/cuda"} and saved["rng/cuda"].tolist() == [7, 7]
+    torch.rand(3)  # move the CPU stream on
+    _set_rng_tensors(saved, torch.device("cuda", 1))
+    assert torch.equal(torch.get_rng_state(), saved["rng/cpu"]) and list(streams) == [torch.device("cuda", 1)]
+    assert set(_rng_tensors(torch.device("cpu"))) == {"rng/cpu"}
+
+
+def test_seeding_the_current_gpu_when_the_device_has_no_index(monkeypatch):
+    cuda = FakeCuda(monkeypatch)
+    with seeded(5, "cuda"):
+        pass
+    assert cuda.forked == [[0]] and cuda.calls == [("seed", 0, 5)]
+
+
+def test_zero_shot_mixed_precision_is_cuda_autocast_only_when_asked_for(monkeypatch):
+    from clipdrift import zeroshot
+
+    opened = []
+    monkeypatch.setattr(torch, "autocast", lambda device_type, **kwargs: opened.append(device_type) or "autocast")
+    assert zeroshot._autocast(torch.device("cuda"), True) == "autocast" and opened == ["cuda"]
+    assert zeroshot._autocast(torch.device("cuda"), False) != "autocast"
+    assert zeroshot._autocast(torch.device("cpu"), True) != "autocast" and opened == ["cuda"]

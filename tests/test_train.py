@@ -44,7 +44,7 @@ TRAIN, VAL, TEST = colour_split(12, 0), colour_split(4, 100), colour_split(4, 20
 
 
 def config(**overrides) -> TrainConfig:
-    values = dict(epochs=3, lr=1e-3, batch_size=16, seed=5, num_threads=1)
+    values = dict(epochs=3, lr=1e-3, batch_size=16, seed=5, num_threads=1, deterministic=True)
     return TrainConfig(**{**values, **overrides})
 
 

@@ -222,6 +222,7 @@ def training_settings(config: dict, dataset: str, lr: str, seed: int) -> dict:
         "amp": training["amp"],
         "eval_amp": training["eval_amp"],
         "eval_batch_size": training["eval_batch_size"],
+        "deterministic": training["deterministic"],
         "selection_split": training["selection_split"],
     }
 

@@ -533,6 +533,13 @@ def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _set_rng_tensors(tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore the streams :func:`_rng_tensors` saved: the CPU's and the run's GPU's."""
+    torch.set_rng_state(tensors["rng/cpu"])
+    if "rng/cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
+
+
 def _save_resume(store: ResumeStore, run: _Run, progress: _Progress, fingerprint: str, improved: bool) -> None:
     best_file = f"best-epoch{progress.best_epoch}"
     if improved:  # written before the state that names it, so the state never points at nothing
@@ -576,9 +583,7 @@ def _restore(store: ResumeStore, run: _Run, fingerprint: str) -> _Progress | Non
     run.optimizer.load_state_dict(optimizer_state)
     if metadata["scaler"]:
         run.scaler.load_state_dict(metadata["scaler"])
-    torch.set_rng_state(tensors["rng/cpu"])
-    if "rng/cuda" in tensors and run.device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng/cuda"], run.device)
+    _set_rng_tensors(tensors, run.device)
     return _Progress(epoch=metadata["epoch"], step=metadata["step"], epochs=metadata["epochs"],
                      best_epoch=metadata["best_epoch"], best_select_acc=metadata["best_select_acc"],
                      best_state=best_state, resumed_from_epoch=metadata["epoch"],
