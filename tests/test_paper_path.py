@@ -4,6 +4,7 @@ short epoch. Every rule of the paper preset runs. And offline without cached wei
 preset stops at its first job with the backbone loader's message."""
 
 import json
+import os
 import textwrap
 
 import pandas as pd
@@ -77,7 +78,8 @@ def paper_run(tmp_path_factory):
     site.mkdir()
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (workdir / "override.yaml").write_text(OVERRIDE)
-    env = {"PYTHONPATH": str(site), "CLIPDRIFT_TEST_CIFAR_ROOT": str(data)}
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))  # keep a caller's source tree
+    env = {"PYTHONPATH": path, "CLIPDRIFT_TEST_CIFAR_ROOT": str(data)}
     result = snakemake(workdir, "--cores", "2", "--configfile", PAPER, str(workdir / "override.yaml"), env=env)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     return workdir, result
