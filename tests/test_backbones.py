@@ -105,6 +105,20 @@ def test_local_weights_file_is_loaded_exactly(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+def test_weights_clipdrift_wrote_are_verified_before_open_clip_loads_them(tmp_path):
+    from clipdrift.io import ArtifactError, write_safetensors
+
+    source = create_clip(BackboneSpec("clipdrift-tiny", init_seed=3))
+    path = tmp_path / "backbone.safetensors"
+    write_safetensors(path, {k: v.contiguous() for k, v in source.state_dict().items()}, {"kind": "backbone"})
+    assert torch.equal(create_clip(BackboneSpec("clipdrift-tiny", str(path))).visual.proj, source.visual.proj)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x40  # one byte of one weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=f"{path}.*damaged"):
+        create_clip(BackboneSpec("clipdrift-tiny", str(path)))
+
+
 def test_preprocess_config_reports_size_and_clip_normalisation():
     cfg = image_preprocess_config(create_clip(BackboneSpec("clipdrift-tiny")))
     assert cfg["size"] == (32, 32)

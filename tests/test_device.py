@@ -214,7 +214,7 @@ def test_the_staging_buffer_is_reused_only_after_the_previous_copy_finished():
 
 
 def test_a_job_whose_script_uses_no_gpu_is_pinned_to_the_cpu(monkeypatch, tmp_path):
-    from clipdrift.study import run_script
+    from clipdrift.jobs import run_script
 
     monkeypatch.delenv(devices.DEVICE_ENV)
     seen = {}
@@ -226,7 +226,7 @@ def test_a_job_whose_script_uses_no_gpu_is_pinned_to_the_cpu(monkeypatch, tmp_pa
 
 def test_a_gpu_job_that_claims_a_gpu_takes_a_slot_and_logs_its_device(monkeypatch, tmp_path):
     import clipdrift.gpuslots
-    from clipdrift.study import run_script
+    from clipdrift.jobs import run_script
 
     claims = []
     slot = SimpleNamespace(describe=lambda: "GPU slot 1/2: CUDA_VISIBLE_DEVICES=1")

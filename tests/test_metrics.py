@@ -7,23 +7,23 @@ import torch
 
 from clipdrift.backbones import capture_attention, capture_hidden_states
 from clipdrift.data import ImageSplit
-from clipdrift.metrics import (
-    AttentionConfig,
-    CKAAccumulator,
-    CKAConfig,
+from clipdrift.metrics.attention import (
     aggregate_batches,
-    attention_table,
-    cka_layer_mean,
-    cka_table,
     cls_patch_distribution,
-    debiased_cka,
-    drift_summary,
     effective_receptive_field,
     entropy,
     gini,
     head_diversity,
-    linear_cka,
     rollout,
+)
+from clipdrift.metrics.cka import CKAAccumulator, debiased_cka, linear_cka
+from clipdrift.metrics.tables import (
+    AttentionConfig,
+    CKAConfig,
+    attention_table,
+    cka_layer_mean,
+    cka_table,
+    drift_summary,
 )
 from clipdrift.metrics.attention import patch_patch_distribution
 from clipdrift.metrics.runtime import model_input
@@ -394,7 +394,7 @@ def test_cka_table_matches_features_captured_by_hand(models):
 
 
 def test_probe_sensitivity_measures_the_drift_statistics_on_each_probe_subset(models):
-    from clipdrift.metrics import probe_sensitivity_table
+    from clipdrift.metrics.tables import probe_sensitivity_table
 
     tuned, baseline = models
     probes = {7: make_probe(8, seed=7), 42: make_probe(8, seed=42)}

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from clipdrift.errors import UserFacingError
-from clipdrift.study import run_script
+from clipdrift.jobs import run_script
 from workflow_helpers import REPO
 
 log = logging.getLogger("clipdrift.test")
@@ -63,7 +63,7 @@ def test_model_configs_read_without_open_clip_are_the_ones_open_clip_knows():
     import open_clip
 
     import clipdrift.backbones  # noqa: F401 - registers the packaged configs with open_clip
-    from clipdrift.study import backbone_image_size, model_configs
+    from clipdrift.plan import backbone_image_size, model_configs
 
     configs = model_configs()
     # a fresh interpreter: other tests register tiny test-only configs with this one's open_clip
@@ -78,7 +78,7 @@ def test_model_configs_read_without_open_clip_are_the_ones_open_clip_knows():
 
 def test_the_study_config_check_does_not_import_torch():
     code = (
-        "import sys; from clipdrift.study import check_study_config; "
+        "import sys; from clipdrift.plan import check_study_config; "
         "from clipdrift.protocol import load_study_config; "
         "check_study_config(load_study_config('workflow/schemas/config.schema.yaml', 'config.yaml')); "
         "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"

@@ -96,15 +96,28 @@ def test_a_metric_setting_reruns_that_metric_and_the_report_only(study_dir):
     assert plan == {"attention": RUNS, "aggregate": 1, "report": 1, "all": 1}
 
 
-def test_editing_a_metric_module_reruns_that_metric_and_never_a_finetune(study_dir, tmp_path):
+def _edited_package(tmp_path, module: str, text: str) -> dict:
+    """A copy of the package with ``text`` appended to ``module``, as a PYTHONPATH environment."""
     import clipdrift
 
     source = tmp_path / "src" / "clipdrift"
-    shutil.copytree(os.path.dirname(clipdrift.__file__), source)
-    with open(source / "metrics" / "cka.py", "a") as module:
-        module.write("\n# an edit to the CKA implementation\n")
-    plan = _plan(study_dir, env={"PYTHONPATH": str(tmp_path / "src")})
-    assert plan == {"cka": RUNS, "aggregate": 1, "report": 1, "all": 1}
+    shutil.copytree(os.path.dirname(clipdrift.__file__), source, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(source / module, "a") as handle:
+        handle.write(text)
+    return {"PYTHONPATH": str(tmp_path / "src")}
+
+
+def test_a_semantic_edit_of_the_metrics_runtime_reruns_drift_and_zero_shot_never_a_finetune(study_dir, tmp_path):
+    env = _edited_package(tmp_path, "metrics/runtime.py", "\n_EDITED = True  # a change of meaning\n")
+    plan = _plan(study_dir, env=env)
+    # zero-shot scoring imports the runtime for its model input: its jobs rerun too
+    assert plan == {"attention": RUNS, "cka": RUNS, "zeroshot": RUNS, "zeroshot_pretrained": 1,
+                    "zeroshot_pretrained_indomain": 2, "aggregate": 1, "report": 1, "all": 1}
+
+
+def test_a_comment_or_docstring_edit_reruns_nothing(study_dir, tmp_path):
+    env = _edited_package(tmp_path, "data.py", "\n# a comment about the data\n")
+    assert _plan(study_dir, env=env) == {}
 
 
 def test_a_new_seed_runs_only_its_own_finetunes(study_dir):

@@ -25,6 +25,7 @@ from torch import nn
 
 from clipdrift.device import seeded
 from clipdrift.errors import UserFacingError
+from clipdrift.io import verify_safetensors, written_by_clipdrift
 
 PACKAGED_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _HF_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE")
@@ -95,6 +96,8 @@ def _check_spec(spec: BackboneSpec) -> None:
                 f"backbone.pretrained file {spec.pretrained!r} for {spec.name} does not exist. "
                 "Point backbone.pretrained at an existing weights file or use an open_clip tag."
             )
+        if written_by_clipdrift(spec.pretrained):  # e.g. the synthetic world's pretrained backbone
+            verify_safetensors(spec.pretrained)  # open_clip would load a damaged file without a word
         return
     tags = open_clip.list_pretrained_tags_by_model(spec.name)
     if spec.pretrained not in tags:

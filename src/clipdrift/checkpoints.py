@@ -16,7 +16,7 @@ import torch
 import clipdrift
 from clipdrift.adapters import MethodConfig, apply_method, checkpoint_keys, trainable_state
 from clipdrift.backbones import BackboneSpec, CLIPClassifier, build_classifier
-from clipdrift.io import ArtifactError, read_safetensors, write_safetensors
+from clipdrift.io import ArtifactError, read_json, read_safetensors, write_safetensors
 
 FORMAT_VERSION = 2  # 2: written with an integrity digest (clipdrift.io)
 
@@ -221,3 +221,9 @@ def _mismatch_cause(key: str, saved: torch.Tensor, expected: torch.Tensor, metad
         f"it was made on another backbone geometry than {metadata['backbone']['name']!r} builds now "
         "(another backbone, or that model config changed since)"
     )
+
+
+def load_backbone_spec(descriptor_path) -> BackboneSpec:
+    """The :class:`BackboneSpec` recorded in a study's backbone descriptor (``backbone.json``)."""
+    descriptor = read_json(descriptor_path)
+    return BackboneSpec(descriptor["name"], descriptor["pretrained"], descriptor.get("cache_dir"))

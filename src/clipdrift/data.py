@@ -456,3 +456,29 @@ def with_probe(splits: dict[str, ImageSplit], manifest: dict, *, source: str = "
     if "ids" in source_entry:
         entry["ids"] = [source_entry["ids"][i] for i in index.tolist()]
     return {**splits, "probe": probe}, {**manifest, "splits": {**manifest["splits"], "probe": entry}}
+
+
+# ---------------------------------------------------------------------------------------------
+# One dataset of a study, from its config entry and data settings (clipdrift.plan.data_settings)
+# ---------------------------------------------------------------------------------------------
+
+
+def build_dataset(dataset: dict, settings: dict) -> tuple[dict[str, ImageSplit], dict]:
+    """The image splits and manifest of one dataset (fine-tuning tasks also get their probe,
+    drawn from ``settings["probe_source"]``)."""
+    name, sizes = dataset["name"], dataset.get("sizes") or None
+    if settings["source"] == "world":
+        from clipdrift.world.render import WorldConfig
+        from clipdrift.world.tasks import DEFAULT_SIZES, task_splits
+
+        splits, manifest = task_splits(name, WorldConfig(**settings["world"]), sizes or DEFAULT_SIZES[name])
+    else:
+        options = {"val_fraction": dataset["val_fraction"]} if dataset.get("val_fraction") is not None else {}
+        splits, manifest = prepare_real_dataset(
+            name, settings["root"], download=settings["download"], image_size=settings["image_size"],
+            interpolation=settings["interpolation"], split_sizes=sizes, seed=settings["split_seed"], **options,
+        )
+    if "train" in splits:
+        splits, manifest = with_probe(splits, manifest, source=settings["probe_source"], n=settings["probe_size"],
+                                      seed=settings["probe_seed"])
+    return splits, manifest

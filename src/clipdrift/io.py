@@ -215,6 +215,16 @@ def verify_safetensors(path: str | os.PathLike) -> dict:
     return read_safetensors(path)[1]
 
 
+def written_by_clipdrift(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a safetensors file carrying clipdrift's metadata (only its header is
+    read), i.e. one :func:`verify_safetensors` can check; False for foreign or unreadable files."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return METADATA_KEY in (handle.metadata() or {})
+    except Exception:  # not safetensors at all: not ours to verify
+        return False
+
+
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as handle:

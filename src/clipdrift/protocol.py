@@ -2,7 +2,7 @@
 
 ``resources/paper_protocol.yaml`` lists every setting the published study fixed. Each row is
 pinned either to a value of :func:`resolved_settings` — what a study config resolves to through
-the very settings code the workflow runs (``clipdrift.study`` → ``TrainConfig``,
+the very settings code the workflow runs (``clipdrift.plan`` → ``TrainConfig``,
 ``MethodConfig``, ``AttentionConfig``, …) — or to the package object that implements it and the
 test that pins its behaviour. Rows may carry a deliberate ``difference`` with its reason and
 expected effect; :func:`differences_markdown` renders those for the README.
@@ -22,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from clipdrift import plan
 
 PROTOCOL_FILE = "paper_protocol.yaml"
 README_MARKERS = ("<!-- protocol-differences:start -->", "<!-- protocol-differences:end -->")
@@ -61,10 +63,9 @@ def _schedule_shape() -> dict:
 
 
 def _training(config: dict, dataset: str, lr: str, seed: int) -> dict:
-    from clipdrift import study
     from clipdrift.train import TrainConfig, choose_amp
 
-    settings = TrainConfig(**study.training_settings(config, dataset, lr, seed)).to_dict()
+    settings = TrainConfig(**plan.training_settings(config, dataset, lr, seed)).to_dict()
     cuda_train = choose_amp(settings["amp"], "cuda", (9, 0))  # a current GPU; auto depends on it
     settings["cuda_precision"] = {"train": cuda_train, "eval": cuda_train if settings["eval_amp"] else "fp32",
                                   "grad_scaler": cuda_train == "fp16"}
@@ -72,10 +73,9 @@ def _training(config: dict, dataset: str, lr: str, seed: int) -> dict:
 
 
 def _data(config: dict, dataset: dict) -> dict:
-    from clipdrift import data, study
+    from clipdrift import data
 
-    settings = study.data_settings(config, dataset["name"])
-    settings["probe_source"] = study.PROBE_SOURCE_SPLIT
+    settings = plan.data_settings(config, dataset["name"])
     if dataset["name"] == "eurosat":
         settings["split_sizes"] = dict(dataset.get("sizes") or data.EUROSAT_SPLIT_SIZES)
     if dataset["name"] == "pets":
@@ -85,10 +85,9 @@ def _data(config: dict, dataset: dict) -> dict:
 
 
 def _zeroshot(config: dict) -> dict:
-    from clipdrift import study
     from clipdrift.zeroshot import load_templates
 
-    settings = study.zeroshot_settings(config)
+    settings = plan.zeroshot_settings(config)
     return {**settings, "dataset": config["zeroshot"]["dataset"], "sizes": dict(config["zeroshot"].get("sizes") or {}),
             "template_texts": load_templates(settings["templates"]), "checkpoint": config["zeroshot"]["checkpoint"]}
 
@@ -106,29 +105,28 @@ def resolved_settings(config: dict) -> dict:
     """Everything a validated study config resolves to, through the workflow's settings code."""
     from dataclasses import asdict
 
-    from clipdrift import study
     from clipdrift.adapters import MethodConfig
     from clipdrift.analysis.reference import PUBLISHED_SD_DDOF
-    from clipdrift.metrics import AttentionConfig, CKAConfig
+    from clipdrift.metrics.tables import AttentionConfig, CKAConfig
     from clipdrift.train import ADAMW_BETAS, ADAMW_EPS
 
-    study.check_study_config(config)
-    lrs = [study.canonical_lr(lr) for lr in config["learning_rates"]]
+    plan.check_study_config(config)
+    lrs = [plan.canonical_lr(lr) for lr in config["learning_rates"]]
     first_seed = int(config["seeds"][0])
     return {
-        "backbone": study.backbone_descriptor(config),
+        "backbone": plan.backbone_descriptor(config),
         "grid": {"datasets": [d["name"] for d in config["datasets"]], "methods": list(config["methods"]),
                  "learning_rates": lrs, "seeds": [int(s) for s in config["seeds"]]},
         "data": {d["name"]: _data(config, d) for d in config["datasets"]},
-        "method": {m: MethodConfig(**study.method_settings(config, m)).to_dict() for m in config["methods"]},
+        "method": {m: MethodConfig(**plan.method_settings(config, m)).to_dict() for m in config["methods"]},
         "training": {d["name"]: _training(config, d["name"], lrs[0], first_seed) for d in config["datasets"]},
         "optimizer": {"betas": list(ADAMW_BETAS), "eps": ADAMW_EPS},
         "schedule": _schedule_shape(),
-        "attention": {k: v for k, v in asdict(AttentionConfig(**study.attention_settings(config))).items() if k != "device"},
-        "cka": {k: v for k, v in asdict(CKAConfig(**study.cka_settings(config))).items() if k != "device"},
+        "attention": {k: v for k, v in asdict(AttentionConfig(**plan.attention_settings(config))).items() if k != "device"},
+        "cka": {k: v for k, v in asdict(CKAConfig(**plan.cka_settings(config))).items() if k != "device"},
         "zeroshot": _zeroshot(config),
         "checkpoints": {"drift": config["metrics"]["checkpoint"], "zeroshot": config["zeroshot"]["checkpoint"]},
-        "probe_sensitivity": study.probe_sensitivity_settings(config),
+        "probe_sensitivity": plan.probe_sensitivity_settings(config),
         "statistics": {"paper_sd_ddof": PUBLISHED_SD_DDOF, "published_correlations": _published_correlations()},
     }
 

@@ -6,13 +6,13 @@ if config["backbone"]["source"] == "world":
 
     rule pretrain_backbone:
         output:
-            descriptor=f"{STUDY}/backbone/backbone.json",
+            descriptor=BACKBONE,
             weights=f"{STUDY}/backbone/backbone.safetensors",
             history=f"{STUDY}/backbone/pretrain.json",
         params:
             name=config["backbone"]["name"],
             world=config["world"],
-            code=code_digest(*MODEL_CODE, *DATA_CODE),
+            code=code("pretrain_backbone"),
         threads: 4  # capped at --cores locally; profiles/slurm sets the cluster's value
         priority: 100
         log:
@@ -26,10 +26,10 @@ else:
 
     rule check_backbone:
         output:
-            descriptor=f"{STUDY}/backbone/backbone.json",
+            descriptor=BACKBONE,
         params:
             backbone=config["backbone"],
-            code=code_digest(*MODEL_CODE),
+            code=code("check_backbone"),
         priority: 100  # first job: missing weights stop the study before any data work
         log:
             f"{LOGS}/backbone.log",

@@ -13,8 +13,8 @@ rule prepare_task:
         dataset="|".join(re.escape(d) for d in DATASETS),
     params:
         dataset=lambda wc: DATASET_CONFIG[wc.dataset],
-        settings=lambda wc: data_settings(wc.dataset),
-        code=code_digest(*DATA_CODE),
+        settings=lambda wc: plan.data_settings(config, wc.dataset),
+        code=code("prepare_data"),
     log:
         f"{LOGS}/data/{{dataset}}.log",
     benchmark:
@@ -29,8 +29,8 @@ rule prepare_zeroshot_task:
         manifest=f"{STUDY}/data/{ZEROSHOT_DATASET}/manifest.json",
     params:
         dataset={"name": ZEROSHOT_DATASET, "sizes": config["zeroshot"].get("sizes") or {}},
-        settings=data_settings(ZEROSHOT_DATASET),
-        code=code_digest(*DATA_CODE),
+        settings=plan.data_settings(config, ZEROSHOT_DATASET),
+        code=code("prepare_data"),
     log:
         f"{LOGS}/data/{ZEROSHOT_DATASET}.log",
     benchmark:

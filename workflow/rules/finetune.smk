@@ -8,17 +8,17 @@ rule finetune:
         train=f"{STUDY}/data/{{dataset}}/train.safetensors",
         val=f"{STUDY}/data/{{dataset}}/val.safetensors",
         test=f"{STUDY}/data/{{dataset}}/test.safetensors",
-        backbone=f"{STUDY}/backbone/backbone.json",
+        backbone=BACKBONE,
     output:
         best=f"{RUN_DIR}/best.safetensors",
         final=f"{RUN_DIR}/final.safetensors",
         history=f"{RUN_DIR}/history.json",
     params:
-        run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
-        method=lambda wc: method_settings(wc.method),
-        training=lambda wc: training_settings(wc.dataset, wc.lr, int(wc.seed)),
+        run=run_params,
+        method=lambda wc: plan.method_settings(config, wc.method),
+        training=lambda wc: plan.training_settings(config, wc.dataset, wc.lr, int(wc.seed)),
         resume_dir=lambda wc: f"{SCRATCH}/{RUN.format(**wc)}",
-        code=code_digest(*TRAIN_CODE),
+        code=code("finetune"),
     threads: 1
     resources:
         runtime=lambda wc, attempt: config["resources"]["finetune_runtime"] * attempt,

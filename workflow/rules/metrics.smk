@@ -10,16 +10,16 @@ rule attention:
     input:
         checkpoint=DRIFT_CHECKPOINT,
         probe=f"{STUDY}/data/{{dataset}}/probe.safetensors",
-        backbone=f"{STUDY}/backbone/backbone.json",
-        **({"probe_source": f"{STUDY}/data/{{dataset}}/{_study.PROBE_SOURCE_SPLIT}.safetensors"} if PROBE_SENSITIVITY else {}),
+        backbone=BACKBONE,
+        **({"probe_source": f"{STUDY}/data/{{dataset}}/{plan.PROBE_SOURCE_SPLIT}.safetensors"} if PROBE_SENSITIVITY else {}),
     output:
         table=f"{STUDY}/metrics/attention/{RUN}.parquet",
         **({"sensitivity": SENSITIVITY_TABLE} if PROBE_SENSITIVITY else {}),
     params:
-        run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
-        settings=attention_settings(),
+        run=run_params,
+        settings=plan.attention_settings(config),
         sensitivity=PROBE_SENSITIVITY,
-        code=code_digest(*ATTENTION_CODE),
+        code=code("drift"),
     threads: 1
     resources:
         runtime=config["resources"]["metrics_runtime"],
@@ -36,13 +36,13 @@ rule cka:
     input:
         checkpoint=DRIFT_CHECKPOINT,
         probe=f"{STUDY}/data/{{dataset}}/probe.safetensors",
-        backbone=f"{STUDY}/backbone/backbone.json",
+        backbone=BACKBONE,
     output:
         table=f"{STUDY}/metrics/cka/{RUN}.parquet",
     params:
-        run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
-        settings=cka_settings(),
-        code=code_digest(*CKA_CODE),
+        run=run_params,
+        settings=plan.cka_settings(config),
+        code=code("drift"),
     threads: 1
     resources:
         runtime=config["resources"]["metrics_runtime"],

@@ -14,7 +14,7 @@ def table_output(name, suffix):
 rule zeroshot_pretrained_indomain:
     input:
         images=f"{STUDY}/data/{{dataset}}/test.safetensors",
-        backbone=f"{STUDY}/backbone/backbone.json",
+        backbone=BACKBONE,
     output:
         scores=f"{STUDY}/zeroshot/pretrained-indomain/{{dataset}}.json",
     wildcard_constraints:
@@ -22,9 +22,9 @@ rule zeroshot_pretrained_indomain:
     params:
         run=lambda wc: {"dataset": wc.dataset, "method": "pretrained", "lr": None, "seed": None},
         task=lambda wc: wc.dataset,
-        settings=zeroshot_settings(indomain=True),
+        settings=plan.zeroshot_settings(config, indomain=True),
         checkpoint=None,
-        code=code_digest(*ZEROSHOT_CODE),
+        code=code("zeroshot"),
     log:
         f"{LOGS}/zeroshot/pretrained-indomain/{{dataset}}.log",
     benchmark:
@@ -47,7 +47,7 @@ rule aggregate:
         findings=report(f"{STUDY}/tables/findings.json", caption="../report/findings.rst", category="Tables"),
     params:
         compare_with_paper=config["preset"] == "paper",
-        code=code_digest(*ANALYSIS_CODE),
+        code=code("aggregate"),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -80,7 +80,7 @@ rule report:
             "training_amp": config["training"]["amp"],
             "selection_split": config["training"]["selection_split"],
         },
-        code=code_digest(*ANALYSIS_CODE),
+        code=code("report"),
     log:
         f"{LOGS}/report.log",
     benchmark:

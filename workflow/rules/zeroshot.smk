@@ -9,15 +9,15 @@ rule zeroshot:
     input:
         checkpoint=run_checkpoint(config["zeroshot"]["checkpoint"]),
         images=ZEROSHOT_TEST,
-        backbone=f"{STUDY}/backbone/backbone.json",
+        backbone=BACKBONE,
     output:
         scores=f"{STUDY}/zeroshot/{RUN}.json",
     params:
-        run=lambda wc: {"dataset": wc.dataset, "method": wc.method, "lr": wc.lr, "seed": int(wc.seed)},
+        run=run_params,
         task=ZEROSHOT_DATASET,
-        settings=zeroshot_settings(),
+        settings=plan.zeroshot_settings(config),
         checkpoint=config["zeroshot"]["checkpoint"],
-        code=code_digest(*ZEROSHOT_CODE),
+        code=code("zeroshot"),
     threads: 1
     resources:
         runtime=config["resources"]["metrics_runtime"],
@@ -33,15 +33,15 @@ rule zeroshot:
 rule zeroshot_pretrained:
     input:
         images=ZEROSHOT_TEST,
-        backbone=f"{STUDY}/backbone/backbone.json",
+        backbone=BACKBONE,
     output:
         scores=f"{STUDY}/zeroshot/pretrained.json",
     params:
         run={"dataset": None, "method": "pretrained", "lr": None, "seed": None},
         task=ZEROSHOT_DATASET,
-        settings=zeroshot_settings(),
+        settings=plan.zeroshot_settings(config),
         checkpoint=None,
-        code=code_digest(*ZEROSHOT_CODE),
+        code=code("zeroshot"),
     threads: 1
     log:
         f"{LOGS}/zeroshot/pretrained.log",

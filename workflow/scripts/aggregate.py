@@ -4,7 +4,7 @@ import pandas as pd
 
 from clipdrift import analysis
 from clipdrift.io import read_json, read_table, write_json, write_table
-from clipdrift.study import run_script
+from clipdrift.jobs import run_script
 
 
 def main(smk):

@@ -2,7 +2,8 @@
 
 from clipdrift.backbones import BackboneSpec, create_clip
 from clipdrift.io import write_json
-from clipdrift.study import backbone_descriptor, run_script
+from clipdrift.jobs import run_script
+from clipdrift.plan import backbone_descriptor
 
 
 def main(smk):

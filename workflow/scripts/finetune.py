@@ -2,9 +2,10 @@
 
 from clipdrift.adapters import MethodConfig, apply_method
 from clipdrift.backbones import build_classifier
-from clipdrift.checkpoints import save_classifier
+from clipdrift.checkpoints import load_backbone_spec, save_classifier
 from clipdrift.io import read_image_split, write_json
-from clipdrift.study import load_backbone_spec, run_script, settings_hash
+from clipdrift.jobs import run_script
+from clipdrift.plan import settings_hash
 from clipdrift.train import TrainConfig, finetune
 
 

@@ -4,7 +4,8 @@ import torch
 
 from clipdrift.data import ImageSplit
 from clipdrift.io import write_image_split, write_json
-from clipdrift.study import build_dataset, run_script
+from clipdrift.data import build_dataset
+from clipdrift.jobs import run_script
 
 
 def main(smk):

@@ -3,7 +3,7 @@
 import sys
 
 from clipdrift.io import write_json, write_safetensors
-from clipdrift.study import run_script
+from clipdrift.jobs import run_script
 from clipdrift.world import PretrainConfig, WorldConfig, pretrain_backbone
 
 

@@ -4,7 +4,7 @@ from clipdrift.analysis.figures import make_figures
 from clipdrift.errors import UserFacingError
 from clipdrift.io import atomic_output, read_json, read_table, write_figure
 from clipdrift.report import render_report
-from clipdrift.study import run_script
+from clipdrift.jobs import run_script
 
 
 def main(smk):

@@ -4,10 +4,10 @@ pretrained model, on the held-out task, with text features from the frozen text 
 import open_clip
 
 from clipdrift.backbones import build_classifier
-from clipdrift.checkpoints import load_classifier
+from clipdrift.checkpoints import load_backbone_spec, load_classifier
 from clipdrift.classnames import class_names
 from clipdrift.io import read_image_split, write_json
-from clipdrift.study import load_backbone_spec, run_script
+from clipdrift.jobs import run_script
 from clipdrift.zeroshot import evaluate, load_templates, text_classifier
 
 

@@ -102,6 +102,12 @@ TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (_eurosat_like(),
 TASKS = tuple(TASK_SPECS)
 FINETUNE_TASKS = tuple(name for name, spec in TASK_SPECS.items() if "train" in spec.splits)
 ZEROSHOT_TASK = "world-cifar100"
+# Split sizes of each task when a study config gives none.
+DEFAULT_SIZES = {
+    "world-eurosat": {"train": 2000, "val": 500, "test": 500},
+    "world-pets": {"train": 2960, "val": 740, "test": 740},
+    "world-cifar100": {"test": 2000},
+}
 
 
 def task_spec(task: str) -> TaskSpec:

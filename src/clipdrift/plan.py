@@ -1,28 +1,30 @@
-"""From a validated study config to the settings each stage runs with, and script plumbing.
+"""What the Snakefile needs when it is parsed: a validated study config turned into the settings
+each stage runs with.
 
-The Snakemake layer validates the config against its JSON schema, then calls these functions
-to derive plain, JSON-able settings dicts that it passes to each rule as ``params`` (so that a
-change to a stage's settings reruns exactly that stage). :func:`run_script` is the common
-wrapper of the workflow scripts: logging to the rule's log, thread count, and user errors
-reported without a traceback.
+Every ``snakemake -n`` and every cluster job step parses the Snakefile, so this module imports
+no torch, open_clip or pandas: reading configs and deriving plain JSON-able settings dicts
+costs milliseconds. Each rule carries its settings in ``params``, so a change to a stage's
+settings reruns exactly that stage. What a job needs at run time is in :mod:`clipdrift.jobs`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
-import logging
-import sys
 from pathlib import Path
-from typing import Callable
 
 from clipdrift.classnames import check_style
 from clipdrift.errors import UserFacingError
 
+# Where a study records the pretrained backbone every run starts from (relative to the study).
+BACKBONE_DESCRIPTOR = "backbone/backbone.json"
+
 REAL_DATASETS = ("eurosat", "pets", "cifar100")
+
+
 # The split the probe subset is drawn from: the evaluation split, as published.
 PROBE_SOURCE_SPLIT = "test"
-log = logging.getLogger("clipdrift")
 
 
 class StudyConfigError(UserFacingError, ValueError):
@@ -101,7 +103,8 @@ def _image_size_key(config: dict, dataset: str) -> tuple[str, int]:
 def data_settings(config: dict, dataset: str) -> dict:
     """How to build a dataset's splits and probe (what its cache depends on)."""
     data = config["data"]
-    settings = {"source": dataset_source(dataset), "probe_size": data["probe_size"], "probe_seed": data["probe_seed"]}
+    settings = {"source": dataset_source(dataset), "probe_size": data["probe_size"], "probe_seed": data["probe_seed"],
+                "probe_source": PROBE_SOURCE_SPLIT}
     if settings["source"] == "world":
         settings["world"] = {"seed": config["world"]["seed"], "image_size": config["world"]["image_size"]}
     else:
@@ -110,35 +113,6 @@ def data_settings(config: dict, dataset: str) -> dict:
             interpolation=data["interpolation"], split_seed=data["split_seed"],
         )
     return settings
-
-
-# Split sizes of the synthetic-world tasks when the config gives none.
-DEFAULT_WORLD_SIZES = {
-    "world-eurosat": {"train": 2000, "val": 500, "test": 500},
-    "world-pets": {"train": 2960, "val": 740, "test": 740},
-    "world-cifar100": {"test": 2000},
-}
-
-
-def build_dataset(dataset: dict, settings: dict):
-    """The image splits and manifest of one dataset (fine-tuning tasks also get their probe)."""
-    from clipdrift import data
-
-    name, sizes = dataset["name"], dataset.get("sizes") or None
-    if settings["source"] == "world":
-        from clipdrift.world import WorldConfig, task_splits
-
-        splits, manifest = task_splits(name, WorldConfig(**settings["world"]), sizes or DEFAULT_WORLD_SIZES[name])
-    else:
-        options = {"val_fraction": dataset["val_fraction"]} if dataset.get("val_fraction") is not None else {}
-        splits, manifest = data.prepare_real_dataset(
-            name, settings["root"], download=settings["download"], image_size=settings["image_size"],
-            interpolation=settings["interpolation"], split_sizes=sizes, seed=settings["split_seed"], **options,
-        )
-    if "train" in splits:
-        splits, manifest = data.with_probe(splits, manifest, source=PROBE_SOURCE_SPLIT, n=settings["probe_size"],
-                                           seed=settings["probe_seed"])
-    return splits, manifest
 
 
 def method_settings(config: dict, method: str) -> dict:
@@ -150,61 +124,6 @@ def method_settings(config: dict, method: str) -> dict:
         "method": "lora", "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
         "lora_targets": list(lora["targets"]), "train_projection": lora["train_projection"],
     }
-
-
-def run_script(snakemake, main: Callable, uses_gpu: bool = False) -> None:
-    """Run a workflow script's ``main(snakemake)`` with logging, threads, its device and clean
-    user errors.
-
-    ``uses_gpu``: the script's work runs on a GPU when there is one. Such a job takes its own
-    GPU when the job claims ``gpu`` resources (a slot of :mod:`clipdrift.gpuslots`, so that
-    concurrent jobs on a multi-GPU workstation never share a device by accident); a job of a
-    script that does not use a GPU is pinned to the CPU, so it can never compete for one
-    without claiming it.
-    """
-    import torch
-
-    _configure_logging(snakemake.log[0] if len(snakemake.log) else None)
-    try:
-        _choose_device(snakemake, uses_gpu)
-        torch.set_num_threads(max(1, int(snakemake.threads)))
-        main(snakemake)
-    except UserFacingError as error:
-        log.error("%s", error)
-        sys.exit(1)
-    except Exception:
-        log.exception("unexpected error in rule %s", getattr(snakemake, "rule", "?"))
-        raise
-
-
-def _choose_device(snakemake, uses_gpu: bool) -> None:
-    # before anything initialises CUDA in this process: CUDA_VISIBLE_DEVICES is read once
-    import os
-
-    from clipdrift.device import DEVICE_ENV
-
-    if not uses_gpu:
-        os.environ[DEVICE_ENV] = "cpu"
-        return
-    resources = getattr(snakemake, "resources", None) or {}
-    if int(resources.get("gpu", 0) or 0) > 0:
-        from clipdrift.gpuslots import claim_gpu
-
-        slot = claim_gpu()  # held until the job's process exits
-        log.info("%s", slot.describe() if slot is not None else "no GPU found: this job runs on the CPU")
-
-
-def _configure_logging(log_path: str | None) -> None:
-    # the job's log file gets everything; the terminal, shared by every job Snakemake runs, only
-    # warnings and errors (without a log file, everything)
-    terminal = logging.StreamHandler(sys.stderr)
-    handlers: list[logging.Handler] = [terminal]
-    if log_path:
-        terminal.setLevel(logging.WARNING)
-        handlers.append(logging.FileHandler(log_path, mode="w"))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
-    )
 
 
 def training_settings(config: dict, dataset: str, lr: str, seed: int) -> dict:
@@ -263,21 +182,6 @@ def settings_hash(*settings: dict) -> str:
     import json
 
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def load_backbone_spec(descriptor_path):
-    """The :class:`BackboneSpec` recorded in a study's ``backbone.json``."""
-    from clipdrift.backbones import BackboneSpec
-    from clipdrift.io import read_json
-
-    descriptor = read_json(descriptor_path)
-    return BackboneSpec(descriptor["name"], descriptor["pretrained"], descriptor.get("cache_dir"))
-
-
-def with_run_columns(frame, run: dict):
-    """``frame`` with the run's dataset/method/lr/seed as leading columns."""
-    columns = {key: run[key] for key in ("dataset", "method", "lr", "seed")}
-    return frame.assign(**columns)[[*columns, *frame.columns]]
 
 
 def backbone_descriptor(config: dict, weights_path: str | None = None) -> dict:
