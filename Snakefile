@@ -1,9 +1,13 @@
 # clipdrift: Full Fine-Tuning vs LoRA on CLIP at matched learning rates.
 # Default study: the offline synthetic world (config.yaml). The published 80-run matrix:
 #   snakemake --cores all --configfile configs/paper.yaml
+import sys
 from pathlib import Path
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from clipdrift.errors import UserFacingError
+from clipdrift.plan import prepare_config
 
 min_version("9.0")
 
@@ -13,7 +17,11 @@ min_version("9.0")
 configfile: str(Path(workflow.basedir) / "config.yaml")
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# Schema defaults filled in, cross-key checks; a mistake stops here with one short message.
+try:
+    prepare_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml", ".snakemake/log")
+except UserFacingError as error:
+    sys.exit(f"Config error: {error}")
 
 
 include: "workflow/rules/common.smk"

@@ -6,8 +6,6 @@ from pathlib import Path
 from clipdrift import plan
 from clipdrift.codedigest import script_digest
 
-plan.check_study_config(config)
-
 STUDY = f"{config['results_dir']}/{config['study']}"
 DATASETS = [d["name"] for d in config["datasets"]]
 DATASET_CONFIG = {d["name"]: d for d in config["datasets"]}

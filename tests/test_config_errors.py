@@ -1,0 +1,96 @@
+"""Config mistakes get one short message naming the key, the problem and the fix — for every
+kind of schema violation the workflow's schema can raise (clipdrift.plan.prepare_config)."""
+
+import copy
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+from clipdrift.plan import StudyConfigError, prepare_config, schema_problems
+from workflow_helpers import REPO
+
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+
+def _default_with(change: dict) -> dict:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(config, copy.deepcopy(change))
+    return config
+
+
+@pytest.mark.parametrize("change, message", [
+    # additionalProperties: the closest known key is suggested
+    ({"learning_rate": [1e-4]}, "config key 'learning_rate' is not a setting of this workflow: did you mean "
+                                "'learning_rates'? known keys here: study, "),
+    ({"training": {"batchsize": 8}}, "config key 'training.batchsize' is not a setting of this workflow: did you mean "
+                                     "'training.batch_size'?"),
+    ({"training": {"xyz": 8}}, "config key 'training.xyz' is not a setting of this workflow: known keys here: batch_size"),
+    # required
+    ({"datasets": [{"epochs": 3}]}, "config key datasets[0] lacks the required key 'name': add it (Dataset name"),
+    # enum
+    ({"methods": ["full", "bitfit"]}, "config key methods[1] is 'bitfit', which is not allowed: use one of full, lora."),
+    # type, and a word YAML reads as a boolean
+    ({"seeds": "seven"}, "config key seeds is 'seven' (a string) but must be a list (Run seeds"),
+    ({"training": {"amp": False}}, "config key training.amp is False but must be one of 'auto', 'bf16', 'fp16', 'off' "
+                                   "(quote words YAML reads as booleans)."),
+    # minimum, maximum, exclusive bounds
+    ({"lora": {"r": 0}}, "config key lora.r is 0 but must be >= 1."),
+    ({"lora": {"dropout": 2}}, "config key lora.dropout is 2 but must be <= 1."),
+    ({"lora": {"alpha": 0}}, "config key lora.alpha is 0 but must be > 0."),
+    ({"datasets": [{"name": "pets", "epochs": 1, "val_fraction": 1}]},
+     "config key datasets[0].val_fraction is 1 but must be < 1."),
+    # minItems, uniqueItems
+    ({"seeds": []}, "config key seeds needs at least 1 item(s), got 0."),
+    ({"methods": ["full", "full"]}, "config key methods lists the same value twice (['full', 'full'])"),
+    # pattern
+    ({"study": "my study"}, "config key study is 'my study', which is not of the form ^[A-Za-z0-9_.-]+$ (Name of the study"),
+    # anyOf / oneOf: the specific reason inside the alternative, else the allowed forms
+    ({"learning_rates": ["fast"]}, "config key learning_rates[0] is 'fast', which is not of the form"),
+    ({"zeroshot": {"sizes": {"test": 0}}}, "config key zeroshot.sizes.test is 0 but must be >= 1."),
+    ({"zeroshot": {"sizes": [5]}}, "config key zeroshot.sizes is [5], which is none of the allowed forms (Images of "
+                                   "the zero-shot task"),
+])
+def test_every_kind_of_schema_violation_gets_a_short_message_with_the_key_and_the_fix(change, message, tmp_path):
+    with pytest.raises(StudyConfigError) as refused:
+        prepare_config(_default_with(change), SCHEMA, tmp_path)
+    text = str(refused.value)
+    assert text.startswith(message), text
+    assert len(text.splitlines()) <= 3 and "workflow/schemas/config.schema.yaml" in text
+    assert (tmp_path / "config-errors.log").read_text().count("Failed validating") >= 1  # the full detail
+
+
+def test_the_schema_violation_kinds_above_are_every_kind_the_schema_uses():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    used = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            used.update(k for k in node if k in KEYWORDS)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert used <= {"additionalProperties", "required", "enum", "type", "minimum", "maximum", "exclusiveMinimum",
+                    "exclusiveMaximum", "minItems", "uniqueItems", "pattern", "anyOf", "oneOf"}, used
+
+
+KEYWORDS = {"additionalProperties", "required", "enum", "type", "minimum", "maximum", "exclusiveMinimum",
+            "exclusiveMaximum", "minItems", "maxItems", "uniqueItems", "pattern", "anyOf", "oneOf", "allOf", "not",
+            "const", "minLength", "maxLength", "multipleOf", "format", "dependentRequired", "if"}
+
+
+def test_several_problems_are_counted_and_the_valid_default_study_has_none():
+    assert schema_problems(_default_with({}), yaml.safe_load(SCHEMA.read_text())) == []
+    with pytest.raises(StudyConfigError, match=r"\(and 1 more problem"):
+        prepare_config(_default_with({"seeds": [], "lora": {"r": 0}}), SCHEMA)
+
+
+def test_defaults_are_filled_and_cross_key_checks_run():
+    config = prepare_config(_default_with({}), SCHEMA)
+    assert config["training"]["eval_amp"] is False and config["zeroshot"]["class_names"] == "readable"
+    with pytest.raises(StudyConfigError, match="world.image_size is 64 but backbone clipdrift-tiny expects 32"):
+        prepare_config(_default_with({"world": {"image_size": 64}}), SCHEMA)
