@@ -370,3 +370,32 @@ def test_a_resumed_fp16_run_continues_with_its_scaler_state(tmp_path):
     assert resumed.history["loss_scale"] == uninterrupted.history["loss_scale"]
     assert without_timings(resumed.history) == without_timings(uninterrupted.history)
     assert_same_states(resumed.final_state, uninterrupted.final_state)
+
+
+def test_the_log_has_one_line_per_epoch_and_the_resume_point(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="clipdrift.train")
+    store = ResumeStore(tmp_path / "resume")
+
+    def crash(entry):
+        if entry["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(), resume=store, progress=False, on_epoch_end=crash)
+    caplog.clear()
+    finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(), resume=store, progress=False)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == f"resuming from epoch 2 of 3 (step 6 of 9) from {store.directory}"
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert len(epochs) == 1 and epochs[0].startswith("epoch 3/3: loss ")
+    for part in ("train acc", "val acc", "lr 0", "images/s", "elapsed", "ETA 0:00"):
+        assert part in epochs[0], part
+
+
+def test_building_a_random_model_on_purpose_gives_no_warning(caplog):
+    from clipdrift.backbones import BackboneSpec, create_clip
+
+    create_clip(BackboneSpec("clipdrift-tiny", init_seed=2))
+    assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]

@@ -13,6 +13,7 @@ caller gives (a tag resolved through the Hugging Face cache, or a local file).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,35 @@ def create_clip(spec: BackboneSpec) -> nn.Module:
     """Build an open_clip CLIP model in eval mode, with a clear error when weights are missing."""
     _check_spec(spec)
     try:
-        with seeded(spec.init_seed):  # random weights (tests, the tiny world's start) from init_seed
+        with seeded(spec.init_seed), _random_weights_expected(spec.pretrained is None):
+            # random weights (tests, the tiny world's start) are drawn from init_seed
             model = open_clip.create_model(spec.name, pretrained=spec.pretrained, cache_dir=spec.cache_dir)
     except RuntimeError as error:
         if spec.pretrained is None or spec.pretrained_is_file:
             raise
         raise BackboneUnavailableError(_unavailable_message(spec, error)) from error
     return model.eval()
+
+
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "No pretrained weights loaded ... initialized randomly" on every random
+    build; where a random model is what was asked for, that warning is not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _random_weights_expected(expected: bool) -> Iterator[None]:
+    if not expected:
+        yield
+        return
+    root, dropper = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(dropper)  # open_clip logs through the root logger
+    try:
+        yield
+    finally:
+        root.removeFilter(dropper)
 
 
 def _check_spec(spec: BackboneSpec) -> None:

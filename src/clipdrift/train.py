@@ -621,8 +621,29 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     return result
 
 
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def _log_epoch(run: _Run, entry: dict, state: _Progress, elapsed: float, epochs_timed: int) -> None:
+    """One line per epoch in the job's log: a long run on a cluster shows where it is."""
+    left = (run.config.epochs - entry["epoch"]) * elapsed / max(1, epochs_timed)
+    skipped = f", {state.skipped_steps} fp16 steps skipped" if state.skipped_steps else ""
+    log.info("epoch %d/%d: loss %.4f, train acc %.4f, %s acc %.4f, lr %.3g, %.0f images/s, elapsed %s, ETA %s%s",
+             entry["epoch"], run.config.epochs, entry["train_loss"], entry["train_acc"], run.config.selection_split,
+             entry["select_acc"], entry["lr_end"], entry["images_per_s"], _duration(elapsed), _duration(left), skipped)
+
+
 def _train_epochs(run: _Run, select: ImageSplit, state: _Progress, bar, store: ResumeStore | None,
                   fingerprint: str, on_epoch_end) -> None:
+    if state.resumed_from_epoch is not None:
+        log.info("resuming from epoch %d of %d (step %d of %d) from %s", state.epoch, run.config.epochs, state.step,
+                 run.total_steps, store.directory if store is not None else "memory")
+    log.info("training %d epochs of %d steps (%d images, batch %d) on %s in %s", run.config.epochs,
+             run.steps_per_epoch, run.n_train, run.config.batch_size, run.device, run.precision.train)
+    run_started = time.perf_counter()
     for epoch in range(state.epoch + 1, run.config.epochs + 1):
         started = time.perf_counter()
         entry = run.train_epoch(epoch, state, bar)
@@ -633,6 +654,7 @@ def _train_epochs(run: _Run, select: ImageSplit, state: _Progress, bar, store: R
         entry.update(select_acc=select_acc, time_s=time.perf_counter() - started)
         state.epochs.append(entry)
         state.epoch = epoch
+        _log_epoch(run, entry, state, time.perf_counter() - run_started, epoch - (state.resumed_from_epoch or 0))
         improved = state.best_select_acc is None or select_acc > state.best_select_acc
         if improved:
             state.best_epoch, state.best_select_acc, state.best_state = epoch, select_acc, run.trainable_state()
