@@ -2,8 +2,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdrift.adapters import MethodConfig, apply_method, trainable_parameter_counts, trainable_parameters
+from clipdrift.adapters import (
+    MethodConfig,
+    apply_method,
+    checkpoint_keys,
+    set_lp_ft_phase,
+    trainable_parameter_counts,
+    trainable_parameters,
+)
 from clipdrift.backbones import BackboneSpec, build_classifier
+
 from conftest import make_tiny
 
 
@@ -101,3 +109,67 @@ def test_lora_initialisation_is_drawn_from_the_given_seed_without_touching_the_g
     key = "clip.visual.transformer.resblocks.0.attn.q_proj.lora_A.default.weight"
     assert torch.equal(a.state_dict()[key], b.state_dict()[key])
     assert not torch.equal(a.state_dict()[key], c.state_dict()[key])
+
+
+# ---- lp-ft: linear probe, then fine-tune --------------------------------------------------------
+
+
+def test_lp_ft_config_is_validated_and_round_trips():
+    with pytest.raises(ValueError, match="'lp-ft' needs lp_epochs"):
+        MethodConfig("lp-ft")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="lp_epochs must be an integer >= 1"):
+            MethodConfig("lp-ft", lp_epochs=bad)
+    with pytest.raises(ValueError, match="lp_train_projection must be true or false"):
+        MethodConfig("lp-ft", lp_epochs=1, lp_train_projection=1)
+    config = MethodConfig("lp-ft", lp_epochs=2, lp_train_projection=True)
+    assert MethodConfig.from_dict(config.to_dict()) == config
+    assert MethodConfig.from_dict({**config.to_dict(), "lora_targets": ["q_proj", "v_proj"]}) == config  # JSON lists
+    # a dict written before the lp-ft fields existed: their defaults
+    old = {k: v for k, v in MethodConfig("full").to_dict().items() if not k.startswith("lp_")}
+    assert MethodConfig.from_dict(old) == MethodConfig("full")
+    assert (config.phase(1), config.phase(2), config.phase(3)) == ("probe", "probe", "finetune")
+    assert MethodConfig("full").phase(1) is None
+
+
+@pytest.mark.parametrize("with_projection", [False, True])
+def test_lp_ft_is_set_up_as_full_ft_and_its_phases_switch_what_trains(with_projection):
+    config = MethodConfig("lp-ft", lp_epochs=1, lp_train_projection=with_projection)
+    model = make_tiny("lp-ft", lp_epochs=1, lp_train_projection=with_projection)
+    full = make_tiny("full")
+    assert trainable_parameter_counts(model) == trainable_parameter_counts(full)
+    assert model.clipdrift_method == config
+    set_lp_ft_phase(model, config, probing=True)
+    probing = trainable_parameter_counts(model)
+    assert probing["head"] == trainable_parameter_counts(full)["head"] > 0
+    assert probing["projection"] == (trainable_parameter_counts(full)["projection"] if with_projection else 0)
+    assert probing["image_tower"] == probing["text_tower"] == probing["adapter"] == 0
+    set_lp_ft_phase(model, config, probing=False)
+    assert trainable_parameter_counts(model) == trainable_parameter_counts(full)
+    with pytest.raises(ValueError, match="for method 'lp-ft', not 'full'"):
+        set_lp_ft_phase(full, MethodConfig("full"), probing=True)
+
+
+def test_lp_ft_checkpoints_hold_what_full_ft_checkpoints_hold():
+    config = MethodConfig("lp-ft", lp_epochs=1)
+    model = make_tiny("lp-ft", lp_epochs=1)
+    assert checkpoint_keys(model, config) == checkpoint_keys(make_tiny("full"), MethodConfig("full"))
+    set_lp_ft_phase(model, config, probing=True)  # the phase does not change what a checkpoint holds
+    assert checkpoint_keys(model, config) == checkpoint_keys(make_tiny("full"), MethodConfig("full"))
+
+
+def test_lp_ft_probe_phase_moves_only_the_head(tiny_images):
+    config = MethodConfig("lp-ft", lp_epochs=1)
+    model = make_tiny("lp-ft", lp_epochs=1)
+    optimiser_params = trainable_parameters(model)  # built over the fine-tune phase's parameters
+    before = _snapshot(model)
+    set_lp_ft_phase(model, config, probing=True)
+    optimiser = torch.optim.AdamW(optimiser_params, lr=1e-2, weight_decay=0.1)
+    targets = torch.arange(tiny_images.shape[0]) % model.n_classes
+    for _ in range(3):
+        optimiser.zero_grad(set_to_none=True)
+        F.cross_entropy(model(tiny_images), targets).backward()
+        optimiser.step()
+    changed = {name for name, value in _snapshot(model).items() if not torch.equal(value, before[name])}
+    assert changed == {"head.weight", "head.bias"}  # no update, no weight decay of the frozen encoder
+    assert len(optimiser.state) == 2

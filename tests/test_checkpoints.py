@@ -5,13 +5,14 @@ import re
 import open_clip
 import pytest
 import torch
+from test_adapters import _train_steps
 
 from clipdrift.adapters import MethodConfig
 from clipdrift.backbones import BackboneSpec
 from clipdrift.checkpoints import FORMAT_VERSION, CheckpointError, load_classifier, save_classifier
 from clipdrift.io import METADATA_KEY, ArtifactError, read_safetensors, write_safetensors
+
 from conftest import TINY, make_tiny
-from test_adapters import _train_steps
 
 
 def _saved(tmp_path, method, images, base=TINY):
@@ -176,6 +177,11 @@ def test_metadata_that_is_not_an_object_is_refused(tmp_path, tiny_images):
     ("method.lora_targets", lambda m: m["method"].update(lora_targets="q_proj")),
     ("method.lora_targets", lambda m: m["method"].update(lora_targets=[1])),
     ("method.train_projection", lambda m: m["method"].update(train_projection=1)),
+    ("method.lp_epochs", lambda m: m["method"].update(lp_epochs="2")),
+    ("method.lp_epochs", lambda m: m["method"].update(lp_epochs=True)),
+    ("method.lp_train_projection", lambda m: m["method"].update(lp_train_projection=None)),
+    ("method", lambda m: m["method"].update(lp_epochs=0)),
+    ("method", lambda m: m["method"].update(method="lp-ft")),  # lp-ft without lp_epochs
     ("n_classes", lambda m: m.update(n_classes=0)),
     ("n_classes", lambda m: m.update(n_classes=True)),
     ("seed", lambda m: m.update(seed=None)),
@@ -210,3 +216,31 @@ def test_a_random_base_with_another_init_seed_is_refused(tmp_path, tiny_images):
         load_classifier(path, base=BackboneSpec("clipdrift-tiny", init_seed=3))
     loaded, _ = load_classifier(path, base=BackboneSpec("clipdrift-tiny"))  # the same base, given explicitly
     assert loaded.n_classes == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# lp-ft (linear probe, then fine-tune): checkpoints like Full FT's, with the phase plan recorded
+# ---------------------------------------------------------------------------------------------
+
+def test_lp_ft_round_trip_gives_identical_logits_and_holds_what_full_ft_holds(tmp_path, tiny_images):
+    method = MethodConfig("lp-ft", lp_epochs=2, lp_train_projection=True)
+    model = _train_steps(make_tiny("lp-ft", seed=2, lp_epochs=2, lp_train_projection=True), tiny_images)
+    path = tmp_path / "lp-ft.safetensors"
+    save_classifier(path, model, TINY, method, seed=2)
+    loaded, metadata = load_classifier(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(tiny_images), model(tiny_images))
+    assert MethodConfig.from_dict(metadata["method"]) == method
+    assert metadata["method"]["lp_epochs"] == 2 and metadata["method"]["lp_train_projection"] is True
+    _, full_path = _saved(tmp_path, "full", tiny_images)
+    assert read_safetensors(path)[0].keys() == read_safetensors(full_path)[0].keys()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_checkpoint_written_before_the_lp_ft_fields_still_loads(tmp_path, tiny_images, method):
+    model, path = _saved(tmp_path, method, tiny_images)
+    _rewrite_metadata(path, lambda m: [m["method"].pop(k) for k in ("lp_epochs", "lp_train_projection")])
+    loaded, metadata = load_classifier(path)
+    assert "lp_epochs" not in metadata["method"]
+    with torch.no_grad():
+        assert torch.equal(loaded(tiny_images), model(tiny_images))

@@ -17,8 +17,19 @@ from clipdrift.adapters import MethodConfig
 from clipdrift.checkpoints import load_classifier, save_classifier
 from clipdrift.data import ImageSplit, to_model_input
 from clipdrift.io import ResumeStore, read_json, read_safetensors, write_json
-from clipdrift.train import (CachedBatches, FinetuneResult, TrainConfig, TrainConfigError, choose_amp, evaluate,
-                             finetune, lr_factor, resolve_precision, warmup_steps)
+from clipdrift.train import (
+    CachedBatches,
+    FinetuneResult,
+    TrainConfig,
+    TrainConfigError,
+    choose_amp,
+    evaluate,
+    finetune,
+    lr_factor,
+    resolve_precision,
+    warmup_steps,
+)
+
 from conftest import TINY, make_tiny
 from fakedata import class_image
 
@@ -399,3 +410,123 @@ def test_building_a_random_model_on_purpose_gives_no_warning(caplog):
 
     create_clip(BackboneSpec("clipdrift-tiny", init_seed=2))
     assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
+
+
+# ---- lp-ft: linear probe, then fine-tune ---------------------------------------------------------
+
+LP_FT = MethodConfig("lp-ft", lp_epochs=2)
+
+
+def lp_ft_model(**method_kwargs):
+    return make_tiny("lp-ft", n_classes=N_CLASSES, **{"lp_epochs": 2, **method_kwargs})
+
+
+def _params(model) -> dict:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _changed(a: dict, b: dict) -> set[str]:
+    return {n for n in a if not torch.equal(a[n], b[n])}
+
+
+@pytest.mark.parametrize("with_projection", [False, True])
+def test_lp_ft_probes_the_head_then_fine_tunes_on_full_ft_schedule(tmp_path, with_projection):
+    method = MethodConfig("lp-ft", lp_epochs=2, lp_train_projection=with_projection)
+    model = lp_ft_model(lp_train_projection=with_projection)
+    start, snapshots = _params(model), []
+    result = finetune(model, TRAIN, VAL, config(epochs=4), progress=False, method=method,
+                      on_epoch_end=lambda entry: snapshots.append(_params(model)))
+    tower = {n for n in start if n.startswith("clip.visual.") and n != "clip.visual.proj"}
+    text = {n for n in start if not n.startswith(("clip.visual.", "head."))}
+    probed = {"head.weight", "head.bias"} | ({"clip.visual.proj"} if with_projection else set())
+    # the probe epochs move the head (and the projection if asked) only: the encoder is bit-identical
+    assert _changed(start, snapshots[0]) == probed and _changed(snapshots[0], snapshots[1]) == probed
+    # then the image tower trains, as in Full FT; the text tower never does
+    assert tower <= _changed(snapshots[1], snapshots[2]) and "clip.visual.proj" in _changed(snapshots[1], snapshots[2])
+    assert not text & _changed(start, snapshots[-1])
+    history = result.history
+    assert [e["phase"] for e in history["epochs"]] == ["probe", "probe", "finetune", "finetune"]
+    assert history["status"] == "completed" and history["steps"] == 4 * 3
+    # one warm-up + cosine schedule over the whole run, step for step Full FT's
+    full = finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(epochs=4), progress=False)
+    assert [e["lr_end"] for e in history["epochs"]] == [e["lr_end"] for e in full.history["epochs"]]
+    assert "phase" not in full.history["epochs"][0]
+    # at the end it counts (and is set up for) what Full FT trains; its checkpoint holds the same
+    assert history["trainable_params"] == full.history["trainable_params"]
+    assert result.final_state.keys() == full.final_state.keys() == result.best_state.keys()
+    save_classifier(tmp_path / "final.safetensors", model, TINY, method, seed=5)
+    loaded, metadata = load_classifier(tmp_path / "final.safetensors")
+    assert MethodConfig.from_dict(metadata["method"]) == method
+    assert_same_states({n: p for n, p in loaded.named_parameters() if n in result.final_state}, result.final_state)
+
+
+def test_lp_ft_killed_after_the_probe_phase_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    store = ResumeStore(tmp_path / "resume")
+
+    def crash(entry):
+        if entry["epoch"] == LP_FT.lp_epochs:
+            raise KeyboardInterrupt
+
+    start = _params(lp_ft_model())
+    with pytest.raises(KeyboardInterrupt):
+        finetune(lp_ft_model(), TRAIN, VAL, config(epochs=4), resume=store, progress=False, on_epoch_end=crash,
+                 method=LP_FT)
+    tensors, saved = store.load_state()
+    assert saved["epoch"] == 2 and saved["step"] == 6
+    # The optimiser holds every parameter lp-ft trains, but the frozen encoder got no gradient:
+    # AdamW kept no state for it and left it bit-identical (no update, no weight decay).
+    order = [n for n, p in lp_ft_model().named_parameters() if p.requires_grad]
+    assert {order[int(k.split("/")[1])] for k in tensors if k.startswith("optim/")} == {"head.weight", "head.bias"}
+    saved_params = {k.removeprefix("param/"): v for k, v in tensors.items() if k.startswith("param/")}
+    assert saved_params.keys() == set(order)
+    assert _changed({n: start[n] for n in order}, saved_params) == {"head.weight", "head.bias"}
+
+    resumed = finetune(lp_ft_model(), TRAIN, VAL, config(epochs=4), resume=store, progress=False, method=LP_FT)
+    uninterrupted = finetune(lp_ft_model(), TRAIN, VAL, config(epochs=4), progress=False, method=LP_FT)
+    assert resumed.history["resumed_from_epoch"] == 2
+    assert [e["phase"] for e in resumed.history["epochs"]] == ["probe", "probe", "finetune", "finetune"]
+    assert without_timings(resumed.history) == without_timings(uninterrupted.history)
+    assert_same_states(resumed.final_state, uninterrupted.final_state)
+    assert_same_states(resumed.best_state, uninterrupted.best_state)
+    assert not store.directory.exists()
+
+
+@pytest.mark.parametrize("other", ["full, no method", "full", "lp-ft, lp_epochs 1"])
+def test_an_lp_ft_state_never_resumes_another_method_or_phase_plan(tmp_path, other):
+    store = ResumeStore(tmp_path / "resume")
+
+    def crash(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(lp_ft_model(), TRAIN, VAL, config(), resume=store, progress=False, on_epoch_end=crash, method=LP_FT)
+    assert store.load_state()[1]["epoch"] == 1
+    model, method = {
+        "full, no method": (make_tiny(n_classes=N_CLASSES), None),
+        "full": (make_tiny(n_classes=N_CLASSES), MethodConfig("full")),
+        "lp-ft, lp_epochs 1": (lp_ft_model(lp_epochs=1), MethodConfig("lp-ft", lp_epochs=1)),
+    }[other]
+    result = finetune(model, TRAIN, VAL, config(), resume=store, progress=False, method=method)
+    assert result.history["resumed_from_epoch"] is None
+
+
+@pytest.mark.parametrize("lp_epochs, epochs", [(3, 3), (4, 3)])
+def test_lp_ft_without_fine_tune_epochs_is_refused_naming_both(lp_epochs, epochs):
+    method = MethodConfig("lp-ft", lp_epochs=lp_epochs)
+    with pytest.raises(TrainConfigError, match=f"lp_epochs={lp_epochs} epochs but the run has only epochs={epochs}"):
+        finetune(lp_ft_model(lp_epochs=lp_epochs), TRAIN, VAL, config(epochs=epochs), progress=False, method=method)
+
+
+def test_lp_ft_model_needs_its_method_and_a_method_must_match_the_model():
+    with pytest.raises(TrainConfigError, match="set up for lp-ft .*pass method="):
+        finetune(lp_ft_model(), TRAIN, VAL, config(), progress=False)
+    with pytest.raises(TrainConfigError, match="set up \\(apply_method\\) for .*method='full'.* but finetune was given"):
+        finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(), progress=False, method=LP_FT)
+
+
+def test_full_ft_history_is_the_same_with_or_without_its_method():
+    without = finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(epochs=2), progress=False)
+    given = finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(epochs=2), progress=False,
+                     method=MethodConfig("full"))
+    assert without_timings(without.history) == without_timings(given.history)
+    assert_same_states(without.final_state, given.final_state)

@@ -4,6 +4,12 @@
 - ``lora``: peft LoRA on the image tower's explicit q and v projections (see
   :mod:`clipdrift.backbones`); the visual projection (switchable) and head train; every base
   weight is frozen.
+- ``lp-ft`` (linear probe, then fine-tune; Kumar et al. 2022): the first ``lp_epochs`` epochs
+  train the head only (and the visual projection when ``lp_train_projection``) on the frozen
+  encoder, the remaining epochs train what Full FT trains. :func:`apply_method` sets the model up
+  like Full FT (so one optimiser holds every parameter that will ever train);
+  :func:`set_lp_ft_phase` switches ``requires_grad`` between the phases, which
+  :func:`clipdrift.train.finetune` does at the start of every epoch.
 
 The text tower never trains in any method.
 """
@@ -18,13 +24,20 @@ from torch import nn
 from clipdrift.backbones import CLIPClassifier, image_tower_blocks
 from clipdrift.device import seeded
 
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "lp-ft")
+LP_FT_PHASES = ("probe", "finetune")
 LORA_TARGET_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """A fine-tuning method and its settings (paper defaults)."""
+    """A fine-tuning method and its settings (paper defaults).
+
+    ``lp_epochs`` (lp-ft only, required there): the epochs of the linear-probe phase; the run
+    must have more epochs than that. ``lp_train_projection``: the visual projection trains in
+    the probe phase too (it always trains in the fine-tune phase, as in Full FT).
+    ``train_projection`` is LoRA's switch; Full FT and lp-ft's fine-tune phase ignore it.
+    """
 
     method: str = "full"
     lora_r: int = 8
@@ -32,6 +45,8 @@ class MethodConfig:
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     train_projection: bool = True
+    lp_epochs: int | None = None
+    lp_train_projection: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -41,14 +56,30 @@ class MethodConfig:
             raise ValueError(f"lora targets {sorted(unknown)} are unknown: use some of {LORA_TARGET_CHOICES}")
         if self.lora_r < 1:
             raise ValueError(f"lora r must be >= 1, got {self.lora_r}")
+        if self.lp_epochs is not None and (isinstance(self.lp_epochs, bool) or not isinstance(self.lp_epochs, int)
+                                           or self.lp_epochs < 1):
+            raise ValueError(f"lp_epochs must be an integer >= 1, got {self.lp_epochs!r}")
+        if self.method == "lp-ft" and self.lp_epochs is None:
+            raise ValueError("method 'lp-ft' needs lp_epochs: the number of linear-probe epochs (>= 1) "
+                             "before the fine-tune phase")
+        if not isinstance(self.lp_train_projection, bool):
+            raise ValueError(f"lp_train_projection must be true or false, got {self.lp_train_projection!r}")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "MethodConfig":
+    def from_dict(cls, values: dict) -> MethodConfig:
+        """The config :meth:`to_dict` wrote; fields it lacks (written before they existed) take their defaults."""
         return cls(**{k: (tuple(v) if k == "lora_targets" else v) for k, v in values.items()})
+
+    def phase(self, epoch: int) -> str | None:
+        """lp-ft: the phase of (1-based) ``epoch``, ``probe`` up to ``lp_epochs`` then ``finetune``;
+        None for the other methods, which have one phase."""
+        if self.method != "lp-ft":
+            return None
+        return "probe" if epoch <= self.lp_epochs else "finetune"
 
 
 def lora_target_regex(targets: tuple[str, ...]) -> str:
@@ -61,12 +92,37 @@ def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> 
 
     peft draws the LoRA A matrices from the global RNG; they are drawn from ``seed`` here (the
     caller's RNG state is left untouched), so the same seed gives the same run.
+
+    lp-ft is set up as Full FT (its fine-tune phase: every parameter it will ever train);
+    :func:`clipdrift.train.finetune` (given ``method=config``) switches the phases. The config
+    is recorded on the model (``model.clipdrift_method``) so that finetune can refuse an lp-ft
+    model it was not told about, which would otherwise train as Full FT from the first epoch.
     """
     image_tower_blocks(model.clip)  # fail early on unsupported towers
     model.requires_grad_(False)
     if config.method == "lora":
         with seeded(seed):
             _inject_lora(model, config)
+    else:
+        model.clip.visual.requires_grad_(True)
+    model.head.requires_grad_(True)
+    model.clipdrift_method = config
+    return model
+
+
+def set_lp_ft_phase(model: CLIPClassifier, config: MethodConfig, probing: bool) -> CLIPClassifier:
+    """Set ``requires_grad`` for one lp-ft phase (in place).
+
+    ``probing``: the head trains (and the visual projection when ``config.lp_train_projection``),
+    the encoder is frozen. Otherwise (fine-tuning): the image tower, projection and head, as
+    Full FT. The text tower never trains. A frozen parameter gets no gradient, so AdamW neither
+    updates nor decays it, and keeps no state for it until its first gradient.
+    """
+    if config.method != "lp-ft":
+        raise ValueError(f"set_lp_ft_phase is for method 'lp-ft', not {config.method!r}")
+    model.requires_grad_(False)
+    if probing:
+        model.clip.visual.proj.requires_grad_(config.lp_train_projection)
     else:
         model.clip.visual.requires_grad_(True)
     model.head.requires_grad_(True)
@@ -115,7 +171,7 @@ def checkpoint_keys(model: CLIPClassifier, config: MethodConfig) -> list[str]:
     """The state-dict keys a checkpoint of this method holds.
 
     LoRA: only what changed (adapters, projection, head), so the checkpoint names its base.
-    Full FT: the whole image tower, projection and head.
+    Full FT and lp-ft: the whole image tower, projection and head.
     """
     keys = model.state_dict().keys()
     if config.method == "lora":

@@ -1,7 +1,7 @@
 """Adapter-aware checkpoints: safetensors + metadata that rebuild the exact fine-tuned model.
 
 A LoRA checkpoint holds only what changed (adapters, projection, head) and names its base
-backbone; a Full FT checkpoint holds the image tower, projection and head. Nothing is loaded
+backbone; a Full FT (or lp-ft) checkpoint holds the image tower, projection and head. Nothing is loaded
 through pickle.
 """
 
@@ -136,14 +136,25 @@ _METHOD_FIELD_TYPES = {
     "lora_targets": list,
     "train_projection": bool,
 }
+# Fields added since format 2 was first written (lp-ft): a checkpoint written before them lacks
+# them and loads with MethodConfig's defaults; one that has them gets them type-checked.
+_METHOD_OPTIONAL_FIELD_TYPES = {
+    "lp_epochs": (int, type(None)),
+    "lp_train_projection": bool,
+}
 
 
 def _method_field(path, recorded: dict) -> MethodConfig:
-    if set(recorded) != set(_METHOD_FIELD_TYPES):
-        missing, unknown = sorted(set(_METHOD_FIELD_TYPES) - set(recorded)), sorted(set(recorded) - set(_METHOD_FIELD_TYPES))
-        raise _bad_field(path, "method", f"must hold exactly {sorted(_METHOD_FIELD_TYPES)}: missing {missing}, unknown {unknown}")
+    required, known = set(_METHOD_FIELD_TYPES), set(_METHOD_FIELD_TYPES) | set(_METHOD_OPTIONAL_FIELD_TYPES)
+    if not required <= set(recorded) <= known:
+        missing, unknown = sorted(required - set(recorded)), sorted(set(recorded) - known)
+        raise _bad_field(path, "method", f"must hold exactly {sorted(required)} (and optionally "
+                                         f"{sorted(_METHOD_OPTIONAL_FIELD_TYPES)}): missing {missing}, unknown {unknown}")
     for name, kind in _METHOD_FIELD_TYPES.items():
         _field(path, recorded, name, kind, prefix="method.")
+    for name, kind in _METHOD_OPTIONAL_FIELD_TYPES.items():
+        if name in recorded:
+            _field(path, recorded, name, kind, prefix="method.")
     if not all(isinstance(target, str) for target in recorded["lora_targets"]):
         raise _bad_field(path, "method.lora_targets", f"must be a list of strings, got {recorded['lora_targets']!r}")
     if not 0 <= recorded["lora_dropout"] < 1:
@@ -152,7 +163,7 @@ def _method_field(path, recorded: dict) -> MethodConfig:
         raise _bad_field(path, "method.lora_alpha", f"must be a finite number, got {recorded['lora_alpha']!r}")
     try:
         return MethodConfig.from_dict(recorded)
-    except ValueError as error:  # an unknown method or target, a rank below 1
+    except ValueError as error:  # an unknown method or target, a rank below 1, lp-ft without lp_epochs
         raise _bad_field(path, "method", f"is invalid ({error})") from error
 
 

@@ -12,6 +12,11 @@ Reliability:
 - Resume: after every epoch the weights, optimiser moments, step counter (the schedule is a
   function of it) and RNG states go to a :class:`clipdrift.io.ResumeStore`; a rerun of a
   killed run continues from its last completed epoch and ends where an uninterrupted run does.
+- LP-FT (``method=MethodConfig("lp-ft", ...)``): one optimiser over every parameter the
+  method ever trains; at the start of every epoch the phase follows from the epoch number
+  (probe up to ``lp_epochs``: head only, the encoder frozen; then Full FT), so a resumed run
+  lands in its phase. The warm-up and schedule span the whole run: the encoder starts training
+  at the schedule's learning rate of the switch step.
 - Divergence: a non-finite loss (or gradient norm) stops the run before the update that would
   poison the weights; the history says ``diverged`` and at which step, and the outputs are
   still produced, so a study with one exploding learning rate completes and reports it.
@@ -27,14 +32,14 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from clipdrift.adapters import trainable_parameter_counts, trainable_parameters
+from clipdrift.adapters import MethodConfig, set_lp_ft_phase, trainable_parameter_counts, trainable_parameters
 from clipdrift.backbones import CLIPClassifier, image_preprocess_config
 from clipdrift.data import ImageSplit, to_model_input
 from clipdrift.device import deterministic, full_fp32, resolve_device, seeded
@@ -72,6 +77,12 @@ class TrainConfig:
     under a quarter of its free memory). ``deterministic``: deterministic kernels
     (:func:`clipdrift.device.deterministic`), so that the same seed gives the same numbers and a
     resumed run equals an uninterrupted one on a GPU as on the CPU (where that always holds).
+
+    Schedule: linear warm-up over ``warmup_fraction`` of all steps, then cosine to zero, per
+    optimiser step. The warm-up and schedule span the whole run, whatever the method: an lp-ft
+    run follows Full FT's schedule step for step, and its encoder starts training, when the
+    probe phase ends, at the schedule's learning rate of that step (no second warm-up; AdamW's
+    moments of the encoder start from zero there, their bias correction from its first step).
     """
 
     epochs: int
@@ -379,8 +390,8 @@ class _Progress:
 class _Run:
     """One fine-tuning run: model, optimiser, data and precision, resolved from the config."""
 
-    def __init__(self, model: CLIPClassifier, train: ImageSplit, config: TrainConfig):
-        self.model, self.config = model, config
+    def __init__(self, model: CLIPClassifier, train: ImageSplit, config: TrainConfig, method: MethodConfig | None = None):
+        self.model, self.config, self.method = model, config, method
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.amp, self.device, eval_amp=config.eval_amp,
                                            cpu_autocast=config.cpu_autocast)
@@ -388,6 +399,10 @@ class _Run:
         self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=self.device)
         self.std = torch.tensor(preprocess["std"], dtype=torch.float32, device=self.device)
         model.to(self.device)
+        if self.lp_ft:
+            # The optimiser holds every parameter lp-ft will ever train (its fine-tune phase); in the
+            # probe phase the frozen ones get no gradient, so AdamW neither moves nor decays them.
+            set_lp_ft_phase(model, method, probing=False)
         self.named_params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not self.named_params:
             raise TrainConfigError("the model has no trainable parameters: call clipdrift.adapters.apply_method first")
@@ -402,6 +417,18 @@ class _Run:
         self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.n_warmup = warmup_steps(self.total_steps, config.warmup_fraction)
+
+    @property
+    def lp_ft(self) -> bool:
+        return self.method is not None and self.method.method == "lp-ft"
+
+    def enter_phase(self, epoch: int) -> str | None:
+        """Set the model up for ``epoch``'s phase (lp-ft: ``probe`` or ``finetune``); None for one-phase methods."""
+        if not self.lp_ft:
+            return None
+        phase = self.method.phase(epoch)
+        set_lp_ft_phase(self.model, self.method, probing=phase == "probe")
+        return phase
 
     def lr_at(self, step: int) -> float:
         return self.config.lr * lr_factor(step, self.total_steps, self.n_warmup)
@@ -424,6 +451,7 @@ class _Run:
 
     def train_epoch(self, epoch: int, progress: _Progress, bar) -> dict | None:
         """Train one epoch; its history entry (without selection accuracy), or None if it diverged."""
+        phase = self.enter_phase(epoch)
         order, flips = _epoch_order(self.config.seed, epoch, self.n_train, self.config.hflip)
         self.model.train()
         loss_sum, correct, started = 0.0, 0, time.perf_counter()
@@ -453,8 +481,11 @@ class _Run:
             bar.set_postfix(step=progress.step, loss=f"{loss_value:.4f}",
                             img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
         seconds = time.perf_counter() - started
-        return {"epoch": epoch, "train_loss": loss_sum / self.n_train, "train_acc": correct / self.n_train,
-                "lr_end": self.lr_at(progress.step), "train_s": seconds, "images_per_s": self.n_train / seconds}
+        entry = {"epoch": epoch, "train_loss": loss_sum / self.n_train, "train_acc": correct / self.n_train,
+                 "lr_end": self.lr_at(progress.step), "train_s": seconds, "images_per_s": self.n_train / seconds}
+        if phase is not None:
+            entry["phase"] = phase
+        return entry
 
     def accuracy(self, split: ImageSplit) -> float:
         return _accuracy(self.model, split, self.device, self.precision, self.mean, self.std,
@@ -509,12 +540,20 @@ def _load_params(model: CLIPClassifier, state: dict[str, torch.Tensor]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def _fingerprint(run: _Run, train: ImageSplit, select: ImageSplit) -> str:
-    """What must match for a saved state to continue this run: config, data, initial weights."""
+    """What must match for a saved state to continue this run: config, method, data, initial weights.
+
+    The method settings count when ``finetune`` is given them (an lp-ft state trains the very
+    parameters a Full FT one does, so only they tell the two apart); without them the
+    fingerprint is what it always was.
+    """
     digest = hashlib.blake2b(digest_size=16)
     settings = {k: v for k, v in run.config.to_dict().items()
                 if k not in ("device", "num_threads", "eval_batch_size", "data_on_device", "deterministic")}
-    digest.update(json.dumps({"config": settings, "precision": [run.precision.train, run.precision.eval], "n_train": len(train),
-                              "n_select": len(select)}, sort_keys=True).encode())
+    identity = {"config": settings, "precision": [run.precision.train, run.precision.eval], "n_train": len(train),
+                "n_select": len(select)}
+    if run.method is not None:
+        identity["method"] = run.method.to_dict()
+    digest.update(json.dumps(identity, sort_keys=True).encode())
     for labels in (train.labels, select.labels):
         digest.update(labels.numpy().tobytes())
     # The starting weights of the image tower and head (trainable or frozen), so a changed
@@ -596,7 +635,7 @@ def _restore(store: ResumeStore, run: _Run, fingerprint: str) -> _Progress | Non
 
 def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, config: TrainConfig, *,
              test: ImageSplit | None = None, resume: ResumeStore | str | None = None, progress: bool = True,
-             on_epoch_end: Callable[[dict], None] | None = None) -> FinetuneResult:
+             on_epoch_end: Callable[[dict], None] | None = None, method: MethodConfig | None = None) -> FinetuneResult:
     """Fine-tune ``model`` (in place) on ``train``, choosing the best epoch on ``select``.
 
     ``resume``: a :class:`ResumeStore` (or its directory) outside the run's outputs; the run
@@ -604,13 +643,23 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     given, the final (and best) model's test accuracy goes into the history.
     ``on_epoch_end`` is called with each epoch's history entry once its state is saved.
     The model ends on the run's device, in eval mode, holding the final weights.
+
+    ``method``: the :class:`MethodConfig` the model was set up with (``apply_method``). Needed
+    for ``lp-ft``, whose phases finetune switches: epochs 1..``lp_epochs`` train the head only
+    (plus the projection if ``lp_train_projection``), the rest train as Full FT, all with one
+    AdamW and one schedule. The warm-up and schedule span the whole run, so the encoder starts
+    at the schedule's learning rate when the probe phase ends. Each epoch entry then records
+    its ``phase`` (``probe`` or ``finetune``). For ``full`` and ``lora`` the method changes
+    nothing but the resume fingerprint; leaving it out trains whatever ``requires_grad`` says,
+    as before.
     """
+    _check_method(model, config, method)
     _check_inputs(model, config, {"train": train, "select": select, "test": test})
     store = ResumeStore(resume) if resume is not None and not isinstance(resume, ResumeStore) else resume
     # Seeding inside the run must not change the caller's random streams (CPU and the run's device).
     with _torch_threads(config.num_threads), seeded(config.seed, resolve_device(config.device)), \
             deterministic(config.deterministic):
-        run = _Run(model, train, config)
+        run = _Run(model, train, config, method)
         fingerprint = _fingerprint(run, train, select) if store is not None else ""
         state = (_restore(store, run, fingerprint) if store is not None else None) or _Progress()
         with tqdm(total=run.total_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True) as bar:
@@ -619,6 +668,30 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     if store is not None:
         store.clear()
     return result
+
+
+def _check_method(model: CLIPClassifier, config: TrainConfig, method: MethodConfig | None) -> None:
+    set_up = getattr(model, "clipdrift_method", None)
+    if method is None:
+        if set_up is not None and set_up.method == "lp-ft":
+            raise TrainConfigError(
+                "the model was set up for lp-ft (apply_method): pass method=<that MethodConfig> to finetune, "
+                "which switches from the probe to the fine-tune phase; without it the run would be Full FT"
+            )
+        return
+    if not isinstance(method, MethodConfig):
+        raise TrainConfigError(f"method must be a clipdrift.adapters.MethodConfig, got {type(method).__name__}")
+    if set_up is not None and set_up != method:
+        raise TrainConfigError(
+            f"the model was set up (apply_method) for {set_up} but finetune was given method={method}: "
+            "pass the MethodConfig the model was set up with"
+        )
+    if method.method == "lp-ft" and config.epochs <= method.lp_epochs:
+        raise TrainConfigError(
+            f"lp-ft probes for lp_epochs={method.lp_epochs} epochs but the run has only epochs={config.epochs}: "
+            "the run's epochs must exceed lp_epochs, so that fine-tuning follows the probe "
+            f"(raise epochs above {method.lp_epochs} or lower lp_epochs below {config.epochs})"
+        )
 
 
 def _duration(seconds: float) -> str:
@@ -631,9 +704,11 @@ def _log_epoch(run: _Run, entry: dict, state: _Progress, elapsed: float, epochs_
     """One line per epoch in the job's log: a long run on a cluster shows where it is."""
     left = (run.config.epochs - entry["epoch"]) * elapsed / max(1, epochs_timed)
     skipped = f", {state.skipped_steps} fp16 steps skipped" if state.skipped_steps else ""
-    log.info("epoch %d/%d: loss %.4f, train acc %.4f, %s acc %.4f, lr %.3g, %.0f images/s, elapsed %s, ETA %s%s",
+    phase = f", {entry['phase']} phase" if "phase" in entry else ""
+    log.info("epoch %d/%d: loss %.4f, train acc %.4f, %s acc %.4f, lr %.3g, %.0f images/s, elapsed %s, ETA %s%s%s",
              entry["epoch"], run.config.epochs, entry["train_loss"], entry["train_acc"], run.config.selection_split,
-             entry["select_acc"], entry["lr_end"], entry["images_per_s"], _duration(elapsed), _duration(left), skipped)
+             entry["select_acc"], entry["lr_end"], entry["images_per_s"], _duration(elapsed), _duration(left), skipped,
+             phase)
 
 
 def _train_epochs(run: _Run, select: ImageSplit, state: _Progress, bar, store: ResumeStore | None,
@@ -644,8 +719,16 @@ def _train_epochs(run: _Run, select: ImageSplit, state: _Progress, bar, store: R
     log.info("training %d epochs of %d steps (%d images, batch %d) on %s in %s", run.config.epochs,
              run.steps_per_epoch, run.n_train, run.config.batch_size, run.device, run.precision.train)
     run_started = time.perf_counter()
+    if run.lp_ft:
+        log.info("lp-ft: epochs 1-%d probe (head%s only, the encoder frozen), epochs %d-%d fine-tune as Full FT; "
+                 "one schedule over the whole run", run.method.lp_epochs,
+                 " and projection" if run.method.lp_train_projection else "", run.method.lp_epochs + 1,
+                 run.config.epochs)
     for epoch in range(state.epoch + 1, run.config.epochs + 1):
         started = time.perf_counter()
+        if run.lp_ft and epoch == run.method.lp_epochs + 1:
+            log.info("epoch %d: the probe phase is over; the image tower trains from step %d at lr %.3g "
+                     "(the schedule's value there)", epoch, state.step + 1, run.lr_at(state.step))
         entry = run.train_epoch(epoch, state, bar)
         if entry is None:
             log.warning("loss or gradient norm is not finite at step %d: the run diverged and stops", state.diverged_at_step)
@@ -677,6 +760,8 @@ def _result(run: _Run, select: ImageSplit, test: ImageSplit | None, state: _Prog
         best_test_acc = run.accuracy(test)
         _load_params(run.model, final_state)
     run.model.eval()
+    if run.lp_ft:  # the model leaves as apply_method set it up: every parameter lp-ft trains
+        set_lp_ft_phase(run.model, run.method, probing=False)
     history = _history(run, state, final_select_acc, final_test_acc, best_test_acc)
     for flag in history["flags"]:
         log.warning("%s", flag)
