@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from fabricated_study import DIVERGED, LRS, MISSING, PRETRAINED, SEEDS, fabricate
 from scipy import stats as sps
 
 from clipdrift import analysis
 from clipdrift.analysis.stats import bootstrap_ci, holm, permutation, welch
+
+from fabricated_study import DIVERGED, LRS, MISSING, PRETRAINED, SEEDS, fabricate
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 
 from clipdrift.classnames import ClassNameError, check_style, class_names, published_class_names
 from clipdrift.data import _class_names
+
 from fakedata import CIFAR100_FINE_LABEL_NAMES
 
 

@@ -8,6 +8,7 @@ import yaml
 from snakemake.utils import update_config
 
 from clipdrift.plan import StudyConfigError, prepare_config, schema_problems
+
 from workflow_helpers import REPO
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"

@@ -10,6 +10,7 @@ import torch
 
 from clipdrift.metrics.tables import AttentionConfig, CKAConfig, attention_table, cka_table
 from clipdrift.train import TrainConfig, finetune
+
 from conftest import make_tiny
 from test_train import N_CLASSES, TEST, TRAIN, VAL, assert_same_states, without_timings
 

@@ -7,11 +7,31 @@ import pytest
 import torch
 from PIL import Image
 
-from clipdrift.data import (DatasetUnavailableError, SplitError, class_counts, prepare_real_dataset,
-                            preprocess_transform, probe_indices, seeded_order, stratified_split, with_probe)
-from fakedata import (CIFAR100_CLASSES, CIFAR100_FINE_LABEL_NAMES, EUROSAT_CLASSES, PETS_BREEDS, accept_fabricated_cifar100,
-                      cifar100_test_pixels, make_cifar100, make_eurosat, make_pets, nearest_class,
-                      pets_class_name)
+from clipdrift.data import (
+    DatasetUnavailableError,
+    SplitError,
+    class_counts,
+    prepare_real_dataset,
+    preprocess_transform,
+    probe_indices,
+    seeded_order,
+    stratified_split,
+    with_probe,
+)
+
+from fakedata import (
+    CIFAR100_CLASSES,
+    CIFAR100_FINE_LABEL_NAMES,
+    EUROSAT_CLASSES,
+    PETS_BREEDS,
+    accept_fabricated_cifar100,
+    cifar100_test_pixels,
+    make_cifar100,
+    make_eurosat,
+    make_pets,
+    nearest_class,
+    pets_class_name,
+)
 
 EUROSAT_SIZES = {"train": 30, "val": 10, "test": 10}
 

@@ -5,7 +5,6 @@ GPU claims of the workflow's jobs and profiles."""
 
 import ast
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,10 +16,10 @@ from clipdrift.data import ImageSplit, to_model_input
 from clipdrift.device import DeviceError, deterministic, full_fp32, resolve_device, seeded
 from clipdrift.metrics.runtime import evaluating
 from clipdrift.train import CachedBatches, TrainConfig, _CopyFence, finetune, keeps_data_on_device
+
 from conftest import make_tiny
 from test_train import N_CLASSES, TRAIN, VAL, assert_same_states, without_timings
 from workflow_helpers import REPO
-
 
 # ---- device choice -------------------------------------------------------------------------
 

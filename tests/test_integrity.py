@@ -21,6 +21,7 @@ from clipdrift.adapters import MethodConfig
 from clipdrift.checkpoints import load_classifier, save_classifier
 from clipdrift.data import ImageSplit
 from clipdrift.io import ArtifactError, read_image_split, read_json, read_table, write_image_split, write_json, write_table
+
 from conftest import TINY, make_tiny
 
 OK_OUTCOMES = {"refused", "identical"}

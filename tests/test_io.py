@@ -11,8 +11,19 @@ from safetensors.torch import save_file
 
 from clipdrift.data import ImageSplit
 from clipdrift.io import (
-    METADATA_KEY, ArtifactError, atomic_output, read_image_split, read_json, read_safetensors, read_table,
-    verify_safetensors, write_image_split, write_json, write_safetensors, write_table)
+    METADATA_KEY,
+    ArtifactError,
+    atomic_output,
+    read_image_split,
+    read_json,
+    read_safetensors,
+    read_table,
+    verify_safetensors,
+    write_image_split,
+    write_json,
+    write_safetensors,
+    write_table,
+)
 
 
 def test_atomic_output_gives_the_usual_file_mode(tmp_path):

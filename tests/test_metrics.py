@@ -14,9 +14,11 @@ from clipdrift.metrics.attention import (
     entropy,
     gini,
     head_diversity,
+    patch_patch_distribution,
     rollout,
 )
 from clipdrift.metrics.cka import CKAAccumulator, debiased_cka, linear_cka
+from clipdrift.metrics.runtime import model_input
 from clipdrift.metrics.tables import (
     AttentionConfig,
     CKAConfig,
@@ -25,8 +27,7 @@ from clipdrift.metrics.tables import (
     cka_table,
     drift_summary,
 )
-from clipdrift.metrics.attention import patch_patch_distribution
-from clipdrift.metrics.runtime import model_input
+
 from conftest import make_tiny
 
 P = 49  # the protocol's 7x7 patches

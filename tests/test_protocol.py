@@ -20,6 +20,7 @@ from clipdrift.protocol import (
     readme_section,
     resolved_settings,
 )
+
 from workflow_helpers import REPO
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -190,9 +191,9 @@ def test_the_head_is_a_linear_layer_on_the_unnormalised_projection():
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_the_optimiser_is_adamw_with_one_parameter_group(method):
-    from conftest import make_tiny
-
     from clipdrift.train import ADAMW_BETAS, ADAMW_EPS, TrainConfig, _Run
+
+    from conftest import make_tiny
     from test_train import TRAIN
 
     model = make_tiny(method, n_classes=4)

@@ -9,12 +9,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fabricated_study import DIVERGED, PRETRAINED, fabricate
 
 from clipdrift import analysis
-from clipdrift.analysis.figures import FIGURES, indomain_vs_zeroshot, make_figures
+from clipdrift.analysis.figures import indomain_vs_zeroshot, make_figures
 from clipdrift.io import read_table, write_figure, write_table
+from clipdrift.outputs import FIGURES
 from clipdrift.report import FIGURE_CAPTIONS, mean_sd, render_report
+
+from fabricated_study import DIVERGED, PRETRAINED, fabricate
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "pets"], "seeds": [7, 11, 19]}

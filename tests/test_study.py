@@ -10,6 +10,7 @@ import pytest
 
 from clipdrift.errors import UserFacingError
 from clipdrift.jobs import run_script
+
 from workflow_helpers import REPO
 
 log = logging.getLogger("clipdrift.test")

@@ -1,11 +1,11 @@
 """The test study run end to end through Snakemake, the rerun contract, and the SLURM profile."""
 
 import json
-from html import escape as html_escape
 import math
 import os
 import shutil
 import subprocess
+from html import escape as html_escape
 
 import pandas as pd
 import pytest

@@ -15,6 +15,7 @@ from clipdrift.zeroshot import (
     load_templates,
     text_classifier,
 )
+
 from conftest import make_tiny
 
 CLASSES = ["red circle", "blue square", "green triangle", "yellow star", "purple cross", "orange ring"]

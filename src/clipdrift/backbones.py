@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import open_clip
 import torch
@@ -198,7 +198,7 @@ class ExplicitAttention(nn.Module):
         self.capture = False
 
     @classmethod
-    def from_multihead(cls, mha: nn.MultiheadAttention) -> "ExplicitAttention":
+    def from_multihead(cls, mha: nn.MultiheadAttention) -> ExplicitAttention:
         if not mha._qkv_same_embed_dim:
             raise ValueError("only self-attention with equal q/k/v dimensions can be converted")
         has_bias = mha.in_proj_bias is not None

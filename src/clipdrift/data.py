@@ -40,7 +40,7 @@ class ImageSplit:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def subset(self, indices) -> "ImageSplit":
+    def subset(self, indices) -> ImageSplit:
         index = torch.as_tensor(indices, dtype=torch.long)
         return ImageSplit(self.images[index], self.labels[index], list(self.class_names))
 

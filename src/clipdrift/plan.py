@@ -178,7 +178,6 @@ def probe_sensitivity_settings(config: dict) -> dict | None:
 
 def settings_hash(*settings: dict) -> str:
     """A short stable hash of settings dicts (recorded in checkpoints as the config hash)."""
-    import hashlib
     import json
 
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -18,11 +18,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 import clipdrift
-from clipdrift.analysis.figures import FIGURES
 from clipdrift.analysis.findings import pct, pretrained_top1, small
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import ACCURACY_METRICS, method_label
+from clipdrift.outputs import FIGURES
 
 FIGURE_CAPTIONS = {
     "lr_panels": "Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the "

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Callable, Sequence, Union
+from typing import Union
 
 import open_clip
 import torch

@@ -5,9 +5,8 @@ from clipdrift.backbones import build_classifier
 from clipdrift.checkpoints import load_backbone_spec, load_classifier
 from clipdrift.data import probe_subsets
 from clipdrift.io import read_image_split, write_table
-from clipdrift.metrics.tables import (AttentionConfig, CKAConfig, attention_table, cka_table,
-                                      probe_sensitivity_table)
 from clipdrift.jobs import run_script, with_run_columns
+from clipdrift.metrics.tables import AttentionConfig, CKAConfig, attention_table, cka_table, probe_sensitivity_table
 
 MEASUREMENTS = {"attention": (AttentionConfig, attention_table), "cka": (CKAConfig, cka_table)}
 

@@ -2,9 +2,8 @@
 
 import torch
 
-from clipdrift.data import ImageSplit
+from clipdrift.data import ImageSplit, build_dataset
 from clipdrift.io import write_image_split, write_json
-from clipdrift.data import build_dataset
 from clipdrift.jobs import run_script
 
 

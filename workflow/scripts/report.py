@@ -3,8 +3,8 @@
 from clipdrift.analysis.figures import make_figures
 from clipdrift.errors import UserFacingError
 from clipdrift.io import atomic_output, read_json, read_table, write_figure
-from clipdrift.report import render_report
 from clipdrift.jobs import run_script
+from clipdrift.report import render_report
 
 
 def main(smk):

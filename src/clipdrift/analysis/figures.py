@@ -18,7 +18,6 @@ from matplotlib.transforms import blended_transform_factory
 
 from clipdrift.analysis.findings import pretrained_top1
 from clipdrift.analysis.stats import correlation
-from clipdrift.outputs import FIGURES
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 
 METHOD_COLORS = {"full": "#D55E00", "lora": "#0072B2"}

@@ -12,7 +12,7 @@ of a percent, where float32 rounding of a 49-term sum would already be visible.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

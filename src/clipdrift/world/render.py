@@ -108,7 +108,7 @@ class Attributes:
     def __len__(self) -> int:
         return self.shape.shape[0]
 
-    def slice(self, start: int, stop: int) -> "Attributes":
+    def slice(self, start: int, stop: int) -> Attributes:
         return Attributes(
             *(getattr(self, name)[start:stop] for name in ("shape", "colour", "pattern", "terrain", "radius", "centre")),
             extras={key: value[start:stop] for key, value in self.extras.items()},
