@@ -321,3 +321,12 @@ def test_zero_shot_mixed_precision_is_cuda_autocast_only_when_asked_for(monkeypa
     assert zeroshot._autocast(torch.device("cuda"), True) == "autocast" and opened == ["cuda"]
     assert zeroshot._autocast(torch.device("cuda"), False) != "autocast"
     assert zeroshot._autocast(torch.device("cpu"), True) != "autocast" and opened == ["cuda"]
+
+
+def test_older_torch_without_the_fp32_precision_api_gets_its_allow_tf32_flags_switched(monkeypatch):
+    matmul, cudnn = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=True)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    with full_fp32():
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+    assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
