@@ -173,3 +173,13 @@ def test_lp_ft_probe_phase_moves_only_the_head(tiny_images):
     changed = {name for name, value in _snapshot(model).items() if not torch.equal(value, before[name])}
     assert changed == {"head.weight", "head.bias"}  # no update, no weight decay of the frozen encoder
     assert len(optimiser.state) == 2
+
+
+def test_a_method_that_would_train_the_text_tower_is_refused():
+    from clipdrift.adapters import require_frozen_text_tower
+
+    model = make_tiny("full")
+    assert require_frozen_text_tower(model) is model
+    model.clip.token_embedding.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="the text tower must stay frozen in every method"):
+        require_frozen_text_tower(model)

@@ -211,7 +211,8 @@ def test_data_preparation_reaches_the_data_and_the_world():
 
 def test_model_configs_reach_every_model_loading_script():
     configs = {path for path in DATA_FILES if path.startswith("model_configs/")}
-    for script in ("check_backbone.py", "finetune.py", "drift.py", "zeroshot.py", "pretrain_backbone.py"):
+    for script in ("check_backbone.py", "finetune.py", "extract.py", "probe_reference.py", "zeroshot.py",
+                   "zeroshot_classifier.py", "pretrain_backbone.py"):
         assert configs <= _closure(script), script
 
 

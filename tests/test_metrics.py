@@ -412,3 +412,38 @@ def test_probe_sensitivity_measures_the_drift_statistics_on_each_probe_subset(mo
     first, second = (table.query(f"probe_seed == {s} and state == 'baseline' and metric == 'entropy'")["value"].item()
                      for s in probes)
     assert first != second  # different images, different values
+
+
+# ---- one extraction pass against a reference computed once ------------------------------------
+
+
+def test_one_pass_against_a_stored_reference_gives_the_tables_of_the_separate_measurements(models):
+    from clipdrift.metrics.extract import extract, probe_reference, reference_from_tensors, reference_tensors
+    from clipdrift.metrics.tables import probe_sensitivity_table
+
+    tuned, baseline = models
+    probe = make_probe(20)
+    attention, cka = AttentionConfig(batch_size=8, aggregation="paper"), CKAConfig(batch_size=8)
+    subsets = {7: make_probe(8, seed=7), 21: make_probe(8, seed=21)}
+    stored = reference_tensors(probe_reference(baseline, probe, attention, cka, subsets))
+    tables = extract(tuned, reference_from_tensors(*stored), probe, attention, cka, subsets)
+    expected = {"attention": attention_table(tuned, baseline, probe, attention),
+                "cka": cka_table(tuned, baseline, probe, cka),
+                "sensitivity": probe_sensitivity_table(tuned, baseline, subsets, attention)}
+    for name, frame in expected.items():
+        got = tables[name]
+        pd.testing.assert_frame_equal(got.drop(columns="value"), frame.drop(columns="value"))
+        # equal up to float rounding: the captured pass computes the softmax explicitly
+        np.testing.assert_allclose(got["value"], frame["value"], rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_a_reference_made_with_other_settings_or_images_is_refused(models):
+    from clipdrift.metrics.extract import ReferenceMismatchError, extract, probe_reference
+
+    tuned, baseline = models
+    probe, cka = make_probe(8), CKAConfig(batch_size=8)
+    reference = probe_reference(baseline, probe, AttentionConfig(batch_size=8), cka)
+    with pytest.raises(ReferenceMismatchError, match="recompute the reference with the extraction's settings"):
+        extract(tuned, reference, probe, AttentionConfig(batch_size=8, rollout_alpha=0.3), cka)
+    with pytest.raises(ReferenceMismatchError, match="holds 8 probe images, the probe has 12"):
+        extract(tuned, reference, make_probe(12), AttentionConfig(batch_size=8), cka)

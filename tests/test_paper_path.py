@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
 
 PAPER = str(REPO / "configs/paper.yaml")
 PAPER_RULES = {
-    "check_backbone", "prepare_task", "prepare_zeroshot_task", "finetune", "attention", "cka", "zeroshot",
-    "zeroshot_pretrained", "zeroshot_pretrained_indomain", "aggregate", "report",
+    "check_backbone", "prepare_task", "prepare_zeroshot_task", "finetune", "probe_reference", "extract", "zeroshot",
+    "zeroshot_classifier", "zeroshot_pretrained_indomain", "aggregate", "report",
 }
 
 # torchvision checks CIFAR-100 files against the real archive's MD5 sums, which fabricated files

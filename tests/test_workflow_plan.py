@@ -8,7 +8,7 @@ from workflow_helpers import REPO, planned_jobs, snakemake
 def test_paper_preset_plans_the_published_80_run_matrix(tmp_path):
     plan = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/paper.yaml")))
     assert plan["finetune"] == 80  # 2 datasets x 2 methods x 4 lrs x 5 seeds
-    assert plan["attention"] == plan["cka"] == plan["zeroshot"] == 80
+    assert plan["extract"] == plan["zeroshot"] == 80 and plan["probe_reference"] == 2
     assert plan["prepare_task"] == 2 and plan["prepare_zeroshot_task"] == 1
     assert plan["check_backbone"] == 1 and "pretrain_backbone" not in plan
     assert plan["aggregate"] == plan["report"] == 1
@@ -62,7 +62,15 @@ def test_paper_preset_scores_zero_shot_on_the_best_checkpoint_and_drift_on_the_f
     result = snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/paper.yaml"))
     jobs = result.stdout.split("\nrule ")[1:]
     zeroshot = [job for job in jobs if job.startswith("zeroshot:")]
-    drift = [job for job in jobs if job.startswith(("attention:", "cka:"))]
-    assert len(zeroshot) == 80 and len(drift) == 160
+    drift = [job for job in jobs if job.startswith("extract:")]
+    assert len(zeroshot) == 80 and len(drift) == 80
     assert all("/best.safetensors" in b.split("output:")[0] and "/final.safetensors" not in b for b in zeroshot)
     assert all("/final.safetensors" in b.split("output:")[0] and "/best.safetensors" not in b for b in drift)
+
+
+def test_every_table_and_figure_has_a_report_caption():
+    from clipdrift.outputs import FIGURES, PAPER_TABLES, TABLES
+
+    captions = {path.stem for path in (REPO / "workflow/report").glob("*.rst")}
+    names = {name for name in (*TABLES, *FIGURES)} | {"paper" for _ in PAPER_TABLES}
+    assert names <= captions, sorted(names - captions)

@@ -9,6 +9,7 @@ from html import escape as html_escape
 
 import pandas as pd
 import pytest
+import yaml
 
 from workflow_helpers import REPO, planned_jobs, snakemake
 
@@ -17,6 +18,9 @@ pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
 TEST_CONFIG = str(REPO / "configs/test.yaml")
 STUDY = "results/test"
 RUNS = 2 * 2 * 2 * 1  # datasets x methods x lrs x seeds in configs/test.yaml
+# the cluster has no GPU: the rules that claim one in profiles/slurm claim none here
+GPU_RULES = [rule for rule, claim in yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"].items()
+             if claim.get("gpu")]
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +69,11 @@ def test_the_study_leaves_sane_outputs(study_dir):
     assert (study / "report/lr_panels.png").stat().st_size > 10_000
     # every model-loading job leaves its time and memory (benchmarks/bench_study.py reads them)
     benchmarks = {p.relative_to(study / "benchmarks").as_posix() for p in (study / "benchmarks").rglob("*.tsv")}
-    assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/pretrained.tsv",
-            "zeroshot/pretrained-indomain/world-pets.tsv", "finetune/world-pets/lora/lr1e-03/seed7.tsv"} <= benchmarks
-    assert len(benchmarks) == 1 + 3 + 1 + 2 + 4 * RUNS + 2  # backbone, data, pretrained zero-shot, runs, tables+report
+    assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/classifier.tsv", "references/world-pets.tsv",
+            "zeroshot/pretrained-indomain/world-pets.tsv", "finetune/world-pets/lora/lr1e-03/seed7.tsv",
+            "extract/world-pets/lora/lr1e-03/seed7.tsv"} <= benchmarks
+    # backbone, data, zero-shot classifier, in-domain references, probe references, 3 per run, tables + report
+    assert len(benchmarks) == 1 + 3 + 1 + 2 + 2 + 3 * RUNS + 2
     # the published analyses run in every study: drift vs in-domain accuracy, CKA vs drift, probe sensitivity
     correlations = pd.read_parquet(study / "tables/correlations.parquet")
     assert len(correlations.query("x == 'drift_entropy_pct' and y == 'best_select_acc'")) == 2
@@ -93,7 +99,7 @@ def test_nothing_reruns_when_nothing_changed(study_dir):
 def test_a_metric_setting_reruns_that_metric_and_the_report_only(study_dir):
     override = _override(study_dir, "metric.yaml", "metrics:\n  rollout_alpha: 0.3\n")
     plan = _plan(study_dir, override)
-    assert plan == {"attention": RUNS, "aggregate": 1, "report": 1, "all": 1}
+    assert plan == {"probe_reference": 2, "extract": RUNS, "aggregate": 1, "report": 1, "all": 1}
 
 
 def _edited_package(tmp_path, module: str, text: str) -> dict:
@@ -111,7 +117,7 @@ def test_a_semantic_edit_of_the_metrics_runtime_reruns_drift_and_zero_shot_never
     env = _edited_package(tmp_path, "metrics/runtime.py", "\n_EDITED = True  # a change of meaning\n")
     plan = _plan(study_dir, env=env)
     # zero-shot scoring imports the runtime for its model input: its jobs rerun too
-    assert plan == {"attention": RUNS, "cka": RUNS, "zeroshot": RUNS, "zeroshot_pretrained": 1,
+    assert plan == {"probe_reference": 2, "extract": RUNS, "zeroshot_classifier": 1, "zeroshot": RUNS,
                     "zeroshot_pretrained_indomain": 2, "aggregate": 1, "report": 1, "all": 1}
 
 
@@ -123,7 +129,7 @@ def test_a_comment_or_docstring_edit_reruns_nothing(study_dir, tmp_path):
 def test_a_new_seed_runs_only_its_own_finetunes(study_dir):
     result = _dry_run(study_dir, _override(study_dir, "seeds.yaml", "seeds: [7, 8]\n"))
     plan = planned_jobs(result)
-    assert plan["finetune"] == plan["attention"] == plan["cka"] == plan["zeroshot"] == RUNS
+    assert plan["finetune"] == plan["extract"] == plan["zeroshot"] == RUNS
     # best.safetensors is a fine-tune output only (the aggregate job lists every history as input)
     assert "seed8/best.safetensors" in result.stdout and "seed7/best.safetensors" not in result.stdout
     assert "prepare_task" not in plan and "pretrain_backbone" not in plan
@@ -157,7 +163,7 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
         "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
         "--slurm-keep-successful-logs",
         "--default-resources", "slurm_partition=debug", "runtime=10", "mem_mb=1500", "cpus_per_task=1",
-        "--set-resources", "finetune:gpu=0", "attention:gpu=0", "cka:gpu=0", "zeroshot:gpu=0",
+        "--set-resources", *(f"{rule}:gpu=0" for rule in GPU_RULES),
         "finetune:cpus_per_task=1", "pretrain_backbone:cpus_per_task=2",
         "--set-threads", "finetune=1", "pretrain_backbone=2",
     )

@@ -107,7 +107,7 @@ def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> 
         model.clip.visual.requires_grad_(True)
     model.head.requires_grad_(True)
     model.clipdrift_method = config
-    return model
+    return require_frozen_text_tower(model)
 
 
 def set_lp_ft_phase(model: CLIPClassifier, config: MethodConfig, probing: bool) -> CLIPClassifier:
@@ -126,6 +126,21 @@ def set_lp_ft_phase(model: CLIPClassifier, config: MethodConfig, probing: bool) 
     else:
         model.clip.visual.requires_grad_(True)
     model.head.requires_grad_(True)
+    return require_frozen_text_tower(model)
+
+
+def require_frozen_text_tower(model: nn.Module) -> nn.Module:
+    """Refuse a model whose text tower would train.
+
+    Zero-shot scoring computes the text classifier once per study from the pretrained text
+    tower and reuses it for every run; that is right only because no method ever trains the text
+    tower (checkpoints do not even hold it). This check keeps it true.
+    """
+    training = [name for name, param in model.named_parameters()
+                if param.requires_grad and _parameter_group(name) == "text_tower"]
+    if training:
+        raise RuntimeError(f"the text tower must stay frozen in every method, but {training[:3]} would train: "
+                           "zero-shot scoring shares one text classifier across all runs")
     return model
 
 

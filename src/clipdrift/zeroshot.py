@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Union
 
@@ -169,3 +170,67 @@ def _autocast(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         return torch.autocast("cuda")
     return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# The text classifier, computed once per study and stored
+# ---------------------------------------------------------------------------------------------
+
+CLASSIFIER_KIND = "clipdrift-zeroshot-classifier"
+
+
+class ClassifierMismatchError(UserFacingError, ValueError):
+    """A stored text classifier was built for other class names or templates."""
+
+
+@dataclass(frozen=True)
+class TextClassifier:
+    """Zero-shot weights ``(embed_dim, n_classes)`` and what they were built from.
+
+    The text tower is frozen in every method (:func:`clipdrift.adapters.require_frozen_text_tower`),
+    so one classifier, built from the pretrained model, serves every run of a study.
+    """
+
+    weights: torch.Tensor
+    task: str
+    templates: str
+    class_names: tuple[str, ...]
+    style: str
+
+    def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and metadata for :func:`clipdrift.io.write_safetensors`."""
+        metadata = {"kind": CLASSIFIER_KIND, "task": self.task, "templates": self.templates,
+                    "class_names": list(self.class_names), "style": self.style}
+        return {"weights": self.weights.detach().float().cpu().contiguous()}, metadata
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict) -> TextClassifier:
+        if metadata.get("kind") != CLASSIFIER_KIND:
+            raise ClassifierMismatchError(f"not a zero-shot classifier (kind {metadata.get('kind')!r}): "
+                                          "rerun the zeroshot_classifier rule")
+        return cls(tensors["weights"], metadata["task"], metadata["templates"], tuple(metadata["class_names"]),
+                   metadata["style"])
+
+    def require(self, task: str, templates: str, class_names: Sequence[str]) -> torch.Tensor:
+        """The weights, after checking they were built for this task, template set and names."""
+        wanted = (task, templates, tuple(class_names))
+        if (self.task, self.templates, self.class_names) != wanted:
+            raise ClassifierMismatchError(
+                f"the stored zero-shot classifier is for task {self.task!r}, templates {self.templates!r} and "
+                f"{len(self.class_names)} class names, but scoring asks for {task!r}, {templates!r} and "
+                f"{len(class_names)} names: rerun the zeroshot_classifier rule"
+            )
+        return self.weights
+
+
+def build_text_classifier(clip: torch.nn.Module, tokenizer, task: str, templates: str, style: str,
+                          names: Sequence[str], amp: bool = False) -> TextClassifier:
+    """The :class:`TextClassifier` of ``names`` (already in ``style``) with the named template set."""
+    weights = text_classifier(clip, tokenizer, names, load_templates(templates), amp=amp)
+    return TextClassifier(weights, task, templates, tuple(names), style)
+
+
+def score_record(run: dict, task: str, settings: dict, checkpoint: str | None, scores: dict) -> dict:
+    """What ``zeroshot/<run>.json`` holds (docs/artifacts.md)."""
+    return {**run, "task": task, "templates": settings["templates"], "n_templates": len(load_templates(settings["templates"])),
+            "class_names": settings["class_names"], "checkpoint": checkpoint, **scores}

@@ -1,55 +1,62 @@
-# Checkpoint-level drift measurements against the pretrained model on the fixed probe subset
-# (metrics.checkpoint: the final-epoch weights in the paper). With metrics.probe_sensitivity on,
-# the attention job also measures the same statistics on probe subsets drawn with other seeds.
+# Drift measurements against the pretrained model on the fixed probe subset. The pretrained side
+# is computed once per dataset (probe_reference); each run's checkpoint (metrics.checkpoint: the
+# final-epoch weights in the paper) then gets one extraction pass that writes its attention, CKA
+# and (with metrics.probe_sensitivity on) probe-subset sensitivity tables.
 
-DRIFT_CHECKPOINT = run_checkpoint(config["metrics"]["checkpoint"])
-SENSITIVITY_TABLE = f"{STUDY}/metrics/probe_sensitivity/{RUN}.parquet"
+DRIFT_SETTINGS = {"attention": plan.attention_settings(config), "cka": plan.cka_settings(config)}
+PROBE = f"{STUDY}/data/{{dataset}}/probe.safetensors"
+SENSITIVITY_INPUT = {"probe_source": f"{STUDY}/data/{{dataset}}/{plan.PROBE_SOURCE_SPLIT}.safetensors"} if PROBE_SENSITIVITY else {}
+REFERENCE = f"{STUDY}/references/{{dataset}}/probe.safetensors"
+DRIFT_TABLES = {"attention": f"{STUDY}/metrics/attention/{RUN}.parquet", "cka": f"{STUDY}/metrics/cka/{RUN}.parquet",
+                **({"sensitivity": f"{STUDY}/metrics/probe_sensitivity/{RUN}.parquet"} if PROBE_SENSITIVITY else {})}
 
 
-rule attention:
+rule probe_reference:
     input:
-        checkpoint=DRIFT_CHECKPOINT,
-        probe=f"{STUDY}/data/{{dataset}}/probe.safetensors",
+        probe=PROBE,
         backbone=BACKBONE,
-        **({"probe_source": f"{STUDY}/data/{{dataset}}/{plan.PROBE_SOURCE_SPLIT}.safetensors"} if PROBE_SENSITIVITY else {}),
+        **SENSITIVITY_INPUT,
     output:
-        table=f"{STUDY}/metrics/attention/{RUN}.parquet",
-        **({"sensitivity": SENSITIVITY_TABLE} if PROBE_SENSITIVITY else {}),
+        reference=REFERENCE,
+    wildcard_constraints:
+        dataset="|".join(re.escape(d) for d in DATASETS),
     params:
-        run=run_params,
-        settings=plan.attention_settings(config),
+        settings=DRIFT_SETTINGS,
         sensitivity=PROBE_SENSITIVITY,
-        code=code("drift"),
+        code=code("probe_reference"),
     threads: 1
     resources:
         runtime=config["resources"]["metrics_runtime"],
         mem_mb=config["resources"]["metrics_mem_mb"],
     log:
-        f"{LOGS}/attention/{RUN}.log",
+        f"{LOGS}/references/{{dataset}}.log",
     benchmark:
-        f"{BENCH}/attention/{RUN}.tsv"
+        f"{BENCH}/references/{{dataset}}.tsv"
     script:
-        "../scripts/drift.py"
+        "../scripts/probe_reference.py"
 
 
-rule cka:
+rule extract:
     input:
-        checkpoint=DRIFT_CHECKPOINT,
-        probe=f"{STUDY}/data/{{dataset}}/probe.safetensors",
+        checkpoint=run_checkpoint(config["metrics"]["checkpoint"]),
+        probe=PROBE,
+        reference=REFERENCE,
         backbone=BACKBONE,
+        **SENSITIVITY_INPUT,
     output:
-        table=f"{STUDY}/metrics/cka/{RUN}.parquet",
+        **DRIFT_TABLES,
     params:
         run=run_params,
-        settings=plan.cka_settings(config),
-        code=code("drift"),
+        settings=DRIFT_SETTINGS,
+        sensitivity=PROBE_SENSITIVITY,
+        code=code("extract"),
     threads: 1
     resources:
         runtime=config["resources"]["metrics_runtime"],
         mem_mb=config["resources"]["metrics_mem_mb"],
     log:
-        f"{LOGS}/cka/{RUN}.log",
+        f"{LOGS}/extract/{RUN}.log",
     benchmark:
-        f"{BENCH}/cka/{RUN}.tsv"
+        f"{BENCH}/extract/{RUN}.tsv"
     script:
-        "../scripts/drift.py"
+        "../scripts/extract.py"

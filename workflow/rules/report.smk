@@ -36,11 +36,11 @@ rule zeroshot_pretrained_indomain:
 rule aggregate:
     input:
         histories=expand_runs(f"{RUN_DIR}/history.json"),
-        attention=expand_runs(f"{STUDY}/metrics/attention/{RUN}.parquet"),
-        cka=expand_runs(f"{STUDY}/metrics/cka/{RUN}.parquet"),
+        attention=expand_runs(DRIFT_TABLES["attention"]),
+        cka=expand_runs(DRIFT_TABLES["cka"]),
         zeroshot=expand_runs(f"{STUDY}/zeroshot/{RUN}.json"),
         pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
-        **({"sensitivity": expand_runs(SENSITIVITY_TABLE)} if PROBE_SENSITIVITY else {}),
+        **({"sensitivity": expand_runs(DRIFT_TABLES["sensitivity"])} if PROBE_SENSITIVITY else {}),
     output:
         **{f"{name}_csv": table_output(name, "csv") for name in STUDY_TABLES},
         **{f"{name}_parquet": table_output(name, "parquet") for name in STUDY_TABLES},

@@ -1,14 +1,38 @@
 # Adapter-aware zero-shot transfer on the held-out task: the fine-tuned image tower (adapters
-# active, its own projection) against text features from the frozen pretrained text tower, on
-# the checkpoint zeroshot.checkpoint names (the best epoch in the paper).
+# active, its own projection) of the checkpoint zeroshot.checkpoint names (the best epoch in the
+# paper), against the text classifier of the frozen pretrained text tower, built once per study
+# (zeroshot_classifier, which also scores the pretrained model).
 
 ZEROSHOT_TEST = f"{STUDY}/data/{ZEROSHOT_DATASET}/test.safetensors"
+ZEROSHOT_CLASSIFIER = f"{STUDY}/references/zeroshot_classifier.safetensors"
+
+
+rule zeroshot_classifier:
+    input:
+        images=ZEROSHOT_TEST,
+        backbone=BACKBONE,
+    output:
+        classifier=ZEROSHOT_CLASSIFIER,
+        pretrained=f"{STUDY}/zeroshot/pretrained.json",
+    params:
+        run={"dataset": None, "method": "pretrained", "lr": None, "seed": None},
+        task=ZEROSHOT_DATASET,
+        settings=plan.zeroshot_settings(config),
+        code=code("zeroshot_classifier"),
+    threads: 1
+    log:
+        f"{LOGS}/zeroshot/classifier.log",
+    benchmark:
+        f"{BENCH}/zeroshot/classifier.tsv"
+    script:
+        "../scripts/zeroshot_classifier.py"
 
 
 rule zeroshot:
     input:
         checkpoint=run_checkpoint(config["zeroshot"]["checkpoint"]),
         images=ZEROSHOT_TEST,
+        classifier=ZEROSHOT_CLASSIFIER,
         backbone=BACKBONE,
     output:
         scores=f"{STUDY}/zeroshot/{RUN}.json",
@@ -26,26 +50,5 @@ rule zeroshot:
         f"{LOGS}/zeroshot/{RUN}.log",
     benchmark:
         f"{BENCH}/zeroshot/{RUN}.tsv"
-    script:
-        "../scripts/zeroshot.py"
-
-
-rule zeroshot_pretrained:
-    input:
-        images=ZEROSHOT_TEST,
-        backbone=BACKBONE,
-    output:
-        scores=f"{STUDY}/zeroshot/pretrained.json",
-    params:
-        run={"dataset": None, "method": "pretrained", "lr": None, "seed": None},
-        task=ZEROSHOT_DATASET,
-        settings=plan.zeroshot_settings(config),
-        checkpoint=None,
-        code=code("zeroshot"),
-    threads: 1
-    log:
-        f"{LOGS}/zeroshot/pretrained.log",
-    benchmark:
-        f"{BENCH}/zeroshot/pretrained.tsv"
     script:
         "../scripts/zeroshot.py"

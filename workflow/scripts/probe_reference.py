@@ -1,0 +1,24 @@
+"""The pretrained model's side of every drift comparison on one dataset's probe, computed once:
+attention statistics, CKA features and the sensitivity subsets' statistics."""
+
+from clipdrift.backbones import build_classifier
+from clipdrift.checkpoints import load_backbone_spec
+from clipdrift.data import probe_subsets
+from clipdrift.io import read_image_split, write_safetensors
+from clipdrift.jobs import run_script
+from clipdrift.metrics.extract import probe_reference, reference_tensors
+from clipdrift.metrics.tables import AttentionConfig, CKAConfig
+
+
+def main(smk):
+    settings, sensitivity = smk.params.settings, smk.params.sensitivity
+    probe = read_image_split(smk.input.probe)
+    pretrained = build_classifier(load_backbone_spec(smk.input.backbone), len(probe.class_names), seed=0)
+    subsets = (probe_subsets(read_image_split(smk.input.probe_source), sensitivity["probe_size"], sensitivity["seeds"])
+               if sensitivity else None)
+    reference = probe_reference(pretrained, probe, AttentionConfig(**settings["attention"]),
+                                CKAConfig(**settings["cka"]), subsets)
+    write_safetensors(smk.output.reference, *reference_tensors(reference))
+
+
+run_script(snakemake, main, uses_gpu=True)  # noqa: F821 - injected by Snakemake

@@ -1,0 +1,28 @@
+"""The zero-shot text classifier of the held-out task, once per study (the text tower is frozen in
+every method), and the pretrained model's zero-shot score with it."""
+
+import open_clip
+
+from clipdrift.backbones import build_classifier
+from clipdrift.checkpoints import load_backbone_spec
+from clipdrift.classnames import class_names
+from clipdrift.io import read_image_split, write_json, write_safetensors
+from clipdrift.jobs import run_script
+from clipdrift.zeroshot import build_text_classifier, evaluate, score_record
+
+
+def main(smk):
+    settings, task = smk.params.settings, smk.params.task
+    spec = load_backbone_spec(smk.input.backbone)
+    pretrained = build_classifier(spec, n_classes=1, seed=0)  # the head plays no part in zero-shot
+    split = read_image_split(smk.input.images)
+    names = class_names(settings["class_names"], task, split.class_names)
+    classifier = build_text_classifier(pretrained.clip, open_clip.get_tokenizer(spec.name), task, settings["templates"],
+                                       settings["class_names"], names, amp=settings["amp"])
+    write_safetensors(smk.output.classifier, *classifier.tensors())
+    scores = evaluate(pretrained, classifier.weights, split, batch_size=settings["batch_size"], amp=settings["amp"],
+                      what="the pretrained model")
+    write_json(smk.output.pretrained, score_record(smk.params.run, task, settings, None, scores))
+
+
+run_script(snakemake, main, uses_gpu=True)  # noqa: F821 - injected by Snakemake
