@@ -15,6 +15,7 @@ from clipdrift import device as devices
 from clipdrift.data import ImageSplit, to_model_input
 from clipdrift.device import DeviceError, deterministic, full_fp32, resolve_device, seeded
 from clipdrift.metrics.runtime import evaluating
+from clipdrift.plan import rule_scripts
 from clipdrift.train import CachedBatches, TrainConfig, _CopyFence, finetune, keeps_data_on_device
 
 from conftest import make_tiny
@@ -239,20 +240,8 @@ def test_a_gpu_job_that_claims_a_gpu_takes_a_slot_and_logs_its_device(monkeypatc
     assert "GPU slot 1/2: CUDA_VISIBLE_DEVICES=1" in (tmp_path / "job.log").read_text()
 
 
-def _rule_scripts() -> dict[str, str]:
-    """Rule name → its script, read from the rule files."""
-    rules = {}
-    for path in (REPO / "workflow/rules").glob("*.smk"):
-        text = path.read_text()
-        for block in text.split("\nrule ")[1:] + [b for b in text.split("\n    rule ")[1:]]:
-            name = block.split(":", 1)[0].strip()
-            if 'script:' in block:
-                rules[name] = block.split("script:", 1)[1].split('"')[1].removeprefix("../")
-    return rules
-
-
 def _uses_gpu(script: str) -> bool:
-    tree = ast.parse((REPO / "workflow" / script).read_text())
+    tree = ast.parse((REPO / "workflow/scripts" / script).read_text())
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "run_script"]
     assert len(calls) == 1, f"{script} must call run_script once"
     return any(k.arg == "uses_gpu" and getattr(k.value, "value", False) is True for k in calls[0].keywords)
@@ -260,7 +249,7 @@ def _uses_gpu(script: str) -> bool:
 
 @pytest.mark.parametrize("profile", ["local", "slurm"])
 def test_every_rule_that_can_use_a_gpu_claims_one_in_every_profile(profile):
-    scripts = _rule_scripts()
+    scripts = rule_scripts(REPO / "workflow")
     assert {"finetune", "extract", "zeroshot", "zeroshot_classifier", "zeroshot_pretrained_indomain", "report"} <= set(scripts)
     claims = yaml.safe_load((REPO / "profiles" / profile / "config.yaml").read_text())["set-resources"]
     for rule, script in scripts.items():

@@ -74,3 +74,12 @@ def test_every_table_and_figure_has_a_report_caption():
     captions = {path.stem for path in (REPO / "workflow/report").glob("*.rst")}
     names = {name for name in (*TABLES, *FIGURES)} | {"paper" for _ in PAPER_TABLES}
     assert names <= captions, sorted(names - captions)
+
+
+def test_the_documented_tables_and_figures_are_the_ones_the_report_declares():
+    from artifact_docs import documented_names
+
+    from clipdrift.outputs import FIGURES, TABLES
+
+    assert documented_names("<!-- tables -->") == list(TABLES)
+    assert documented_names("<!-- figures -->") == list(FIGURES)

@@ -92,6 +92,28 @@ def test_the_study_leaves_sane_outputs(study_dir):
         assert html_escape(finding["sentence"]) in html
 
 
+def test_the_documented_artifacts_are_the_ones_a_run_writes(study_dir):
+    from artifact_docs import documented_json, documented_names, key_paths
+
+    study = study_dir / STUDY
+    run = "world-pets/lora/lr1e-03/seed7"
+    for name, path in (("history", f"runs/{run}/history.json"), ("zeroshot", f"zeroshot/{run}.json")):
+        written = json.loads((study / path).read_text())
+        assert key_paths(written) == key_paths(documented_json(name)), name
+    for name in ("attention", "cka", "probe_sensitivity"):
+        columns = list(pd.read_parquet(study / f"metrics/{name}/{run}.parquet").columns)
+        assert columns == documented_names(f"<!-- columns: metrics/{name} -->"), name
+    for line in (REPO / "docs/artifacts.md").read_text().split("<!-- tables -->", 1)[1].strip().splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        table, _, leading = line.split("|")[1:4]
+        columns = list(pd.read_parquet(study / f"tables/{table.strip(' `')}.parquet").columns)
+        documented = [c.strip(" `") for c in leading.split(",")]
+        assert columns[:len(documented)] == documented, table
+    for figure in documented_names("<!-- figures -->"):
+        assert (study / f"report/{figure}.png").stat().st_size > 0 and (study / f"report/{figure}.svg").exists()
+
+
 def test_nothing_reruns_when_nothing_changed(study_dir):
     assert _plan(study_dir) == {}
 

@@ -22,13 +22,14 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from clipdrift.errors import UserFacingError
+
+if TYPE_CHECKING:  # torch and safetensors load on first use: the table jobs never need them (~2.5 s)
+    import torch
 
 METADATA_KEY = "clipdrift"
 DIGEST_KEY = "clipdrift_digest"  # safetensors metadata key; as bytes, the Parquet schema metadata key
@@ -187,6 +188,8 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     ``clipdrift_digest``. Readers that ignore safetensors metadata (open_clip loading a
     ``backbone.safetensors``) load the file as any other.
     """
+    from safetensors.torch import save_file
+
     metadata_json = json.dumps(metadata, sort_keys=True, default=_json_default)
     header = {METADATA_KEY: metadata_json, DIGEST_KEY: _safetensors_digest(metadata_json, tensors)}
     with atomic_output(path) as tmp:
@@ -218,6 +221,8 @@ def verify_safetensors(path: str | os.PathLike) -> dict:
 def written_by_clipdrift(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a safetensors file carrying clipdrift's metadata (only its header is
     read), i.e. one :func:`verify_safetensors` can check; False for foreign or unreadable files."""
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as handle:
             return METADATA_KEY in (handle.metadata() or {})
@@ -226,6 +231,8 @@ def written_by_clipdrift(path: str | os.PathLike) -> bool:
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
@@ -249,6 +256,8 @@ def _safetensors_digest(metadata_json: str, tensors: dict[str, torch.Tensor]) ->
 
 def _tensor_bytes(tensor: torch.Tensor) -> np.ndarray:
     """The tensor's memory as flat uint8: a view, not a copy, of a contiguous CPU tensor."""
+    import torch
+
     return tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
@@ -354,7 +363,8 @@ def _column_pieces(column) -> Iterator:
     yield np.packbits(valid.to_numpy(zero_copy_only=False))
     values = array.filter(valid) if array.null_count else array  # what lies under a null is not data
     kind = array.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+    if any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+                                     pa.types.is_large_binary)):
         yield from _binary_pieces(values)
         return
     numbers = values.to_numpy(zero_copy_only=False) if pa.types.is_primitive(kind) else None
@@ -401,6 +411,8 @@ def read_image_split(path: str | os.PathLike):
 
 def _check_image_split(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     """Refuse an image split whose tensors or metadata do not have the documented shape."""
+    import torch
+
     def refuse(problem: str) -> ArtifactError:
         return ArtifactError(f"{path} is not a usable image split: {problem}. {RERUN}")
 

@@ -24,12 +24,12 @@ def run_script(snakemake, main: Callable, uses_gpu: bool = False) -> None:
     script that does not use a GPU is pinned to the CPU, so it can never compete for one
     without claiming it.
     """
-    import torch
-
     _configure_logging(snakemake.log[0] if len(snakemake.log) else None)
     try:
         _choose_device(snakemake, uses_gpu)
-        torch.set_num_threads(max(1, int(snakemake.threads)))
+        torch = sys.modules.get("torch")  # a job whose script needs no torch does not pay its import
+        if torch is not None:
+            torch.set_num_threads(max(1, int(snakemake.threads)))
         main(snakemake)
     except UserFacingError as error:
         log.error("%s", error)

@@ -343,3 +343,22 @@ def _write_detail(problems: list[str], config: dict, schema: dict, detail_dir) -
         return str(path)
     except OSError:
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow's rules, read from their files (for tests and benchmarks)
+# ---------------------------------------------------------------------------------------------
+
+
+def rule_scripts(workflow_dir: str | Path) -> dict[str, str]:
+    """Rule name → the file name of its ``script:`` (e.g. ``{"finetune": "finetune.py"}``), read
+    from ``workflow_dir/rules/*.smk`` (rules defined inside an ``if`` block included)."""
+    import re
+
+    rules = {}
+    for path in sorted(Path(workflow_dir, "rules").glob("*.smk")):
+        for name, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule \w+:|\Z)", path.read_text(), re.M | re.S):
+            script = re.search(r'script:\s*\n\s*"(?:\.\./scripts/)?([\w.]+)"', body)
+            if script:
+                rules[name] = script.group(1)
+    return rules
