@@ -262,7 +262,8 @@ def _readable(error, schema: dict) -> str:
         return _unknown_keys(error, schema)
     if rule == "required":
         missing = [name for name in error.validator_value if name not in (value or {})]
-        return f"config key {key} lacks the required key {missing[0]!r}: add it ({_described(schema, [*error.absolute_path, missing[0]])})."
+        described = _described(schema, [*error.absolute_path, missing[0]])
+        return f"config key {key} lacks the required key {missing[0]!r}: add it ({described})."
     if rule == "enum":
         allowed = ", ".join(map(str, error.validator_value))
         return f"config key {key} is {value!r}, which is not allowed: use one of {allowed}."
@@ -288,7 +289,8 @@ def _readable(error, schema: dict) -> str:
         specific = [e for e in error.context if e.validator not in ("type", "anyOf", "oneOf")]
         if specific:
             return _readable(max(specific, key=lambda e: len(e.absolute_path)), schema)
-        return f"config key {key} is {value!r}, which is none of the allowed forms ({_described(schema, error.absolute_path)})."
+        return (f"config key {key} is {value!r}, which is none of the allowed forms "
+                f"({_described(schema, error.absolute_path)}).")
     return f"config key {key}: {error.message}."
 
 

@@ -401,7 +401,8 @@ def paper_section(tables: dict, study: dict, pretrained) -> str:
     if not math.isnan(reference):
         parts.append(
             f"<p>Pretrained zero-shot top-1: reproduced {pct(reference)}, published "
-            f"{pct(PUBLISHED_PRETRAINED_ZEROSHOT)} (difference {100 * (reference - PUBLISHED_PRETRAINED_ZEROSHOT):+.2f} points).</p>"
+            f"{pct(PUBLISHED_PRETRAINED_ZEROSHOT)} "
+            f"(difference {100 * (reference - PUBLISHED_PRETRAINED_ZEROSHOT):+.2f} points).</p>"
         )
     columns = ["metric", "published", "reproduced mean ± SD", "n", "difference", "within SD", "within range"]
     rows, classes = _paper_rows(tables["paper_cells"], ["dataset", "method", "lr"])
@@ -517,7 +518,8 @@ def downloads_section(tables: dict[str, pd.DataFrame]) -> str:
             continue
         data = base64.b64encode(frame.to_csv(index=False).encode()).decode("ascii")
         links.append(
-            f"<a class='download' download='{html.escape(name)}.csv' href='data:text/csv;base64,{data}'>{html.escape(name)}.csv</a>"
+            f"<a class='download' download='{html.escape(name)}.csv' href='data:text/csv;base64,{data}'>"
+            f"{html.escape(name)}.csv</a>"
         )
     return "<h2 id='downloads'>Tables as CSV</h2><p>" + "".join(links) + "</p>"
 

@@ -436,7 +436,8 @@ class _Run:
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", copy=True) for name, p in self.named_params}
 
-    def forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_backward(self, images: torch.Tensor,
+                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, number correct and (clipped-before) gradient norm of one batch, all on device."""
         with self.precision.train_autocast():
             logits = self.model(images)

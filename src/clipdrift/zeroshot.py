@@ -18,7 +18,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Union
 
 import open_clip
 import torch
@@ -29,7 +28,7 @@ from clipdrift.data import ImageSplit
 from clipdrift.errors import UserFacingError
 from clipdrift.metrics.runtime import check_images, evaluating, model_input, resolve_device
 
-Template = Union[str, Callable[[str], str]]
+Template = str | Callable[[str], str]
 
 
 def _packaged_template_sets() -> dict[str, tuple[str, ...]]:
@@ -232,5 +231,6 @@ def build_text_classifier(clip: torch.nn.Module, tokenizer, task: str, templates
 
 def score_record(run: dict, task: str, settings: dict, checkpoint: str | None, scores: dict) -> dict:
     """What ``zeroshot/<run>.json`` holds (docs/artifacts.md)."""
-    return {**run, "task": task, "templates": settings["templates"], "n_templates": len(load_templates(settings["templates"])),
+    n_templates = len(load_templates(settings["templates"]))
+    return {**run, "task": task, "templates": settings["templates"], "n_templates": n_templates,
             "class_names": settings["class_names"], "checkpoint": checkpoint, **scores}

@@ -15,6 +15,8 @@ if config["backbone"]["source"] == "world":
             code=code("pretrain_backbone"),
         threads: 4  # capped at --cores locally; profiles/slurm sets the cluster's value
         priority: 100
+        conda:
+            CONDA_ENV
         log:
             f"{LOGS}/backbone.log",
         benchmark:
@@ -31,6 +33,8 @@ else:
             backbone=config["backbone"],
             code=code("check_backbone"),
         priority: 100  # first job: missing weights stop the study before any data work
+        conda:
+            CONDA_ENV
         log:
             f"{LOGS}/backbone.log",
         script:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from clipdrift import plan
 from clipdrift.codedigest import script_digest
+from clipdrift.outputs import FIGURES, PAPER_TABLES, TABLES
 
 STUDY = f"{config['results_dir']}/{config['study']}"
 DATASETS = [d["name"] for d in config["datasets"]]
@@ -21,6 +22,10 @@ BENCH = f"{STUDY}/benchmarks"
 SCRATCH = f"{STUDY}/.resume"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 PROBE_SENSITIVITY = plan.probe_sensitivity_settings(config)
+STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
+# With --use-conda (or --software-deployment-method conda) every job runs in this existing
+# environment: conda env create -f envs/clipdrift.yaml, then pip install -e . inside it.
+CONDA_ENV = "clipdrift"
 
 
 wildcard_constraints:
@@ -50,3 +55,10 @@ def code(script):
 def run_checkpoint(which):
     """Input function: the run's ``which`` checkpoint (``best`` or ``final``)."""
     return lambda wildcards: f"{RUN_DIR}/{which}.safetensors".format(**wildcards)
+
+
+def table_output(name, suffix):
+    """A table of the aggregate rule; the CSV is registered for `snakemake --report`."""
+    path = f"{STUDY}/tables/{name}.{suffix}"
+    caption_name = "paper" if name.startswith("paper_") else name
+    return report(path, caption=f"../report/{caption_name}.rst", category="Tables") if suffix == "csv" else path

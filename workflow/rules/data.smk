@@ -15,6 +15,8 @@ rule prepare_task:
         dataset=lambda wc: DATASET_CONFIG[wc.dataset],
         settings=lambda wc: plan.data_settings(config, wc.dataset),
         code=code("prepare_data"),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/data/{{dataset}}.log",
     benchmark:
@@ -31,6 +33,8 @@ rule prepare_zeroshot_task:
         dataset={"name": ZEROSHOT_DATASET, "sizes": config["zeroshot"].get("sizes") or {}},
         settings=plan.data_settings(config, ZEROSHOT_DATASET),
         code=code("prepare_data"),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/data/{ZEROSHOT_DATASET}.log",
     benchmark:

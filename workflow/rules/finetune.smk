@@ -23,6 +23,8 @@ rule finetune:
     resources:
         runtime=lambda wc, attempt: config["resources"]["finetune_runtime"] * attempt,
         mem_mb=config["resources"]["finetune_mem_mb"],
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/finetune/{RUN}.log",
     benchmark:

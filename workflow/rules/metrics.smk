@@ -28,6 +28,8 @@ rule probe_reference:
     resources:
         runtime=config["resources"]["metrics_runtime"],
         mem_mb=config["resources"]["metrics_mem_mb"],
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/references/{{dataset}}.log",
     benchmark:
@@ -54,6 +56,8 @@ rule extract:
     resources:
         runtime=config["resources"]["metrics_runtime"],
         mem_mb=config["resources"]["metrics_mem_mb"],
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/extract/{RUN}.log",
     benchmark:

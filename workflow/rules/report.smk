@@ -1,38 +1,5 @@
 # Aggregation into tidy tables, then the one summary report: a self-contained HTML page, with
 # its tables and figures also registered through report() for `snakemake --report`.
-from clipdrift.outputs import FIGURES, PAPER_TABLES, TABLES
-
-STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
-
-
-def table_output(name, suffix):
-    path = f"{STUDY}/tables/{name}.{suffix}"
-    caption_name = "paper" if name.startswith("paper_") else name
-    return report(path, caption=f"../report/{caption_name}.rst", category="Tables") if suffix == "csv" else path
-
-
-rule zeroshot_pretrained_indomain:
-    input:
-        images=f"{STUDY}/data/{{dataset}}/test.safetensors",
-        backbone=BACKBONE,
-    output:
-        scores=f"{STUDY}/zeroshot/pretrained-indomain/{{dataset}}.json",
-    wildcard_constraints:
-        dataset="|".join(re.escape(d) for d in DATASETS),
-    params:
-        run=lambda wc: {"dataset": wc.dataset, "method": "pretrained", "lr": None, "seed": None},
-        task=lambda wc: wc.dataset,
-        settings=plan.zeroshot_settings(config, indomain=True),
-        checkpoint=None,
-        code=code("zeroshot"),
-    log:
-        f"{LOGS}/zeroshot/pretrained-indomain/{{dataset}}.log",
-    benchmark:
-        f"{BENCH}/zeroshot/pretrained-indomain/{{dataset}}.tsv"
-    script:
-        "../scripts/zeroshot.py"
-
-
 rule aggregate:
     input:
         histories=expand_runs(f"{RUN_DIR}/history.json"),
@@ -48,6 +15,8 @@ rule aggregate:
     params:
         compare_with_paper=config["preset"] == "paper",
         code=code("aggregate"),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -81,6 +50,8 @@ rule report:
             "selection_split": config["training"]["selection_split"],
         },
         code=code("report"),
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/report.log",
     benchmark:

@@ -20,6 +20,8 @@ rule zeroshot_classifier:
         settings=plan.zeroshot_settings(config),
         code=code("zeroshot_classifier"),
     threads: 1
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/zeroshot/classifier.log",
     benchmark:
@@ -46,9 +48,37 @@ rule zeroshot:
     resources:
         runtime=config["resources"]["metrics_runtime"],
         mem_mb=config["resources"]["metrics_mem_mb"],
+    conda:
+        CONDA_ENV
     log:
         f"{LOGS}/zeroshot/{RUN}.log",
     benchmark:
         f"{BENCH}/zeroshot/{RUN}.tsv"
+    script:
+        "../scripts/zeroshot.py"
+
+
+# The pretrained model on each fine-tuning task's own test set (readable class names): where
+# in-domain accuracy starts from.
+rule zeroshot_pretrained_indomain:
+    input:
+        images=f"{STUDY}/data/{{dataset}}/test.safetensors",
+        backbone=BACKBONE,
+    output:
+        scores=f"{STUDY}/zeroshot/pretrained-indomain/{{dataset}}.json",
+    wildcard_constraints:
+        dataset="|".join(re.escape(d) for d in DATASETS),
+    params:
+        run=lambda wc: {"dataset": wc.dataset, "method": "pretrained", "lr": None, "seed": None},
+        task=lambda wc: wc.dataset,
+        settings=plan.zeroshot_settings(config, indomain=True),
+        checkpoint=None,
+        code=code("zeroshot"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/zeroshot/pretrained-indomain/{{dataset}}.log",
+    benchmark:
+        f"{BENCH}/zeroshot/pretrained-indomain/{{dataset}}.tsv"
     script:
         "../scripts/zeroshot.py"

@@ -33,6 +33,7 @@ from clipdrift.analysis.tables import cell_table, layer_table, method_table, run
 from clipdrift.outputs import PAPER_TABLES, TABLES
 
 __all__ = [
+    "PAPER_TABLES",
     "PUBLISHED_PRETRAINED_ZEROSHOT",
     "TABLES",
     "bootstrap_ci",

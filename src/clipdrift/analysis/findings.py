@@ -271,7 +271,8 @@ def underfit_cells(cells, dataset, methods, gap: float) -> list[dict]:
                 f"On {dataset} at {lr}, {method_label(b)} underfits: selection accuracy "
                 f"{pct_sd(cb['best_select_acc_mean'], cb['best_select_acc_sd'])} vs "
                 f"{pct_sd(ca['best_select_acc_mean'], ca['best_select_acc_sd'])} for {method_label(a)} "
-                f"({points(shortfall, signed=False)} points lower; n = {cb['best_select_acc_n']} and {ca['best_select_acc_n']})."
+                f"({points(shortfall, signed=False)} points lower; "
+                f"n = {cb['best_select_acc_n']} and {ca['best_select_acc_n']})."
             )
             found.append(
                 _finding(

@@ -119,7 +119,8 @@ def batch_attention_stats(layer_probs: list[torch.Tensor], config: AttentionConf
     return stats
 
 
-def summarise_attention(batches: list[dict[str, torch.Tensor]], counts: list[int], config: AttentionConfig) -> dict[str, torch.Tensor]:
+def summarise_attention(batches: list[dict[str, torch.Tensor]], counts: list[int],
+                        config: AttentionConfig) -> dict[str, torch.Tensor]:
     """Combine per-batch statistics over the probe with the configured aggregation."""
     weights = torch.tensor(counts)
     summary = {
@@ -157,8 +158,11 @@ def attention_rows(summary: dict[str, torch.Tensor], state: str, config: Attenti
         for layer, layer_values in enumerate(values.tolist()):
             rows += [(layer, head, metric, state, value) for head, value in enumerate(layer_values)]
             rows.append((layer, WHOLE, metric, state, sum(layer_values) / len(layer_values)))
-    rows += [(layer, WHOLE, "head_diversity", state, value) for layer, value in enumerate(summary["head_diversity"].tolist())]
-    for key, metric in (("rollout_entropy", "rollout_entropy"), ("rollout_erf", f"rollout_{config.erf_name}"), ("rollout_gini", "rollout_gini")):
+    diversity = summary["head_diversity"].tolist()
+    rows += [(layer, WHOLE, "head_diversity", state, value) for layer, value in enumerate(diversity)]
+    rollouts = (("rollout_entropy", "rollout_entropy"), ("rollout_erf", f"rollout_{config.erf_name}"),
+                ("rollout_gini", "rollout_gini"))
+    for key, metric in rollouts:
         rows.append((WHOLE, WHOLE, metric, state, float(summary[key])))
     return pd.DataFrame(rows, columns=ATTENTION_COLUMNS)
 
