@@ -126,15 +126,16 @@ def summarise(rows: list[dict]) -> dict:
         cells[(row["task"], row["method"], row["lr"])].append(row)
     table = {}
     for key, runs in cells.items():
-        mean = lambda k: statistics.fmean(r[k] for r in runs)  # noqa: E731
-        table[key] = {k: mean(k) for k in ("test_acc", "zeroshot_top1", "entropy_drift_pct", "finetune_s", "metrics_s")}
+        table[key] = {k: statistics.fmean(r[k] for r in runs)
+                      for k in ("test_acc", "zeroshot_top1", "entropy_drift_pct", "finetune_s", "metrics_s")}
         table[key]["n"] = len(runs)
     return table
 
 
 def print_table(table: dict, pretrained_top1: float) -> None:
     print(f"\npretrained zero-shot top-1 ({ZEROSHOT_TASK}, 'a photo of a {{}}'): {pretrained_top1:.3f}")
-    print(f"{'task':14} {'method':6} {'lr':>8} {'n':>2} {'test acc':>8} {'zero-shot':>9} {'H drift %':>9} {'ft s':>6} {'metric s':>8}")
+    print(f"{'task':14} {'method':6} {'lr':>8} {'n':>2} {'test acc':>8} {'zero-shot':>9} "
+          f"{'H drift %':>9} {'ft s':>6} {'metric s':>8}")
     for (task, method, lr), cell in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1], float(kv[0][2]))):
         print(f"{task:14} {method:6} {lr:>8} {cell['n']:>2} {cell['test_acc']:8.3f} {cell['zeroshot_top1']:9.3f} "
               f"{cell['entropy_drift_pct']:9.2f} {cell['finetune_s']:6.1f} {cell['metrics_s']:8.1f}")
@@ -174,7 +175,8 @@ def main() -> None:
     print(f"threads {args.threads}; load average at start {load_average()}")
     backbone, history = get_backbone(args, world)
     if history:
-        print(f"pretraining: {history.get('time_s', float('nan')):.1f} s (data {history.get('data_time_s', float('nan')):.1f} s), "
+        print(f"pretraining: {history.get('time_s', float('nan')):.1f} s "
+              f"(data {history.get('data_time_s', float('nan')):.1f} s), "
               f"loss {history.get('loss_first', float('nan')):.2f} -> {history.get('loss_final', float('nan')):.2f}, "
               f"zero-shot top-1 {history.get('zeroshot', {}).get('top1')}; load {load_average()}")
     spec = BackboneSpec(MODEL, str(backbone))

@@ -299,7 +299,7 @@ def _holm_loop(pvalues):
 
 def test_holm_runs_within_each_metric_across_the_grid(tables):
     table = tables["stats"]
-    for metric, family in table.groupby("metric"):
+    for _, family in table.groupby("metric"):
         assert len(family) == 8  # 2 datasets × 4 rates
         tested = family[family["p_welch"].notna()]
         assert family["family_size"].eq(len(tested)).all() and len(tested) == 8
@@ -579,11 +579,13 @@ def test_probe_sensitivity_against_direct_computation(study, tables):
     sensitivity = fabricate_sensitivity(study[2])
     table = analysis.probe_sensitivity(sensitivity, tables["runs"])
     pretrained = table.query("method == 'pretrained' and dataset == 'pets' and metric == 'entropy'").iloc[0]
-    values = sensitivity.query("dataset == 'pets' and metric == 'entropy' and state == 'baseline'").groupby("probe_seed")["value"].first()
+    baseline = sensitivity.query("dataset == 'pets' and metric == 'entropy' and state == 'baseline'")
+    values = baseline.groupby("probe_seed")["value"].first()
     assert pretrained["n_probes"] == len(PROBE_SEEDS)
     assert pretrained["cv_pct"] == pytest.approx(100 * np.std(values, ddof=1) / np.mean(values))
-    run = table.query("dataset == 'pets' and method == 'full' and lr == '1e-05' and seed == 11 and metric == 'entropy'").iloc[0]
-    rows = sensitivity.query("dataset == 'pets' and method == 'full' and lr == '1e-05' and seed == 11 and metric == 'entropy'")
+    one_run = "dataset == 'pets' and method == 'full' and lr == '1e-05' and seed == 11 and metric == 'entropy'"
+    run = table.query(one_run).iloc[0]
+    rows = sensitivity.query(one_run)
     wide = rows.pivot_table(index="probe_seed", columns="state", values="value")
     drifts = 100 * (wide["final"] - wide["baseline"]) / wide["baseline"]
     assert run["drift_mean"] == pytest.approx(drifts.mean()) and run["drift_sd"] == pytest.approx(drifts.std(ddof=1))

@@ -100,7 +100,9 @@ def _named(path, rest: str) -> str:
 
 def _edit_in_place(path, old: str, new: str) -> None:
     """Change the metadata text inside the file's header, keeping the file length."""
-    escaped = lambda text: text.replace('"', '\\"').encode()  # the metadata JSON is a string in the header
+    def escaped(text: str) -> bytes:
+        return text.replace('"', '\\"').encode()  # the metadata JSON is a string in the header
+
     data = path.read_bytes()
     assert data.count(escaped(old)) == 1 and len(old) == len(new), old
     path.write_bytes(data.replace(escaped(old), escaped(new)))
@@ -197,7 +199,8 @@ def test_malformed_metadata_is_refused_naming_the_field(tmp_path, tiny_images, f
 def test_n_classes_that_disagrees_with_the_head_is_named_not_blamed_on_the_backbone(tmp_path, tiny_images):
     _, path = _saved(tmp_path, "lora", tiny_images)
     _rewrite_metadata(path, lambda m: m.update(n_classes=6))
-    with pytest.raises(CheckpointError, match=_named(path, " does not fit its own metadata: its head has 5 classes but metadata n_classes is 6")) as error:
+    message = " does not fit its own metadata: its head has 5 classes but metadata n_classes is 6"
+    with pytest.raises(CheckpointError, match=_named(path, message)) as error:
         load_classifier(path)
     assert "another backbone" not in str(error.value)
 
@@ -205,14 +208,16 @@ def test_n_classes_that_disagrees_with_the_head_is_named_not_blamed_on_the_backb
 def test_lora_r_that_disagrees_with_the_adapters_is_named_not_blamed_on_the_backbone(tmp_path, tiny_images):
     _, path = _saved(tmp_path, "lora", tiny_images)
     _rewrite_metadata(path, lambda m: m["method"].update(lora_r=4))
-    with pytest.raises(CheckpointError, match=_named(path, " does not fit its own metadata: its LoRA rank differs from metadata method.lora_r = 4")) as error:
+    message = " does not fit its own metadata: its LoRA rank differs from metadata method.lora_r = 4"
+    with pytest.raises(CheckpointError, match=_named(path, message)) as error:
         load_classifier(path)
     assert "another backbone" not in str(error.value)
 
 
 def test_a_random_base_with_another_init_seed_is_refused(tmp_path, tiny_images):
     _, path = _saved(tmp_path, "lora", tiny_images)
-    with pytest.raises(CheckpointError, match=_named(path, " was made on random clipdrift-tiny weights drawn from init_seed 0, not 3")):
+    message = " was made on random clipdrift-tiny weights drawn from init_seed 0, not 3"
+    with pytest.raises(CheckpointError, match=_named(path, message)):
         load_classifier(path, base=BackboneSpec("clipdrift-tiny", init_seed=3))
     loaded, _ = load_classifier(path, base=BackboneSpec("clipdrift-tiny"))  # the same base, given explicitly
     assert loaded.n_classes == 5

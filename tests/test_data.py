@@ -190,7 +190,8 @@ def test_pets_keeps_the_official_test_and_carves_a_stratified_val(data_root):
     splits, manifest = prepare_real_dataset("pets", data_root, image_size=32, val_fraction=0.2, seed=0)
     counts = {k: e["class_counts"] for k, e in manifest["splits"].items()}
     assert counts == {"train": [8, 8, 8, 8], "val": [2, 2, 2, 2], "test": [3, 3, 3, 3]}
-    test_ids = [line.split()[0] for line in (data_root / "oxford-iiit-pet/annotations/test.txt").read_text().split("\n") if line]
+    test_list = (data_root / "oxford-iiit-pet/annotations/test.txt").read_text()
+    test_ids = [line.split()[0] for line in test_list.split("\n") if line]
     assert manifest["splits"]["test"]["ids"] == test_ids
     assert not set(manifest["splits"]["train"]["ids"]) & set(manifest["splits"]["val"]["ids"])
     assert set(manifest["splits"]["train"]["ids"]) | set(manifest["splits"]["val"]["ids"]) == {
@@ -229,7 +230,8 @@ def test_cifar100_files_that_fail_the_checksum_are_reported_as_corrupted(data_ro
 
 @pytest.mark.parametrize("name, title, layout, command", [
     ("eurosat", "EuroSAT (RGB)", "eurosat/2750/<Class>/<Class>_<n>.jpg", "EuroSAT('{root}', download=True)"),
-    ("pets", "Oxford-IIIT Pets", "oxford-iiit-pet/annotations/{trainval,test}.txt", "OxfordIIITPet('{root}', download=True)"),
+    ("pets", "Oxford-IIIT Pets", "oxford-iiit-pet/annotations/{trainval,test}.txt",
+     "OxfordIIITPet('{root}', download=True)"),
     ("cifar100", "CIFAR-100", "cifar-100-python/{train,test,meta}", "CIFAR100('{root}', download=True)"),
 ])
 def test_missing_dataset_names_the_dataset_directory_layout_and_fix(tmp_path, name, title, layout, command):

@@ -100,7 +100,8 @@ def test_one_byte_changes_to_a_checkpoint_are_refused_or_change_nothing(tmp_path
 def test_one_byte_changes_to_an_image_split_are_refused_or_change_nothing(tmp_path):
     images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     path = tmp_path / "train.safetensors"
-    write_image_split(path, ImageSplit(images, torch.arange(12) % 4, ["a", "b", "c", "d"]), dataset="toy", split_name="train")
+    write_image_split(path, ImageSplit(images, torch.arange(12) % 4, ["a", "b", "c", "d"]),
+                      dataset="toy", split_name="train")
     positions = _spread(random.Random("split"), _safetensors_regions(path.read_bytes()), per_region=70)
 
     def same(split, original):

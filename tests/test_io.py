@@ -65,7 +65,8 @@ def _replace_once(path, old: bytes, new: bytes) -> None:
 
 
 def test_safetensors_round_trip_returns_the_callers_metadata(tmp_path):
-    tensors = {"a": torch.randn(3, 4), "scalar": torch.tensor(2.0), "empty": torch.zeros(0), "flags": torch.ones(2, dtype=torch.bool)}
+    tensors = {"a": torch.randn(3, 4), "scalar": torch.tensor(2.0), "empty": torch.zeros(0),
+               "flags": torch.ones(2, dtype=torch.bool)}
     write_safetensors(tmp_path / "x.safetensors", tensors, {"kind": "test", "n": 3})
     loaded, metadata = read_safetensors(tmp_path / "x.safetensors")
     assert metadata == {"kind": "test", "n": 3}
@@ -134,7 +135,8 @@ def test_image_split_whose_labels_outrun_its_class_names_is_refused(tmp_path):
     write_image_split(path, _split(), dataset="toy", split_name="train")
     tensors, metadata = read_safetensors(path)
     write_safetensors(path, tensors, {**metadata, "class_names": ["cat", "dog"]})  # a valid digest
-    with pytest.raises(ArtifactError, match=f"{re.escape(str(path))} is not a usable image split: labels span 0..2 but there are 2 class_names"):
+    message = f"{re.escape(str(path))} is not a usable image split: labels span 0..2 but there are 2 class_names"
+    with pytest.raises(ArtifactError, match=message):
         read_image_split(path)
 
 
@@ -215,7 +217,8 @@ def test_csv_tables_are_for_humans_and_read_unverified(tmp_path):
 
 # JSON artifacts --------------------------------------------------------------------------------
 
-HISTORY = {"dataset": "eurosat", "seed": 7, "best_select_acc": 0.93, "epochs": [{"epoch": 1, "lr_end": 1e-05}], "diverged_at_step": None}
+HISTORY = {"dataset": "eurosat", "seed": 7, "best_select_acc": 0.93, "epochs": [{"epoch": 1, "lr_end": 1e-05}],
+           "diverged_at_step": None}
 
 
 def test_json_object_round_trips_and_stays_readable_as_plain_json(tmp_path):
@@ -245,7 +248,8 @@ def test_json_with_an_unknown_integrity_record_is_refused(tmp_path):
     path = tmp_path / "h.json"
     write_json(path, HISTORY)
     _replace_once(path, b'"format": 1', b'"format": 2')
-    with pytest.raises(ArtifactError, match=f"{re.escape(str(path))} has an '_integrity' record this clipdrift does not read"):
+    message = f"{re.escape(str(path))} has an '_integrity' record this clipdrift does not read"
+    with pytest.raises(ArtifactError, match=message):
         read_json(path)
 
 

@@ -227,7 +227,8 @@ def test_exact_entropy_is_the_per_image_mean_of_cls_row_entropies(models):
         assert np.allclose(values(frame, "entropy", state, head=1), by_hand[:, :, 1].mean(0).numpy(), atol=1e-6)
     p2p = per_image_cls_stats(tuned, probe, patch_to_patch=True)
     rolled = attention_table(tuned, baseline, probe, AttentionConfig(rollout_alpha=0.8, batch_size=16))
-    assert values(rolled, "rollout_entropy", "final")[0] == pytest.approx(rollout_entropy_by_hand(tuned, probe, 0.8), abs=1e-9)
+    rollout_by_hand = rollout_entropy_by_hand(tuned, probe, 0.8)
+    assert values(rolled, "rollout_entropy", "final")[0] == pytest.approx(rollout_by_hand, abs=1e-9)
     assert np.allclose(values(frame, "p2p_entropy", "final", head=2), p2p[:, :, 2].mean(0).numpy(), atol=1e-6)
     bits = attention_table(tuned, baseline, probe, AttentionConfig(entropy_unit="bits", batch_size=32))
     assert np.allclose(values(bits, "entropy", "final"), values(frame, "entropy", "final") / math.log(2))
@@ -296,27 +297,28 @@ def test_drift_summary_takes_the_layer_mean_before_the_drift():
 
 def gram_cka(x: np.ndarray, y: np.ndarray, debiased: bool = False) -> float:
     """Reference CKA from n×n Gram matrices (Kornblith et al. 2019; Song et al. 2012)."""
-    def hsic(k, l):
-        n = k.shape[0]
+    def hsic(k1, k2):
+        n = k1.shape[0]
         if not debiased:
             h = np.eye(n) - 1.0 / n
-            return np.sum((h @ k @ h) * (h @ l @ h))
-        k, l = k.copy(), l.copy()
-        np.fill_diagonal(k, 0)
-        np.fill_diagonal(l, 0)
+            return np.sum((h @ k1 @ h) * (h @ k2 @ h))
+        k1, k2 = k1.copy(), k2.copy()
+        np.fill_diagonal(k1, 0)
+        np.fill_diagonal(k2, 0)
         one = np.ones(n)
-        return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
-                - 2.0 / (n - 2) * one @ k @ l @ one)
+        return (np.trace(k1 @ k2) + (one @ k1 @ one) * (one @ k2 @ one) / ((n - 1) * (n - 2))
+                - 2.0 / (n - 2) * one @ k1 @ k2 @ one)
 
-    k, l = x @ x.T, y @ y.T
-    return hsic(k, l) / math.sqrt(hsic(k, k) * hsic(l, l))
+    kx, ky = x @ x.T, y @ y.T
+    return hsic(kx, ky) / math.sqrt(hsic(kx, kx) * hsic(ky, ky))
 
 
 @pytest.fixture
 def features():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(60, 12, generator=generator, dtype=torch.float64)
-    y = x @ torch.randn(12, 8, generator=generator, dtype=torch.float64) + 0.5 * torch.randn(60, 8, generator=generator, dtype=torch.float64)
+    y = (x @ torch.randn(12, 8, generator=generator, dtype=torch.float64)
+         + 0.5 * torch.randn(60, 8, generator=generator, dtype=torch.float64))
     return x, y
 
 

@@ -19,8 +19,8 @@ TEST_CONFIG = str(REPO / "configs/test.yaml")
 STUDY = "results/test"
 RUNS = 2 * 2 * 2 * 1  # datasets x methods x lrs x seeds in configs/test.yaml
 # the cluster has no GPU: the rules that claim one in profiles/slurm claim none here
-GPU_RULES = [rule for rule, claim in yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"].items()
-             if claim.get("gpu")]
+SLURM_RESOURCES = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"]
+GPU_RULES = [rule for rule, claim in SLURM_RESOURCES.items() if claim.get("gpu")]
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,8 @@ def pretrain_backbone(world: WorldConfig, config: PretrainConfig, progress: bool
     return clip, history
 
 
-def _train(clip: nn.Module, images: torch.Tensor, tokens: torch.Tensor, config: PretrainConfig, progress: bool) -> list[float]:
+def _train(clip: nn.Module, images: torch.Tensor, tokens: torch.Tensor, config: PretrainConfig,
+           progress: bool) -> list[float]:
     preprocess = image_preprocess_config(clip)
     groups = _param_groups(clip, config.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, foreach=True)
@@ -170,7 +171,8 @@ def _curve(losses: list[float]) -> list[dict]:
 
 
 @torch.no_grad()
-def zeroshot_top1(clip: nn.Module, tokenizer, split: ImageSplit, template: str = "a photo of a {}", batch_size: int = 500) -> float:
+def zeroshot_top1(clip: nn.Module, tokenizer, split: ImageSplit, template: str = "a photo of a {}",
+                  batch_size: int = 500) -> float:
     """Top-1 of argmax cosine similarity between images and one prompt per class."""
     prompts = tokenizer([template.format(name) for name in split.class_names])
     text = clip.encode_text(prompts, normalize=True)

@@ -69,8 +69,8 @@ class WorldConfig:
 
     ``min_radius``/``max_radius`` are the object radius as a fraction of the image side;
     ``max_offset`` bounds how far the object centre strays from the image centre (fraction of the
-    side; it also stays where the object fits). ``noise`` is the pixel noise standard deviation (images in [0, 1]); ``texture`` and
-    ``pattern_contrast`` scale how strongly terrains and object patterns show.
+    side; it also stays where the object fits). ``noise`` is the pixel noise standard deviation (images in [0, 1]);
+    ``texture`` and ``pattern_contrast`` scale how strongly terrains and object patterns show.
     """
 
     seed: int = 0
@@ -209,7 +209,8 @@ _TERRAIN_FIELDS = {
     "meadow": lambda xs, ys, ph, bl, s: _square_wave(xs, 6.0, ph[:, 0]),
     "forest": lambda xs, ys, ph, bl, s: (_upsampled_blobs(bl, s) * 2.5).clamp(-1, 1),
     "river": lambda xs, ys, ph, bl, s: _wave(ys + 2.5 * torch.sin(2 * math.pi * xs / 16 + ph[:, 1]), 8.0, ph[:, 0]),
-    "road": lambda xs, ys, ph, bl, s: ((_wave(xs, 10.0, ph[:, 0]) > 0.8) | (_wave(ys, 10.0, ph[:, 1]) > 0.8)).float() * 2 - 1,
+    "road": lambda xs, ys, ph, bl, s: (
+        (_wave(xs, 10.0, ph[:, 0]) > 0.8) | (_wave(ys, 10.0, ph[:, 1]) > 0.8)).float() * 2 - 1,
     "farm": lambda xs, ys, ph, bl, s: _square_wave(xs, 8.0, ph[:, 0]) * _square_wave(ys, 8.0, ph[:, 1]),
     "town": lambda xs, ys, ph, bl, s: ((_wave(xs, 6.0, ph[:, 0]) + _wave(ys, 6.0, ph[:, 1])) > 1.0).float() * 2 - 1,
     "lake": lambda xs, ys, ph, bl, s: torch.cos(ph[:, 0]) * (xs / s * 2 - 1) + torch.sin(ph[:, 0]) * (ys / s * 2 - 1),
