@@ -190,9 +190,14 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
         "--set-threads", "finetune=1", "pretrain_backbone=2",
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    # every job went through sbatch: the plugin keeps (when asked) one SLURM log per job and rule
+    # every job went through sbatch (the plugin keeps, when asked, one SLURM log per submission):
+    # a run's fine-tune, extraction and zero-shot as one group job (profiles/slurm: groups)
     logs = workdir / ".snakemake/slurm_logs"
-    assert len(list((logs / "rule_finetune").rglob("*.log"))) == RUNS // 2
+    assert sorted(path.name for path in logs.iterdir()) == [
+        "group_run_extract_finetune_zeroshot", "rule_prepare_task", "rule_prepare_zeroshot_task",
+        "rule_pretrain_backbone", "rule_probe_reference", "rule_zeroshot_classifier",
+        "rule_zeroshot_pretrained_indomain"]
+    assert len(list((logs / "group_run_extract_finetune_zeroshot").rglob("*.log"))) == RUNS // 2
     assert len(list((logs / "rule_pretrain_backbone").rglob("*.log"))) == 1
     key = ["dataset", "method", "lr", "seed"]
     local = pd.read_parquet(study_dir / STUDY / "tables/runs.parquet").query("dataset == 'world-eurosat'")

@@ -210,21 +210,9 @@ def _yes_no(value) -> str:
 
 def stats_section(stats: pd.DataFrame) -> str:
     if stats is None or stats.empty:
-        return "<h2 id='stats'>Method comparisons</h2><p>No learning rate has both methods: nothing to compare.</p>"
-    a, b = stats["method_a"].iloc[0], stats["method_b"].iloc[0]
-    columns = [
-        "dataset",
-        "lr",
-        "metric",
-        f"{method_label(a)} mean ± SD (n)",
-        f"{method_label(b)} mean ± SD (n)",
-        f"{method_label(b)} − {method_label(a)} [95% CI]",
-        "Welch t (df)",
-        "p Welch",
-        "p Welch, Holm",
-        "p permutation",
-        "p perm., Holm",
-    ]
+        return "<h2 id='stats'>Method comparisons</h2><p>No learning rate has two methods: nothing to compare.</p>"
+    columns = ["dataset", "lr", "metric", "comparison (b vs a)", "a: mean ± SD (n)", "b: mean ± SD (n)",
+               "b − a [95% CI]", "Welch t (df)", "p Welch", "p Welch, Holm", "p permutation", "p perm., Holm"]
     rows, classes = [], []
     for _, r in stats.iterrows():
         m = r["metric"]
@@ -233,33 +221,27 @@ def stats_section(stats: pd.DataFrame) -> str:
             f"[{format_value(m, r['diff_ci_low'], True)}, {format_value(m, r['diff_ci_high'], True)}]"
         )
         perm = _p(r["p_perm"]) + ("" if r["perm_exact"] else " (sampled)")
-        rows.append(
-            [
-                r["dataset"],
-                r["lr"],
-                METRIC_LABELS.get(m, m),
-                _arm(m, r["mean_a"], r["sd_a"], r["n_a"]),
-                _arm(m, r["mean_b"], r["sd_b"], r["n_b"]),
-                diff,
-                "–" if _is_missing(r["t"]) else f"{r['t']:.2f} ({r['df']:.1f})",
-                _p(r["p_welch"]),
-                _p(r["p_welch_holm"]),
-                perm,
-                _p(r["p_perm_holm"]),
-            ]
-        )
+        rows.append([
+            r["dataset"], r["lr"], METRIC_LABELS.get(m, m),
+            f"{method_label(r['method_b'])} vs {method_label(r['method_a'])}",
+            _arm(m, r["mean_a"], r["sd_a"], r["n_a"]), _arm(m, r["mean_b"], r["sd_b"], r["n_b"]), diff,
+            "–" if _is_missing(r["t"]) else f"{r['t']:.2f} ({r['df']:.1f})",
+            _p(r["p_welch"]), _p(r["p_welch_holm"]), perm, _p(r["p_perm_holm"]),
+        ])
         classes.append("flag" if r["reject_p_welch_holm"] else "")
+    pairs = "; ".join(f"{method_label(b)} vs {method_label(a)}"
+                      for a, b in stats[["method_a", "method_b"]].drop_duplicates().itertuples(index=False))
     note = (
-        f"<p class='muted'>Per dataset and learning rate, {method_label(b)} vs {method_label(a)} over seeds "
-        "(diverged runs left out). Welch's t-test with its 95% interval of the difference; a two-sided permutation "
-        "test of the mean difference, exact over all relabellings of the seeds. Holm's correction runs within each "
-        "metric across the whole grid. Highlighted: Holm-adjusted Welch p &lt; 0.05. Accuracy differences in "
-        "percentage points.</p>"
+        f"<p class='muted'>Per dataset and learning rate, every pair of methods ({html.escape(pairs)}) over seeds "
+        "(diverged runs left out). Welch's t-test with its 95% interval of the difference b − a; a two-sided "
+        "permutation test of the mean difference, exact over all relabellings of the seeds. Holm's correction runs "
+        "within each metric across the whole grid and all pairs. Highlighted: Holm-adjusted Welch p &lt; 0.05. "
+        "Accuracy differences in percentage points.</p>"
     )
     return (
         "<h2 id='stats'>Method comparisons at matched learning rates</h2>"
         + note
-        + _table(columns, rows, classes, text_columns=3)
+        + _table(columns, rows, classes, text_columns=4)
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import pandas as pd
 
 from clipdrift.analysis.stats import correlation, holm, permutation, welch
-from clipdrift.analysis.tables import METHOD_ORDER, present, sort_grid
+from clipdrift.analysis.tables import method_order, present, sort_grid
 
 TEST_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_erf95_pct", "cka_mean")
 CORRELATION_PAIRS = (
@@ -32,30 +33,37 @@ def _comparison_row(a, b, seed: int) -> dict:
     }
 
 
+def method_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """Every pair of the study's methods, in method order (Full FT, LoRA, LP-FT): (a, b) asks
+    what b does compared with a."""
+    return list(itertools.combinations(method_order(methods), 2))
+
+
 def comparisons(
     runs: pd.DataFrame,
     metrics: Iterable[str] = TEST_METRICS,
-    methods: tuple[str, str] = METHOD_ORDER,
+    pairs: Iterable[tuple[str, str]] | None = None,
     alpha: float = 0.05,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per (dataset, lr, metric): method b vs method a (default LoRA vs Full FT) over seeds.
+    """Per method pair, dataset, lr and metric: method b vs method a over seeds (``pairs``:
+    every pair of the study's methods unless given; e.g. LoRA vs Full FT).
 
     ``diff`` is mean_b − mean_a with Welch's 95% interval; ``p_welch`` and ``p_perm`` (exact
     permutation where feasible) are Holm-adjusted within each metric across the whole grid of
-    (dataset, lr) comparisons — one family per question asked. Diverged runs are left out.
+    (pair, dataset, lr) comparisons — one family per question asked. Diverged runs are left out.
     """
     metrics = list(metrics)
-    method_a, method_b = methods
     ok = runs[~runs["diverged"]]
     rows = []
-    for (dataset, lr), group in ok.groupby(["dataset", "lr"], sort=False):
-        arm_a, arm_b = group[group["method"] == method_a], group[group["method"] == method_b]
-        if arm_a.empty or arm_b.empty:
-            continue  # not a matched comparison at this rate
-        for metric in present(runs, metrics):
-            row = {"dataset": dataset, "lr": lr, "metric": metric, "method_a": method_a, "method_b": method_b}
-            rows.append(row | _comparison_row(arm_a[metric].dropna(), arm_b[metric].dropna(), seed))
+    for method_a, method_b in method_pairs(runs["method"]) if pairs is None else pairs:
+        for (dataset, lr), group in ok.groupby(["dataset", "lr"], sort=False):
+            arm_a, arm_b = group[group["method"] == method_a], group[group["method"] == method_b]
+            if arm_a.empty or arm_b.empty:
+                continue  # not a matched comparison at this rate
+            for metric in present(runs, metrics):
+                row = {"dataset": dataset, "lr": lr, "metric": metric, "method_a": method_a, "method_b": method_b}
+                rows.append(row | _comparison_row(arm_a[metric].dropna(), arm_b[metric].dropna(), seed))
     table = pd.DataFrame(rows)
     if table.empty:
         return table

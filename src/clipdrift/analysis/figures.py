@@ -20,7 +20,7 @@ from clipdrift.analysis.findings import pretrained_top1
 from clipdrift.analysis.stats import correlation
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 
-METHOD_COLORS = {"full": "#D55E00", "lora": "#0072B2"}
+METHOD_COLORS = {"full": "#D55E00", "lora": "#0072B2", "lp-ft": "#009E73"}
 LR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 PANEL_LABELS = {
     "best_select_acc": "best selection accuracy (%)",

@@ -14,7 +14,7 @@ import pandas as pd
 
 from clipdrift.analysis.compare import comparisons
 from clipdrift.analysis.sensitivity import sensitivity_summary
-from clipdrift.analysis.tables import METHOD_ORDER, cell_table, lr_order, method_label
+from clipdrift.analysis.tables import PRIMARY_PAIR, cell_table, lr_order, method_label
 
 METRIC_NAMES = {
     "best_select_acc": "selection accuracy",
@@ -389,7 +389,7 @@ def probe_choice(summary: pd.DataFrame) -> list[dict]:
 def findings(
     runs: pd.DataFrame,
     pretrained_zeroshot=None,
-    methods: tuple[str, str] = METHOD_ORDER,
+    methods: tuple[str, str] = PRIMARY_PAIR,
     underfit_gap: float = 0.10,
     alpha: float = 0.05,
     sensitivity: pd.DataFrame | None = None,
@@ -400,7 +400,7 @@ def findings(
     ``zeroshot/pretrained.json`` (or its top-1); ``sensitivity`` the probe-sensitivity table."""
     cells = cell_table(runs, ci_metrics=())
     stats = comparisons(
-        runs, metrics=[m for m in ("best_select_acc", "zs_top1") if m in runs], methods=methods, alpha=alpha
+        runs, metrics=[m for m in ("best_select_acc", "zs_top1") if m in runs], pairs=[methods], alpha=alpha
     )
     pretrained = pretrained_top1(pretrained_zeroshot)
     task = _task_name(runs, pretrained_zeroshot)

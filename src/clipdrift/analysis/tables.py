@@ -22,8 +22,10 @@ from clipdrift.analysis.stats import bootstrap_ci
 RUN_KEYS = ["dataset", "method", "lr", "seed"]
 CELL_KEYS = ["dataset", "method", "lr"]
 
-METHOD_ORDER = ("full", "lora")
-METHOD_LABELS = {"full": "Full FT", "lora": "LoRA"}
+METHOD_ORDER = ("full", "lora", "lp-ft")
+METHOD_LABELS = {"full": "Full FT", "lora": "LoRA", "lp-ft": "LP-FT"}
+# The comparison the study is built around (headline findings): LoRA against Full FT.
+PRIMARY_PAIR = ("full", "lora")
 
 # Per-layer attention statistics (layer >= 0) and whole-network ones (rollout, layer -1).
 LAYER_METRICS = ("entropy", "erf95", "gini", "head_diversity", "p2p_entropy")
