@@ -249,3 +249,20 @@ def test_a_checkpoint_written_before_the_lp_ft_fields_still_loads(tmp_path, tiny
     assert "lp_epochs" not in metadata["method"]
     with torch.no_grad():
         assert torch.equal(loaded(tiny_images), model(tiny_images))
+
+
+def test_a_half_precision_snapshot_loads_as_the_fp32_model_rounded_to_fp16(tmp_path):
+    model = make_tiny("full", n_classes=3, seed=4)
+    with torch.no_grad():
+        model.clip.visual.proj.add_(0.01)
+    path = tmp_path / "epoch1.safetensors"
+    save_classifier(path, model, TINY, MethodConfig("full"), seed=4, stored_dtype="float16")
+    loaded, metadata = load_classifier(path)
+    assert metadata["stored_dtype"] == "float16"
+    assert loaded.clip.visual.proj.dtype == torch.float32
+    assert torch.equal(loaded.clip.visual.proj, model.clip.visual.proj.half().float())
+    full = tmp_path / "full.safetensors"
+    save_classifier(full, model, TINY, MethodConfig("full"), seed=4)
+    assert path.stat().st_size < 0.6 * full.stat().st_size
+    with pytest.raises(ValueError, match="stored_dtype 'int8' is unknown"):
+        save_classifier(path, model, TINY, MethodConfig("full"), seed=4, stored_dtype="int8")

@@ -34,9 +34,21 @@ def software_versions() -> dict[str, str]:
     }
 
 
+STORED_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
 def save_classifier(path, model: CLIPClassifier, backbone: BackboneSpec, method: MethodConfig,
-                    seed: int, config_hash: str = "", extra: dict | None = None) -> None:
-    """Write the method's trainable state of ``model`` with everything needed to rebuild it."""
+                    seed: int, config_hash: str = "", extra: dict | None = None, stored_dtype: str = "float32") -> None:
+    """Write the method's trainable state of ``model`` with everything needed to rebuild it.
+
+    ``stored_dtype="float16"`` halves the disk of a snapshot (e.g. a Full FT run's per-epoch
+    weights): floating tensors are rounded to fp16 and cast back to the model's dtype on load.
+    """
+    if stored_dtype not in STORED_DTYPES:
+        raise ValueError(f"stored_dtype {stored_dtype!r} is unknown: use one of {sorted(STORED_DTYPES)}")
+    state = trainable_state(model, method)
+    if stored_dtype != "float32":
+        state = {k: v.to(STORED_DTYPES[stored_dtype]) if v.is_floating_point() else v for k, v in state.items()}
     metadata = {
         "format_version": FORMAT_VERSION,
         "backbone": {"name": backbone.name, "pretrained": backbone.pretrained, "init_seed": backbone.init_seed},
@@ -46,8 +58,9 @@ def save_classifier(path, model: CLIPClassifier, backbone: BackboneSpec, method:
         "config_hash": config_hash,
         "versions": software_versions(),
         "extra": extra or {},
+        "stored_dtype": stored_dtype,
     }
-    write_safetensors(path, trainable_state(model, method), metadata)
+    write_safetensors(path, state, metadata)
 
 
 def load_classifier(path, base: BackboneSpec | None = None) -> tuple[CLIPClassifier, dict]:
@@ -61,6 +74,8 @@ def load_classifier(path, base: BackboneSpec | None = None) -> tuple[CLIPClassif
     """
     tensors, metadata = read_safetensors(path)
     recorded, method, n_classes, seed = _validated(path, metadata)
+    if metadata.get("stored_dtype", "float32") != "float32":  # a half-precision snapshot: back to fp32
+        tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     base = _base_for(path, recorded, base)
     model = apply_method(build_classifier(base, n_classes, seed=seed), method)
     _load_exact(model, tensors, checkpoint_keys(model, method), path, metadata)
@@ -101,6 +116,8 @@ def _validated(path, metadata) -> tuple[BackboneSpec, MethodConfig, int, int]:
     seed = _field(path, metadata, "seed", int)
     for name, kind in (("config_hash", str), ("versions", dict), ("extra", dict)):
         _field(path, metadata, name, kind)
+    if metadata.get("stored_dtype", "float32") not in STORED_DTYPES:  # absent: written before snapshots
+        raise _bad_field(path, "stored_dtype", f"must be one of {sorted(STORED_DTYPES)}, got {metadata['stored_dtype']!r}")
     return backbone, method, n_classes, seed
 
 

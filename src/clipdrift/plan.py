@@ -84,6 +84,13 @@ def check_study_config(config: dict) -> None:
             "(e.g. ViT-B-32-quickgelu, clipdrift-tiny)"
         )
     check_style(config["zeroshot"]["class_names"], config["zeroshot"]["dataset"])
+    if "lp-ft" in config["methods"]:
+        short = [d["name"] for d in config["datasets"] if d["epochs"] <= config["lp_ft"]["probe_epochs"]]
+        if short:
+            raise StudyConfigError(
+                f"lp_ft.probe_epochs is {config['lp_ft']['probe_epochs']} but datasets {short} train only that many "
+                "epochs or fewer: LP-FT needs epochs after the probe. Lower lp_ft.probe_epochs or raise their epochs."
+            )
     expected = backbone_image_size(model_config)
     for name in [*names, config["zeroshot"]["dataset"]]:
         key, size = _image_size_key(config, name)
@@ -119,6 +126,9 @@ def method_settings(config: dict, method: str) -> dict:
     """Keyword arguments of :class:`clipdrift.adapters.MethodConfig` for ``method``."""
     if method == "full":
         return {"method": "full"}
+    if method == "lp-ft":
+        lp_ft = config["lp_ft"]
+        return {"method": "lp-ft", "lp_epochs": lp_ft["probe_epochs"], "lp_train_projection": lp_ft["train_projection"]}
     lora = config["lora"]
     return {
         "method": "lora", "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],

@@ -17,7 +17,8 @@ def main(smk):
     model = apply_method(build_classifier(spec, len(train.class_names), seed=config.seed), method, seed=config.seed)
     select = val if config.selection_split == "val" else test
     # progress goes to the job's log, one line per epoch; no progress bar on the shared terminal
-    result = finetune(model, train, select, config, test=test, resume=smk.params.resume_dir, progress=False)
+    result = finetune(model, train, select, config, test=test, resume=smk.params.resume_dir, progress=False,
+                      method=method)
     config_hash = settings_hash(smk.params.method, smk.params.training)
     for which in ("best", "final"):
         result.load_into(model, which)
