@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"study_s": 900, "pretrain_s": 180, "finetune_s": 10, "pretrained_zs": 0.60, "full_eurosat_acc": 0.90}
 # benchmark file (relative to the study's benchmarks/) -> the rule that wrote it
 BENCHMARK_RULES = (("backbone.tsv", "pretrain_backbone"), ("data/", "prepare_task"), ("finetune/", "finetune"),
-                   ("references/", "probe_reference"), ("extract/", "extract"),
+                   ("references/", "probe_reference"), ("extract/", "extract"), ("curves/", "curves"),
                    ("zeroshot/classifier.tsv", "zeroshot_classifier"),
                    ("zeroshot/pretrained-indomain/", "zeroshot_pretrained_indomain"), ("zeroshot/", "zeroshot"),
                    ("aggregate.tsv", "aggregate"), ("report.tsv", "report"))

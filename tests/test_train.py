@@ -530,3 +530,25 @@ def test_full_ft_history_is_the_same_with_or_without_its_method():
                      method=MethodConfig("full"))
     assert without_timings(without.history) == without_timings(given.history)
     assert_same_states(without.final_state, given.final_state)
+
+
+def test_snapshots_are_taken_before_the_resume_state_so_a_killed_run_never_misses_one(tmp_path):
+    store = ResumeStore(tmp_path / "resume")
+    taken = {}
+    model = make_tiny(n_classes=N_CLASSES)
+
+    def snapshot(epoch):
+        taken[epoch] = (store.exists(), model.head.weight.detach().clone())  # no state of this epoch yet
+
+    def crash(entry):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, TRAIN, VAL, config(), resume=store, progress=False, snapshot=snapshot, on_epoch_end=crash)
+    assert list(taken) == [1] and taken[1][0] is False  # the epoch-1 state was saved after its snapshot
+    resumed = make_tiny(n_classes=N_CLASSES)
+    taken_after = []
+    result = finetune(resumed, TRAIN, VAL, config(), resume=store, progress=False, snapshot=taken_after.append)
+    assert taken_after == [2, 3] and result.history["resumed_from_epoch"] == 1
+    uninterrupted = finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(), progress=False)
+    assert uninterrupted.history["epochs"][0]["train_loss"] == result.history["epochs"][0]["train_loss"]

@@ -103,6 +103,7 @@ def test_the_documented_artifacts_are_the_ones_a_run_writes(study_dir):
     for name in ("attention", "cka", "probe_sensitivity"):
         columns = list(pd.read_parquet(study / f"metrics/{name}/{run}.parquet").columns)
         assert columns == documented_names(f"<!-- columns: metrics/{name} -->"), name
+    assert list(pd.read_parquet(study / f"curves/{run}.parquet").columns) == documented_names("<!-- columns: curves -->")
     for line in (REPO / "docs/artifacts.md").read_text().split("<!-- tables -->", 1)[1].strip().splitlines()[2:]:
         if not line.startswith("|"):
             break
@@ -194,10 +195,10 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
     # a run's fine-tune, extraction and zero-shot as one group job (profiles/slurm: groups)
     logs = workdir / ".snakemake/slurm_logs"
     assert sorted(path.name for path in logs.iterdir()) == [
-        "group_run_extract_finetune_zeroshot", "rule_prepare_task", "rule_prepare_zeroshot_task",
+        "group_run_curves_extract_finetune_zeroshot", "rule_aggregate", "rule_prepare_task", "rule_prepare_zeroshot_task",
         "rule_pretrain_backbone", "rule_probe_reference", "rule_zeroshot_classifier",
-        "rule_zeroshot_pretrained_indomain"]
-    assert len(list((logs / "group_run_extract_finetune_zeroshot").rglob("*.log"))) == RUNS // 2
+        "rule_report", "rule_zeroshot_pretrained_indomain"]
+    assert len(list((logs / "group_run_curves_extract_finetune_zeroshot").rglob("*.log"))) == RUNS // 2
     assert len(list((logs / "rule_pretrain_backbone").rglob("*.log"))) == 1
     key = ["dataset", "method", "lr", "seed"]
     local = pd.read_parquet(study_dir / STUDY / "tables/runs.parquet").query("dataset == 'world-eurosat'")

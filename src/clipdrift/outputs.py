@@ -6,7 +6,7 @@ aggregate and report outputs, does not import pandas, scipy and matplotlib on ev
 """
 
 # Table names as written under tables/ (the paper tables only for the paper preset).
-TABLES = ("runs", "cells", "methods", "layers", "stats", "correlations", "cka_entropy", "probe_sensitivity")
+TABLES = ("runs", "cells", "methods", "layers", "stats", "correlations", "cka_entropy", "probe_sensitivity", "curves")
 PAPER_TABLES = ("paper_cells", "paper_methods", "paper_correlations")
 
 # Report figures in reading order, with their titles.
@@ -18,3 +18,6 @@ FIGURES = {
     "cka_profiles": "CKA to the pretrained model per layer",
     "indomain_vs_zeroshot": "In-domain vs zero-shot accuracy",
 }
+# Figures of the curves (curves.enabled) and of the per-epoch trajectories (curves.epochs).
+CURVE_FIGURES = {"frontier": "Robustness frontier: weight interpolation"}
+TRAJECTORY_FIGURES = {"trajectories": "Per-epoch trajectories"}

@@ -84,6 +84,7 @@ def check_study_config(config: dict) -> None:
             "(e.g. ViT-B-32-quickgelu, clipdrift-tiny)"
         )
     check_style(config["zeroshot"]["class_names"], config["zeroshot"]["dataset"])
+    check_curves(config)
     if "lp-ft" in config["methods"]:
         short = [d["name"] for d in config["datasets"] if d["epochs"] <= config["lp_ft"]["probe_epochs"]]
         if short:
@@ -374,3 +375,63 @@ def rule_scripts(workflow_dir: str | Path) -> dict[str, str]:
             if script:
                 rules[name] = script.group(1)
     return rules
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves: interpolation points and per-epoch trajectories
+# ---------------------------------------------------------------------------------------------
+
+
+def _epoch_list(value, epochs: int) -> list[int]:
+    return list(range(1, epochs + 1)) if value == "all" else sorted(int(e) for e in value)
+
+
+def curve_epochs(config: dict, dataset: str) -> list[int]:
+    """The epochs whose weights the curves of ``dataset``'s runs measure ([] when off)."""
+    curves = config["curves"]
+    if not curves["enabled"]:
+        return []
+    return _epoch_list(curves["epochs"], _dataset(config, dataset)["epochs"])
+
+
+def kept_epochs(config: dict, dataset: str) -> list[int]:
+    """The epochs whose weights a fine-tune of ``dataset`` keeps ([] when no trajectory is measured)."""
+    if not curve_epochs(config, dataset):
+        return []
+    return _epoch_list(config["curves"]["keep_epochs"], _dataset(config, dataset)["epochs"])
+
+
+def snapshot_settings(config: dict, dataset: str, method: str) -> dict | None:
+    """What a fine-tune keeps per epoch (the finetune rule's params): None when nothing."""
+    epochs = kept_epochs(config, dataset)
+    if not epochs:
+        return None
+    whole_tower = method in ("full", "lp-ft")  # LoRA snapshots are small: fp32 always
+    return {"epochs": epochs, "dtype": config["curves"]["snapshot_dtype"] if whole_tower else "float32"}
+
+
+def curve_settings(config: dict, dataset: str) -> dict:
+    """What a curve job measures (the curves rule's params)."""
+    return {"alphas": sorted(float(a) for a in config["curves"]["alphas"]), "epochs": curve_epochs(config, dataset),
+            "attention": attention_settings(config), "eval_batch_size": config["training"]["eval_batch_size"],
+            "zeroshot": zeroshot_settings(config)}
+
+
+def _dataset(config: dict, name: str) -> dict:
+    return next(d for d in config["datasets"] if d["name"] == name)
+
+
+def check_curves(config: dict) -> None:
+    """Measured epochs must exist and be kept; named by key, with the fix."""
+    if not config["curves"]["enabled"]:
+        return
+    for dataset in config["datasets"]:
+        measured = curve_epochs(config, dataset["name"])
+        beyond = [e for e in measured if e > dataset["epochs"]]
+        if beyond:
+            raise StudyConfigError(f"curves.epochs lists epochs {beyond} but {dataset['name']} trains "
+                                   f"{dataset['epochs']} epochs: list epochs up to {dataset['epochs']} (or all).")
+        missing = sorted(set(measured) - set(kept_epochs(config, dataset["name"])))
+        if missing:
+            raise StudyConfigError(f"curves.epochs measures epochs {missing} of {dataset['name']} that curves.keep_epochs "
+                                   "does not keep: add them to curves.keep_epochs (or keep all).")

@@ -22,7 +22,7 @@ from clipdrift.analysis.findings import pct, pretrained_top1, small
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import ACCURACY_METRICS, method_label
-from clipdrift.outputs import FIGURES
+from clipdrift.outputs import CURVE_FIGURES, FIGURES, TRAJECTORY_FIGURES
 
 FIGURE_CAPTIONS = {
     "lr_panels": "Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the "
@@ -38,6 +38,13 @@ FIGURE_CAPTIONS = {
     "and n, pooled over both methods within the dataset.",
     "cka_profiles": "Linear CKA between the pretrained and fine-tuned CLS hidden states per layer (1 = "
     "unchanged representation), mean ± SD over seeds; darker lines are higher learning rates.",
+    "frontier": "The robustness frontier: per dataset, each (method, learning rate)'s weight interpolation from the "
+    "pretrained tower (alpha 0) to the run's final weights (alpha 1, filled marker): in-domain test accuracy "
+    "against held-out zero-shot top-1, mean over seeds; darker lines are higher learning rates; the star is the "
+    "pretrained model (its in-domain zero-shot accuracy). A curve above another at the same in-domain accuracy keeps "
+    "more transfer for what it learns.",
+    "trajectories": "Per kept epoch, mean over seeds: held-out zero-shot top-1 (dashed: the pretrained model; dotted: "
+    "half of it) and the drift of the layer-mean CLS-attention entropy, per method × learning rate (darker = higher).",
     "indomain_vs_zeroshot": "In-domain accuracy against zero-shot accuracy of the same final weights, cell means "
     "± SD over seeds; each method's learning rates are joined in order and labelled. The "
     "pretrained model is the origin point (star) where its in-domain zero-shot accuracy is "
@@ -47,6 +54,7 @@ FIGURE_CAPTIONS = {
 FINDING_GROUPS = (
     ("The effect", ("headline", "highest_rate", "average_transfer")),
     ("Regimes that averages hide", ("ranking_flip", "underfit", "best_rate")),
+    ("Beyond the end points: interpolation and trajectories", ("frontier", "trajectory")),
     ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
 )
 
@@ -483,7 +491,7 @@ def figure_png(figure: Figure, dpi: int = 110) -> bytes:
 def figures_section(figures: dict[str, Figure]) -> str:
     parts = ["<h2 id='figures'>Figures</h2>"]
     for name, figure in figures.items():
-        title = FIGURES.get(name, name.replace("_", " "))
+        title = {**FIGURES, **CURVE_FIGURES, **TRAJECTORY_FIGURES}.get(name, name.replace("_", " "))
         data = base64.b64encode(figure_png(figure)).decode("ascii")
         parts.append(
             f"<figure id='fig-{html.escape(name)}'><h3>{html.escape(title)}</h3>"

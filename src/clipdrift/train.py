@@ -636,13 +636,17 @@ def _restore(store: ResumeStore, run: _Run, fingerprint: str) -> _Progress | Non
 
 def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, config: TrainConfig, *,
              test: ImageSplit | None = None, resume: ResumeStore | str | None = None, progress: bool = True,
-             on_epoch_end: Callable[[dict], None] | None = None, method: MethodConfig | None = None) -> FinetuneResult:
+             on_epoch_end: Callable[[dict], None] | None = None, method: MethodConfig | None = None,
+             snapshot: Callable[[int], None] | None = None) -> FinetuneResult:
     """Fine-tune ``model`` (in place) on ``train``, choosing the best epoch on ``select``.
 
     ``resume``: a :class:`ResumeStore` (or its directory) outside the run's outputs; the run
     continues from its last completed epoch there and removes it when done. ``test``: when
     given, the final (and best) model's test accuracy goes into the history.
     ``on_epoch_end`` is called with each epoch's history entry once its state is saved.
+    ``snapshot`` is called with the epoch number while the model holds that epoch's weights,
+    *before* its resume state is saved: a run killed in between redoes the epoch and calls it
+    again, so a caller that keeps per-epoch weights (outside the run's outputs) never misses one.
     The model ends on the run's device, in eval mode, holding the final weights.
 
     ``method``: the :class:`MethodConfig` the model was set up with (``apply_method``). Needed
@@ -664,7 +668,7 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
         fingerprint = _fingerprint(run, train, select) if store is not None else ""
         state = (_restore(store, run, fingerprint) if store is not None else None) or _Progress()
         with tqdm(total=run.total_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-            _train_epochs(run, select, state, bar, store, fingerprint, on_epoch_end)
+            _train_epochs(run, select, state, bar, store, fingerprint, on_epoch_end, snapshot)
         result = _result(run, select, test, state)
     if store is not None:
         store.clear()
@@ -713,7 +717,7 @@ def _log_epoch(run: _Run, entry: dict, state: _Progress, elapsed: float, epochs_
 
 
 def _train_epochs(run: _Run, select: ImageSplit, state: _Progress, bar, store: ResumeStore | None,
-                  fingerprint: str, on_epoch_end) -> None:
+                  fingerprint: str, on_epoch_end, snapshot=None) -> None:
     if state.resumed_from_epoch is not None:
         log.info("resuming from epoch %d of %d (step %d of %d) from %s", state.epoch, run.config.epochs, state.step,
                  run.total_steps, store.directory if store is not None else "memory")
@@ -742,6 +746,8 @@ def _train_epochs(run: _Run, select: ImageSplit, state: _Progress, bar, store: R
         improved = state.best_select_acc is None or select_acc > state.best_select_acc
         if improved:
             state.best_epoch, state.best_select_acc, state.best_state = epoch, select_acc, run.trainable_state()
+        if snapshot is not None:
+            snapshot(epoch)
         if store is not None:
             _save_resume(store, run, state, fingerprint, improved)
         if on_epoch_end is not None:

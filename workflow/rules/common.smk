@@ -5,7 +5,7 @@ from pathlib import Path
 
 from clipdrift import plan
 from clipdrift.codedigest import script_digest
-from clipdrift.outputs import FIGURES, PAPER_TABLES, TABLES
+from clipdrift.outputs import CURVE_FIGURES, FIGURES, PAPER_TABLES, TABLES, TRAJECTORY_FIGURES
 
 STUDY = f"{config['results_dir']}/{config['study']}"
 DATASETS = [d["name"] for d in config["datasets"]]
@@ -22,7 +22,10 @@ BENCH = f"{STUDY}/benchmarks"
 SCRATCH = f"{STUDY}/.resume"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 PROBE_SENSITIVITY = plan.probe_sensitivity_settings(config)
+CURVES = config["curves"]["enabled"]
+TRAJECTORIES = CURVES and bool(config["curves"]["epochs"])
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
+STUDY_FIGURES = {**FIGURES, **(CURVE_FIGURES if CURVES else {}), **(TRAJECTORY_FIGURES if TRAJECTORIES else {})}
 # With --use-conda (or --software-deployment-method conda) every job runs in this existing
 # environment: conda env create -f envs/clipdrift.yaml, then pip install -e . inside it.
 CONDA_ENV = "clipdrift"

@@ -1,6 +1,7 @@
 # One fine-tune per (dataset, method, lr, seed). Resume state lives in SCRATCH, outside the
 # declared outputs (Snakemake deletes those when a job fails), so a killed run continues from
-# its last completed epoch.
+# its last completed epoch. With trajectories on (curves.epochs), the weights of the kept epochs
+# (curves.keep_epochs) are collected in SCRATCH during training and moved to runs/<run>/epochs/.
 
 
 rule finetune:
@@ -13,8 +14,10 @@ rule finetune:
         best=f"{RUN_DIR}/best.safetensors",
         final=f"{RUN_DIR}/final.safetensors",
         history=f"{RUN_DIR}/history.json",
+        **({"epochs": directory(f"{RUN_DIR}/epochs")} if TRAJECTORIES else {}),
     params:
         run=run_params,
+        snapshots=lambda wc: plan.snapshot_settings(config, wc.dataset, wc.method),
         method=lambda wc: plan.method_settings(config, wc.method),
         training=lambda wc: plan.training_settings(config, wc.dataset, wc.lr, int(wc.seed)),
         resume_dir=lambda wc: f"{SCRATCH}/{RUN.format(**wc)}",

@@ -8,6 +8,7 @@ rule aggregate:
         zeroshot=expand_runs(f"{STUDY}/zeroshot/{RUN}.json"),
         pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
         **({"sensitivity": expand_runs(DRIFT_TABLES["sensitivity"])} if PROBE_SENSITIVITY else {}),
+        **({"curves": expand_runs(f"{STUDY}/curves/{RUN}.parquet")} if CURVES else {}),
     output:
         **{f"{name}_csv": table_output(name, "csv") for name in STUDY_TABLES},
         **{f"{name}_parquet": table_output(name, "parquet") for name in STUDY_TABLES},
@@ -34,11 +35,11 @@ rule report:
     output:
         html=report(f"{STUDY}/report/index.html", caption="../report/index.rst", category="Report"),
         **{f"{name}_png": report(f"{STUDY}/report/{name}.png", caption=f"../report/{name}.rst", category="Figures")
-           for name in FIGURES},
-        **{f"{name}_svg": f"{STUDY}/report/{name}.svg" for name in FIGURES},
+           for name in STUDY_FIGURES},
+        **{f"{name}_svg": f"{STUDY}/report/{name}.svg" for name in STUDY_FIGURES},
     params:
         tables=STUDY_TABLES,
-        figures=list(FIGURES),
+        figures=list(STUDY_FIGURES),
         study={
             "name": config["study"], "preset": config["preset"], "backbone": config["backbone"]["name"],
             "datasets": DATASETS, "methods": METHODS, "learning_rates": LRS, "seeds": SEEDS,
@@ -48,6 +49,7 @@ rule report:
             "drift_checkpoint": config["metrics"]["checkpoint"],
             "training_amp": config["training"]["amp"],
             "selection_split": config["training"]["selection_split"],
+            "curves": config["curves"] if CURVES else "off",
         },
         code=code("report"),
     conda:

@@ -82,3 +82,39 @@ rule zeroshot_pretrained_indomain:
         f"{BENCH}/zeroshot/pretrained-indomain/{{dataset}}.tsv"
     script:
         "../scripts/zeroshot.py"
+
+
+# The curves of each run: weight interpolation of its final weights and its kept epochs, measured
+# against the same references as the run's own drift and zero-shot jobs.
+if CURVES:
+
+    rule curves:
+        input:
+            final=f"{RUN_DIR}/final.safetensors",
+            history=f"{RUN_DIR}/history.json",
+            test=f"{STUDY}/data/{{dataset}}/test.safetensors",
+            probe=PROBE,
+            reference=REFERENCE,
+            zeroshot=ZEROSHOT_TEST,
+            classifier=ZEROSHOT_CLASSIFIER,
+            backbone=BACKBONE,
+            **({"epochs": f"{RUN_DIR}/epochs"} if TRAJECTORIES else {}),
+        output:
+            table=f"{STUDY}/curves/{RUN}.parquet",
+        params:
+            run=run_params,
+            task=ZEROSHOT_DATASET,
+            settings=lambda wc: plan.curve_settings(config, wc.dataset),
+            code=code("curves"),
+        threads: 1
+        resources:
+            runtime=config["resources"]["metrics_runtime"],
+            mem_mb=config["resources"]["metrics_mem_mb"],
+        conda:
+            CONDA_ENV
+        log:
+            f"{LOGS}/curves/{RUN}.log",
+        benchmark:
+            f"{BENCH}/curves/{RUN}.tsv"
+        script:
+            "../scripts/curves.py"

@@ -12,15 +12,15 @@ def main(smk):
     zeroshot = [read_json(path) for path in smk.input.zeroshot]
     attention = pd.concat([read_table(path) for path in smk.input.attention], ignore_index=True)
     cka = pd.concat([read_table(path) for path in smk.input.cka], ignore_index=True)
-    sensitivity = (pd.concat([read_table(path) for path in smk.input.sensitivity], ignore_index=True)
-                   if "sensitivity" in smk.input.keys() else None)
+    sensitivity, curves = (pd.concat([read_table(path) for path in smk.input[name]], ignore_index=True)
+                           if name in smk.input.keys() else None for name in ("sensitivity", "curves"))
     tables = analysis.build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper,
-                                   sensitivity=sensitivity)
+                                   sensitivity=sensitivity, curves=curves)
     for name, frame in tables.items():
         write_table(frame, smk.output[f"{name}_csv"])
         write_table(frame, smk.output[f"{name}_parquet"])
     found = analysis.findings(tables["runs"], read_json(smk.input.pretrained_zeroshot),
-                              sensitivity=tables["probe_sensitivity"])
+                              sensitivity=tables["probe_sensitivity"], curves=tables["curves"])
     write_json(smk.output.findings, found)
 
 

@@ -4,7 +4,7 @@ from clipdrift.adapters import MethodConfig, apply_method
 from clipdrift.backbones import build_classifier
 from clipdrift.checkpoints import load_backbone_spec, save_classifier
 from clipdrift.io import read_image_split, write_json
-from clipdrift.jobs import run_script
+from clipdrift.jobs import EpochSnapshots, run_script
 from clipdrift.plan import settings_hash
 from clipdrift.train import TrainConfig, finetune
 
@@ -16,14 +16,21 @@ def main(smk):
     method = MethodConfig(**smk.params.method)
     model = apply_method(build_classifier(spec, len(train.class_names), seed=config.seed), method, seed=config.seed)
     select = val if config.selection_split == "val" else test
+    config_hash = settings_hash(smk.params.method, smk.params.training)
+
+    def save(path, checkpoint, dtype="float32"):
+        save_classifier(path, model, spec, method, config.seed, config_hash,
+                        extra={"run": smk.params.run, "checkpoint": checkpoint}, stored_dtype=dtype)
+
+    kept = EpochSnapshots(smk.params.snapshots, f"{smk.params.resume_dir}.epochs", save)
     # progress goes to the job's log, one line per epoch; no progress bar on the shared terminal
     result = finetune(model, train, select, config, test=test, resume=smk.params.resume_dir, progress=False,
-                      method=method)
-    config_hash = settings_hash(smk.params.method, smk.params.training)
+                      method=method, snapshot=kept.take)
     for which in ("best", "final"):
         result.load_into(model, which)
-        save_classifier(smk.output[which], model, spec, method, config.seed, config_hash,
-                        extra={"run": smk.params.run, "checkpoint": which})
+        save(smk.output[which], which)
+    if "epochs" in smk.output.keys():
+        kept.move_to(smk.output.epochs)
     write_json(smk.output.history, {**smk.params.run, **result.history})
 
 

@@ -26,6 +26,7 @@ from clipdrift.analysis.reference import (
     paper_comparison,
     paper_correlations,
 )
+from clipdrift.analysis.frontier import curve_points
 from clipdrift.analysis.relations import cka_entropy_relations
 from clipdrift.analysis.sensitivity import probe_sensitivity, sensitivity_summary
 from clipdrift.analysis.stats import bootstrap_ci, holm
@@ -63,6 +64,7 @@ def build_tables(
     cka: pd.DataFrame | None,
     compare_with_paper: bool = False,
     sensitivity: pd.DataFrame | None = None,
+    curves: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the study, keyed by the names in ``TABLES`` (+ ``PAPER_TABLES`` when
     ``compare_with_paper``: the study is the paper preset). ``sensitivity``: the runs'
@@ -77,6 +79,7 @@ def build_tables(
         "correlations": correlations(runs),
         "cka_entropy": cka_entropy_relations(runs, attention, cka),
         "probe_sensitivity": probe_sensitivity(sensitivity, runs),
+        "curves": curve_points(curves, runs),
     }
     if compare_with_paper:
         published = load_reference("cells")

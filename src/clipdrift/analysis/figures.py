@@ -326,6 +326,74 @@ def _pretrained_origin(ax, zeroshot: float, indomain: float | None) -> None:
         ax.axhline(100 * zeroshot, color="0.35", linestyle="--", label="pretrained zero-shot")
 
 
+def _lr_shades(color: str, lrs: list[str]) -> dict[str, tuple]:
+    """One shade of ``color`` per learning rate, darker for higher rates."""
+    palette = sns.light_palette(color, n_colors=len(lrs) + 2)[2:]
+    return dict(zip(lrs, palette))
+
+
+def frontier(curves: pd.DataFrame, pretrained=None) -> Figure | None:
+    """Per dataset: in-domain accuracy (x) against held-out zero-shot (y) along each (method,
+    learning rate)'s weight interpolation, mean over seeds; alpha = 1 (the run) filled, the
+    pretrained model the origin (star, where its in-domain zero-shot accuracy is known)."""
+    points = curves[curves["kind"] == "alpha"] if curves is not None and not curves.empty else None
+    if points is None or points.empty:
+        return None
+    datasets, methods = sorted(points["dataset"].unique()), method_order(points["method"])
+    figure, axes = _canvas(1, len(datasets), 4.8, 4.2)
+    indomain = (pretrained or {}).get("indomain", {}) if isinstance(pretrained, dict) else {}
+    for ax, dataset in zip(axes[0], datasets):
+        part = points[points["dataset"] == dataset]
+        for method in methods:
+            rows = part[part["method"] == method]
+            shades = _lr_shades(_color(method, methods), lr_order(rows["lr"]))
+            for lr, shade in shades.items():
+                mean = rows[rows["lr"] == lr].groupby("point")[["indomain_acc", "zs_top1"]].mean().sort_index()
+                ax.plot(100 * mean["indomain_acc"], 100 * mean["zs_top1"], color=shade, marker=".", linewidth=1.4,
+                        label=f"{method_label(method)} {lr}")
+                if 1.0 in mean.index:
+                    end = mean.loc[1.0]
+                    ax.scatter([100 * end["indomain_acc"]], [100 * end["zs_top1"]], color=shade, s=46,
+                               edgecolor="black", linewidth=0.6, zorder=4)
+        _pretrained_origin(ax, pretrained_top1(pretrained), indomain.get(dataset))
+        ax.set_title(dataset, fontsize=10)
+        ax.set_xlabel("in-domain test accuracy (%)")
+        ax.set_ylabel("held-out zero-shot top-1 (%)")
+    _legend(figure, axes)
+    return figure
+
+
+def trajectories(curves: pd.DataFrame, pretrained=None) -> Figure | None:
+    """Per dataset (rows): zero-shot top-1 and CLS-attention entropy drift (columns) against the
+    epoch, one line per method × learning rate (mean over seeds); dashed: the pretrained zero-shot
+    and half of it."""
+    points = curves[curves["kind"] == "epoch"] if curves is not None and not curves.empty else None
+    if points is None or points.empty:
+        return None
+    datasets, methods = sorted(points["dataset"].unique()), method_order(points["method"])
+    panels = (("zs_top1", "zero-shot top-1 (%)", 100.0), ("drift_entropy_pct", "entropy drift (% of pretrained)", 1.0))
+    figure, axes = _canvas(len(datasets), len(panels), 4.6, 3.2)
+    reference = pretrained_top1(pretrained)
+    for row, dataset in enumerate(datasets):
+        part = points[points["dataset"] == dataset]
+        for column, (metric, label, scale) in enumerate(panels):
+            ax = axes[row, column]
+            for method in methods:
+                rows = part[part["method"] == method]
+                for lr, shade in _lr_shades(_color(method, methods), lr_order(rows["lr"])).items():
+                    mean = rows[rows["lr"] == lr].groupby("point")[metric].mean().sort_index()
+                    ax.plot(mean.index, scale * mean, color=shade, marker=".", label=f"{method_label(method)} {lr}")
+            if metric == "zs_top1" and not np.isnan(reference):
+                ax.axhline(100 * reference, color="0.35", linestyle="--", linewidth=1)
+                ax.axhline(50 * reference, color="0.6", linestyle=":", linewidth=1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(label)
+            ax.set_title(dataset, fontsize=10)
+    _legend(figure, axes)
+    return figure
+
+
 def make_figures(tables: dict[str, pd.DataFrame], pretrained=None) -> dict[str, Figure]:
     """Every report figure that the tables can support, keyed as in ``FIGURES`` (in order).
 
@@ -346,5 +414,7 @@ def make_figures(tables: dict[str, pd.DataFrame], pretrained=None) -> dict[str, 
         "drift_vs_zeroshot": drift_vs_zeroshot(runs, pretrained),
         "cka_profiles": cka_profiles(layers),
         "indomain_vs_zeroshot": indomain_vs_zeroshot(cells, pretrained),
+        "frontier": frontier(tables.get("curves"), pretrained),
+        "trajectories": trajectories(tables.get("curves"), pretrained),
     }
     return {name: figure for name, figure in built.items() if figure is not None}

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipdrift.analysis.compare import comparisons
+from clipdrift.analysis.frontier import frontier_findings, trajectory_findings
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import PRIMARY_PAIR, cell_table, lr_order, method_label
 
@@ -393,6 +394,7 @@ def findings(
     underfit_gap: float = 0.10,
     alpha: float = 0.05,
     sensitivity: pd.DataFrame | None = None,
+    curves: pd.DataFrame | None = None,
 ) -> list[dict]:
     """All findings for the study, in reading order: per dataset the headline effect, the
     average over rates, ranking flips, underfit cells and best rates; then diverged runs, the
@@ -412,6 +414,8 @@ def findings(
     out += [diverged_runs(runs), permutation_power(stats, alpha)]
     if sensitivity is not None and not sensitivity.empty:
         out += probe_choice(sensitivity_summary(sensitivity))
+    if curves is not None and not curves.empty:
+        out += frontier_findings(curves, methods) + trajectory_findings(curves, pretrained)
     return [f for f in out if f is not None]
 
 

@@ -1,0 +1,72 @@
+"""A run's curves: interpolation points and kept epochs measured like checkpoints, with the
+end points equal to what the run's own measurements give."""
+
+import pytest
+import torch
+
+from clipdrift.backbones import build_classifier
+from clipdrift.curves import CurveInputs, curve_table, measure
+from clipdrift.metrics.extract import extract, probe_reference
+from clipdrift.metrics.tables import AttentionConfig, CKAConfig
+from clipdrift.train import TrainConfig, evaluate, finetune
+from clipdrift.zeroshot import evaluate as zeroshot_evaluate
+from conftest import TINY, make_tiny
+from test_metrics import make_probe
+from test_train import N_CLASSES, TEST, TRAIN, VAL
+
+ATTENTION = AttentionConfig(batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    pretrained = build_classifier(TINY, N_CLASSES, seed=0)
+    probe = make_probe(12)
+    reference = probe_reference(pretrained, probe, ATTENTION, CKAConfig(batch_size=8))
+    zeroshot = make_probe(20, seed=3)
+    weights = torch.nn.functional.normalize(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), dim=0)
+    inputs = CurveInputs(TEST, probe, reference, zeroshot, weights, ATTENTION, eval_batch_size=16)
+    return pretrained, inputs
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_alpha_one_is_the_run_and_alpha_zero_the_pretrained_model(setting, method):
+    pretrained, inputs = setting
+    finetuned = make_tiny(method, n_classes=N_CLASSES)
+    finetune(finetuned, TRAIN, VAL, TrainConfig(epochs=2, lr=3e-3, batch_size=16, seed=5), test=TEST, progress=False)
+    table = curve_table(finetuned, pretrained, inputs, alphas=[0, 0.5, 1])
+    assert list(table["point"]) == [0.0, 0.5, 1.0] and set(table["kind"]) == {"alpha"}
+    end, start = table.iloc[-1], table.iloc[0]
+    # alpha 1: the run's own numbers, as its fine-tune, zero-shot and extraction jobs measure them
+    assert end["indomain_acc"] == evaluate(finetuned, TEST, batch_size=16)
+    assert end["zs_top1"] == zeroshot_evaluate(finetuned, inputs.zeroshot_weights, inputs.zeroshot)["top1"]
+    drift = extract(finetuned, inputs.reference, inputs.probe, ATTENTION, CKAConfig(batch_size=8))["attention"]
+    rows = drift.query("metric == 'entropy' and head == -1 and layer >= 0").pivot(index="layer", columns="state",
+                                                                                   values="value").mean()
+    assert end["drift_entropy_pct"] == pytest.approx(100 * (rows["final"] - rows["baseline"]) / rows["baseline"],
+                                                      rel=1e-9)
+    # alpha 0: the pretrained tower (zero-shot needs no head) and no drift
+    assert start["zs_top1"] == zeroshot_evaluate(pretrained, inputs.zeroshot_weights, inputs.zeroshot)["top1"]
+    assert start["drift_entropy_pct"] == pytest.approx(0, abs=1e-9) and start["drift_erf_pct"] == pytest.approx(0, abs=1e-9)
+    assert not finetuned.training
+
+
+def test_kept_epochs_are_measured_like_the_final_weights(setting):
+    pretrained, inputs = setting
+    model = make_tiny("full", n_classes=N_CLASSES)
+    kept = {}
+    finetune(model, TRAIN, VAL, TrainConfig(epochs=2, lr=3e-3, batch_size=16, seed=5), progress=False,
+             snapshot=lambda epoch: kept.update({epoch: {k: v.clone() for k, v in model.state_dict().items()}}))
+
+    def loader(epoch):
+        def load():
+            snapshot = make_tiny("full", n_classes=N_CLASSES)
+            snapshot.load_state_dict(kept[epoch])
+            return snapshot
+        return load
+
+    table = curve_table(model, pretrained, inputs, alphas=[1], epoch_models=[(e, loader(e)) for e in sorted(kept)])
+    assert list(zip(table["kind"], table["point"])) == [("alpha", 1.0), ("epoch", 1.0), ("epoch", 2.0)]
+    final, last_epoch = table.iloc[0], table.iloc[2]  # the last kept epoch is the final weights
+    for column in ("indomain_acc", "zs_top1", "drift_entropy_pct", "drift_erf_pct"):
+        assert final[column] == pytest.approx(last_epoch[column], rel=1e-12), column
+    assert measure(model, inputs)["indomain_acc"] == final["indomain_acc"]

@@ -1,0 +1,36 @@
+"""The curves of one run: its weight-interpolation points (alpha) and its kept epochs, each with
+in-domain accuracy, held-out zero-shot top-1 and the entropy/ERF drift on the probe."""
+
+from pathlib import Path
+
+from clipdrift.backbones import build_classifier
+from clipdrift.checkpoints import load_backbone_spec, load_classifier
+from clipdrift.classnames import class_names
+from clipdrift.curves import CurveInputs, curve_table
+from clipdrift.io import read_image_split, read_json, read_safetensors, write_table
+from clipdrift.jobs import kept_epoch_loaders, run_script, with_run_columns
+from clipdrift.metrics.extract import reference_from_tensors
+from clipdrift.metrics.tables import AttentionConfig
+from clipdrift.zeroshot import TextClassifier
+
+
+def main(smk):
+    settings, zs = smk.params.settings, smk.params.settings["zeroshot"]
+    spec = load_backbone_spec(smk.input.backbone)
+    finetuned, _ = load_classifier(smk.input.final, base=spec)
+    pretrained = build_classifier(spec, finetuned.n_classes, seed=0)
+    held_out = read_image_split(smk.input.zeroshot)
+    names = class_names(zs["class_names"], smk.params.task, held_out.class_names)
+    weights = TextClassifier.from_tensors(*read_safetensors(smk.input.classifier)).require(smk.params.task,
+                                                                                           zs["templates"], names)
+    inputs = CurveInputs(read_image_split(smk.input.test), read_image_split(smk.input.probe),
+                         reference_from_tensors(*read_safetensors(smk.input.reference)), held_out, weights,
+                         AttentionConfig(**settings["attention"]), settings["eval_batch_size"], zs["batch_size"],
+                         zs["amp"])
+    epochs = kept_epoch_loaders(Path(smk.input.get("epochs", "")), settings["epochs"], spec,
+                                diverged=read_json(smk.input.history)["status"] == "diverged")
+    table = curve_table(finetuned, pretrained, inputs, settings["alphas"], epochs)
+    write_table(with_run_columns(table, smk.params.run), smk.output.table)
+
+
+run_script(snakemake, main, uses_gpu=True)  # noqa: F821 - injected by Snakemake
