@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
 
 TEST_CONFIG = str(REPO / "configs/test.yaml")
 STUDY = "results/test"
-RUNS = 2 * 2 * 2 * 1  # datasets x methods x lrs x seeds in configs/test.yaml
+RUNS = 2 * 3 * 2 * 1  # datasets x methods (full, lora, lp-ft) x lrs x seeds in configs/test.yaml
 # the cluster has no GPU: the rules that claim one in profiles/slurm claim none here
 SLURM_RESOURCES = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"]
 GPU_RULES = [rule for rule, claim in SLURM_RESOURCES.items() if claim.get("gpu")]
@@ -149,10 +149,34 @@ def test_a_comment_or_docstring_edit_reruns_nothing(study_dir, tmp_path):
     assert _plan(study_dir, env=env) == {}
 
 
+def test_an_alpha_value_or_a_kept_epoch_more_plans_only_curve_jobs(study_dir):
+    alpha = _override(study_dir, "alpha.yaml", "curves:\n  alphas: [0, 0.25, 0.5, 1]\n")
+    assert _plan(study_dir, alpha) == {"curves": RUNS, "aggregate": 1, "report": 1, "all": 1}
+    # measuring fewer kept epochs reruns no fine-tune either: their weights are kept
+    epochs = _override(study_dir, "epochs-measured.yaml", "curves:\n  epochs: [2]\n")
+    assert _plan(study_dir, epochs) == {"curves": RUNS, "aggregate": 1, "report": 1, "all": 1}
+
+
+def test_trajectories_off_rerun_no_finetune_and_on_rerun_those_without_kept_weights(study_dir, tmp_path):
+    off = _override(study_dir, "no-trajectories.yaml", "curves:\n  epochs: []\n")
+    plan = _plan(study_dir, off)
+    assert plan == {"curves": RUNS, "aggregate": 1, "report": 1, "all": 1}  # the curve jobs measure less
+    # a run whose weights were never kept (as in a study finished without trajectories) is retrained
+    kept = study_dir / STUDY / "runs/world-pets/full/lr1e-03/seed7/epochs"
+    hidden = tmp_path / "epochs"
+    shutil.move(kept, hidden)
+    try:
+        result = _dry_run(study_dir)
+        assert planned_jobs(result)["finetune"] == 1
+        assert "Missing output files: results/test/runs/world-pets/full/lr1e-03/seed7/epochs" in result.stdout
+    finally:
+        shutil.move(hidden, kept)
+
+
 def test_a_new_seed_runs_only_its_own_finetunes(study_dir):
     result = _dry_run(study_dir, _override(study_dir, "seeds.yaml", "seeds: [7, 8]\n"))
     plan = planned_jobs(result)
-    assert plan["finetune"] == plan["extract"] == plan["zeroshot"] == RUNS
+    assert plan["finetune"] == plan["extract"] == plan["zeroshot"] == plan["curves"] == RUNS
     # best.safetensors is a fine-tune output only (the aggregate job lists every history as input)
     assert "seed8/best.safetensors" in result.stdout and "seed7/best.safetensors" not in result.stdout
     assert "prepare_task" not in plan and "pretrain_backbone" not in plan

@@ -395,19 +395,18 @@ def curve_epochs(config: dict, dataset: str) -> list[int]:
 
 
 def kept_epochs(config: dict, dataset: str) -> list[int]:
-    """The epochs whose weights a fine-tune of ``dataset`` keeps ([] when no trajectory is measured)."""
-    if not curve_epochs(config, dataset):
-        return []
+    """The epochs whose weights a fine-tune of ``dataset`` keeps when trajectories are measured."""
     return _epoch_list(config["curves"]["keep_epochs"], _dataset(config, dataset)["epochs"])
 
 
-def snapshot_settings(config: dict, dataset: str, method: str) -> dict | None:
-    """What a fine-tune keeps per epoch (the finetune rule's params): None when nothing."""
-    epochs = kept_epochs(config, dataset)
-    if not epochs:
-        return None
+def snapshot_settings(config: dict, dataset: str, method: str) -> dict:
+    """What a fine-tune keeps per epoch when its rule declares the ``epochs`` output (the
+    finetune rule's params). Deliberately independent of whether trajectories are on: turning
+    them off reruns no fine-tune, turning them on reruns those whose kept weights are missing
+    (Snakemake: "Missing output files"), and measuring other kept epochs reruns none."""
     whole_tower = method in ("full", "lp-ft")  # LoRA snapshots are small: fp32 always
-    return {"epochs": epochs, "dtype": config["curves"]["snapshot_dtype"] if whole_tower else "float32"}
+    return {"epochs": kept_epochs(config, dataset),
+            "dtype": config["curves"]["snapshot_dtype"] if whole_tower else "float32"}
 
 
 def curve_settings(config: dict, dataset: str) -> dict:

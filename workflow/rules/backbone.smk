@@ -16,7 +16,7 @@ if config["backbone"]["source"] == "world":
         threads: 4  # capped at --cores locally; profiles/slurm sets the cluster's value
         priority: 100
         conda:
-            CONDA_ENV
+            CONDA_ENV_FILE
         log:
             f"{LOGS}/backbone.log",
         benchmark:
@@ -34,7 +34,7 @@ else:
             code=code("check_backbone"),
         priority: 100  # first job: missing weights stop the study before any data work
         conda:
-            CONDA_ENV
+            CONDA_ENV_FILE
         log:
             f"{LOGS}/backbone.log",
         script:

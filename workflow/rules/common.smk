@@ -26,9 +26,9 @@ CURVES = config["curves"]["enabled"]
 TRAJECTORIES = CURVES and bool(config["curves"]["epochs"])
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
 STUDY_FIGURES = {**FIGURES, **(CURVE_FIGURES if CURVES else {}), **(TRAJECTORY_FIGURES if TRAJECTORIES else {})}
-# With --use-conda (or --software-deployment-method conda) every job runs in this existing
-# environment: conda env create -f envs/clipdrift.yaml, then pip install -e . inside it.
-CONDA_ENV = "clipdrift"
+# With --use-conda (--software-deployment-method conda) every job runs in an environment built from
+# this file; the jobs import clipdrift from the workflow's own src/ (see the Snakefile).
+CONDA_ENV_FILE = "../../envs/clipdrift.yaml"
 
 
 wildcard_constraints:

@@ -16,7 +16,7 @@ rule prepare_task:
         settings=lambda wc: plan.data_settings(config, wc.dataset),
         code=code("prepare_data"),
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/data/{{dataset}}.log",
     benchmark:
@@ -34,7 +34,7 @@ rule prepare_zeroshot_task:
         settings=plan.data_settings(config, ZEROSHOT_DATASET),
         code=code("prepare_data"),
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/data/{ZEROSHOT_DATASET}.log",
     benchmark:

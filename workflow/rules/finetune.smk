@@ -27,7 +27,7 @@ rule finetune:
         runtime=lambda wc, attempt: config["resources"]["finetune_runtime"] * attempt,
         mem_mb=config["resources"]["finetune_mem_mb"],
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/finetune/{RUN}.log",
     benchmark:

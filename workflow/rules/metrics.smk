@@ -29,7 +29,7 @@ rule probe_reference:
         runtime=config["resources"]["metrics_runtime"],
         mem_mb=config["resources"]["metrics_mem_mb"],
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/references/{{dataset}}.log",
     benchmark:
@@ -57,7 +57,7 @@ rule extract:
         runtime=config["resources"]["metrics_runtime"],
         mem_mb=config["resources"]["metrics_mem_mb"],
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/extract/{RUN}.log",
     benchmark:

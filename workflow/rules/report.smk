@@ -17,7 +17,7 @@ rule aggregate:
         compare_with_paper=config["preset"] == "paper",
         code=code("aggregate"),
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -53,7 +53,7 @@ rule report:
         },
         code=code("report"),
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/report.log",
     benchmark:

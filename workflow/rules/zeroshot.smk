@@ -21,7 +21,7 @@ rule zeroshot_classifier:
         code=code("zeroshot_classifier"),
     threads: 1
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/zeroshot/classifier.log",
     benchmark:
@@ -49,7 +49,7 @@ rule zeroshot:
         runtime=config["resources"]["metrics_runtime"],
         mem_mb=config["resources"]["metrics_mem_mb"],
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/zeroshot/{RUN}.log",
     benchmark:
@@ -75,7 +75,7 @@ rule zeroshot_pretrained_indomain:
         checkpoint=None,
         code=code("zeroshot"),
     conda:
-        CONDA_ENV
+        CONDA_ENV_FILE
     log:
         f"{LOGS}/zeroshot/pretrained-indomain/{{dataset}}.log",
     benchmark:
@@ -111,7 +111,7 @@ if CURVES:
             runtime=config["resources"]["metrics_runtime"],
             mem_mb=config["resources"]["metrics_mem_mb"],
         conda:
-            CONDA_ENV
+            CONDA_ENV_FILE
         log:
             f"{LOGS}/curves/{RUN}.log",
         benchmark:

@@ -22,7 +22,8 @@ def main(smk):
         save_classifier(path, model, spec, method, config.seed, config_hash,
                         extra={"run": smk.params.run, "checkpoint": checkpoint}, stored_dtype=dtype)
 
-    kept = EpochSnapshots(smk.params.snapshots, f"{smk.params.resume_dir}.epochs", save)
+    keep = smk.params.snapshots if "epochs" in smk.output.keys() else None  # trajectories on
+    kept = EpochSnapshots(keep, f"{smk.params.resume_dir}.epochs", save)
     # progress goes to the job's log, one line per epoch; no progress bar on the shared terminal
     result = finetune(model, train, select, config, test=test, resume=smk.params.resume_dir, progress=False,
                       method=method, snapshot=kept.take)
