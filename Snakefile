@@ -1,21 +1,20 @@
 # clipdrift: Full Fine-Tuning vs LoRA on CLIP at matched learning rates.
 # Default study: the offline synthetic world (config.yaml). The published 80-run matrix:
 #   snakemake --cores all --configfile configs/paper.yaml
-import os
 import sys
 from pathlib import Path
 
 from snakemake.utils import min_version
 
 from clipdrift.errors import UserFacingError
-from clipdrift.plan import prepare_config
+from clipdrift.plan import jobs_import_from, prepare_config
 
 min_version("9.0")
 
 # Jobs import the clipdrift of this workflow's own source tree (after any PYTHONPATH already set),
 # so they find it in an environment where it is not installed (--use-conda) and never run a
 # different version of the package than the one whose code digests planned them.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(Path(workflow.basedir) / "src")]))
+jobs_import_from(Path(workflow.basedir) / "src")
 
 
 # The default study sits beside this Snakefile, so `--directory elsewhere` still finds it;

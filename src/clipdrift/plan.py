@@ -434,3 +434,11 @@ def check_curves(config: dict) -> None:
         if missing:
             raise StudyConfigError(f"curves.epochs measures epochs {missing} of {dataset['name']} that curves.keep_epochs "
                                    "does not keep: add them to curves.keep_epochs (or keep all).")
+
+
+def jobs_import_from(source_dir: str | Path) -> None:
+    """Let every job this process starts import clipdrift from ``source_dir`` (appended to
+    PYTHONPATH, so a path already there wins; the installed package is shadowed)."""
+    import os
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(source_dir)]))
