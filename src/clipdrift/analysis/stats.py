@@ -93,6 +93,13 @@ def _mean_difference(b, a, axis):
     return np.mean(b, axis=axis) - np.mean(a, axis=axis)
 
 
+def _permutation_test(data: tuple, statistic, permutation_type: str, exact: bool, seed: int):
+    """scipy's two-sided permutation test: every permutation when ``exact``, else a seeded sample."""
+    return stats.permutation_test(data, statistic, permutation_type=permutation_type, vectorized=True,
+                                  n_resamples=np.inf if exact else RANDOM_PERMUTATIONS, alternative="two-sided",
+                                  rng=np.random.default_rng(seed))
+
+
 def permutation(a, b, seed: int = 0) -> dict:
     """Two-sided permutation test of mean(b) − mean(a) over relabellings of the pooled seeds:
     exact (every relabelling) when there are at most ``MAX_EXACT_PERMUTATIONS``.
@@ -106,15 +113,7 @@ def permutation(a, b, seed: int = 0) -> dict:
         return out
     count = math.comb(len(a) + len(b), len(a))
     exact = count <= MAX_EXACT_PERMUTATIONS
-    result = stats.permutation_test(
-        (b, a),
-        _mean_difference,
-        permutation_type="independent",
-        vectorized=True,
-        n_resamples=np.inf if exact else RANDOM_PERMUTATIONS,
-        alternative="two-sided",
-        rng=np.random.default_rng(seed),
-    )
+    result = _permutation_test((b, a), _mean_difference, "independent", exact, seed)
     n_permutations = count if exact else RANDOM_PERMUTATIONS + 1
     out.update(
         p_perm=float(result.pvalue),
@@ -188,15 +187,7 @@ def permutation_correlation(x, y, method: str = "pearson", seed: int = 0) -> dic
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
     exact = math.factorial(len(x)) <= MAX_EXACT_PERMUTATIONS
-    result = stats.permutation_test(
-        (x, y),
-        statistic,
-        permutation_type="pairings",
-        vectorized=True,
-        n_resamples=np.inf if exact else RANDOM_PERMUTATIONS,
-        alternative="two-sided",
-        rng=np.random.default_rng(seed),
-    )
+    result = _permutation_test((x, y), statistic, "pairings", exact, seed)
     out.update(
         r=float(result.statistic),
         p_perm=float(result.pvalue),
