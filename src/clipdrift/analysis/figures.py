@@ -127,14 +127,14 @@ def lr_panels(
     return figure
 
 
-def _legend(figure: Figure, axes: np.ndarray) -> None:
+def _legend(figure: Figure, axes: np.ndarray, max_columns: int = 6) -> None:
     handles = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    figure.legend(
-        handles.values(), handles.keys(), loc="outside lower center", ncols=max(1, len(handles)), frameon=False
-    )
+    # a long legend wraps into rows instead of running off the figure's sides
+    figure.legend(handles.values(), handles.keys(), loc="outside lower center",
+                  ncols=max(1, min(len(handles), max_columns)), frameon=False)
 
 
 def _layer_matrix(layers: pd.DataFrame, dataset: str, quantity: str) -> pd.DataFrame:
