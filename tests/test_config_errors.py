@@ -30,7 +30,8 @@ def _default_with(change: dict) -> dict:
     # required
     ({"datasets": [{"epochs": 3}]}, "config key datasets[0] lacks the required key 'name': add it (Dataset name"),
     # enum
-    ({"methods": ["full", "bitfit"]}, "config key methods[1] is 'bitfit', which is not allowed: use one of full, lora."),
+    ({"methods": ["full", "bitfit"]},
+     "config key methods[1] is 'bitfit', which is not allowed: use one of full, lora, lp-ft."),
     # type, and a word YAML reads as a boolean
     ({"seeds": "seven"}, "config key seeds is 'seven' (a string) but must be a list (Run seeds"),
     ({"training": {"amp": False}}, "config key training.amp is False but must be one of 'auto', 'bf16', 'fp16', 'off' "

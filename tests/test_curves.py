@@ -10,6 +10,7 @@ from clipdrift.metrics.extract import extract, probe_reference
 from clipdrift.metrics.tables import AttentionConfig, CKAConfig
 from clipdrift.train import TrainConfig, evaluate, finetune
 from clipdrift.zeroshot import evaluate as zeroshot_evaluate
+
 from conftest import TINY, make_tiny
 from test_metrics import make_probe
 from test_train import N_CLASSES, TEST, TRAIN, VAL

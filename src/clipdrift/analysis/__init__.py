@@ -18,6 +18,7 @@ import pandas as pd
 
 from clipdrift.analysis.compare import comparisons, correlations
 from clipdrift.analysis.findings import findings, pretrained_top1
+from clipdrift.analysis.frontier import curve_points
 from clipdrift.analysis.reference import (
     PUBLISHED_METRICS,
     PUBLISHED_PRETRAINED_ZEROSHOT,
@@ -26,7 +27,6 @@ from clipdrift.analysis.reference import (
     paper_comparison,
     paper_correlations,
 )
-from clipdrift.analysis.frontier import curve_points
 from clipdrift.analysis.relations import cka_entropy_relations
 from clipdrift.analysis.sensitivity import probe_sensitivity, sensitivity_summary
 from clipdrift.analysis.stats import bootstrap_ci, holm
