@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
 PAPER = str(REPO / "configs/paper.yaml")
 PAPER_RULES = {
     "check_backbone", "prepare_task", "prepare_zeroshot_task", "finetune", "probe_reference", "extract", "zeroshot",
-    "zeroshot_classifier", "zeroshot_pretrained_indomain", "aggregate", "report",
+    "zeroshot_classifier", "zeroshot_pretrained_indomain", "curves", "aggregate", "report",
 }
 
 # torchvision checks CIFAR-100 files against the real archive's MD5 sums, which fabricated files
@@ -126,6 +126,10 @@ def test_the_paper_protocol_fixes_hold_on_the_real_code_path(paper_run):
     jobs = result.stdout + result.stderr
     assert "runs/eurosat/full/lr1e-05/seed7/best.safetensors, results/paper/data/cifar100/test.safetensors" in jobs
     assert "runs/pets/lora/lr1e-05/seed7/final.safetensors, results/paper/data/pets/probe.safetensors" in jobs
+    # the kept epoch of a Full FT run is stored in fp16 (curves.snapshot_dtype), LoRA's in fp32
+    assert (study / "runs/pets/full/lr1e-05/seed7/epochs/epoch1.safetensors").exists()
+    curves = pd.read_parquet(study / "curves/pets/full/lr1e-05/seed7.parquet")
+    assert list(curves["kind"]) == ["alpha"] * 5 + ["epoch"]
     sensitivity = pd.read_parquet(study / "metrics/probe_sensitivity/pets/lora/lr1e-05/seed7.parquet")
     assert set(sensitivity["probe_seed"]) == {7, 21} and set(sensitivity["state"]) == {"baseline", "final"}
 
