@@ -127,7 +127,11 @@ def test_the_paper_protocol_fixes_hold_on_the_real_code_path(paper_run):
     assert "runs/eurosat/full/lr1e-05/seed7/best.safetensors, results/paper/data/cifar100/test.safetensors" in jobs
     assert "runs/pets/lora/lr1e-05/seed7/final.safetensors, results/paper/data/pets/probe.safetensors" in jobs
     # the kept epoch of a Full FT run is stored in fp16 (curves.snapshot_dtype), LoRA's in fp32
-    assert (study / "runs/pets/full/lr1e-05/seed7/epochs/epoch1.safetensors").exists()
+    from clipdrift.io import read_safetensors
+
+    for method, dtype in (("full", "float16"), ("lora", "float32")):
+        _, metadata = read_safetensors(study / f"runs/pets/{method}/lr1e-05/seed7/epochs/epoch1.safetensors")
+        assert metadata["stored_dtype"] == dtype
     curves = pd.read_parquet(study / "curves/pets/full/lr1e-05/seed7.parquet")
     assert list(curves["kind"]) == ["alpha"] * 5 + ["epoch"]
     sensitivity = pd.read_parquet(study / "metrics/probe_sensitivity/pets/lora/lr1e-05/seed7.parquet")
