@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from html import escape as html_escape
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -51,12 +52,15 @@ def test_the_study_leaves_sane_outputs(study_dir):
     study = study_dir / STUDY
     runs = pd.read_parquet(study / "tables/runs.parquet")
     assert len(runs) == RUNS
-    assert set(runs["method"]) == {"full", "lora"} and set(runs["lr"]) == {"1e-04", "1e-03"}
+    assert set(runs["method"]) == {"full", "lora", "lp-ft"} and set(runs["lr"]) == {"1e-04", "1e-03"}
     for column in ("best_select_acc", "final_test_acc", "zs_top1", "zs_top5", "zs_balanced"):
         assert runs[column].between(0, 1).all(), column
     assert (runs["zs_top5"] >= runs["zs_top1"]).all() and runs["cka_mean"].between(0, 1.0001).all()
     history = json.loads((study / "runs/world-eurosat/lora/lr1e-03/seed7/history.json").read_text())
-    assert history["status"] == "completed" and history["method"] == "lora" and len(history["epochs"]) == 1
+    assert history["status"] == "completed" and history["method"] == "lora" and len(history["epochs"]) == 2
+    lp_ft = json.loads((study / "runs/world-pets/lp-ft/lr1e-03/seed7/history.json").read_text())
+    assert [e["phase"] for e in lp_ft["epochs"]] == ["probe", "finetune"]
+    assert lp_ft["trainable_params"]["image_tower"] > 0
     attention = pd.read_parquet(study / "metrics/attention/world-pets/full/lr1e-03/seed7.parquet")
     assert set(attention["state"]) == {"baseline", "final"}
     assert attention["value"].map(math.isfinite).all()
@@ -71,9 +75,21 @@ def test_the_study_leaves_sane_outputs(study_dir):
     benchmarks = {p.relative_to(study / "benchmarks").as_posix() for p in (study / "benchmarks").rglob("*.tsv")}
     assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/classifier.tsv", "references/world-pets.tsv",
             "zeroshot/pretrained-indomain/world-pets.tsv", "finetune/world-pets/lora/lr1e-03/seed7.tsv",
-            "extract/world-pets/lora/lr1e-03/seed7.tsv"} <= benchmarks
-    # backbone, data, zero-shot classifier, in-domain references, probe references, 3 per run, tables + report
-    assert len(benchmarks) == 1 + 3 + 1 + 2 + 2 + 3 * RUNS + 2
+            "extract/world-pets/lora/lr1e-03/seed7.tsv", "curves/world-pets/lp-ft/lr1e-03/seed7.tsv"} <= benchmarks
+    # backbone, data, zero-shot classifier, in-domain references, probe references, 4 per run, tables + report
+    assert len(benchmarks) == 1 + 3 + 1 + 2 + 2 + 4 * RUNS + 2
+    # the curves: alpha 1 is the run itself, alpha 0 the pretrained tower; every epoch was kept
+    curves = pd.read_parquet(study / "tables/curves.parquet").merge(runs, on=["dataset", "method", "lr", "seed"])
+    end = curves.query("kind == 'alpha' and point == 1.0")
+    assert (end["indomain_acc"] == end["final_test_acc"]).all() and (end["zs_top1_x"] == end["zs_top1_y"]).all()
+    assert np.allclose(end["drift_entropy_pct_x"], end["drift_entropy_pct_y"], rtol=1e-9, atol=1e-12)
+    start = curves.query("kind == 'alpha' and point == 0.0")
+    assert (start["zs_top1_x"] == pretrained["top1"]).all() and np.allclose(start["drift_entropy_pct_x"], 0, atol=1e-9)
+    assert sorted(curves.query("kind == 'epoch'")["point"].unique()) == [1.0, 2.0]
+    assert "id='fig-frontier'" in html and "id='fig-trajectories'" in html
+    stats = pd.read_parquet(study / "tables/stats.parquet")
+    assert {tuple(p) for p in stats[["method_a", "method_b"]].drop_duplicates().to_numpy()} == {
+        ("full", "lora"), ("full", "lp-ft"), ("lora", "lp-ft")}
     # the published analyses run in every study: drift vs in-domain accuracy, CKA vs drift, probe sensitivity
     correlations = pd.read_parquet(study / "tables/correlations.parquet")
     assert len(correlations.query("x == 'drift_entropy_pct' and y == 'best_select_acc'")) == 2
@@ -122,7 +138,7 @@ def test_nothing_reruns_when_nothing_changed(study_dir):
 def test_a_metric_setting_reruns_that_metric_and_the_report_only(study_dir):
     override = _override(study_dir, "metric.yaml", "metrics:\n  rollout_alpha: 0.3\n")
     plan = _plan(study_dir, override)
-    assert plan == {"probe_reference": 2, "extract": RUNS, "aggregate": 1, "report": 1, "all": 1}
+    assert plan == {"probe_reference": 2, "extract": RUNS, "curves": RUNS, "aggregate": 1, "report": 1, "all": 1}
 
 
 def _edited_package(tmp_path, module: str, text: str) -> dict:
@@ -140,7 +156,7 @@ def test_a_semantic_edit_of_the_metrics_runtime_reruns_drift_and_zero_shot_never
     env = _edited_package(tmp_path, "metrics/runtime.py", "\n_EDITED = True  # a change of meaning\n")
     plan = _plan(study_dir, env=env)
     # zero-shot scoring imports the runtime for its model input: its jobs rerun too
-    assert plan == {"probe_reference": 2, "extract": RUNS, "zeroshot_classifier": 1, "zeroshot": RUNS,
+    assert plan == {"probe_reference": 2, "extract": RUNS, "zeroshot_classifier": 1, "zeroshot": RUNS, "curves": RUNS,
                     "zeroshot_pretrained_indomain": 2, "aggregate": 1, "report": 1, "all": 1}
 
 
@@ -185,8 +201,8 @@ def test_a_new_seed_runs_only_its_own_finetunes(study_dir):
 def test_a_training_change_reruns_the_affected_finetunes(study_dir):
     datasets = (
         "datasets:\n"
-        "  - {name: world-eurosat, epochs: 2, sizes: {train: 200, val: 50, test: 50}}\n"
-        "  - {name: world-pets, epochs: 1, sizes: {train: 148, val: 74, test: 74}}\n"
+        "  - {name: world-eurosat, epochs: 3, sizes: {train: 200, val: 50, test: 50}}\n"
+        "  - {name: world-pets, epochs: 2, sizes: {train: 148, val: 74, test: 74}}\n"
     )
     result = _dry_run(study_dir, _override(study_dir, "epochs.yaml", datasets))
     plan = planned_jobs(result)
@@ -204,7 +220,7 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
     workdir.mkdir()
     # every rule of the study, on one of its two datasets: half the fine-tunes, same DAG shape
     one_dataset = _override(workdir, "eurosat.yaml", (
-        "datasets:\n  - {name: world-eurosat, epochs: 1, sizes: {train: 200, val: 50, test: 50}}\n"))
+        "datasets:\n  - {name: world-eurosat, epochs: 2, sizes: {train: 200, val: 50, test: 50}}\n"))
     result = snakemake(
         workdir, "--profile", str(REPO / "profiles/slurm"), "--configfile", TEST_CONFIG, one_dataset,
         "--jobs", "4", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
