@@ -177,13 +177,15 @@ def test_trajectories_off_rerun_no_finetune_and_on_rerun_those_without_kept_weig
     off = _override(study_dir, "no-trajectories.yaml", "curves:\n  epochs: []\n")
     plan = _plan(study_dir, off)
     assert plan == {"curves": RUNS, "aggregate": 1, "report": 1, "all": 1}  # the curve jobs measure less
-    # a run whose weights were never kept (as in a study finished without trajectories) is retrained
+    # turning them on: the curve jobs now ask for epochs, and a run whose weights were never kept
+    # (as in a study finished without trajectories) is retrained, saying why
     kept = study_dir / STUDY / "runs/world-pets/full/lr1e-03/seed7/epochs"
     hidden = tmp_path / "epochs"
     shutil.move(kept, hidden)
     try:
-        result = _dry_run(study_dir)
-        assert planned_jobs(result)["finetune"] == 1
+        result = _dry_run(study_dir, _override(study_dir, "second-epoch.yaml", "curves:\n  epochs: [2]\n"))
+        plan = planned_jobs(result)
+        assert plan["finetune"] == 1 and plan["curves"] == RUNS
         assert "Missing output files: results/test/runs/world-pets/full/lr1e-03/seed7/epochs" in result.stdout
     finally:
         shutil.move(hidden, kept)
