@@ -231,6 +231,9 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
         "--set-resources", *(f"{rule}:gpu=0" for rule in GPU_RULES),
         "finetune:cpus_per_task=1", "pretrain_backbone:cpus_per_task=2",
         "--set-threads", "finetune=1", "pretrain_backbone=2",
+        # no GPU on this node to make a run's jobs take turns (profiles/slurm: gpu, local scope):
+        # two CPUs per submission does it instead, so a group job fits the 2-CPU node
+        "--set-resource-scopes", "cpus_per_task=local", "--resources", "cpus_per_task=2",
     )
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     # every job went through sbatch (the plugin keeps, when asked, one SLURM log per submission):
