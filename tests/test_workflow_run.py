@@ -241,8 +241,8 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
     logs = workdir / ".snakemake/slurm_logs"
     assert sorted(path.name for path in logs.iterdir()) == [
         "group_run_curves_extract_finetune_zeroshot", "rule_aggregate", "rule_prepare_task", "rule_prepare_zeroshot_task",
-        "rule_pretrain_backbone", "rule_probe_reference", "rule_zeroshot_classifier",
-        "rule_report", "rule_zeroshot_pretrained_indomain"]
+        "rule_pretrain_backbone", "rule_probe_reference", "rule_report", "rule_zeroshot_classifier",
+        "rule_zeroshot_pretrained_indomain"]
     assert len(list((logs / "group_run_curves_extract_finetune_zeroshot").rglob("*.log"))) == RUNS // 2
     assert len(list((logs / "rule_pretrain_backbone").rglob("*.log"))) == 1
     key = ["dataset", "method", "lr", "seed"]
