@@ -35,7 +35,9 @@ from clipdrift.backbones import BackboneSpec, build_classifier  # noqa: E402
 from clipdrift.data import with_probe  # noqa: E402
 from clipdrift.metrics.tables import AttentionConfig, attention_table, drift_summary  # noqa: E402
 from clipdrift.train import TrainConfig, finetune  # noqa: E402
-from clipdrift.world import ZEROSHOT_TASK, PretrainConfig, WorldConfig, pretrain_backbone, task_splits  # noqa: E402
+from clipdrift.world.pretrain import PretrainConfig, pretrain_backbone  # noqa: E402
+from clipdrift.world.render import WorldConfig  # noqa: E402
+from clipdrift.world.tasks import ZEROSHOT_TASK, task_splits  # noqa: E402
 from clipdrift.zeroshot import evaluate, load_templates, text_classifier  # noqa: E402
 
 MODEL = "clipdrift-tiny"

@@ -35,6 +35,22 @@ def device_for_the_test(request, monkeypatch):
         monkeypatch.delenv("CLIPDRIFT_DEVICE")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_job_server_left_running(tmp_path_factory):
+    """The suite leaves no warm job server behind: each exits once its workflow has ended or its
+    test stops it; one still running a few seconds after the last test is an error (and is
+    stopped)."""
+    from workflow_helpers import server_pids, wait_until
+
+    yield
+    base = tmp_path_factory.getbasetemp()
+    if not wait_until(lambda: not server_pids(base), 15):
+        left = server_pids(base)
+        for pid in left:
+            os.kill(pid, 9)
+        pytest.fail(f"warm job servers still running after the tests: {left}")
+
+
 @pytest.fixture
 def tiny_spec():
     return TINY

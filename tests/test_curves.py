@@ -1,9 +1,13 @@
 """A run's curves: interpolation points and kept epochs measured like checkpoints, with the
 end points equal to what the run's own measurements give."""
 
+import copy
+
+import pandas as pd
 import pytest
 import torch
 
+from clipdrift import curves
 from clipdrift.backbones import build_classifier
 from clipdrift.curves import CurveInputs, curve_table, measure
 from clipdrift.metrics.extract import extract, probe_reference
@@ -65,9 +69,63 @@ def test_kept_epochs_are_measured_like_the_final_weights(setting):
             return snapshot
         return load
 
-    table = curve_table(model, pretrained, inputs, alphas=[1], epoch_models=[(e, loader(e)) for e in sorted(kept)])
+    table = curve_table(model, pretrained, inputs, alphas=[1], epoch_models=[(e, loader(e)) for e in sorted(kept)],
+                        reuse_known=False)
     assert list(zip(table["kind"], table["point"])) == [("alpha", 1.0), ("epoch", 1.0), ("epoch", 2.0)]
     final, last_epoch = table.iloc[0], table.iloc[2]  # the last kept epoch is the final weights
     for column in ("indomain_acc", "zs_top1", "drift_entropy_pct", "drift_erf_pct"):
         assert final[column] == pytest.approx(last_epoch[column], rel=1e-12), column
     assert measure(model, inputs)["indomain_acc"] == final["indomain_acc"]
+
+
+def _trained_with_snapshots(method):
+    model = make_tiny(method, n_classes=N_CLASSES)
+    kept = {}
+    finetune(model, TRAIN, VAL, TrainConfig(epochs=2, lr=3e-3, batch_size=16, seed=5), progress=False,
+             snapshot=lambda epoch: kept.update({epoch: {k: v.clone() for k, v in model.state_dict().items()}}))
+
+    def loader(epoch):
+        def load():
+            snapshot = make_tiny(method, n_classes=N_CLASSES)
+            snapshot.load_state_dict(kept[epoch])
+            return snapshot.eval()
+        return load
+
+    return model, [(epoch, loader(epoch)) for epoch in sorted(kept)]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_known_states_reused_are_exactly_what_measuring_them_gives(setting, method):
+    pretrained, inputs = setting
+    finetuned, epochs = _trained_with_snapshots(method)
+    # the score the zeroshot_classifier job stores for the pretrained model
+    pretrained_zs = zeroshot_evaluate(pretrained, inputs.zeroshot_weights, inputs.zeroshot,
+                                      batch_size=inputs.zeroshot_batch_size)["top1"]
+    reused = curve_table(finetuned, pretrained, inputs, [0, 0.5, 1], epochs, pretrained_zs_top1=pretrained_zs)
+    measured = curve_table(finetuned, pretrained, inputs, [0, 0.5, 1], epochs, pretrained_zs_top1=pretrained_zs,
+                           reuse_known=False)
+    pd.testing.assert_frame_equal(reused, measured, check_exact=True)
+    assert reused.iloc[0]["drift_entropy_pct"] == 0.0 and reused.iloc[0]["zs_top1"] == pretrained_zs
+
+
+def test_known_states_are_not_measured_again(setting, monkeypatch):
+    pretrained, inputs = setting
+    finetuned, epochs = _trained_with_snapshots("full")
+    measured = []
+
+    def measure(model, inputs, what):
+        measured.append(what)
+        return dict.fromkeys(curves.MEASURED, 0.5)
+
+    monkeypatch.setattr(curves, "measure", measure)
+    curve_table(finetuned, pretrained, inputs, [0, 0.5, 1], epochs, pretrained_zs_top1=0.25)
+    assert measured == ["alpha 0.5", "alpha 1", "epoch 1"]  # epoch 2 is the final weights; alpha 0 the pretrained tower
+
+
+def test_an_epoch_that_differs_from_the_final_weights_is_measured(setting):
+    pretrained, inputs = setting
+    finetuned, epochs = _trained_with_snapshots("full")
+    first = epochs[0][1]()
+    assert not curves.same_weights(first, finetuned) and curves.same_weights(epochs[-1][1](), finetuned)
+    half = copy.deepcopy(first).half()
+    assert not curves.same_weights(half, first)  # same values, other dtype: not the same weights

@@ -3,8 +3,11 @@
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
 from html import escape as html_escape
 
 import numpy as np
@@ -12,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import REPO, planned_jobs, snakemake
+from workflow_helpers import REPO, planned_jobs, server_pids, snakemake, wait_until
 
 pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
 
@@ -29,6 +32,15 @@ def study_dir(tmp_path_factory):
     """A working directory in which the whole test study has run once."""
     workdir = tmp_path_factory.mktemp("study")
     result = snakemake(workdir, "--cores", "2", "--configfile", TEST_CONFIG)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def cold_study_dir(tmp_path_factory):
+    """The same study with the warm job server switched off: every job its own fresh process."""
+    workdir = tmp_path_factory.mktemp("cold-study")
+    result = snakemake(workdir, "--cores", "2", "--configfile", TEST_CONFIG, env={"CLIPDRIFT_WARM": "0"})
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return workdir
 
@@ -106,6 +118,107 @@ def test_the_study_leaves_sane_outputs(study_dir):
         widest = finding["values"]["widest"]
         assert f"{100 * widest['zs_top1_mean_lora']:.1f}%" in finding["sentence"]
         assert html_escape(finding["sentence"]) in html
+
+
+# Wall-clock measurements (column or key names), and the digests of the records holding them,
+# differ between any two runs.
+TIMING = re.compile(r"(^|_)(time_s|train_s|images_per_s)(_|$)")
+DIGESTS = ("_integrity", "clipdrift_digest")
+
+
+def _usage(study) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((study / "benchmarks").rglob("*.usage.json"))]
+
+
+def _flat(value, prefix=""):
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for index, item in enumerate(value) for k, v in _flat(item, f"{prefix}{index}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _untimed(record: dict) -> dict:
+    return {key: value for key, value in _flat(record).items()
+            if not TIMING.search(key.rsplit(".", 1)[-1]) and not set(key.split(".")) & set(DIGESTS)}
+
+
+def _safetensors(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = {key: json.loads(value) if value.startswith(("{", "[")) else value
+                    for key, value in handle.metadata().items()}
+        return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
+
+
+def test_warm_and_cold_jobs_give_bit_identical_results(study_dir, cold_study_dir):
+    import torch
+
+    warm, cold = study_dir / STUDY, cold_study_dir / STUDY
+    assert {record["mode"] for record in _usage(warm)} == {"warm"}, "every job of the warm study ran warm"
+    assert {record["mode"] for record in _usage(cold)} == {"cold"}
+    assert all("CLIPDRIFT_WARM=0" in record["detail"] for record in _usage(cold))
+    files = sorted(path.relative_to(warm) for path in warm.rglob("*") if path.is_file()
+                   and path.parts[len(warm.parts)] not in ("logs", "benchmarks", "report"))
+    assert files == sorted(path.relative_to(cold) for path in cold.rglob("*") if path.is_file()
+                           and path.parts[len(cold.parts)] not in ("logs", "benchmarks", "report"))
+    compared = {".safetensors": 0, ".parquet": 0, ".json": 0, ".csv": 0}
+    for relative in files:
+        a, b = warm / relative, cold / relative
+        if relative.suffix == ".safetensors":
+            (tensors_a, meta_a), (tensors_b, meta_b) = _safetensors(a), _safetensors(b)
+            assert tensors_a.keys() == tensors_b.keys(), relative
+            assert all(tensors_a[k].dtype == tensors_b[k].dtype and torch.equal(tensors_a[k], tensors_b[k])
+                       for k in tensors_a), relative
+            assert _untimed(meta_a) == _untimed(meta_b), relative
+        elif relative.suffix in (".parquet", ".csv"):
+            read = pd.read_parquet if relative.suffix == ".parquet" else pd.read_csv
+            frame_a, frame_b = read(a), read(b)
+            untimed = [column for column in frame_a.columns if not TIMING.search(column)]
+            pd.testing.assert_frame_equal(frame_a[untimed], frame_b[untimed], check_exact=True, obj=str(relative))
+        elif relative.suffix == ".json":
+            assert _untimed(json.loads(a.read_text())) == _untimed(json.loads(b.read_text())), relative
+        else:
+            continue
+        compared[relative.suffix] += 1
+    assert compared[".safetensors"] >= 5 * RUNS and compared[".parquet"] > 3 * RUNS, compared
+
+
+def test_the_warm_study_left_no_server_and_accounted_for_every_job(study_dir):
+    assert wait_until(lambda: not server_pids(study_dir), 10), "the server exits once its workflow has ended"
+    log = (study_dir / ".snakemake/clipdrift-warm/server.log").read_text()
+    assert "every workflow it served has ended" in log and log.count(" ended: ") == len(_usage(study_dir / STUDY))
+    for record in _usage(study_dir / STUDY):
+        assert record["ok"] and 0 < record["startup_s"] < record["s"] and record["cpu_s"] > 0
+        assert record["max_rss_mb"] > 100  # the child's own peak, the imported stack included
+
+
+def test_ctrl_c_on_snakemake_fails_the_running_jobs_and_a_rerun_completes_the_study(study_dir, tmp_path):
+    workdir = tmp_path / "interrupted"
+    workdir.mkdir()
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(workdir), "--cores", "2", "--configfile", TEST_CONFIG]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    run = subprocess.Popen(command, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    log = workdir / ".snakemake/clipdrift-warm/server.log"
+    # interrupt while fine-tunes run in the server's children, as Ctrl-C does: the whole group
+    assert wait_until(lambda: log.exists() and "rule finetune, client" in log.read_text(), 600), run.stderr.read()
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=300)
+    assert run.returncode != 0
+    assert wait_until(lambda: not server_pids(workdir), 15)
+    running = [line for line in log.read_text().splitlines() if "rule finetune, client" in line]
+    interrupted = [line.split()[3].rstrip(":") for line in running]
+    ended = log.read_text().count(" ended: ")
+    assert ended >= len(interrupted)  # every child was reaped, none left behind
+    snakemake(workdir, "--unlock")
+    result = snakemake(workdir, "--cores", "2", "--configfile", TEST_CONFIG, "--rerun-incomplete")
+    assert result.returncode == 0, stderr[-3000:] + result.stderr[-5000:]
+    finished, reference = (pd.read_parquet(d / STUDY / "tables/runs.parquet") for d in (workdir, study_dir))
+    columns = [column for column in reference.columns if not TIMING.search(column)]
+    pd.testing.assert_frame_equal(finished[columns], reference[columns], check_exact=True)
 
 
 def test_the_documented_artifacts_are_the_ones_a_run_writes(study_dir):

@@ -13,19 +13,20 @@ from clipdrift.backbones import BackboneSpec, build_classifier, create_clip
 from clipdrift.data import ImageSplit
 from clipdrift.errors import UserFacingError
 from clipdrift.train import TrainConfig, finetune
-from clipdrift.world import (
+from clipdrift.world.pretrain import PretrainConfig, pretrain_backbone, world_pairs
+from clipdrift.world.render import (
+    _RGB,
     COLOURS,
     SHAPES,
-    TASKS,
     TERRAINS,
-    PretrainConfig,
+    Attributes,
     WorldConfig,
     captions,
-    pretrain_backbone,
-    task_splits,
-    world_pairs,
+    render,
+    sample_attributes,
+    stream_generator,
 )
-from clipdrift.world.render import _RGB, Attributes, render, sample_attributes, stream_generator
+from clipdrift.world.tasks import TASKS, task_splits
 from clipdrift.zeroshot import evaluate, text_classifier
 
 WORLD = WorldConfig(seed=3)

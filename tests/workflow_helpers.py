@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,3 +30,29 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     counts = dict(re.findall(r"^(\w+)\s+(\d+)\s*$", table, flags=re.MULTILINE))
     counts.pop("total", None)
     return {rule: int(n) for rule, n in counts.items()}
+
+
+def server_pids(under: Path) -> list[int]:
+    """Pids of running warm job servers whose working directory is ``under`` or below it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = Path(os.readlink(entry / "cwd"))
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"clipdrift.warm.server" in argv and state != "Z" and cwd.is_relative_to(under.resolve()):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +26,7 @@ from torch import nn
 from clipdrift.device import seeded
 from clipdrift.errors import UserFacingError
 from clipdrift.io import verify_safetensors, written_by_clipdrift
+from clipdrift.openclip import open_clip
 
 PACKAGED_CONFIG_DIR = Path(__file__).parent / "model_configs"
 _HF_CACHE_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE")

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 from importlib.metadata import version
 
-import open_clip
 import torch
 
 import clipdrift
 from clipdrift.adapters import MethodConfig, apply_method, checkpoint_keys, trainable_state
 from clipdrift.backbones import BackboneSpec, CLIPClassifier, build_classifier
 from clipdrift.io import ArtifactError, read_json, read_safetensors, write_safetensors
+from clipdrift.openclip import open_clip
 
 FORMAT_VERSION = 2  # 2: written with an integrity digest (clipdrift.io)
 

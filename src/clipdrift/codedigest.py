@@ -105,6 +105,17 @@ def script_digest(script_path: str | Path, package_dir: str | Path | None = None
     return combined.hexdigest()[:16]
 
 
+def external_imports(script_path: str | Path, package_dir: str | Path | None = None) -> list[str]:
+    """Modules outside the package that the script and its closure import (``import a.b`` and
+    ``from a.b import c`` name ``a.b``), sorted: what a job running the script will import."""
+    package = _Package(package_dir)
+    script_facts = package.cache.facts(Path(script_path).read_bytes())
+    facts = [script_facts, *(package.facts(module) for module in _module_closure(script_facts, package))]
+    package.cache.save()
+    return sorted({statement.module for module in facts for statement in module.imports
+                   if statement.level == 0 and statement.module and not _in_package(statement.module)})
+
+
 def semantic_digest(source: str | bytes) -> str:
     """SHA-256 of the source's AST without docstrings or positions: its meaning, not its text."""
     return _parse_facts(source if isinstance(source, bytes) else source.encode()).digest

@@ -25,7 +25,8 @@ from clipdrift.metrics.tables import AttentionConfig, model_attention_stats
 from clipdrift.train import evaluate as indomain_accuracy
 from clipdrift.zeroshot import evaluate as zeroshot_scores
 
-CURVE_COLUMNS = ["kind", "point", "indomain_acc", "zs_top1", "drift_entropy_pct", "drift_erf_pct"]
+MEASURED = ("indomain_acc", "zs_top1", "drift_entropy_pct", "drift_erf_pct")
+CURVE_COLUMNS = ["kind", "point", *MEASURED]
 CURVE_KINDS = ("alpha", "epoch")
 
 
@@ -63,16 +64,48 @@ def measure(model: CLIPClassifier, inputs: CurveInputs, what: str = "the model")
 
 
 def curve_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, inputs: CurveInputs, alphas: Iterable[float],
-                epoch_models: Iterable[tuple[int, Callable[[], CLIPClassifier]]] = ()) -> pd.DataFrame:
+                epoch_models: Iterable[tuple[int, Callable[[], CLIPClassifier]]] = (),
+                pretrained_zs_top1: float | None = None, reuse_known: bool = True) -> pd.DataFrame:
     """Every interpolation point of ``finetuned`` (its final weights) and every kept epoch.
 
     ``epoch_models``: (epoch, loader) pairs; each model is loaded, measured and dropped in turn,
     so memory holds one epoch's weights at a time.
+
+    No weight state is measured twice (``reuse_known``): at alpha 0 the image tower and
+    projection are the pretrained ones, so its zero-shot top-1 is ``pretrained_zs_top1`` (the
+    pretrained score the study's zero-shot references hold, from the same classifier, images
+    and batch size) and its drift against the pretrained reference is 0; only its in-domain
+    accuracy, which needs the run's own head, is measured. A kept epoch whose weights equal the
+    final weights, tensor for tensor (the last epoch of a run that keeps fp32 snapshots), takes
+    the numbers of alpha 1.
     """
     rows = []
     for alpha in sorted(alphas):
         with interpolated(finetuned, pretrained, alpha) as model:
-            rows.append({"kind": "alpha", "point": float(alpha), **measure(model, inputs, f"alpha {alpha:g}")})
+            if alpha == 0 and pretrained_zs_top1 is not None and reuse_known:
+                numbers = _pretrained_tower(model, inputs, pretrained_zs_top1)
+            else:
+                numbers = measure(model, inputs, f"alpha {alpha:g}")
+        rows.append({"kind": "alpha", "point": float(alpha), **numbers})
+    final = next((row for row in rows if row["point"] == 1.0), None) if reuse_known else None
     for epoch, load in epoch_models:
-        rows.append({"kind": "epoch", "point": float(epoch), **measure(load(), inputs, f"epoch {epoch}")})
+        model = load()
+        if final is not None and same_weights(model, finetuned):
+            numbers = {column: final[column] for column in MEASURED}
+        else:
+            numbers = measure(model, inputs, f"epoch {epoch}")
+        rows.append({"kind": "epoch", "point": float(epoch), **numbers})
     return pd.DataFrame(rows, columns=CURVE_COLUMNS).astype({"point": "float64"})
+
+
+def _pretrained_tower(model: CLIPClassifier, inputs: CurveInputs, pretrained_zs_top1: float) -> dict[str, float]:
+    return {"indomain_acc": indomain_accuracy(model, inputs.test, batch_size=inputs.eval_batch_size),
+            "zs_top1": pretrained_zs_top1, "drift_entropy_pct": 0.0, "drift_erf_pct": 0.0}
+
+
+def same_weights(model: torch.nn.Module, other: torch.nn.Module) -> bool:
+    """Whether the two models hold the same tensors (names, dtypes, shapes and values)."""
+    mine, theirs = model.state_dict(), other.state_dict()
+    return mine.keys() == theirs.keys() and all(
+        mine[name].dtype == theirs[name].dtype and mine[name].shape == theirs[name].shape
+        and torch.equal(mine[name], theirs[name].to(mine[name].device)) for name in mine)

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 import torch
 
 from clipdrift.errors import UserFacingError
+from clipdrift.gpuslots import DEVICE_ENV
 
-DEVICE_ENV = "CLIPDRIFT_DEVICE"
 CUBLAS_WORKSPACE = (":4096:8", ":16:8")  # the settings cuBLAS accepts for deterministic results
 
 

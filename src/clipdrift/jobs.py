@@ -7,43 +7,86 @@ Parse-time planning is in :mod:`clipdrift.plan`.
 from __future__ import annotations
 
 import logging
+import resource
 import sys
+import time
 from collections.abc import Callable
 
 from clipdrift.errors import UserFacingError
+from clipdrift.warm.client import JobStart, job_start
 
 log = logging.getLogger("clipdrift")
 
 def run_script(snakemake, main: Callable, uses_gpu: bool = False) -> None:
     """Run a workflow script's ``main(snakemake)`` with logging, threads, its device and clean
-    user errors.
+    user errors, and record the job's own time and memory.
 
     ``uses_gpu``: the script's work runs on a GPU when there is one. Such a job takes its own
     GPU when the job claims ``gpu`` resources (a slot of :mod:`clipdrift.gpuslots`, so that
     concurrent jobs on a multi-GPU workstation never share a device by accident); a job of a
     script that does not use a GPU is pinned to the CPU, so it can never compete for one
     without claiming it.
+
+    The job's log says whether it runs warm (forked by the job server) or cold, and why. With a
+    ``usage`` log (every rule of the workflow has one), the job writes its own account there:
+    see :func:`usage_record`.
     """
+    start = job_start()
     _configure_logging(snakemake.log[0] if len(snakemake.log) else None)
+    log.info("%s", start.describe())
+    main_started, ok = time.time(), False
     try:
         _choose_device(snakemake, uses_gpu)
         torch = sys.modules.get("torch")  # a job whose script needs no torch does not pay its import
         if torch is not None:
             torch.set_num_threads(max(1, int(snakemake.threads)))
         main(snakemake)
+        ok = True
     except UserFacingError as error:
         log.error("%s", error)
         sys.exit(1)
     except Exception:
         log.exception("unexpected error in rule %s", getattr(snakemake, "rule", "?"))
         raise
+    finally:
+        _write_usage(snakemake, usage_record(start, main_started, time.time(), ok))
+
+
+def usage_record(start: JobStart, main_started: float, ended: float, ok: bool) -> dict:
+    """A job's own account of itself: how it started (``warm``/``cold`` and why), its start-up
+    (from the start of the process Snakemake started, Snakemake's script preamble included, to
+    the first line of ``main``), its compute (``main``), and the CPU time and peak resident
+    memory of the process that ran it and of the processes it waited for.
+
+    Snakemake's ``benchmark:`` file measures the process Snakemake started and its children: for
+    a warm job, only the thin client waiting for the server's child. These are the job's own.
+    """
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "mode": start.mode,
+        "detail": start.detail,
+        "startup_s": round(main_started - start.process_start, 3),
+        "compute_s": round(ended - main_started, 3),
+        "s": round(ended - start.process_start, 3),
+        "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3),
+        "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 1),  # Linux: kilobytes
+        "ok": ok,
+    }
+
+
+def _write_usage(snakemake, record: dict) -> None:
+    path = snakemake.log.get("usage") if hasattr(snakemake.log, "get") else None
+    if path:
+        from clipdrift.io import write_json
+
+        write_json(path, record)
 
 
 def _choose_device(snakemake, uses_gpu: bool) -> None:
     # before anything initialises CUDA in this process: CUDA_VISIBLE_DEVICES is read once
     import os
 
-    from clipdrift.device import DEVICE_ENV
+    from clipdrift.gpuslots import DEVICE_ENV
 
     if not uses_gpu:
         os.environ[DEVICE_ENV] = "cpu"

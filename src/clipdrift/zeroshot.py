@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-import open_clip
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +26,7 @@ from clipdrift.backbones import CLIPClassifier
 from clipdrift.data import ImageSplit
 from clipdrift.errors import UserFacingError
 from clipdrift.metrics.runtime import check_images, evaluating, model_input, resolve_device
+from clipdrift.openclip import open_clip
 
 Template = str | Callable[[str], str]
 
@@ -234,3 +234,14 @@ def score_record(run: dict, task: str, settings: dict, checkpoint: str | None, s
     n_templates = len(load_templates(settings["templates"]))
     return {**run, "task": task, "templates": settings["templates"], "n_templates": n_templates,
             "class_names": settings["class_names"], "checkpoint": checkpoint, **scores}
+
+
+def pretrained_score(record: dict, task: str, settings: dict) -> float:
+    """The pretrained model's top-1 from its score record (``zeroshot/pretrained.json``), checked
+    to be a score of ``task`` with these templates and class names."""
+    expected = {"task": task, "templates": settings["templates"], "class_names": settings["class_names"]}
+    found = {key: record.get(key) for key in expected}
+    if found != expected or record.get("method") != "pretrained":
+        raise UserFacingError(f"the pretrained zero-shot score is of {found}, not of {expected}: "
+                              "rerun the zeroshot_classifier job (snakemake --forcerun zeroshot_classifier)")
+    return float(record["top1"])

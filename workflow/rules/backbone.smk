@@ -18,7 +18,7 @@ if config["backbone"]["source"] == "world":
         conda:
             CONDA_ENV_FILE
         log:
-            f"{LOGS}/backbone.log",
+            **job_log("backbone"),
         benchmark:
             f"{BENCH}/backbone.tsv"
         script:
@@ -36,6 +36,6 @@ else:
         conda:
             CONDA_ENV_FILE
         log:
-            f"{LOGS}/backbone.log",
+            **job_log("backbone"),
         script:
             "../scripts/check_backbone.py"

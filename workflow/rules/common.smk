@@ -43,6 +43,13 @@ def expand_runs(pattern):
     return expand(pattern, dataset=DATASETS, method=METHODS, lr=LRS, seed=SEEDS)
 
 
+def job_log(name):
+    """A job's log (logs/<name>.log) and its own account of its start-up, compute, CPU time and
+    peak memory (benchmarks/<name>.usage.json, clipdrift.jobs.usage_record): for a job run by
+    the warm job server, Snakemake's benchmark file measures only the client waiting for it."""
+    return {"job": f"{LOGS}/{name}.log", "usage": f"{BENCH}/{name}.usage.json"}
+
+
 def run_params(wildcards):
     """The run a job belongs to, as its tables' leading columns (``params.run``)."""
     return {"dataset": wildcards.dataset, "method": wildcards.method, "lr": wildcards.lr, "seed": int(wildcards.seed)}

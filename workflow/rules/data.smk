@@ -18,7 +18,7 @@ rule prepare_task:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/data/{{dataset}}.log",
+        **job_log(f"data/{{dataset}}"),
     benchmark:
         f"{BENCH}/data/{{dataset}}.tsv"
     script:
@@ -36,7 +36,7 @@ rule prepare_zeroshot_task:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/data/{ZEROSHOT_DATASET}.log",
+        **job_log(f"data/{ZEROSHOT_DATASET}"),
     benchmark:
         f"{BENCH}/data/{ZEROSHOT_DATASET}.tsv"
     script:

@@ -29,7 +29,7 @@ rule finetune:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/finetune/{RUN}.log",
+        **job_log(f"finetune/{RUN}"),
     benchmark:
         f"{BENCH}/finetune/{RUN}.tsv"
     script:

@@ -31,7 +31,7 @@ rule probe_reference:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/references/{{dataset}}.log",
+        **job_log(f"references/{{dataset}}"),
     benchmark:
         f"{BENCH}/references/{{dataset}}.tsv"
     script:
@@ -59,7 +59,7 @@ rule extract:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/extract/{RUN}.log",
+        **job_log(f"extract/{RUN}"),
     benchmark:
         f"{BENCH}/extract/{RUN}.tsv"
     script:

@@ -19,7 +19,7 @@ rule aggregate:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/aggregate.log",
+        **job_log("aggregate"),
     benchmark:
         f"{BENCH}/aggregate.tsv"
     script:
@@ -55,7 +55,7 @@ rule report:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/report.log",
+        **job_log("report"),
     benchmark:
         f"{BENCH}/report.tsv"
     script:

@@ -23,7 +23,7 @@ rule zeroshot_classifier:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/zeroshot/classifier.log",
+        **job_log("zeroshot/classifier"),
     benchmark:
         f"{BENCH}/zeroshot/classifier.tsv"
     script:
@@ -51,7 +51,7 @@ rule zeroshot:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/zeroshot/{RUN}.log",
+        **job_log(f"zeroshot/{RUN}"),
     benchmark:
         f"{BENCH}/zeroshot/{RUN}.tsv"
     script:
@@ -77,7 +77,7 @@ rule zeroshot_pretrained_indomain:
     conda:
         CONDA_ENV_FILE
     log:
-        f"{LOGS}/zeroshot/pretrained-indomain/{{dataset}}.log",
+        **job_log(f"zeroshot/pretrained-indomain/{{dataset}}"),
     benchmark:
         f"{BENCH}/zeroshot/pretrained-indomain/{{dataset}}.tsv"
     script:
@@ -97,6 +97,7 @@ if CURVES:
             reference=REFERENCE,
             zeroshot=ZEROSHOT_TEST,
             classifier=ZEROSHOT_CLASSIFIER,
+            pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
             backbone=BACKBONE,
             **({"epochs": f"{RUN_DIR}/epochs"} if TRAJECTORIES else {}),
         output:
@@ -113,7 +114,7 @@ if CURVES:
         conda:
             CONDA_ENV_FILE
         log:
-            f"{LOGS}/curves/{RUN}.log",
+            **job_log(f"curves/{RUN}"),
         benchmark:
             f"{BENCH}/curves/{RUN}.tsv"
         script:

@@ -1,5 +1,9 @@
 """Collect every run's artifacts into the study's tidy tables and computed findings."""
 
+from clipdrift.warm.client import hand_over
+
+hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
+
 import pandas as pd
 
 from clipdrift import analysis

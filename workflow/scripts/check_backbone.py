@@ -1,5 +1,9 @@
 """Check that the configured open_clip weights load, and record the backbone descriptor."""
 
+from clipdrift.warm.client import hand_over
+
+hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
+
 from clipdrift.backbones import BackboneSpec, create_clip
 from clipdrift.io import write_json
 from clipdrift.jobs import run_script

@@ -1,6 +1,10 @@
 """The curves of one run: its weight-interpolation points (alpha) and its kept epochs, each with
 in-domain accuracy, held-out zero-shot top-1 and the entropy/ERF drift on the probe."""
 
+from clipdrift.warm.client import hand_over
+
+hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
+
 from pathlib import Path
 
 from clipdrift.backbones import build_classifier
@@ -11,7 +15,7 @@ from clipdrift.io import read_image_split, read_json, read_safetensors, write_ta
 from clipdrift.jobs import kept_epoch_loaders, run_script, with_run_columns
 from clipdrift.metrics.extract import reference_from_tensors
 from clipdrift.metrics.tables import AttentionConfig
-from clipdrift.zeroshot import TextClassifier
+from clipdrift.zeroshot import TextClassifier, pretrained_score
 
 
 def main(smk):
@@ -29,7 +33,8 @@ def main(smk):
                          zs["amp"])
     epochs = kept_epoch_loaders(Path(smk.input.get("epochs", "")), settings["epochs"], spec,
                                 diverged=read_json(smk.input.history)["status"] == "diverged")
-    table = curve_table(finetuned, pretrained, inputs, settings["alphas"], epochs)
+    table = curve_table(finetuned, pretrained, inputs, settings["alphas"], epochs,
+                        pretrained_zs_top1=pretrained_score(read_json(smk.input.pretrained_zeroshot), smk.params.task, zs))
     write_table(with_run_columns(table, smk.params.run), smk.output.table)
 
 

@@ -1,6 +1,10 @@
 """One pass over the probe per checkpoint: attention statistics, CKA and (when on) the probe-subset
 sensitivity of a run's checkpoint, against the pretrained reference of its dataset."""
 
+from clipdrift.warm.client import hand_over
+
+hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
+
 from clipdrift.checkpoints import load_backbone_spec, load_classifier
 from clipdrift.data import probe_subsets
 from clipdrift.io import read_image_split, read_safetensors, write_table

@@ -1,5 +1,9 @@
 """Fine-tune one (dataset, method, lr, seed) run; write best/final checkpoints and its history."""
 
+from clipdrift.warm.client import hand_over
+
+hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
+
 from clipdrift.adapters import MethodConfig, apply_method
 from clipdrift.backbones import build_classifier
 from clipdrift.checkpoints import load_backbone_spec, save_classifier

@@ -1,5 +1,9 @@
 """Build one dataset's tensor cache: uint8 image splits, the probe subset and the manifest."""
 
+from clipdrift.warm.client import hand_over
+
+hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
+
 import torch
 
 from clipdrift.data import ImageSplit, build_dataset

@@ -1,6 +1,10 @@
 """The pretrained model's side of every drift comparison on one dataset's probe, computed once:
 attention statistics, CKA features and the sensitivity subsets' statistics."""
 
+from clipdrift.warm.client import hand_over
+
+hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
+
 from clipdrift.backbones import build_classifier
 from clipdrift.checkpoints import load_backbone_spec
 from clipdrift.data import probe_subsets

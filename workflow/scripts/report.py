@@ -1,5 +1,9 @@
 """Render the study report: figures (PNG + SVG) and one self-contained HTML page."""
 
+from clipdrift.warm.client import hand_over
+
+hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
+
 from clipdrift.analysis.figures import make_figures
 from clipdrift.errors import UserFacingError
 from clipdrift.io import atomic_output, read_json, read_table, write_figure

@@ -1,43 +1,13 @@
 """The offline synthetic world: procedural image–caption data, a tiny CLIP pretrained on it,
-and stand-in tasks for EuroSAT, Oxford-IIIT Pets and CIFAR-100 (DESIGN.md §4).
+and stand-in tasks for EuroSAT, Oxford-IIIT Pets and CIFAR-100.
 
 Everything is determined by :class:`WorldConfig` (its seed) and, for the backbone,
 :class:`PretrainConfig`; nothing is shipped in git or downloaded.
+
+- :mod:`clipdrift.world.render`: the world's images and captions from attributes
+- :mod:`clipdrift.world.tasks`: the stand-in tasks (their classes, shifts and splits)
+- :mod:`clipdrift.world.pretrain`: contrastive pretraining of the tiny CLIP (open_clip)
+
+This package module imports none of them, so a data job does not load open_clip for the
+pretraining code it never runs: import from the submodules.
 """
-
-from clipdrift.world.pretrain import PretrainConfig, pretrain_backbone, world_pairs, zeroshot_top1
-from clipdrift.world.render import (
-    COLOURS,
-    PATTERNS,
-    SHAPES,
-    TERRAINS,
-    Shift,
-    WorldConfig,
-    WorldConfigError,
-    captions,
-    render,
-)
-from clipdrift.world.tasks import FINETUNE_TASKS, TASK_SPECS, TASKS, ZEROSHOT_TASK, TaskSpec, task_spec, task_splits
-
-__all__ = [
-    "COLOURS",
-    "FINETUNE_TASKS",
-    "PATTERNS",
-    "SHAPES",
-    "TASKS",
-    "TASK_SPECS",
-    "TERRAINS",
-    "ZEROSHOT_TASK",
-    "PretrainConfig",
-    "Shift",
-    "TaskSpec",
-    "WorldConfig",
-    "WorldConfigError",
-    "captions",
-    "pretrain_backbone",
-    "render",
-    "task_spec",
-    "task_splits",
-    "world_pairs",
-    "zeroshot_top1",
-]

@@ -12,13 +12,13 @@ import math
 import time
 from dataclasses import dataclass
 
-import open_clip
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from clipdrift.backbones import BackboneSpec, create_clip, image_preprocess_config
 from clipdrift.data import ImageSplit, to_model_input
+from clipdrift.openclip import open_clip
 from clipdrift.world.render import WorldConfig, WorldConfigError, captions, render, sample_attributes, stream_generator
 from clipdrift.world.tasks import ZEROSHOT_TASK, task_splits
 

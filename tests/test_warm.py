@@ -1,0 +1,401 @@
+"""The warm job server: jobs forked from a server that holds the imports, with the same streams,
+status, signals and environment as a cold job; never old code; a server that cleans up after
+itself; and cold jobs whenever it cannot or must not run.
+
+Each test runs job scripts as Snakemake would (``python script.py`` in a working directory) on a
+tiny preload (the scripts import only the standard library), except the last ones, which preload
+the workflow's real stack.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from clipdrift.codedigest import script_closure
+from clipdrift.warm import client, protocol, server
+from clipdrift.warm.protocol import LOG_FILE, PID_FILE, SOCKET, STATE_DIR
+
+from workflow_helpers import server_pids, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "src" / "clipdrift"
+# A server left by a failed test exits on its own soon; tests stop theirs at the end anyway.
+TEST_ENV = {"CLIPDRIFT_WARM_IDLE": "60", "PYTHONUNBUFFERED": "1"}
+
+JOB = """\
+import json, os, sys, time
+from types import SimpleNamespace
+
+snakemake = globals().get("snakemake") or SimpleNamespace(config={config}, rule={rule!r})
+
+from clipdrift.warm.client import hand_over, job_start
+
+hand_over(snakemake)
+
+"""
+
+
+def write_job(folder: Path, name: str, body: str, config: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.py"
+    path.write_text(JOB.format(config=config or {}, rule=name) + textwrap.dedent(body))
+    return path
+
+
+def report(fields: str = "") -> str:
+    """Job body: print how it started, where it runs and what it was given, as one JSON line."""
+    return ("start = job_start()\n"
+            "umask = os.umask(0); os.umask(umask)\n"
+            "print(json.dumps({'mode': start.mode, 'detail': start.detail, 'pid': os.getpid(), 'ppid': os.getppid(),"
+            " 'cwd': os.getcwd(), 'umask': umask, 'argv': sys.argv, 'env': os.environ.get('PROBE'),"
+            f" 'pgid': os.getpgid(0){fields}}}), flush=True)\n")
+
+
+class Workdir:
+    """A working directory, its job scripts and the servers started there (stopped at the end)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.scripts = root / "scripts"
+        self.env = {**os.environ, **TEST_ENV}
+
+    def job(self, name: str, body: str, config: dict | None = None) -> Path:
+        return write_job(self.scripts, name, body, config)
+
+    def run(self, script: Path, env: dict | None = None, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script)], cwd=self.root, env={**self.env, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout, **kwargs)
+
+    def start(self, script: Path, env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(script)], cwd=self.root, env={**self.env, **(env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def server(self) -> dict | None:
+        try:
+            return json.loads((self.root / PID_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def log(self) -> str:
+        path = self.root / LOG_FILE
+        return path.read_text() if path.exists() else ""
+
+    def stop_servers(self) -> None:
+        for pid in server_pids(self.root):
+            os.kill(pid, signal.SIGTERM)
+        assert wait_until(lambda: not server_pids(self.root), 15), self.log()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def reported(result) -> dict:
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert lines, result.stdout + result.stderr
+    return json.loads(lines[-1])
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    place = Workdir(tmp_path)
+    yield place
+    place.stop_servers()
+
+
+# --- a job in a child -----------------------------------------------------------------------
+
+
+def test_a_job_runs_in_a_child_of_the_server_with_the_clients_streams_and_status(workdir):
+    script = workdir.job("probe", report() + "print('to stderr', file=sys.stderr)\nsys.exit(3)\n")
+    result = workdir.run(script, env={"PROBE": "from the client"}, preexec_fn=lambda: os.umask(0o027))
+    assert result.returncode == 3, result.stderr
+    seen = reported(result)
+    assert seen["mode"] == "warm" and seen["ppid"] == workdir.server()["pid"]
+    assert seen["cwd"] == str(workdir.root) and seen["umask"] == 0o027 and seen["env"] == "from the client"
+    assert seen["argv"] == [str(script)] and seen["pgid"] == seen["pid"]  # its own group: signals reach its tree
+    assert "to stderr" in result.stderr
+    second = reported(workdir.run(script))
+    assert second["mode"] == "warm" and second["ppid"] == seen["ppid"] and second["pid"] != seen["pid"]
+
+
+def test_an_uncaught_exception_fails_the_job_as_python_reports_it(workdir):
+    result = workdir.run(workdir.job("boom", "raise ValueError('boom')\n"))
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "ValueError: boom" in result.stderr
+    assert "warm" in reported(workdir.run(workdir.job("after", report())))["mode"]
+
+
+@pytest.mark.parametrize(("setting", "config", "expected"), [
+    ({"CLIPDRIFT_WARM": "0"}, {}, "CLIPDRIFT_WARM=0"),
+    ({"CLIPDRIFT_WARM": "off"}, {}, "CLIPDRIFT_WARM=off"),
+    ({}, {"warm": False}, "warm: false"),
+    ({"SLURM_JOB_ID": "4242"}, {}, "SLURM job 4242"),
+])
+def test_cold_when_switched_off_or_under_slurm_with_the_reason(workdir, setting, config, expected):
+    result = workdir.run(workdir.job("cold", report(), config=config), env=setting)
+    seen = reported(result)
+    assert seen["mode"] == "cold" and expected in seen["detail"]
+    assert not (workdir.root / SOCKET).exists() and not server_pids(workdir.root)
+
+
+def test_cold_off_linux_and_for_a_script_that_is_not_a_local_file(monkeypatch):
+    class Job:
+        config = {}
+
+    assert "Linux only" in client.cold_reason(Job(), {}, "darwin")
+    monkeypatch.setattr(client, "_script_path", lambda: "https://example.org/script.py")
+    assert "not a local file" in client.cold_reason(Job(), {}, "linux")
+
+
+# --- never old code -------------------------------------------------------------------------
+
+
+def test_an_edited_package_starts_a_fresh_server_and_the_job_sees_the_new_code(workdir, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(PACKAGE, source / "clipdrift", ignore=shutil.ignore_patterns("__pycache__"))
+    errors = source / "clipdrift" / "errors.py"
+    errors.write_text(errors.read_text() + "\n\ndef probe():\n    return 'first'\n")
+    env = {"PYTHONPATH": str(source)}
+    script = workdir.job("edited", report(", 'probe': __import__('clipdrift.errors').errors.probe(),"
+                                          " 'package': __import__('clipdrift').__file__"))
+    first = reported(workdir.run(script, env=env))
+    assert first["mode"] == "warm" and first["probe"] == "first" and first["package"].startswith(str(source))
+    errors.write_text(errors.read_text().replace("'first'", "'second'"))
+    second = reported(workdir.run(script, env=env))
+    assert second["mode"] == "warm" and second["probe"] == "second"
+    assert second["ppid"] != first["ppid"]  # a fresh server for the new fingerprint
+    assert wait_until(lambda: not alive(first["ppid"]), 10), "the old server must exit"
+
+
+def test_the_fingerprint_follows_the_environment_not_the_jobs_thread_count(monkeypatch):
+    base = protocol.fingerprint({"PATH": "/bin"})
+    assert protocol.fingerprint({"PATH": "/bin", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}) == base
+    assert protocol.fingerprint({"PATH": "/bin", "HF_HUB_OFFLINE": "1"}) != base
+    assert protocol.fingerprint({"PATH": "/bin", "PYTHONHASHSEED": "0"}) != base
+
+
+# --- signals and crashes --------------------------------------------------------------------
+
+SLEEPER = report() + "time.sleep(120)\n"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_client_ends_exactly_its_job_as_failed(workdir, signum):
+    job = workdir.start(workdir.job("sleeper", SLEEPER))
+    seen = json.loads(job.stdout.readline())
+    assert seen["mode"] == "warm"
+    job.send_signal(signum)
+    job.wait(timeout=20)
+    assert job.returncode == -signum  # as a cold Python process ends on that signal
+    if signum == signal.SIGINT:
+        assert "KeyboardInterrupt" in job.stderr.read()
+    assert wait_until(lambda: not alive(seen["pid"]), 5)
+    assert alive(seen["ppid"]) and reported(workdir.run(workdir.job("next", report())))["ppid"] == seen["ppid"]
+
+
+def test_a_killed_client_takes_its_job_with_it_and_the_server_survives(workdir):
+    job = workdir.start(workdir.job("sleeper", SLEEPER))
+    seen = json.loads(job.stdout.readline())
+    job.kill()
+    job.wait(timeout=10)
+    assert wait_until(lambda: not alive(seen["pid"]), 10), workdir.log()
+    assert "its client is gone" in workdir.log()
+    assert reported(workdir.run(workdir.job("next", report())))["ppid"] == seen["ppid"]
+
+
+def test_a_child_killed_like_the_oom_killer_does_fails_its_job_and_the_server_survives(workdir):
+    result = workdir.run(workdir.job("oom", report() + "os.kill(os.getpid(), 9)\n"))
+    assert result.returncode == -signal.SIGKILL
+    server_pid = reported(result)["ppid"]
+    assert alive(server_pid) and reported(workdir.run(workdir.job("next", report())))["ppid"] == server_pid
+
+
+# --- the server's lifetime and footprint ----------------------------------------------------
+
+
+def test_a_stale_socket_and_pid_file_from_a_killed_server_are_replaced(workdir):
+    (workdir.root / STATE_DIR).mkdir(parents=True, mode=0o700)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(workdir.root / SOCKET))
+    stale.close()  # the file stays, nothing listens: connecting is refused
+    (workdir.root / PID_FILE).write_text(json.dumps({"pid": 999999, "ticks": 1, "fingerprint": "0" * 16}))
+    seen = reported(workdir.run(workdir.job("fresh", report())))
+    assert seen["mode"] == "warm" and workdir.server()["pid"] == seen["ppid"]
+
+
+def test_the_server_is_detached_and_holds_no_descriptor_of_its_clients(workdir):
+    started = time.monotonic()
+    result = workdir.run(workdir.job("probe", report()))  # capture_output: a pipe the server must not hold
+    assert time.monotonic() - started < 60 and reported(result)["mode"] == "warm"
+    server_pid = reported(result)["ppid"]
+    tty = int(Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()[4])
+    assert os.getsid(server_pid) != os.getsid(0) and tty == 0  # a session of its own, no controlling terminal
+    targets = [os.readlink(f"/proc/{server_pid}/fd/{fd}") for fd in os.listdir(f"/proc/{server_pid}/fd")]
+    assert not [target for target in targets if target.startswith("pipe:")], targets
+    assert os.readlink(f"/proc/{server_pid}/fd/0") == os.devnull
+    assert Path(os.readlink(f"/proc/{server_pid}/fd/2")) == (workdir.root / LOG_FILE).resolve()
+
+
+def test_the_state_folder_is_private_to_its_user(workdir):
+    reported(workdir.run(workdir.job("probe", report())))
+    folder = workdir.root / STATE_DIR
+    assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_a_connection_from_another_user_is_refused(workdir):
+    reported(workdir.run(workdir.job("probe", report())))
+    os.chmod(workdir.root / STATE_DIR, 0o711)  # let another user reach the socket at all
+    os.chmod(workdir.root / SOCKET, 0o777)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # as user 65534 (the interpreter's own folder may be closed to that user: no exec)
+        answer = "error"
+        try:
+            folder = os.open(workdir.root / STATE_DIR, os.O_RDONLY)  # reached as root: pytest's tmp is 0700
+            os.setgid(65534)
+            os.setuid(65534)
+            os.fchdir(folder)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(SOCKET.name)
+            protocol.send(sock, {"fingerprint": "x"})
+            answer = repr(protocol.receive(sock)[0])
+        except BaseException as error:  # noqa: BLE001 - reported to the test
+            answer = repr(error)
+        finally:
+            os.write(write_end, answer.encode())
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    answer = os.read(read_end, 1000).decode()
+    assert answer == "None" or answer.startswith(("ConnectionResetError", "BrokenPipeError")), answer  # dropped unread
+    assert "refused a connection from uid 65534" in workdir.log()
+
+
+def test_the_server_exits_when_idle(workdir):
+    seen = reported(workdir.run(workdir.job("probe", report()), env={"CLIPDRIFT_WARM_IDLE": "1"}))
+    assert wait_until(lambda: not alive(seen["ppid"]), 10) and "idle for 1 s" in workdir.log()
+    assert not (workdir.root / SOCKET).exists() and not (workdir.root / PID_FILE).exists()
+
+
+def test_the_server_exits_once_the_workflow_it_served_has_ended(workdir):
+    # the job's nearest ancestor running a program named "snakemake" is its workflow
+    launcher = workdir.root / "bin" / "snakemake"
+    launcher.parent.mkdir()
+    job = workdir.job("probe", report())
+    launcher.write_text(f"import subprocess, sys\nsubprocess.run([sys.executable, {str(job)!r}])\n")
+    result = subprocess.run([sys.executable, str(launcher)], cwd=workdir.root, env=workdir.env, capture_output=True,
+                            text=True, timeout=120)
+    seen = reported(result)
+    assert seen["mode"] == "warm"
+    assert wait_until(lambda: not alive(seen["ppid"]), 10), workdir.log()
+    assert "every workflow it served has ended" in workdir.log()
+
+
+def test_concurrent_first_jobs_share_one_server(workdir):
+    script = workdir.job("probe", report())
+    jobs = [workdir.start(script) for _ in range(4)]
+    seen = [json.loads(job.stdout.readline()) for job in jobs]
+    for job in jobs:
+        job.wait(timeout=60)
+    assert {s["mode"] for s in seen} == {"warm"} and len({s["ppid"] for s in seen}) == 1
+
+
+def test_a_server_that_cannot_start_leaves_the_job_cold_with_the_reason(workdir, tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(PACKAGE, source / "clipdrift", ignore=shutil.ignore_patterns("__pycache__"))
+    broken = source / "clipdrift" / "warm" / "server.py"
+    future = "from __future__ import annotations\n"
+    broken.write_text(broken.read_text().replace(future, future + "raise SystemExit('broken on purpose')\n"))
+    seen = reported(workdir.run(workdir.job("probe", report()), env={"PYTHONPATH": str(source)}))
+    assert seen["mode"] == "cold" and "exited while starting: broken on purpose" in seen["detail"]
+
+
+def test_a_server_with_other_threads_refuses_to_fork_and_jobs_run_cold(workdir, tmp_path):
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "starts_a_thread.py").write_text(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n")
+    script = workdir.job("threaded", report() + "import starts_a_thread\n")  # preloaded by the server
+    seen = reported(workdir.run(script, env={"PYTHONPATH": str(modules)}))
+    assert seen["mode"] == "cold" and "unsafe to fork" in seen["detail"] and "1 threads" in seen["detail"]
+    assert "refusing every job" in workdir.log()
+
+
+def test_fork_hazards_name_threads_and_cuda():
+    code = ("import threading, time; from clipdrift.warm.server import fork_hazards;"
+            "print(fork_hazards()); threading.Thread(target=time.sleep, args=(5,), name='extra', daemon=True).start();"
+            "time.sleep(0.1); print(fork_hazards())")
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.splitlines()
+    assert lines[0] == "[]" and "1 threads besides the main one" in lines[1] and "'extra'" in lines[1]
+
+
+# --- the real stack -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_stack(tmp_path_factory):
+    """A working directory whose scripts folder holds the workflow's scripts (so the server
+    preloads the real stack) and a probe job."""
+    place = Workdir(tmp_path_factory.mktemp("real"))
+    place.scripts.mkdir()
+    for script in (REPO / "workflow" / "scripts").glob("*.py"):
+        shutil.copy(script, place.scripts)
+    yield place
+    place.stop_servers()
+
+
+CHILD_STATE = """\
+import threading
+from pathlib import Path
+tasks = sorted(Path(f'/proc/self/task/{t}/comm').read_text().strip() for t in os.listdir('/proc/self/task'))
+loaded = sorted(name for name in sys.modules if name == 'clipdrift' or name.startswith('clipdrift.'))
+torch = sys.modules.get('torch')
+state = {'threads': len(tasks), 'timm': 'timm' in sys.modules, 'clipdrift': loaded, 'torch': torch is not None,
+         'cuda_initialized': torch.cuda.is_initialized() if torch else None}
+torch.set_num_threads(2)  # a 2-thread parallel region right after the fork
+a = torch.randn(512, 512)
+state['matmul'] = float((a @ a).sum()) == float((a @ a).sum())
+print(json.dumps({'mode': job_start().mode, **state}), flush=True)
+"""
+
+
+def test_a_child_of_the_real_stack_starts_clean_and_runs_parallel_torch(real_stack):
+    result = real_stack.run(real_stack.job("child_state", CHILD_STATE), timeout=300)
+    seen = reported(result)
+    assert seen["mode"] == "warm" and seen["torch"] and seen["matmul"], real_stack.log()
+    assert seen["threads"] == 1 and not seen["cuda_initialized"] and not seen["timm"]
+    # of the package, a child holds only what every script's hand-over imports, and the fork machinery
+    handover = set(script_closure(REPO / "workflow" / "scripts" / "aggregate.py")) & set(
+        script_closure(REPO / "workflow" / "scripts" / "finetune.py"))
+    held = {module_file(name) for name in seen["clipdrift"]}
+    assert held - handover == {"warm/child.py"}, held  # the server itself runs as __main__
+    for script in (REPO / "workflow" / "scripts").glob("*.py"):
+        assert held - {"warm/child.py"} <= set(script_closure(script)), script.name
+
+
+def module_file(name: str) -> str:
+    """The package-relative file of a clipdrift module: clipdrift.warm.server -> warm/server.py."""
+    parts = name.split(".")[1:]
+    return "/".join([*parts, "__init__.py"]) if PACKAGE.joinpath(*parts).is_dir() else "/".join(parts) + ".py"
+
+
+def test_the_server_preloads_what_the_scripts_import(real_stack):
+    names = server.preload_names(real_stack.scripts)
+    assert {"torch", "pandas", "open_clip", "peft", "safetensors.torch", "snakemake.iocontainers"} <= set(names)
+    assert not [name for name in names if name.startswith("clipdrift")]
