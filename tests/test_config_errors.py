@@ -36,6 +36,9 @@ def _default_with(change: dict) -> dict:
     ({"seeds": "seven"}, "config key seeds is 'seven' (a string) but must be a list (Run seeds"),
     ({"training": {"amp": False}}, "config key training.amp is False but must be one of 'auto', 'bf16', 'fp16', 'off' "
                                    "(quote words YAML reads as booleans)."),
+    # a boolean as Snakemake's --config passes a lowercase word: a string
+    ({"warm": "false"}, "config key warm is the string 'false': write False (--config warm=False)."),
+    ({"warm": 0}, "config key warm is 0 (an integer) but must be true or false (Run local jobs through the warm"),
     # minimum, maximum, exclusive bounds
     ({"lora": {"r": 0}}, "config key lora.r is 0 but must be >= 1."),
     ({"lora": {"dropout": 2}}, "config key lora.dropout is 2 but must be <= 1."),

@@ -283,6 +283,10 @@ def _readable(error, schema: dict) -> str:
         if allowed:  # e.g. a bare `off` that YAML reads as false
             choices = ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in allowed)
             return f"config key {key} is {value!r} but must be one of {choices} (quote words YAML reads as booleans)."
+        if error.validator_value == "boolean" and isinstance(value, str) and value.lower() in ("true", "false"):
+            # `snakemake --config key=false` passes the string: Snakemake reads only True/False
+            word = value.capitalize()
+            return f"config key {key} is the string {value!r}: write {word} (--config {key}={word})."
         return (f"config key {key} is {value!r} ({_types(_json_type(value))}) but must be {_types(error.validator_value)}"
                 f" ({_described(schema, error.absolute_path)}).")
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
