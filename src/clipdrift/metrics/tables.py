@@ -9,8 +9,8 @@ device are restored afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 
 from clipdrift.backbones import CLIPClassifier, capture_attention, capture_hidden_states
@@ -27,6 +27,9 @@ from clipdrift.metrics.attention import (
 )
 from clipdrift.metrics.cka import CKA_VARIANTS, CKAAccumulator
 from clipdrift.metrics.runtime import check_images, evaluating, model_input, probe_batches, resolve_device
+
+if TYPE_CHECKING:  # pandas loads when a table is built: the probe reference job builds none (~0.9 s)
+    import pandas as pd
 
 STATES = ("baseline", "final")
 CKA_TOKENS = ("cls", "patch_mean")
@@ -151,6 +154,8 @@ def model_attention_stats(model: CLIPClassifier, probe: ImageSplit, config: Atte
 
 def attention_rows(summary: dict[str, torch.Tensor], state: str, config: AttentionConfig) -> pd.DataFrame:
     """Long-format rows of one model state; head -1 is the mean over heads."""
+    import pandas as pd
+
     rows = []
     per_head = {"entropy": "entropy", "erf": config.erf_name, "gini": "gini", "p2p_entropy": "p2p_entropy"}
     for key, metric in per_head.items():
@@ -173,6 +178,8 @@ def attention_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probe
 
     Columns ``layer, head, metric, state, value`` as in ``docs/artifacts.md``.
     """
+    import pandas as pd
+
     frames = [attention_rows(model_attention_stats(model, probe, config), state, config)
               for state, model in zip(STATES, (pretrained, finetuned))]
     return _typed(pd.concat(frames, ignore_index=True), {"layer": "int64", "head": "int64", "value": "float64"})
@@ -191,6 +198,8 @@ def probe_sensitivity_table(finetuned: CLIPClassifier, pretrained: CLIPClassifie
     head-mean CLS-attention entropy (the quantity ``drift_entropy_pct`` is the drift of) and the
     rollout entropy. Columns ``probe_seed, state, metric, value``.
     """
+    import pandas as pd
+
     rows = []
     for seed, probe in sorted(probes.items()):
         for state, model in zip(STATES, (pretrained, finetuned)):
@@ -209,6 +218,8 @@ def drift_summary(attention_df: pd.DataFrame) -> pd.DataFrame:
     beyond the attention table's (``dataset``, ``method``, … added by the workflow) are kept as
     grouping keys, so the summary of many runs is one call. Drift is NaN where the baseline is 0.
     """
+    import pandas as pd
+
     keys = [c for c in attention_df.columns if c not in ATTENTION_COLUMNS]
     head_mean = attention_df[attention_df["head"] == WHOLE]
     index = keys + ["metric", "layer", "state"]
@@ -258,6 +269,8 @@ def cka_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probe: Imag
     representation constant over the images, e.g. the embedding layer's CLS token), so a mean
     over layers with pandas skips it instead of averaging in a meaningless number.
     """
+    import pandas as pd
+
     check_images(pretrained, probe)
     device = resolve_device(config.device)
     accumulators: dict[tuple[int, str], CKAAccumulator] = {}
