@@ -1,17 +1,20 @@
-"""Time a whole study through Snakemake and print where the time went and what it found.
+"""Time a whole study through Snakemake, warm and cold, and print where the time went and what it found.
 
 Runs ``snakemake --cores N`` on a study config (the default synthetic study unless told) in a
-scratch directory, then reads the per-job benchmark files every rule writes and the study's
+scratch directory, once with the warm job server (``<workdir>/warm``) and once with every job
+a fresh process (``CLIPDRIFT_WARM=0``, ``<workdir>/cold``), then reads the account every job
+keeps of itself (``benchmarks/**/*.usage.json``: start-up from its process start to the first
+line of ``main``, Snakemake's preamble included; compute; CPU; peak memory) and the study's
 tables. Prints:
 
-- the job count, the wall-clock time of the whole study and the summed per-job time by stage;
-- per rule, how long a fresh Python takes to import what that rule's script imports (measured:
-  the script's own top-level imports in a new interpreter), and the share of all job time that
-  is importing (the part of the study no science code can make faster);
-- the effect the synthetic world was built to show, with the targets met or not.
+- per rule, warm and cold side by side: jobs, mean start-up and compute, summed job time;
+- the job count, the wall-clock time of each study, its summed job time and the share of it
+  spent starting up (the importing a job does before its ``main``), with the targets;
+- the effect the synthetic world was built to show.
 
-    python benchmarks/bench_study.py                          # default study, all cores
-    python benchmarks/bench_study.py --summarize /tmp/study    # a study that already ran there
+    python benchmarks/bench_study.py                           # default study, warm then cold, all cores
+    python benchmarks/bench_study.py --modes warm               # the warm study only
+    python benchmarks/bench_study.py --summarize /tmp/study     # studies that already ran there
     python benchmarks/bench_study.py --configfile configs/test.yaml --cores 2
 
 Timings on a shared machine are inflated by whatever else runs: compare the printed CPU load.
@@ -20,7 +23,6 @@ Timings on a shared machine are inflated by whatever else runs: compare the prin
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import subprocess
@@ -31,17 +33,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from clipdrift.plan import rule_scripts
-
 REPO = Path(__file__).resolve().parents[1]
-# The default study on 2 cores: 15 min wall (the per-job start-up floor makes 10 min unreachable).
-TARGETS = {"study_s": 900, "pretrain_s": 180, "finetune_s": 10, "pretrained_zs": 0.60, "full_eurosat_acc": 0.90}
-# benchmark file (relative to the study's benchmarks/) -> the rule that wrote it
-BENCHMARK_RULES = (("backbone.tsv", "pretrain_backbone"), ("data/", "prepare_task"), ("finetune/", "finetune"),
-                   ("references/", "probe_reference"), ("extract/", "extract"), ("curves/", "curves"),
-                   ("zeroshot/classifier.tsv", "zeroshot_classifier"),
-                   ("zeroshot/pretrained-indomain/", "zeroshot_pretrained_indomain"), ("zeroshot/", "zeroshot"),
-                   ("aggregate.tsv", "aggregate"), ("report.tsv", "report"))
+# The default study on 2 cores: 15 min wall, at most 5% of the summed job time starting up.
+TARGETS = {"study_s": 900, "startup_share": 0.05, "pretrain_s": 180, "finetune_s": 10, "pretrained_zs": 0.60,
+           "full_eurosat_acc": 0.90}
+MODES = {"warm": {}, "cold": {"CLIPDRIFT_WARM": "0"}}
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,21 +45,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/clipdrift-bench-study"))
     parser.add_argument("--configfile", type=Path, help="a study preset layered over config.yaml")
     parser.add_argument("--cores", default="all")
-    parser.add_argument("--summarize", type=Path, metavar="WORKDIR", help="only summarize a study that already ran")
+    parser.add_argument("--modes", default="warm,cold", help="which studies to run: warm, cold or both (default)")
+    parser.add_argument("--summarize", type=Path, metavar="WORKDIR", help="only summarize studies that already ran")
     return parser.parse_args()
 
 
-def run_study(args) -> float:
-    if args.workdir.exists() and any(args.workdir.iterdir()):
-        sys.exit(f"{args.workdir} is not empty: pass an empty --workdir, or --summarize it")
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    command = ["snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(args.workdir),
+def run_study(workdir: Path, mode: str, args) -> None:
+    if workdir.exists() and any(workdir.iterdir()):
+        sys.exit(f"{workdir} is not empty: pass an empty --workdir, or --summarize it")
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = ["snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
                "--cores", str(args.cores), "--quiet", "rules"]
     if args.configfile:
         command += ["--configfile", str(args.configfile.resolve())]
     start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
+    subprocess.run(command, check=True, env={**os.environ, **MODES[mode]})
+    wall_s = time.perf_counter() - start
+    (workdir / "bench-study.json").write_text(json.dumps({"wall_s": wall_s, "load": os.getloadavg(),
+                                                         "cores": args.cores}))
 
 
 def study_dir(workdir: Path, configfile: Path | None) -> Path:
@@ -73,64 +72,51 @@ def study_dir(workdir: Path, configfile: Path | None) -> Path:
     return workdir / config.get("results_dir", "results") / config["study"]
 
 
-def _rule_of(benchmark: Path) -> str:
-    """The rule that wrote a benchmark file, from the layout of the rules' ``benchmark:`` paths."""
-    name = benchmark.as_posix()
-    return next(rule for prefix, rule in BENCHMARK_RULES if name == prefix or name.startswith(prefix))
-
-
-def job_times(study: Path) -> pd.DataFrame:
-    """One row per job from Snakemake's ``benchmark:`` files (``benchmarks/<rule>/...tsv``)."""
-    rows = []
-    for path in sorted((study / "benchmarks").rglob("*.tsv")):
-        frame = pd.read_csv(path, sep="\t")
-        rows.append({"rule": _rule_of(path.relative_to(study / "benchmarks")), "s": float(frame["s"].iloc[0]),
-                     "cpu_s": float(frame["cpu_time"].iloc[0]), "max_rss_mb": float(frame["max_rss"].iloc[0])})
+def job_usage(study: Path) -> pd.DataFrame:
+    """One row per job: the account it wrote of itself (clipdrift.jobs.usage_record)."""
+    rows = [json.loads(path.read_text()) for path in sorted((study / "benchmarks").rglob("*.usage.json"))]
     if not rows:
-        sys.exit(f"no benchmark files under {study / 'benchmarks'}: did the study run there?")
+        sys.exit(f"no job accounts under {study / 'benchmarks'}: did the study run there?")
     return pd.DataFrame(rows)
 
 
-def script_imports(script: Path) -> str:
-    """The top-level import statements of a workflow script, as one line of Python."""
-    tree = ast.parse(script.read_text())
-    return "; ".join(ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)))
+def per_rule(jobs: pd.DataFrame) -> pd.DataFrame:
+    return jobs.groupby("rule").agg(jobs=("s", "size"), startup_s=("startup_s", "mean"), compute_s=("compute_s", "mean"),
+                                    total_s=("s", "sum"), max_rss_mb=("max_rss_mb", "max"))
 
 
-def import_seconds(rules: list[str], repeats: int = 2) -> dict[str, float]:
-    """Per rule: the fastest of ``repeats`` fresh interpreters importing what its script imports."""
-    scripts = rule_scripts(REPO / "workflow")
-    seconds = {}
-    for script in sorted({scripts[rule] for rule in rules}):
-        code = script_imports(REPO / "workflow/scripts" / script)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True)
-            times.append(time.perf_counter() - start)
-        seconds[script] = min(times)
-    return {rule: seconds[scripts[rule]] for rule in rules}
+def print_costs(usage: dict[str, pd.DataFrame], walls: dict[str, dict]) -> None:
+    table = pd.concat({mode: per_rule(jobs) for mode, jobs in usage.items()}, axis=1)
+    first = next(iter(usage))
+    print(table.sort_values((first, "total_s"), ascending=False).round(2).to_string())
+    print()
+    for mode, jobs in usage.items():
+        startup, total = jobs["startup_s"].sum(), jobs["s"].sum()
+        share, target = startup / total, TARGETS["startup_share"]
+        line = (f"{mode}: {len(jobs)} jobs ({', '.join(f'{m} {n}' for m, n in jobs['mode'].value_counts().items())}), "
+                f"summed job time {total:.0f} s, of which starting up {startup:.0f} s ({share:.1%}; "
+                f"target <= {target:.0%}: {'met' if share <= target else 'NOT met'})")
+        if mode in walls:
+            wall = walls[mode]
+            line += (f"; whole study {wall['wall_s']:.0f} s wall on {wall['cores']} cores, load after "
+                     f"{' '.join(f'{x:.1f}' for x in wall['load'])} (target <= {TARGETS['study_s']} s: "
+                     f"{'met' if wall['wall_s'] <= TARGETS['study_s'] else 'NOT met'})")
+        print(line)
+        warm = jobs[jobs["mode"] == "warm"]
+        if len(warm):
+            parts = warm[["startup_s", "preamble_s", "hand_over_s", "script_imports_s"]].median()
+            print(f"  warm start-up, median of {len(warm)} jobs: {parts['startup_s']:.2f} s = Snakemake's preamble "
+                  f"{parts['preamble_s']:.2f} + hand-over {parts['hand_over_s']:.2f} + the script's imports "
+                  f"{parts['script_imports_s']:.2f} (under load from the study's other jobs)")
 
 
-def print_costs(jobs: pd.DataFrame, wall_s: float | None, study: Path) -> None:
-    imports = import_seconds(sorted(jobs["rule"].unique()))
-    jobs = jobs.assign(import_s=jobs["rule"].map(imports))
-    by_rule = jobs.groupby("rule").agg(jobs=("s", "size"), mean_s=("s", "mean"), max_s=("s", "max"),
-                                       total_s=("s", "sum"), import_s=("import_s", "first"),
-                                       max_rss_mb=("max_rss_mb", "max"))
-    print(by_rule.sort_values("total_s", ascending=False).round(1).to_string())
-    importing = jobs["import_s"].sum()
-    print(f"\n{len(jobs)} jobs, summed job time {jobs['s'].sum():.0f} s, of which importing {importing:.0f} s "
-          f"({importing / jobs['s'].sum():.0%}; {importing / os.cpu_count():.0f} s of wall time on {os.cpu_count()} cores)")
+def print_study(study: Path, jobs: pd.DataFrame) -> None:
     pretrain = study / "backbone/pretrain.json"  # only the synthetic world pretrains its backbone
     if pretrain.exists():
         print(f"pretraining: {json.loads(pretrain.read_text())['time_s']:.0f} s (target <= {TARGETS['pretrain_s']} s)")
     finetune = jobs.loc[jobs["rule"] == "finetune", "s"]
-    print(f"fine-tune job: mean {finetune.mean():.1f} s, max {finetune.max():.1f} s (incl. imports; "
+    print(f"fine-tune job: mean {finetune.mean():.1f} s, max {finetune.max():.1f} s (start-up included; "
           f"training alone: see train_time_s below; target <= {TARGETS['finetune_s']} s)")
-    if wall_s is not None:
-        print(f"whole study: {wall_s:.0f} s wall, load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} "
-              f"(target <= {TARGETS['study_s']} s: {'met' if wall_s <= TARGETS['study_s'] else 'NOT met'})")
 
 
 def print_effect(study: Path) -> None:
@@ -159,10 +145,21 @@ def print_effect(study: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    workdir = args.summarize or args.workdir
-    wall_s = None if args.summarize else run_study(args)
-    study = study_dir(workdir, args.configfile)
-    print_costs(job_times(study), wall_s, study)
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        sys.exit(f"--modes: {sorted(unknown)} unknown; use warm, cold or both")
+    root = args.summarize or args.workdir
+    if not args.summarize:
+        for mode in modes:
+            run_study(root / mode, mode, args)
+    found = [mode for mode in modes if (root / mode).is_dir()]
+    usage = {mode: job_usage(study_dir(root / mode, args.configfile)) for mode in found}
+    walls = {mode: json.loads((root / mode / "bench-study.json").read_text())
+             for mode in found if (root / mode / "bench-study.json").exists()}
+    print_costs(usage, walls)
+    study = study_dir(root / found[0], args.configfile)
+    print_study(study, usage[found[0]])
     print_effect(study)
 
 

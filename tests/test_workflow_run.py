@@ -229,6 +229,8 @@ def test_the_documented_artifacts_are_the_ones_a_run_writes(study_dir):
     for name, path in (("history", f"runs/{run}/history.json"), ("zeroshot", f"zeroshot/{run}.json")):
         written = json.loads((study / path).read_text())
         assert key_paths(written) == key_paths(documented_json(name)), name
+    usage = json.loads((study / f"benchmarks/finetune/{run}.usage.json").read_text())
+    assert key_paths(usage) == key_paths(documented_json("usage"))
     for name in ("attention", "cka", "probe_sensitivity"):
         columns = list(pd.read_parquet(study / f"metrics/{name}/{run}.parquet").columns)
         assert columns == documented_names(f"<!-- columns: metrics/{name} -->"), name

@@ -49,10 +49,10 @@ def run_script(snakemake, main: Callable, uses_gpu: bool = False) -> None:
         log.exception("unexpected error in rule %s", getattr(snakemake, "rule", "?"))
         raise
     finally:
-        _write_usage(snakemake, usage_record(start, main_started, time.time(), ok))
+        _write_usage(snakemake, usage_record(getattr(snakemake, "rule", "?"), start, main_started, time.time(), ok))
 
 
-def usage_record(start: JobStart, main_started: float, ended: float, ok: bool) -> dict:
+def usage_record(rule: str, start: JobStart, main_started: float, ended: float, ok: bool) -> dict:
     """A job's own account of itself: how it started (``warm``/``cold`` and why), its start-up
     (from the start of the process Snakemake started, Snakemake's script preamble included, to
     the first line of ``main``), its compute (``main``), and the CPU time and peak resident
@@ -62,10 +62,17 @@ def usage_record(start: JobStart, main_started: float, ended: float, ok: bool) -
     a warm job, only the thin client waiting for the server's child. These are the job's own.
     """
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    handed_over = start.handed_over or start.process_start
     return {
+        "rule": rule,
         "mode": start.mode,
         "detail": start.detail,
         "startup_s": round(main_started - start.process_start, 3),
+        # of which: Snakemake's script preamble; handing over to the server (to the child's first
+        # line, warm only); then the child's set-up and the script's own imports
+        "preamble_s": round(handed_over - start.process_start, 3),
+        "hand_over_s": round(start.forked - handed_over, 3) if start.forked else None,
+        "script_imports_s": round(main_started - (start.forked or handed_over), 3),
         "compute_s": round(ended - main_started, 3),
         "s": round(ended - start.process_start, 3),
         "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3),

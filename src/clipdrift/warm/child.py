@@ -27,6 +27,7 @@ import pickle
 import runpy
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import NoReturn
@@ -42,10 +43,11 @@ def run(job: dict, stdio: list[int], release_server: Callable[[], None]) -> NoRe
 
     ``stdio``: the client's standard descriptors, in the order of ``job["stdio"]``;
     ``release_server``: closes what the server opened."""
+    forked = time.time()
     try:
         release_server()
         _take_on(job, stdio)
-        status = _run_script(job)
+        status = _run_script(job, forked)
     except BaseException:  # noqa: BLE001 - setting up the job failed: that is the job's failure
         traceback.print_exc()
         status = 1
@@ -90,9 +92,11 @@ def _standard_streams(encoding: str, errors: str, unbuffered: bool) -> None:
     sys.stderr = sys.__stderr__ = writer(2, "backslashreplace", line_buffering=True)
 
 
-def _run_script(job: dict) -> int:
+def _run_script(job: dict, forked: float) -> int:
     snakemake = pickle.loads(base64.b64decode(job["snakemake"]))
-    enter_warm_child(JobStart("warm", f"forked by the job server (pid {os.getppid()})", job["client"]["start"]))
+    client = job["client"]
+    enter_warm_child(JobStart("warm", f"forked by the job server (pid {os.getppid()})", client["start"],
+                              client["handed_over"], forked))
     try:
         runpy.run_path(job["script"], init_globals={"snakemake": snakemake}, run_name="__main__")
     except SystemExit as exit:

@@ -64,6 +64,8 @@ class JobStart:
     mode: str  # "warm": a child forked by the job server; "cold": the process Snakemake started
     detail: str  # which server, or why cold
     process_start: float  # time.time() at which the process Snakemake started for this job began
+    handed_over: float | None = None  # when the script called hand_over (after Snakemake's preamble)
+    forked: float | None = None  # when the server's child began to take on the job (warm only)
 
     def describe(self) -> str:
         return f"{self.mode} job: {self.detail}"
@@ -100,16 +102,16 @@ def hand_over(snakemake) -> None:
     global _current
     if _current is not None and _current.mode == "warm":
         return  # this is the server's child running the job
-    process_start = _own_start()
+    handed_over, process_start = time.time(), _own_start()
     reason = cold_reason(snakemake, os.environ, sys.platform)
     if reason is None:
         try:
-            ending = _run_warm(snakemake, process_start)
+            ending = _run_warm(snakemake, process_start, handed_over)
         except WarmUnavailable as error:
             reason = str(error)
         else:
             _exit_as(ending)
-    _current = JobStart("cold", reason, process_start)
+    _current = JobStart("cold", reason, process_start, handed_over)
 
 
 def cold_reason(snakemake, environ, platform: str) -> str | None:
@@ -144,12 +146,12 @@ def _script_path() -> str | None:
 # --- the warm path -----------------------------------------------------------------------------
 
 
-def _run_warm(snakemake, process_start: float) -> _Ending:
+def _run_warm(snakemake, process_start: float, handed_over: float) -> _Ending:
     try:
         state_dir()
     except OSError as error:
         raise WarmUnavailable(f"the job server's folder cannot be used: {error}") from None
-    job = _job_message(snakemake, process_start)
+    job = _job_message(snakemake, process_start, handed_over)
     for _ in range(2):
         with _connect(job) as sock:
             try:
@@ -165,7 +167,7 @@ def _run_warm(snakemake, process_start: float) -> _Ending:
     raise WarmUnavailable("the job server went away twice before starting this job")
 
 
-def _job_message(snakemake, process_start: float) -> dict:
+def _job_message(snakemake, process_start: float, handed_over: float) -> dict:
     umask = os.umask(0)
     os.umask(umask)
     return {
@@ -181,7 +183,7 @@ def _job_message(snakemake, process_start: float) -> dict:
         "umask": umask,
         "stdio": _open_stdio(),
         "encoding": [sys.stdout.encoding, sys.stdout.errors] if sys.stdout else ["utf-8", "strict"],
-        "client": {"pid": os.getpid(), "start": process_start},
+        "client": {"pid": os.getpid(), "start": process_start, "handed_over": handed_over},
         "workflow": workflow_process(),
     }
 
