@@ -152,13 +152,28 @@ def test_cold_when_switched_off_or_under_slurm_with_the_reason(workdir, setting,
     assert not (workdir.root / SOCKET).exists() and not server_pids(workdir.root)
 
 
-def test_cold_off_linux_and_for_a_script_that_is_not_a_local_file(monkeypatch):
-    class Job:
-        config = {}
+class Job:
+    config = {}
 
+
+def test_cold_off_linux_in_a_container_for_a_cluster_job_and_for_a_script_that_is_not_a_local_file(monkeypatch):
+    monkeypatch.setattr(client, "_script_path", lambda: __file__)
+    assert client.cold_reason(Job(), {}, "linux") is None
     assert "Linux only" in client.cold_reason(Job(), {}, "darwin")
+    assert "container (/img.sif)" in client.cold_reason(Job(), {"APPTAINER_CONTAINER": "/img.sif"}, "linux")
+    remote = protocol.Workflow(1, 1, ("python", "-m", "snakemake", "--mode", "remote", "--target-jobs", "x"))
+    monkeypatch.setattr(client, "workflow_process", lambda: remote)
+    assert "cluster job (snakemake --mode remote)" in client.cold_reason(Job(), {}, "linux")
+    monkeypatch.setattr(client, "workflow_process", lambda: None)
     monkeypatch.setattr(client, "_script_path", lambda: "https://example.org/script.py")
     assert "not a local file" in client.cold_reason(Job(), {}, "linux")
+
+
+def test_the_workflow_mode_is_read_from_snakemakes_arguments():
+    assert protocol.Workflow(1, 1, ("snakemake", "--cores", "2")).mode == "default"
+    assert protocol.Workflow(1, 1, ("snakemake", "--mode=remote")).mode == "remote"
+    assert protocol._runs_snakemake(["/usr/bin/python3", "/venv/bin/snakemake", "--cores", "2"])
+    assert protocol._runs_snakemake(["python3", "-m", "snakemake"]) and not protocol._runs_snakemake(["bash", "-c", "x"])
 
 
 # --- never old code -------------------------------------------------------------------------
@@ -345,6 +360,19 @@ def test_fork_hazards_name_threads_and_cuda():
     assert lines[0] == "[]" and "1 threads besides the main one" in lines[1] and "'extra'" in lines[1]
 
 
+def test_fork_hazards_include_an_initialised_cuda(monkeypatch):
+    class Cuda:
+        @staticmethod
+        def is_initialized():
+            return True
+
+    class Torch:
+        cuda = Cuda
+
+    monkeypatch.setitem(sys.modules, "torch", Torch)
+    assert "CUDA is initialised" in server.fork_hazards()
+
+
 # --- the real stack -------------------------------------------------------------------------
 
 
@@ -380,13 +408,44 @@ def test_a_child_of_the_real_stack_starts_clean_and_runs_parallel_torch(real_sta
     seen = reported(result)
     assert seen["mode"] == "warm" and seen["torch"] and seen["matmul"], real_stack.log()
     assert seen["threads"] == 1 and not seen["cuda_initialized"] and not seen["timm"]
-    # of the package, a child holds only what every script's hand-over imports, and the fork machinery
-    handover = set(script_closure(REPO / "workflow" / "scripts" / "aggregate.py")) & set(
-        script_closure(REPO / "workflow" / "scripts" / "finetune.py"))
+    # of the package, a child holds what the scripts reach (preloaded: the fingerprint covers
+    # every byte of it) and the fork machinery; each job still runs what its script imports
+    reached = set().union(*(script_closure(script) for script in (REPO / "workflow" / "scripts").glob("*.py")))
     held = {module_file(name) for name in seen["clipdrift"]}
-    assert held - handover == {"warm/child.py"}, held  # the server itself runs as __main__
-    for script in (REPO / "workflow" / "scripts").glob("*.py"):
-        assert held - {"warm/child.py"} <= set(script_closure(script)), script.name
+    assert held - reached == {"warm/child.py", "codedigest.py"}, held - reached  # the server itself is __main__
+    assert {path for path in reached if path.endswith(".py")} <= held
+
+
+IMPORT_TIME_OPS = """import importlib, json, sys
+from pathlib import Path
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from clipdrift.warm.server import preload, preload_names
+
+names = preload_names(Path(sys.argv[1]))
+external = [name for name in names if not name.startswith("clipdrift")]
+ops = {}
+
+class Record(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        ops.setdefault(current, []).append(str(func))
+        return func(*args, **(kwargs or {}))
+
+with Record():
+    for current in names:
+        importlib.import_module(current)
+print(json.dumps(ops))
+"""
+
+
+def test_the_packages_own_import_time_code_runs_no_tensor_operation(real_stack):
+    # third-party imports make a few constant tensors (peft) and ask torchvision its CUDA version;
+    # the package's modules, imported in the server before it forks, run none
+    result = subprocess.run([sys.executable, "-c", IMPORT_TIME_OPS, str(real_stack.scripts)], capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ops = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not {module: found for module, found in ops.items() if module.startswith("clipdrift")}, ops
+    assert all("lift_fresh" in op or "_cuda_version" in op for found in ops.values() for op in found), ops
 
 
 def module_file(name: str) -> str:
@@ -398,4 +457,5 @@ def module_file(name: str) -> str:
 def test_the_server_preloads_what_the_scripts_import(real_stack):
     names = server.preload_names(real_stack.scripts)
     assert {"torch", "pandas", "open_clip", "peft", "safetensors.torch", "snakemake.iocontainers"} <= set(names)
-    assert not [name for name in names if name.startswith("clipdrift")]
+    assert {"clipdrift.train", "clipdrift.metrics.extract", "clipdrift.analysis.figures"} <= set(names)
+    assert "timm" not in names and "clipdrift.warm.server" not in names

@@ -360,6 +360,8 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
         "rule_zeroshot_pretrained_indomain"]
     assert len(list((logs / "group_run_curves_extract_finetune_zeroshot").rglob("*.log"))) == RUNS // 2
     assert len(list((logs / "rule_pretrain_backbone").rglob("*.log"))) == 1
+    # each job is its own allocation there: no job server, and every job says so
+    assert all(record["mode"] == "cold" and "SLURM job" in record["detail"] for record in _usage(workdir / STUDY))
     key = ["dataset", "method", "lr", "seed"]
     local = pd.read_parquet(study_dir / STUDY / "tables/runs.parquet").query("dataset == 'world-eurosat'")
     remote = pd.read_parquet(workdir / STUDY / "tables/runs.parquet")

@@ -15,13 +15,13 @@ from clipdrift.errors import UserFacingError
 from clipdrift.train import TrainConfig, finetune
 from clipdrift.world.pretrain import PretrainConfig, pretrain_backbone, world_pairs
 from clipdrift.world.render import (
-    _RGB,
     COLOURS,
     SHAPES,
     TERRAINS,
     Attributes,
     WorldConfig,
     captions,
+    colour_rgb,
     render,
     sample_attributes,
     stream_generator,
@@ -89,7 +89,7 @@ def test_object_shows_its_colour_and_each_shape_has_its_own_silhouette():
     for shape in range(len(SHAPES)):
         world, attrs = _single_object(shape, colour=COLOURS.index("blue"))
         image = render(world, attrs, stream_generator(0, "render")).float()[0] / 255
-        blue = (image - _RGB[COLOURS.index("blue")].view(3, 1, 1)).abs().amax(0) < 0.02
+        blue = (image - colour_rgb()[COLOURS.index("blue")].view(3, 1, 1)).abs().amax(0) < 0.02
         silhouettes.append(blue)
         assert blue.sum() > 60, f"{SHAPES[shape]} covers too few pixels"
     for i in range(len(SHAPES)):

@@ -11,18 +11,18 @@ benchmarks and rerun behaviour.
   script. Stdlib only, so the process Snakemake starts stays a thin client. It runs the job
   through the server and exits with the job's status, or returns (the job then runs cold in
   this process, exactly as without a server) and says why in the job's log.
-- :mod:`clipdrift.warm.server`: the server. It imports the third-party modules the workflow
-  scripts' code imports (derived from their import closures), starts no thread, runs no
-  tensor operation, sets no thread count and never initialises CUDA before it forks.
+- :mod:`clipdrift.warm.server`: the server. It imports what the workflow scripts' code imports
+  (derived from their import closures), starts no thread, runs no tensor computation, sets no
+  thread count and never initialises CUDA before it forks.
 - :mod:`clipdrift.warm.child`: what a forked child does before it runs the script: the job's
   working directory, environment, umask, standard streams, signal dispositions and random
   seeds, then the script itself, read from disk.
 - :mod:`clipdrift.warm.protocol`: the socket directory, the framing of messages, the code and
   environment fingerprint, and the process facts both sides read from ``/proc``.
 
-The package's own modules are not preloaded: a child imports them from disk like a cold job
-(27-79 ms a job), so a job always runs the package code as it is on disk. The fingerprint
-(package files, interpreter, installed distributions, import-relevant environment) ties a
-server to the environment it imported; a client whose fingerprint differs retires the old
-server and starts a fresh one.
+The server also imports the package modules the scripts reach, so a child starts with nothing
+left to import. The fingerprint (every byte of the package's files, the interpreter, the
+installed distributions, the import-relevant environment) ties a server to what it imported: a
+client whose fingerprint differs retires the old server and starts a fresh one, so a job never
+runs code older than the files on disk.
 """

@@ -95,7 +95,8 @@ def _standard_streams(encoding: str, errors: str, unbuffered: bool) -> None:
 def _run_script(job: dict, forked: float) -> int:
     snakemake = pickle.loads(base64.b64decode(job["snakemake"]))
     client = job["client"]
-    enter_warm_child(JobStart("warm", f"forked by the job server (pid {os.getppid()})", client["start"],
+    server = f"pid {os.getppid()}, its job {job.get('served', '?')}"
+    enter_warm_child(JobStart("warm", f"forked by the job server ({server})", client["start"],
                               client["handed_over"], forked))
     try:
         runpy.run_path(job["script"], init_globals={"snakemake": snakemake}, run_name="__main__")

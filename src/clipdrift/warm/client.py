@@ -53,6 +53,7 @@ from clipdrift.warm.protocol import (
 
 SWITCH_ENV = "CLIPDRIFT_WARM"  # 0 / false / off / no: every job runs cold
 START_TIMEOUT_ENV = "CLIPDRIFT_WARM_START_TIMEOUT"  # seconds a job waits for a new server (default 300)
+CONTAINER_ENV = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")  # set inside Apptainer/Singularity
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _OFF = ("0", "false", "off", "no")
 
@@ -125,6 +126,12 @@ def cold_reason(snakemake, environ, platform: str) -> str | None:
         return f"the job server runs on Linux only, not on {platform}"
     if environ.get("SLURM_JOB_ID"):
         return f"this is SLURM job {environ['SLURM_JOB_ID']}: each job is its own allocation"
+    container = next((environ[name] for name in CONTAINER_ENV if environ.get(name)), None)
+    if container:
+        return f"the job runs in a container ({container}) that ends with it"
+    workflow = workflow_process()
+    if workflow is not None and workflow.mode == "remote":
+        return "this is a cluster job (snakemake --mode remote): each job is its own allocation"
     script = _script_path()
     if script is None or not Path(script).is_file():
         return f"the script is not a local file ({script})"
@@ -154,6 +161,8 @@ def _run_warm(snakemake, process_start: float, handed_over: float) -> _Ending:
     job = _job_message(snakemake, process_start, handed_over)
     for _ in range(2):
         with _connect(job) as sock:
+            if sock is None:
+                continue
             try:
                 send(sock, job, fds=job["stdio"])
                 reply, _ = receive(sock)
@@ -184,8 +193,13 @@ def _job_message(snakemake, process_start: float, handed_over: float) -> dict:
         "stdio": _open_stdio(),
         "encoding": [sys.stdout.encoding, sys.stdout.errors] if sys.stdout else ["utf-8", "strict"],
         "client": {"pid": os.getpid(), "start": process_start, "handed_over": handed_over},
-        "workflow": workflow_process(),
+        "workflow": _workflow_identity(),
     }
+
+
+def _workflow_identity() -> list[int] | None:
+    workflow = workflow_process()
+    return [workflow.pid, workflow.ticks] if workflow is not None else None
 
 
 def _open_stdio() -> list[int]:
@@ -207,8 +221,13 @@ class _connect:
         self.job = job
         self.sock: socket.socket | None = None
 
-    def __enter__(self) -> socket.socket:
-        self.sock = _try_connect() or _start_server(self.job)
+    def __enter__(self) -> socket.socket | None:
+        try:
+            self.sock = _try_connect() or _start_server(self.job)
+        except ConnectionError:  # a server that went away between being seen and being reached
+            self.sock = None
+        except OSError as error:
+            raise WarmUnavailable(f"the job server cannot be reached: {error}") from None
         return self.sock
 
     def __exit__(self, *exc) -> None:

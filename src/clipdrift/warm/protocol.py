@@ -28,6 +28,7 @@ import socket
 import stat
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 PROTOCOL = 1
@@ -210,18 +211,35 @@ def is_running(pid: int, ticks: int) -> bool:
     return int(fields[19]) == ticks and fields[0] not in ("Z", "X")
 
 
-def workflow_process() -> tuple[int, int] | None:
-    """(pid, start ticks) of the ``snakemake`` process this job belongs to: the nearest ancestor
-    running Snakemake. The server exits once every workflow it served has ended."""
+@dataclass(frozen=True)
+class Workflow:
+    """The ``snakemake`` process a job belongs to: the nearest ancestor running Snakemake."""
+
+    pid: int
+    ticks: int  # its start, so that a recycled pid is not taken for it
+    argv: tuple[str, ...]
+
+    @property
+    def mode(self) -> str:
+        """Snakemake's ``--mode``: ``default`` for a workflow run, ``remote`` for a cluster job."""
+        for option, value in zip(self.argv, self.argv[1:]):
+            if option == "--mode":
+                return value
+        return next((arg.split("=", 1)[1] for arg in self.argv if arg.startswith("--mode=")), "default")
+
+
+def workflow_process() -> Workflow | None:
+    """The ``snakemake`` process this job belongs to (the server exits once every workflow it
+    served has ended), or None if no ancestor runs Snakemake."""
     pid = os.getppid()
     while pid > 1:
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            argv = [arg.decode(errors="replace") for arg in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
             fields = _stat_fields(pid)
         except OSError:
             return None
-        if _runs_snakemake([arg.decode(errors="replace") for arg in argv]):
-            return pid, int(fields[19])
+        if _runs_snakemake(argv):
+            return Workflow(pid, int(fields[19]), tuple(argv))
         pid = int(fields[1])
     return None
 

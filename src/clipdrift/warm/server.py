@@ -5,13 +5,16 @@ own session, with no terminal and no inherited descriptor but its log), it:
 
 1. writes ``server.pid`` and checks that its own fingerprint is the one the client expected
    (else it exits, and the client runs its job cold, naming the reason);
-2. imports every third-party module the workflow scripts' code imports (derived from their
-   import closures, see :func:`clipdrift.codedigest.external_imports`), plus what Snakemake's
-   job preamble needs. With ``OMP_NUM_THREADS=1`` (no OpenMP worker pool: import-time tensor
-   code of peft/transformers starts one otherwise), ``JE_ARROW_MALLOC_CONF=background_thread:
-   false`` (pyarrow's jemalloc background thread) and ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (a CUDA
-   check that does not initialise CUDA) the process then has one thread and no CUDA context.
-   These settings are the server's own: every child takes the job's environment;
+2. imports what Snakemake's job preamble needs, every module outside the package that the
+   workflow scripts' code imports and every package module the scripts reach (all derived from
+   their import closures, :mod:`clipdrift.codedigest`). The package's import-time code makes no
+   tensor (tested); third-party imports make a few constant tensors (peft) and ask torchvision
+   for its CUDA version. With one thread for every threading library (``OMP_NUM_THREADS=1`` and
+   the like: peft's import otherwise leaves an OpenMP worker behind), ``JE_ARROW_MALLOC_CONF=
+   background_thread:false`` (pyarrow's jemalloc background thread) and
+   ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (a CUDA check that does not initialise CUDA) the process
+   then has one thread and no CUDA context. These settings are the server's own: every child
+   takes the job's environment;
 3. listens on ``server.sock`` and, for each job: checks the peer's user id, reads the job, and
    forks if it is safe to: the fingerprints match, the process has exactly one thread (a fork
    copies only the calling thread: a child of a process that ran a libgomp pool hangs at its
@@ -24,8 +27,8 @@ own session, with no terminal and no inherited descriptor but its log), it:
    ``CLIPDRIFT_WARM_IDLE`` seconds without a job (default 120), when a newer server has taken its
    socket, or on SIGTERM/SIGINT/SIGHUP once its running jobs have ended.
 
-It runs no tensor operation, sets no thread count and never initialises CUDA: each child does
-all of that for its own job (:mod:`clipdrift.warm.child`). Its log is
+It runs no tensor computation, sets no thread count and never initialises CUDA: each child
+does all of that for its own job (:mod:`clipdrift.warm.child`). Its log is
 ``.snakemake/clipdrift-warm/server.log``.
 """
 
@@ -73,7 +76,6 @@ IMPORT_SETTINGS = {**dict.fromkeys(sorted(PER_JOB_THREADS), "1"), "JE_ARROW_MALL
                    "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
 # What Snakemake's script preamble imports, and the job's pickled ``snakemake`` object needs.
 JOB_PREAMBLE = ("snakemake.iocontainers", "snakemake.logging")
-SERVER_PACKAGE = "clipdrift.warm"
 
 
 def say(message: str) -> None:
@@ -84,40 +86,33 @@ def say(message: str) -> None:
 
 
 def preload_names(scripts_dir: Path) -> list[str]:
-    """The modules to import: what the scripts' code imports outside the package, sorted."""
-    from clipdrift.codedigest import external_imports
+    """The modules to import, derived from the workflow scripts' import closures: what Snakemake's
+    job preamble needs, every module outside the package that the scripts' code imports, then
+    every package module the scripts reach."""
+    from clipdrift.codedigest import external_imports, script_closure
 
-    names = {name for script in sorted(scripts_dir.glob("*.py")) for name in external_imports(script)}
-    return [*JOB_PREAMBLE, *sorted(names - set(JOB_PREAMBLE))]
+    scripts = sorted(scripts_dir.glob("*.py"))
+    external = {name for script in scripts for name in external_imports(script)}
+    package = {_module_name(path) for script in scripts for path in script_closure(script) if path.endswith(".py")}
+    return [*JOB_PREAMBLE, *sorted(external - set(JOB_PREAMBLE)), *sorted(package)]
+
+
+def _module_name(relative: str) -> str:
+    """``metrics/cka.py`` -> ``clipdrift.metrics.cka``; ``metrics/__init__.py`` -> ``clipdrift.metrics``."""
+    parts = relative.removesuffix(".py").split("/")
+    return ".".join(["clipdrift", *parts[:-1], *([] if parts[-1] == "__init__" else parts[-1:])])
 
 
 def preload(names: list[str]) -> list[str]:
-    """Import ``names`` (open_clip through clipdrift.openclip, without timm); the failures.
-
-    Of the package itself only the server's own modules stay loaded: a child imports every
-    other clipdrift module from disk, as a cold job does."""
-    from clipdrift.openclip import absent
-
+    """Import ``names``, open_clip first through clipdrift.openclip (without timm, as in a job);
+    the failures."""
     failed = []
-    with absent():
-        if "open_clip" in names:
-            importlib.import_module("clipdrift.openclip")
-        for name in names:
-            try:
-                importlib.import_module(name)
-            except Exception as error:  # noqa: BLE001 - a job that needs it imports it itself, and fails there
-                failed.append(f"{name} ({type(error).__name__}: {error})")
-    forget_package_modules()
+    for name in (["clipdrift.openclip"] if "open_clip" in names else []) + names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - a job that needs it imports it itself, and fails there
+            failed.append(f"{name} ({type(error).__name__}: {error})")
     return failed
-
-
-def forget_package_modules() -> None:
-    """Unload every clipdrift module but the server's own (``clipdrift``, ``clipdrift.warm.*``)."""
-    for name in [name for name in sys.modules if name.startswith("clipdrift.") and not name.startswith(SERVER_PACKAGE)]:
-        del sys.modules[name]
-        parent, _, attribute = name.rpartition(".")
-        if parent in sys.modules and getattr(sys.modules[parent], attribute, None) is not None:
-            delattr(sys.modules[parent], attribute)
 
 
 def native_threads() -> list[str]:
@@ -171,6 +166,7 @@ class Server:
         self.last_activity = time.monotonic()
         self.retiring = False
         self.refusal: str | None = None
+        self.served = 0
         self.ticks = start_ticks()
 
     # lifetime
@@ -313,6 +309,8 @@ class Server:
                 if answer["status"] == "stale":
                     self._retire()
                 return
+            self.served += 1
+            job["served"] = self.served  # the child says which job of this server it is
             pid = os.fork()
             if pid == 0:
                 child.run(job, fds, lambda: self._release_in_child(conn))  # never returns

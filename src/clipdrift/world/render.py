@@ -10,6 +10,7 @@ world seed and a stream name, so the same seed gives byte-identical images and c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -28,24 +29,30 @@ N_ZEROSHOT_COLOURS = 10
 PATTERNS = ("solid", "striped", "dotted", "checkered")
 TERRAINS = ("desert", "field", "meadow", "forest", "river", "road", "farm", "town", "lake", "hills")
 
-_RGB = torch.tensor(
-    [
-        [0.86, 0.12, 0.12],  # red
-        [0.98, 0.55, 0.05],  # orange
-        [0.95, 0.88, 0.12],  # yellow
-        [0.15, 0.70, 0.20],  # green
-        [0.05, 0.62, 0.62],  # teal
-        [0.12, 0.28, 0.90],  # blue
-        [0.56, 0.20, 0.80],  # purple
-        [0.98, 0.52, 0.76],  # pink
-        [0.97, 0.97, 0.97],  # white
-        [0.04, 0.04, 0.04],  # black
-        [0.50, 0.30, 0.12],  # brown
-        [0.05, 0.10, 0.42],  # navy
-        [0.62, 0.92, 0.12],  # lime
-        [0.88, 0.10, 0.62],  # magenta
-    ]
+# Plain numbers at import: the warm job server imports this module before it forks, and runs no
+# tensor operation there (colour_rgb makes the tensor, once, in the job).
+_RGB_VALUES = (
+    (0.86, 0.12, 0.12),  # red
+    (0.98, 0.55, 0.05),  # orange
+    (0.95, 0.88, 0.12),  # yellow
+    (0.15, 0.70, 0.20),  # green
+    (0.05, 0.62, 0.62),  # teal
+    (0.12, 0.28, 0.90),  # blue
+    (0.56, 0.20, 0.80),  # purple
+    (0.98, 0.52, 0.76),  # pink
+    (0.97, 0.97, 0.97),  # white
+    (0.04, 0.04, 0.04),  # black
+    (0.50, 0.30, 0.12),  # brown
+    (0.05, 0.10, 0.42),  # navy
+    (0.62, 0.92, 0.12),  # lime
+    (0.88, 0.10, 0.62),  # magenta
 )
+
+
+@functools.cache
+def colour_rgb() -> torch.Tensor:
+    """The RGB value of every colour in COLOURS, (n_colours, 3) in [0, 1]."""
+    return torch.tensor(_RGB_VALUES)
 
 _CHUNK = 1024  # images rendered at once: bounds memory, and fixes how noise is drawn
 
@@ -232,7 +239,7 @@ def _object(world: WorldConfig, attrs: Attributes, xs, ys) -> tuple[torch.Tensor
             distance[chosen] = _SHAPE_SDF[shape](u[chosen], v[chosen])
     coverage = (0.5 - distance * radius_px).clamp(0, 1).unsqueeze(1)
 
-    rgb = _RGB[attrs.colour] + world.colour_jitter * (2 * attrs.extras["jitter"] - 1)
+    rgb = colour_rgb()[attrs.colour] + world.colour_jitter * (2 * attrs.extras["jitter"] - 1)
     on = _pattern_mask(attrs, xs, ys, size)
     # Pattern "off" pixels move the colour towards mid-grey: visible on black and white alike.
     faded = rgb * (1 - world.pattern_contrast) + 0.5 * world.pattern_contrast
