@@ -222,6 +222,26 @@ def test_a_signal_to_the_client_ends_exactly_its_job_as_failed(workdir, signum):
     assert alive(seen["ppid"]) and reported(workdir.run(workdir.job("next", report())))["ppid"] == seen["ppid"]
 
 
+BEFORE_THE_CHILD = """\
+import os, signal, sys, time
+from clipdrift.warm.client import _Forwarding
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+with _Forwarding():  # the job is being handed over; no child yet
+    os.kill(os.getpid(), signal.SIGUSR1)  # ignored before: ignored now
+    print("alive", flush=True)
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    time.sleep(30)
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_before_the_child_exists_does_what_it_would_do_without_a_server(name):
+    result = subprocess.run([sys.executable, "-c", BEFORE_THE_CHILD, name], capture_output=True, text=True, timeout=30)
+    assert result.returncode == -getattr(signal, name) and result.stdout == "alive\n", result.stderr
+    assert ("KeyboardInterrupt" in result.stderr) == (name == "SIGINT")
+
+
 def test_a_killed_client_takes_its_job_with_it_and_the_server_survives(workdir):
     job = workdir.start(workdir.job("sleeper", SLEEPER))
     seen = json.loads(job.stdout.readline())

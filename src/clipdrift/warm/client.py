@@ -159,21 +159,62 @@ def _run_warm(snakemake, process_start: float, handed_over: float) -> _Ending:
     except OSError as error:
         raise WarmUnavailable(f"the job server's folder cannot be used: {error}") from None
     job = _job_message(snakemake, process_start, handed_over)
-    for _ in range(2):
-        with _connect(job) as sock:
-            if sock is None:
-                continue
-            try:
-                send(sock, job, fds=job["stdio"])
-                reply, _ = receive(sock)
-            except (OSError, ProtocolError):
-                reply = None
-            if reply is None or reply.get("status") == "stale":
-                continue  # the server went away or is older than this code: a fresh one next
-            if reply.get("status") != "forked":
-                raise WarmUnavailable(f"the job server refused this job: {reply.get('reason', reply)}")
-            return _wait_for_child(sock, int(reply["pid"]))
+    with _Forwarding() as forwarding:
+        for _ in range(2):
+            with _connect(job) as sock:
+                if sock is None:
+                    continue
+                try:
+                    send(sock, job, fds=job["stdio"])
+                    reply, _ = receive(sock)
+                except (OSError, ProtocolError):
+                    reply = None
+                if reply is None or reply.get("status") == "stale":
+                    continue  # the server went away or is older than this code: a fresh one next
+                if reply.get("status") != "forked":
+                    raise WarmUnavailable(f"the job server refused this job: {reply.get('reason', reply)}")
+                forwarding.child = int(reply["pid"])
+                return _wait_for_child(sock, forwarding)
     raise WarmUnavailable("the job server went away twice before starting this job")
+
+
+class _Forwarding:
+    """While the job is handed over, signals to this process go to the child's process group.
+
+    Installed before the job is sent, so no signal falls between the child's start and this
+    process learning its pid. One that comes before the child exists does what it would have
+    done without a server (the previous disposition, re-raised here: a KeyboardInterrupt, or the
+    end of this process, whose connection closing tells the server to drop the job). A signal
+    this process ignored is not forwarded: a cold job would have ignored it too.
+    """
+
+    def __init__(self):
+        self.child: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Forwarding:
+        for signum in FORWARDED_SIGNALS:
+            self.previous[signum] = signal.signal(signum, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, disposition in self.previous.items():
+            signal.signal(signum, disposition)
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.previous[signum] == signal.SIG_IGN:
+            return
+        if self.child is None:
+            signal.signal(signum, self.previous[signum])
+            os.kill(os.getpid(), signum)
+            return
+        self.send(signum)
+
+    def send(self, signum: int) -> None:
+        try:
+            os.killpg(self.child, signum)
+        except ProcessLookupError:  # it has ended already
+            pass
 
 
 def _job_message(snakemake, process_start: float, handed_over: float) -> dict:
@@ -319,23 +360,15 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "no log"
 
 
-def _wait_for_child(sock: socket.socket, child: int) -> _Ending:
-    def forward(signum, _frame):
-        try:
-            os.killpg(child, signum)
-        except ProcessLookupError:
-            pass
-
-    for signum in FORWARDED_SIGNALS:
-        signal.signal(signum, forward)
+def _wait_for_child(sock: socket.socket, forwarding: _Forwarding) -> _Ending:
     try:
         reply, _ = receive(sock)
     except (OSError, ProtocolError):
         reply = None
     if reply is None or reply.get("status") != "exited":
-        forward(signal.SIGKILL, None)
-        print(f"clipdrift: the job server went away while job {child} ran; the job was stopped (see {LOG_FILE})",
-              file=sys.stderr)
+        forwarding.send(signal.SIGKILL)
+        print(f"clipdrift: the job server went away while job {forwarding.child} ran; the job was stopped "
+              f"(see {LOG_FILE})", file=sys.stderr)
         return _Ending(1)
     return _Ending(int(reply["returncode"]), reply.get("signal"))
 

@@ -68,10 +68,13 @@ from clipdrift.warm.protocol import (
 IDLE_ENV = "CLIPDRIFT_WARM_IDLE"
 TICK_S = 0.5  # how often lifetime rules are checked
 RECEIVE_TIMEOUT_S = 10.0  # a client sends its whole job at once
-# The server's own settings for its imports (children take the job's environment instead): one
-# thread for every threading library (Snakemake sets these to the first job's thread count;
-# OpenBLAS, OpenMP start worker threads at load or at their first parallel region), no jemalloc
-# background thread in pyarrow, and a CUDA availability check that does not initialise CUDA.
+# The server's own settings for its imports (children take the job's environment instead).
+# Without them, measured on this stack, the imports leave idle native threads behind: torch's
+# import one OpenMP worker, peft's one more (its import-time tensor code runs an OpenMP region),
+# OpenBLAS threads-1 workers when Snakemake set OPENBLAS_NUM_THREADS to the first job's thread
+# count, and pyarrow (through pandas) jemalloc's background thread "jemalloc_bg_thd". With one
+# thread per threading library and no jemalloc background thread there are none; the CUDA
+# availability check goes through NVML, which does not initialise CUDA.
 IMPORT_SETTINGS = {**dict.fromkeys(sorted(PER_JOB_THREADS), "1"), "JE_ARROW_MALLOC_CONF": "background_thread:false",
                    "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
 # What Snakemake's script preamble imports, and the job's pickled ``snakemake`` object needs.
@@ -304,10 +307,10 @@ class Server:
         try:
             answer = self._answer(job)
             if answer is not None:
+                if answer["status"] == "stale":
+                    self._retire()  # first: the client's next connection must not reach this server
                 self._send(conn, answer)
                 conn.close()
-                if answer["status"] == "stale":
-                    self._retire()
                 return
             self.served += 1
             job["served"] = self.served  # the child says which job of this server it is
