@@ -6,8 +6,8 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from clipdrift.errors import UserFacingError
-from clipdrift.plan import jobs_import_from, prepare_config
+from clipdrift.core.errors import UserFacingError
+from clipdrift.pipeline.plan import jobs_import_from, prepare_config
 
 min_version("9.0")
 

@@ -5,8 +5,8 @@ training epoch of input batches, resized to the protocol's 224 px, two ways:
 
 - decode: torchvision's EuroSAT + Resize/CenterCrop/flip/ToTensor/Normalize through a
   DataLoader, i.e. reading and decoding every JPEG every epoch;
-- cached: ``clipdrift.data.prepare_real_dataset`` once (timed separately, it is paid once per
-  study), then the training engine's loader (``clipdrift.train.CachedBatches``) over the uint8
+- cached: ``clipdrift.data.datasets.prepare_real_dataset`` once (timed separately, it is paid once per
+  study), then the training engine's loader (``clipdrift.train.engine.CachedBatches``) over the uint8
   cache.
 
 Run: ``python benchmarks/bench_data.py [--per-class 40] [--size 224] [--workers 0]``.
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipdrift.data import prepare_real_dataset
-from clipdrift.train import CachedBatches
+from clipdrift.data.datasets import prepare_real_dataset
+from clipdrift.train.engine import CachedBatches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakedata import EUROSAT_CLASSES, class_colour  # noqa: E402

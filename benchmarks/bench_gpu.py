@@ -3,7 +3,7 @@ zero-shot images/s, then the `cuda`-marked GPU tests.
 
 What it runs (all through the package, the code a study runs; random weights, no download):
 
-- ``clipdrift.train.finetune`` on ViT-B/32 (``BackboneSpec("ViT-B-32-quickgelu", None)``) with
+- ``clipdrift.train.engine.finetune`` on ViT-B/32 (``BackboneSpec("ViT-B-32-quickgelu", None)``) with
   fabricated, seeded 224x224 uint8 images of 10 classes, batch 64, a fixed number of optimiser
   steps, for Full FT and LoRA (``apply_method``), in fp16 (GradScaler) and bf16 (bf16 skipped
   below compute capability 8.0, where it is only emulated). Epoch 1 is the warm-up and is not
@@ -170,7 +170,7 @@ def print_device(info: dict) -> None:
 def fabricate(sizes: Sizes, image_size: int) -> dict:
     """Seeded uint8 images and labels: a training pool (also the probe's and zero-shot's source)
     sized for ``steps_per_epoch`` full batches, and a small selection split."""
-    from clipdrift.data import ImageSplit
+    from clipdrift.data.datasets import ImageSplit
 
     generator = torch.Generator().manual_seed(0)
     names = [f"class {k}" for k in range(sizes.n_classes)]
@@ -187,7 +187,7 @@ def fabricate(sizes: Sizes, image_size: int) -> dict:
 
 def analytic_macs(model, method) -> dict[str, int]:
     """Multiply-adds per image of the image tower + projection + head, by part (see the docstring)."""
-    from clipdrift.backbones import image_tower_blocks
+    from clipdrift.model.backbones import image_tower_blocks
 
     visual = model.clip.visual
     blocks = image_tower_blocks(model.clip)
@@ -232,7 +232,7 @@ def counted_flops(model, image_size: int) -> dict[str, float]:
 
     from torch.utils.flop_counter import FlopCounterMode
 
-    from clipdrift.backbones import explicit_attention_modules
+    from clipdrift.model.backbones import explicit_attention_modules
 
     model = copy.deepcopy(model).to("cpu").train()
     for module in explicit_attention_modules(model.clip):
@@ -256,8 +256,8 @@ def train_one(base, method_name: str, amp: str, data: dict, sizes: Sizes, device
     import copy
     import gc
 
-    from clipdrift.adapters import MethodConfig, apply_method
-    from clipdrift.train import TrainConfig, finetune
+    from clipdrift.model.adapters import MethodConfig, apply_method
+    from clipdrift.train.engine import TrainConfig, finetune
 
     method = MethodConfig(method_name)
     model = apply_method(copy.deepcopy(base), method)
@@ -294,7 +294,7 @@ def train_one(base, method_name: str, amp: str, data: dict, sizes: Sizes, device
 
 def extraction(tuned, base, probe, device: torch.device) -> dict:
     """images/s of attention_table and cka_table on the probe (both models on the device)."""
-    from clipdrift.metrics.tables import AttentionConfig, CKAConfig, attention_table, cka_table
+    from clipdrift.measure.drift import AttentionConfig, CKAConfig, attention_table, cka_table
 
     tuned.to(device)
     base.to(device)
@@ -316,8 +316,8 @@ def zeroshot(base, split, sizes: Sizes, device: torch.device, peaks) -> dict:
     """Seconds of text_classifier (random text tower) and images/s of zeroshot.evaluate (fp32)."""
     import open_clip
 
-    from clipdrift.adapters import MethodConfig
-    from clipdrift.zeroshot import evaluate, load_templates, text_classifier
+    from clipdrift.measure.zeroshot import evaluate, load_templates, text_classifier
+    from clipdrift.model.adapters import MethodConfig
 
     base.to(device)
     templates = load_templates("cifar18")
@@ -450,8 +450,8 @@ def main() -> int:
     print_device(info)
     peaks = (info["peak_tflops_16bit"], info["peak_tflops_fp32"]) if info["peak_tflops_16bit"] else None
 
-    from clipdrift.adapters import MethodConfig, apply_method
-    from clipdrift.backbones import BackboneSpec, build_classifier, image_preprocess_config
+    from clipdrift.model.adapters import MethodConfig, apply_method
+    from clipdrift.model.backbones import BackboneSpec, build_classifier, image_preprocess_config
 
     spec = BackboneSpec(sizes.backbone, None)
     base = build_classifier(spec, sizes.n_classes, seed=0)

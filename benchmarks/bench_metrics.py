@@ -44,8 +44,8 @@ def _timed(fn, device: torch.device) -> float:
 
 
 def bench_attention(repeats: int, device: torch.device) -> None:
-    from clipdrift.backbones import BackboneSpec, capture_attention, convert_image_tower_attention, create_clip
-    from clipdrift.metrics.tables import AttentionConfig, batch_attention_stats
+    from clipdrift.measure.drift import AttentionConfig, batch_attention_stats
+    from clipdrift.model.backbones import BackboneSpec, capture_attention, convert_image_tower_attention, create_clip
 
     clip = create_clip(BackboneSpec("ViT-B-32-quickgelu")).to(device)
     convert_image_tower_attention(clip)
@@ -104,7 +104,7 @@ def _reset_peak_rss_kib() -> int:
 
 def cka_worker(n: int, mode: str) -> dict:
     """Run in a fresh process: peak RSS growth while computing CKA on n × 768 features."""
-    from clipdrift.metrics.cka import CKAAccumulator
+    from clipdrift.measure.cka import CKAAccumulator
 
     before = _reset_peak_rss_kib()
     start = time.perf_counter()

@@ -73,7 +73,7 @@ def study_dir(workdir: Path, configfile: Path | None) -> Path:
 
 
 def job_usage(study: Path) -> pd.DataFrame:
-    """One row per job: the account it wrote of itself (clipdrift.jobs.usage_record)."""
+    """One row per job: the account it wrote of itself (clipdrift.pipeline.jobs.runner.usage_record)."""
     rows = [json.loads(path.read_text()) for path in sorted((study / "benchmarks").rglob("*.usage.json"))]
     if not rows:
         sys.exit(f"no job accounts under {study / 'benchmarks'}: did the study run there?")

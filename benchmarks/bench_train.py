@@ -22,10 +22,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from clipdrift.adapters import MethodConfig, apply_method, trainable_parameters
-from clipdrift.backbones import BackboneSpec, build_classifier, image_preprocess_config
-from clipdrift.data import ImageSplit
-from clipdrift.train import TrainConfig, finetune, lr_factor, warmup_steps
+from clipdrift.data.datasets import ImageSplit
+from clipdrift.model.adapters import MethodConfig, apply_method, trainable_parameters
+from clipdrift.model.backbones import BackboneSpec, build_classifier, image_preprocess_config
+from clipdrift.train.engine import TrainConfig, finetune, lr_factor, warmup_steps
 
 
 def make_model(backbone: str, n_classes: int, method: str):

@@ -1,10 +1,10 @@
 """Calibrate and time the synthetic world's default study (issue 5), with the real pipeline.
 
 Pretrains the tiny backbone (or loads one), generates the world tasks, then fine-tunes it with
-Full FT and LoRA over a learning-rate grid and seeds through ``clipdrift.train.finetune``, and
+Full FT and LoRA over a learning-rate grid and seeds through ``clipdrift.train.engine.finetune``, and
 scores each run exactly as the workflow does: test accuracy, zero-shot top-1 on
-``world-cifar100`` (``clipdrift.zeroshot``) and the all-layer CLS→patch attention entropy drift
-(``clipdrift.metrics``). Prints measured times and whether the issue's targets are met.
+``world-cifar100`` (``clipdrift.measure.zeroshot``) and the all-layer CLS→patch attention entropy drift
+(``clipdrift.measure``). Prints measured times and whether the issue's targets are met.
 
     python benchmarks/bench_world.py                      # the recommended default study
     python benchmarks/bench_world.py --seeds 7 --lrs 1e-4 1e-3 --tasks world-eurosat
@@ -30,15 +30,15 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from clipdrift.adapters import MethodConfig, apply_method  # noqa: E402
-from clipdrift.backbones import BackboneSpec, build_classifier  # noqa: E402
-from clipdrift.data import with_probe  # noqa: E402
-from clipdrift.metrics.tables import AttentionConfig, attention_table, drift_summary  # noqa: E402
-from clipdrift.train import TrainConfig, finetune  # noqa: E402
-from clipdrift.world.pretrain import PretrainConfig, pretrain_backbone  # noqa: E402
+from clipdrift.data.datasets import with_probe  # noqa: E402
+from clipdrift.measure.drift import AttentionConfig, attention_table, drift_summary  # noqa: E402
+from clipdrift.measure.zeroshot import evaluate, load_templates, text_classifier  # noqa: E402
+from clipdrift.model.adapters import MethodConfig, apply_method  # noqa: E402
+from clipdrift.model.backbones import BackboneSpec, build_classifier  # noqa: E402
+from clipdrift.train.engine import TrainConfig, finetune  # noqa: E402
+from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone  # noqa: E402
 from clipdrift.world.render import WorldConfig  # noqa: E402
 from clipdrift.world.tasks import ZEROSHOT_TASK, task_splits  # noqa: E402
-from clipdrift.zeroshot import evaluate, load_templates, text_classifier  # noqa: E402
 
 MODEL = "clipdrift-tiny"
 DEFAULT_LRS = ("1e-04", "5e-04", "1e-03", "5e-03")

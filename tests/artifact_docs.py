@@ -42,7 +42,7 @@ def key_paths(value, prefix: str = "") -> set[str]:
     paths = set()
     if isinstance(value, dict):
         for key, child in value.items():
-            if key == "_integrity":  # the digest bookkeeping of clipdrift.io, not content
+            if key == "_integrity":  # the digest bookkeeping of clipdrift.core.io, not content
                 continue
             path = f"{prefix}{key}"
             paths.add(path)

@@ -11,8 +11,8 @@ os.environ["CLIPDRIFT_DEVICE"] = "cpu"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from clipdrift.adapters import MethodConfig, apply_method  # noqa: E402
-from clipdrift.backbones import BackboneSpec, build_classifier  # noqa: E402
+from clipdrift.model.adapters import MethodConfig, apply_method  # noqa: E402
+from clipdrift.model.backbones import BackboneSpec, build_classifier  # noqa: E402
 
 TINY = BackboneSpec("clipdrift-tiny")
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipdrift.adapters import (
+from clipdrift.model.adapters import (
     MethodConfig,
     apply_method,
     checkpoint_keys,
@@ -10,7 +10,7 @@ from clipdrift.adapters import (
     trainable_parameter_counts,
     trainable_parameters,
 )
-from clipdrift.backbones import BackboneSpec, build_classifier
+from clipdrift.model.backbones import BackboneSpec, build_classifier
 
 from conftest import make_tiny
 
@@ -176,7 +176,7 @@ def test_lp_ft_probe_phase_moves_only_the_head(tiny_images):
 
 
 def test_a_method_that_would_train_the_text_tower_is_refused():
-    from clipdrift.adapters import require_frozen_text_tower
+    from clipdrift.model.adapters import require_frozen_text_tower
 
     model = make_tiny("full")
     assert require_frozen_text_tower(model) is model

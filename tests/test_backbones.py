@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from clipdrift.backbones import (
+from clipdrift.model.backbones import (
     BackboneConfigError,
     BackboneSpec,
     BackboneUnavailableError,
@@ -106,7 +106,7 @@ def test_local_weights_file_is_loaded_exactly(tmp_path):
 
 
 def test_weights_clipdrift_wrote_are_verified_before_open_clip_loads_them(tmp_path):
-    from clipdrift.io import ArtifactError, write_safetensors
+    from clipdrift.core.io import ArtifactError, write_safetensors
 
     source = create_clip(BackboneSpec("clipdrift-tiny", init_seed=3))
     path = tmp_path / "backbone.safetensors"

@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_adapters import _train_steps
 
-from clipdrift.adapters import MethodConfig
-from clipdrift.backbones import BackboneSpec
-from clipdrift.checkpoints import FORMAT_VERSION, CheckpointError, load_classifier, save_classifier
-from clipdrift.io import METADATA_KEY, ArtifactError, read_safetensors, write_safetensors
+from clipdrift.core.io import METADATA_KEY, ArtifactError, read_safetensors, write_safetensors
+from clipdrift.model.adapters import MethodConfig
+from clipdrift.model.backbones import BackboneSpec
+from clipdrift.model.checkpoints import FORMAT_VERSION, CheckpointError, load_classifier, save_classifier
 
 from conftest import TINY, make_tiny
 

@@ -8,8 +8,8 @@ GPU can show: autocast kernels, TF32, the asynchronous staging copy, determinism
 import pytest
 import torch
 
-from clipdrift.metrics.tables import AttentionConfig, CKAConfig, attention_table, cka_table
-from clipdrift.train import TrainConfig, finetune
+from clipdrift.measure.drift import AttentionConfig, CKAConfig, attention_table, cka_table
+from clipdrift.train.engine import TrainConfig, finetune
 
 from conftest import make_tiny
 from test_train import N_CLASSES, TEST, TRAIN, VAL, assert_same_states, without_timings
@@ -75,7 +75,7 @@ def test_gpu_measurements_equal_the_cpu_ones():
 
 
 def test_gpu_slot_claims_a_real_device(tmp_path, monkeypatch):
-    from clipdrift.gpuslots import claim_gpu
+    from clipdrift.pipeline.jobs.gpuslots import claim_gpu
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)

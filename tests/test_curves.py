@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from clipdrift import curves
-from clipdrift.backbones import build_classifier
-from clipdrift.curves import CurveInputs, curve_table, measure
-from clipdrift.metrics.extract import extract, probe_reference
-from clipdrift.metrics.tables import AttentionConfig, CKAConfig
-from clipdrift.train import TrainConfig, evaluate, finetune
-from clipdrift.zeroshot import evaluate as zeroshot_evaluate
+from clipdrift.measure import curves
+from clipdrift.measure.curves import CurveInputs, curve_table, measure
+from clipdrift.measure.drift import AttentionConfig, CKAConfig
+from clipdrift.measure.extract import extract, probe_reference
+from clipdrift.measure.zeroshot import evaluate as zeroshot_evaluate
+from clipdrift.model.backbones import build_classifier
+from clipdrift.train.engine import TrainConfig, evaluate, finetune
 
 from conftest import TINY, make_tiny
 from test_metrics import make_probe

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from clipdrift.data import (
+from clipdrift.data.datasets import (
     DatasetUnavailableError,
     SplitError,
     class_counts,

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from clipdrift import device as devices
-from clipdrift.data import ImageSplit, to_model_input
-from clipdrift.device import DeviceError, deterministic, full_fp32, resolve_device, seeded
-from clipdrift.metrics.runtime import evaluating
-from clipdrift.plan import rule_scripts
-from clipdrift.train import CachedBatches, TrainConfig, _CopyFence, finetune, keeps_data_on_device
+from clipdrift.core import device as devices
+from clipdrift.core.device import DeviceError, deterministic, full_fp32, resolve_device, seeded
+from clipdrift.data.datasets import ImageSplit, to_model_input
+from clipdrift.measure.runtime import evaluating
+from clipdrift.pipeline.plan import rule_scripts
+from clipdrift.train.engine import CachedBatches, TrainConfig, _CopyFence, finetune, keeps_data_on_device
 
 from conftest import make_tiny
 from test_train import N_CLASSES, TRAIN, VAL, assert_same_states, without_timings
@@ -26,7 +26,7 @@ from workflow_helpers import REPO
 
 
 def test_the_suite_never_selects_cuda_even_where_cuda_looks_available(monkeypatch):
-    from clipdrift.train import _Run
+    from clipdrift.train.engine import _Run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # (torch's optimisers would then try CUDA)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device(None) == torch.device("cpu")
@@ -214,7 +214,7 @@ def test_the_staging_buffer_is_reused_only_after_the_previous_copy_finished():
 
 
 def test_a_job_whose_script_uses_no_gpu_is_pinned_to_the_cpu(monkeypatch, tmp_path):
-    from clipdrift.jobs import run_script
+    from clipdrift.pipeline.jobs.runner import run_script
 
     monkeypatch.delenv(devices.DEVICE_ENV)
     seen = {}
@@ -225,12 +225,12 @@ def test_a_job_whose_script_uses_no_gpu_is_pinned_to_the_cpu(monkeypatch, tmp_pa
 
 
 def test_a_gpu_job_that_claims_a_gpu_takes_a_slot_and_logs_its_device(monkeypatch, tmp_path):
-    import clipdrift.gpuslots
-    from clipdrift.jobs import run_script
+    import clipdrift.pipeline.jobs.gpuslots
+    from clipdrift.pipeline.jobs.runner import run_script
 
     claims = []
     slot = SimpleNamespace(describe=lambda: "GPU slot 1/2: CUDA_VISIBLE_DEVICES=1")
-    monkeypatch.setattr(clipdrift.gpuslots, "claim_gpu", lambda: claims.append(1) or slot)
+    monkeypatch.setattr(clipdrift.pipeline.jobs.gpuslots, "claim_gpu", lambda: claims.append(1) or slot)
     job = SimpleNamespace(log=[str(tmp_path / "job.log")], threads=1, rule="finetune", resources={"gpu": 1})
     run_script(job, lambda smk: None, uses_gpu=True)
     unclaimed = SimpleNamespace(log=[str(tmp_path / "other.log")], threads=1, rule="finetune", resources={"gpu": 0})
@@ -265,7 +265,7 @@ def test_every_rule_that_can_use_a_gpu_claims_one_in_every_profile(profile):
 
 
 def test_a_cuda_run_decides_its_precision_from_its_own_gpu(monkeypatch):
-    from clipdrift.train import resolve_precision
+    from clipdrift.train.engine import resolve_precision
 
     asked = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or (7, 5))
@@ -275,7 +275,7 @@ def test_a_cuda_run_decides_its_precision_from_its_own_gpu(monkeypatch):
 
 
 def test_a_cuda_run_measures_the_free_memory_of_its_gpu(monkeypatch):
-    from clipdrift.train import _free_gpu_memory
+    from clipdrift.train.engine import _free_gpu_memory
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 << 30, 16 << 30))
     assert _free_gpu_memory(torch.device("cuda", 0)) == 8 << 30
@@ -283,7 +283,7 @@ def test_a_cuda_run_measures_the_free_memory_of_its_gpu(monkeypatch):
 
 
 def test_the_resume_state_saves_and_restores_the_runs_gpu_stream(monkeypatch):
-    from clipdrift.train import _rng_tensors, _set_rng_tensors
+    from clipdrift.train.engine import _rng_tensors, _set_rng_tensors
 
     streams = {}
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([7, 7], dtype=torch.uint8))
@@ -304,7 +304,7 @@ def test_seeding_the_current_gpu_when_the_device_has_no_index(monkeypatch):
 
 
 def test_zero_shot_mixed_precision_is_cuda_autocast_only_when_asked_for(monkeypatch):
-    from clipdrift import zeroshot
+    from clipdrift.measure import zeroshot
 
     opened = []
     monkeypatch.setattr(torch, "autocast", lambda device_type, **kwargs: opened.append(device_type) or "autocast")

@@ -16,14 +16,14 @@ import time
 
 import pytest
 
-from clipdrift import gpuslots
-from clipdrift.gpuslots import GpuSlotError, GpuSlotTimeout, claim_gpu, visible_devices
+from clipdrift.pipeline.jobs import gpuslots
+from clipdrift.pipeline.jobs.gpuslots import GpuSlotError, GpuSlotTimeout, claim_gpu, visible_devices
 
 # A job in miniature: claim a slot, print what it got, hold it (for `hold` seconds, or until its
 # stdin closes), print when it stops holding, release. Log lines go to stdout as "LOG ...".
 HOLDER = textwrap.dedent("""
     import json, logging, os, sys, time
-    from clipdrift.gpuslots import claim_gpu
+    from clipdrift.pipeline.jobs.gpuslots import claim_gpu
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="LOG %(message)s")
     args = json.loads(sys.argv[1])
     slot = claim_gpu(devices=args.get("devices"), slots_per_gpu=args.get("slots_per_gpu", 1),
@@ -185,7 +185,8 @@ def test_the_jobs_own_processes_reuse_its_slot(tmp_path, monkeypatch):
     with claim_gpu(lock_dir=tmp_path, timeout=0) as slot:
         again = claim_gpu(lock_dir=tmp_path, timeout=0)
         assert again.device == "7" and "this process" in again.assigned_by
-        report = "from clipdrift.gpuslots import claim_gpu; print(claim_gpu(lock_dir='unused', timeout=0).describe())"
+        report = ("from clipdrift.pipeline.jobs.gpuslots import claim_gpu;"
+                  "print(claim_gpu(lock_dir='unused', timeout=0).describe())")
         child = subprocess.run([sys.executable, "-c", report], capture_output=True, text=True, timeout=60, check=False)
         assert child.returncode == 0, child.stderr
         assert f"process {os.getpid()}" in child.stdout and "CUDA_VISIBLE_DEVICES=7" in child.stdout
@@ -202,7 +203,7 @@ def test_describe_names_the_device_and_slot(tmp_path):
 
 
 def test_the_module_imports_no_torch(tmp_path):
-    check = ("import sys; from clipdrift.gpuslots import claim_gpu; "
+    check = ("import sys; from clipdrift.pipeline.jobs.gpuslots import claim_gpu; "
              f"claim_gpu(devices=['0'], lock_dir={str(tmp_path)!r}).release(); "
              "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60, check=False)

@@ -17,10 +17,18 @@ import pandas as pd
 import pytest
 import torch
 
-from clipdrift.adapters import MethodConfig
-from clipdrift.checkpoints import load_classifier, save_classifier
-from clipdrift.data import ImageSplit
-from clipdrift.io import ArtifactError, read_image_split, read_json, read_table, write_image_split, write_json, write_table
+from clipdrift.core.io import (
+    ArtifactError,
+    read_image_split,
+    read_json,
+    read_table,
+    write_image_split,
+    write_json,
+    write_table,
+)
+from clipdrift.data.datasets import ImageSplit
+from clipdrift.model.adapters import MethodConfig
+from clipdrift.model.checkpoints import load_classifier, save_classifier
 
 from conftest import TINY, make_tiny
 

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipdrift.adapters import trainable_parameters
-from clipdrift.backbones import BackboneSpec, build_classifier
-from clipdrift.interpolation import InterpolationError, check_alpha, interpolated
+from clipdrift.model.adapters import trainable_parameters
+from clipdrift.model.backbones import BackboneSpec, build_classifier
+from clipdrift.model.interpolation import InterpolationError, check_alpha, interpolated
 
 from conftest import TINY, make_tiny
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipdrift.data import ImageSplit
-from clipdrift.io import (
+from clipdrift.core.io import (
     METADATA_KEY,
     ArtifactError,
     atomic_output,
@@ -24,6 +23,7 @@ from clipdrift.io import (
     write_safetensors,
     write_table,
 )
+from clipdrift.data.datasets import ImageSplit
 
 
 def test_atomic_output_gives_the_usual_file_mode(tmp_path):
@@ -96,7 +96,7 @@ def test_missing_safetensors_file_is_refused_by_name(tmp_path):
 
 
 def test_backbone_weights_written_with_a_digest_still_load_in_open_clip(tmp_path):
-    from clipdrift.backbones import BackboneSpec, create_clip
+    from clipdrift.model.backbones import BackboneSpec, create_clip
 
     source = create_clip(BackboneSpec("clipdrift-tiny", init_seed=3))
     path = tmp_path / "backbone.safetensors"

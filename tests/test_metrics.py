@@ -5,9 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from clipdrift.backbones import capture_attention, capture_hidden_states
-from clipdrift.data import ImageSplit
-from clipdrift.metrics.attention import (
+from clipdrift.data.datasets import ImageSplit
+from clipdrift.measure.attention import (
     aggregate_batches,
     cls_patch_distribution,
     effective_receptive_field,
@@ -17,9 +16,8 @@ from clipdrift.metrics.attention import (
     patch_patch_distribution,
     rollout,
 )
-from clipdrift.metrics.cka import CKAAccumulator, debiased_cka, linear_cka
-from clipdrift.metrics.runtime import model_input
-from clipdrift.metrics.tables import (
+from clipdrift.measure.cka import CKAAccumulator, debiased_cka, linear_cka
+from clipdrift.measure.drift import (
     AttentionConfig,
     CKAConfig,
     attention_table,
@@ -27,6 +25,8 @@ from clipdrift.metrics.tables import (
     cka_table,
     drift_summary,
 )
+from clipdrift.measure.runtime import model_input
+from clipdrift.model.backbones import capture_attention, capture_hidden_states
 
 from conftest import make_tiny
 
@@ -397,7 +397,7 @@ def test_cka_table_matches_features_captured_by_hand(models):
 
 
 def test_probe_sensitivity_measures_the_drift_statistics_on_each_probe_subset(models):
-    from clipdrift.metrics.tables import probe_sensitivity_table
+    from clipdrift.measure.drift import probe_sensitivity_table
 
     tuned, baseline = models
     probes = {7: make_probe(8, seed=7), 42: make_probe(8, seed=42)}
@@ -420,8 +420,8 @@ def test_probe_sensitivity_measures_the_drift_statistics_on_each_probe_subset(mo
 
 
 def test_one_pass_against_a_stored_reference_gives_the_tables_of_the_separate_measurements(models):
-    from clipdrift.metrics.extract import extract, probe_reference, reference_from_tensors, reference_tensors
-    from clipdrift.metrics.tables import probe_sensitivity_table
+    from clipdrift.measure.drift import probe_sensitivity_table
+    from clipdrift.measure.extract import extract, probe_reference, reference_from_tensors, reference_tensors
 
     tuned, baseline = models
     probe = make_probe(20)
@@ -440,7 +440,7 @@ def test_one_pass_against_a_stored_reference_gives_the_tables_of_the_separate_me
 
 
 def test_a_reference_made_with_other_settings_or_images_is_refused(models):
-    from clipdrift.metrics.extract import ReferenceMismatchError, extract, probe_reference
+    from clipdrift.measure.extract import ReferenceMismatchError, extract, probe_reference
 
     tuned, baseline = models
     probe, cka = make_probe(8), CKAConfig(batch_size=8)

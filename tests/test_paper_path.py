@@ -127,7 +127,7 @@ def test_the_paper_protocol_fixes_hold_on_the_real_code_path(paper_run):
     assert "runs/eurosat/full/lr1e-05/seed7/best.safetensors, results/paper/data/cifar100/test.safetensors" in jobs
     assert "runs/pets/lora/lr1e-05/seed7/final.safetensors, results/paper/data/pets/probe.safetensors" in jobs
     # the kept epoch of a Full FT run is stored in fp16 (curves.snapshot_dtype), LoRA's in fp32
-    from clipdrift.io import read_safetensors
+    from clipdrift.core.io import read_safetensors
 
     for method, dtype in (("full", "float16"), ("lora", "float32")):
         _, metadata = read_safetensors(study / f"runs/pets/{method}/lr1e-05/seed7/epochs/epoch1.safetensors")

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from clipdrift.errors import UserFacingError
-from clipdrift.protocol import (
+from clipdrift.core.errors import UserFacingError
+from clipdrift.pipeline.protocol import (
     check_conformance,
     differences_markdown,
     load_protocol,
@@ -169,7 +169,7 @@ def test_row_ids_are_unique():
 def test_the_readme_lists_every_deliberate_difference_from_the_protocol_file():
     readme = (REPO / "README.md").read_text()
     assert readme_section(readme) == "\n" + differences_markdown(), (
-        "README.md's paper section is stale: run python -m clipdrift.protocol README.md")
+        "README.md's paper section is stale: run python -m clipdrift.pipeline.protocol README.md")
     n_differences = sum("difference" in row for row in load_protocol()["rows"])
     assert differences_markdown().count("\n- ") + 1 == n_differences >= 8
 
@@ -191,7 +191,7 @@ def test_the_head_is_a_linear_layer_on_the_unnormalised_projection():
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_the_optimiser_is_adamw_with_one_parameter_group(method):
-    from clipdrift.train import ADAMW_BETAS, ADAMW_EPS, TrainConfig, _Run
+    from clipdrift.train.engine import ADAMW_BETAS, ADAMW_EPS, TrainConfig, _Run
 
     from conftest import make_tiny
     from test_train import TRAIN

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from clipdrift import analysis
-from clipdrift.analysis.figures import indomain_vs_zeroshot, make_figures
-from clipdrift.io import read_table, write_figure, write_table
-from clipdrift.outputs import FIGURES
-from clipdrift.report import FIGURE_CAPTIONS, mean_sd, render_report
+from clipdrift.core.io import read_table, write_figure, write_table
+from clipdrift.pipeline.artifacts import FIGURES
+from clipdrift.report.figures import indomain_vs_zeroshot, make_figures
+from clipdrift.report.html import FIGURE_CAPTIONS, mean_sd, render_report
 
 from fabricated_study import DIVERGED, PRETRAINED, fabricate
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from clipdrift.errors import UserFacingError
-from clipdrift.jobs import run_script
+from clipdrift.core.errors import UserFacingError
+from clipdrift.pipeline.jobs.runner import run_script
 
 from workflow_helpers import REPO
 
@@ -63,12 +63,12 @@ def test_without_a_log_file_the_terminal_gets_everything(tmp_path, capsys):
 def test_model_configs_read_without_open_clip_are_the_ones_open_clip_knows():
     import open_clip
 
-    import clipdrift.backbones  # noqa: F401 - registers the packaged configs with open_clip
-    from clipdrift.plan import backbone_image_size, model_configs
+    import clipdrift.model.backbones  # noqa: F401 - registers the packaged configs with open_clip
+    from clipdrift.pipeline.plan import backbone_image_size, model_configs
 
     configs = model_configs()
     # a fresh interpreter: other tests register tiny test-only configs with this one's open_clip
-    code = "import json, open_clip, clipdrift.backbones; print(json.dumps(open_clip.list_models()))"
+    code = "import json, open_clip, clipdrift.model.backbones; print(json.dumps(open_clip.list_models()))"
     known = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert set(configs) == set(known) and "clipdrift-tiny" in configs
     for name in ("ViT-B-32-quickgelu", "clipdrift-tiny", "ViT-L-14-336"):
@@ -79,8 +79,8 @@ def test_model_configs_read_without_open_clip_are_the_ones_open_clip_knows():
 
 def test_the_study_config_check_does_not_import_torch():
     code = (
-        "import sys; from clipdrift.plan import check_study_config; "
-        "from clipdrift.protocol import load_study_config; "
+        "import sys; from clipdrift.pipeline.plan import check_study_config; "
+        "from clipdrift.pipeline.protocol import load_study_config; "
         "check_study_config(load_study_config('workflow/schemas/config.schema.yaml', 'config.yaml')); "
         "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"
     )

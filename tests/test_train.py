@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipdrift.adapters import MethodConfig
-from clipdrift.checkpoints import load_classifier, save_classifier
-from clipdrift.data import ImageSplit, to_model_input
-from clipdrift.io import ResumeStore, read_json, read_safetensors, write_json
-from clipdrift.train import (
+from clipdrift.core.io import ResumeStore, read_json, read_safetensors, write_json
+from clipdrift.data.datasets import ImageSplit, to_model_input
+from clipdrift.model.adapters import MethodConfig
+from clipdrift.model.checkpoints import load_classifier, save_classifier
+from clipdrift.train.engine import (
     CachedBatches,
     FinetuneResult,
     TrainConfig,
@@ -386,7 +386,7 @@ def test_a_resumed_fp16_run_continues_with_its_scaler_state(tmp_path):
 def test_the_log_has_one_line_per_epoch_and_the_resume_point(tmp_path, caplog):
     import logging
 
-    caplog.set_level(logging.INFO, logger="clipdrift.train")
+    caplog.set_level(logging.INFO, logger="clipdrift.train.engine")
     store = ResumeStore(tmp_path / "resume")
 
     def crash(entry):
@@ -397,7 +397,7 @@ def test_the_log_has_one_line_per_epoch_and_the_resume_point(tmp_path, caplog):
         finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(), resume=store, progress=False, on_epoch_end=crash)
     caplog.clear()
     finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(), resume=store, progress=False)
-    lines = [r.getMessage() for r in caplog.records if r.name == "clipdrift.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "clipdrift.train.engine"]
     assert lines[0] == f"resuming from epoch 2 of 3 (step 6 of 9) from {store.directory}"
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert len(epochs) == 1 and epochs[0].startswith("epoch 3/3: loss ")
@@ -406,7 +406,7 @@ def test_the_log_has_one_line_per_epoch_and_the_resume_point(tmp_path, caplog):
 
 
 def test_building_a_random_model_on_purpose_gives_no_warning(caplog):
-    from clipdrift.backbones import BackboneSpec, create_clip
+    from clipdrift.model.backbones import BackboneSpec, create_clip
 
     create_clip(BackboneSpec("clipdrift-tiny", init_seed=2))
     assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]

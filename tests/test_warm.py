@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from clipdrift.codedigest import script_closure
-from clipdrift.warm import client, protocol, server
-from clipdrift.warm.protocol import LOG_FILE, PID_FILE, SOCKET, STATE_DIR
+from clipdrift.pipeline.digest import script_closure
+from clipdrift.pipeline.jobs.warm import client, protocol, server
+from clipdrift.pipeline.jobs.warm.protocol import LOG_FILE, PID_FILE, SOCKET, STATE_DIR
 
 from workflow_helpers import server_pids, wait_until
 
@@ -37,7 +37,7 @@ from types import SimpleNamespace
 
 snakemake = globals().get("snakemake") or SimpleNamespace(config={config}, rule={rule!r})
 
-from clipdrift.warm.client import hand_over, job_start
+from clipdrift.pipeline.jobs.warm.client import hand_over, job_start
 
 hand_over(snakemake)
 
@@ -182,10 +182,10 @@ def test_the_workflow_mode_is_read_from_snakemakes_arguments():
 def test_an_edited_package_starts_a_fresh_server_and_the_job_sees_the_new_code(workdir, tmp_path):
     source = tmp_path / "src"
     shutil.copytree(PACKAGE, source / "clipdrift", ignore=shutil.ignore_patterns("__pycache__"))
-    errors = source / "clipdrift" / "errors.py"
+    errors = source / "clipdrift" / "core/errors.py"
     errors.write_text(errors.read_text() + "\n\ndef probe():\n    return 'first'\n")
     env = {"PYTHONPATH": str(source)}
-    script = workdir.job("edited", report(", 'probe': __import__('clipdrift.errors').errors.probe(),"
+    script = workdir.job("edited", report(", 'probe': __import__('clipdrift.core.errors').core.errors.probe(),"
                                           " 'package': __import__('clipdrift').__file__"))
     first = reported(workdir.run(script, env=env))
     assert first["mode"] == "warm" and first["probe"] == "first" and first["package"].startswith(str(source))
@@ -224,7 +224,7 @@ def test_a_signal_to_the_client_ends_exactly_its_job_as_failed(workdir, signum):
 
 BEFORE_THE_CHILD = """\
 import os, signal, sys, time
-from clipdrift.warm.client import _Forwarding
+from clipdrift.pipeline.jobs.warm.client import _Forwarding
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 with _Forwarding():  # the job is being handed over; no child yet
     os.kill(os.getpid(), signal.SIGUSR1)  # ignored before: ignored now
@@ -353,7 +353,7 @@ def test_concurrent_first_jobs_share_one_server(workdir):
 def test_a_server_that_cannot_start_leaves_the_job_cold_with_the_reason(workdir, tmp_path):
     source = tmp_path / "src"
     shutil.copytree(PACKAGE, source / "clipdrift", ignore=shutil.ignore_patterns("__pycache__"))
-    broken = source / "clipdrift" / "warm" / "server.py"
+    broken = source / "clipdrift" / "pipeline" / "jobs" / "warm" / "server.py"
     future = "from __future__ import annotations\n"
     broken.write_text(broken.read_text().replace(future, future + "raise SystemExit('broken on purpose')\n"))
     seen = reported(workdir.run(workdir.job("probe", report()), env={"PYTHONPATH": str(source)}))
@@ -372,7 +372,7 @@ def test_a_server_with_other_threads_refuses_to_fork_and_jobs_run_cold(workdir, 
 
 
 def test_fork_hazards_name_threads_and_cuda():
-    code = ("import threading, time; from clipdrift.warm.server import fork_hazards;"
+    code = ("import threading, time; from clipdrift.pipeline.jobs.warm.server import fork_hazards;"
             "print(fork_hazards()); threading.Thread(target=time.sleep, args=(5,), name='extra', daemon=True).start();"
             "time.sleep(0.1); print(fork_hazards())")
     lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -432,7 +432,8 @@ def test_a_child_of_the_real_stack_starts_clean_and_runs_parallel_torch(real_sta
     # every byte of it) and the fork machinery; each job still runs what its script imports
     reached = set().union(*(script_closure(script) for script in (REPO / "workflow" / "scripts").glob("*.py")))
     held = {module_file(name) for name in seen["clipdrift"]}
-    assert held - reached == {"warm/child.py", "codedigest.py"}, held - reached  # the server itself is __main__
+    # the server itself runs as __main__
+    assert held - reached == {"pipeline/jobs/warm/child.py", "pipeline/digest.py"}, held - reached
     assert {path for path in reached if path.endswith(".py")} <= held
 
 
@@ -440,7 +441,7 @@ IMPORT_TIME_OPS = """import importlib, json, sys
 from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from clipdrift.warm.server import preload, preload_names
+from clipdrift.pipeline.jobs.warm.server import preload, preload_names
 
 names = preload_names(Path(sys.argv[1]))
 external = [name for name in names if not name.startswith("clipdrift")]
@@ -469,7 +470,7 @@ def test_the_packages_own_import_time_code_runs_no_tensor_operation(real_stack):
 
 
 def module_file(name: str) -> str:
-    """The package-relative file of a clipdrift module: clipdrift.warm.server -> warm/server.py."""
+    """The package-relative file of a clipdrift module: clipdrift.core.io -> core/io.py."""
     parts = name.split(".")[1:]
     return "/".join([*parts, "__init__.py"]) if PACKAGE.joinpath(*parts).is_dir() else "/".join(parts) + ".py"
 
@@ -477,5 +478,5 @@ def module_file(name: str) -> str:
 def test_the_server_preloads_what_the_scripts_import(real_stack):
     names = server.preload_names(real_stack.scripts)
     assert {"torch", "pandas", "open_clip", "peft", "safetensors.torch", "snakemake.iocontainers"} <= set(names)
-    assert {"clipdrift.train", "clipdrift.metrics.extract", "clipdrift.analysis.figures"} <= set(names)
-    assert "timm" not in names and "clipdrift.warm.server" not in names
+    assert {"clipdrift.train.engine", "clipdrift.measure.extract", "clipdrift.report.figures"} <= set(names)
+    assert "timm" not in names and "clipdrift.pipeline.jobs.warm.server" not in names

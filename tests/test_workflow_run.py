@@ -268,7 +268,7 @@ def _edited_package(tmp_path, module: str, text: str) -> dict:
 
 
 def test_a_semantic_edit_of_the_metrics_runtime_reruns_drift_and_zero_shot_never_a_finetune(study_dir, tmp_path):
-    env = _edited_package(tmp_path, "metrics/runtime.py", "\n_EDITED = True  # a change of meaning\n")
+    env = _edited_package(tmp_path, "measure/runtime.py", "\n_EDITED = True  # a change of meaning\n")
     plan = _plan(study_dir, env=env)
     # zero-shot scoring imports the runtime for its model input: its jobs rerun too
     assert plan == {"probe_reference": 2, "extract": RUNS, "zeroshot_classifier": 1, "zeroshot": RUNS, "curves": RUNS,
@@ -276,7 +276,7 @@ def test_a_semantic_edit_of_the_metrics_runtime_reruns_drift_and_zero_shot_never
 
 
 def test_a_comment_or_docstring_edit_reruns_nothing(study_dir, tmp_path):
-    env = _edited_package(tmp_path, "data.py", "\n# a comment about the data\n")
+    env = _edited_package(tmp_path, "data/datasets.py", "\n# a comment about the data\n")
     assert _plan(study_dir, env=env) == {}
 
 

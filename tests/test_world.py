@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from clipdrift.adapters import MethodConfig, apply_method
-from clipdrift.backbones import BackboneSpec, build_classifier, create_clip
-from clipdrift.data import ImageSplit
-from clipdrift.errors import UserFacingError
-from clipdrift.train import TrainConfig, finetune
-from clipdrift.world.pretrain import PretrainConfig, pretrain_backbone, world_pairs
+from clipdrift.core.errors import UserFacingError
+from clipdrift.data.datasets import ImageSplit
+from clipdrift.measure.zeroshot import evaluate, text_classifier
+from clipdrift.model.adapters import MethodConfig, apply_method
+from clipdrift.model.backbones import BackboneSpec, build_classifier, create_clip
+from clipdrift.train.engine import TrainConfig, finetune
+from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone, world_pairs
 from clipdrift.world.render import (
     COLOURS,
     SHAPES,
@@ -27,7 +28,6 @@ from clipdrift.world.render import (
     stream_generator,
 )
 from clipdrift.world.tasks import TASKS, task_splits
-from clipdrift.zeroshot import evaluate, text_classifier
 
 WORLD = WorldConfig(seed=3)
 SIZES = {"train": 120, "val": 40, "test": 100}

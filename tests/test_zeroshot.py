@@ -4,17 +4,17 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from clipdrift.adapters import trainable_parameters
-from clipdrift.backbones import CLIPClassifier
-from clipdrift.data import ImageSplit
-from clipdrift.metrics.runtime import model_input
-from clipdrift.zeroshot import (
+from clipdrift.data.datasets import ImageSplit
+from clipdrift.measure.runtime import model_input
+from clipdrift.measure.zeroshot import (
     TEMPLATE_SETS,
     classification_scores,
     evaluate,
     load_templates,
     text_classifier,
 )
+from clipdrift.model.adapters import trainable_parameters
+from clipdrift.model.backbones import CLIPClassifier
 
 from conftest import make_tiny
 
@@ -175,7 +175,7 @@ def test_text_side_is_the_frozen_pretrained_tower_after_full_fine_tuning(tokeniz
 
 
 def test_non_finite_image_features_are_refused_naming_the_run(tokenizer):
-    from clipdrift.zeroshot import NonFiniteFeaturesError
+    from clipdrift.measure.zeroshot import NonFiniteFeaturesError
 
     model = make_tiny("full", seed=2)
     weights = text_classifier(model.clip, tokenizer, CLASSES, ["a photo of a {}"])

@@ -44,7 +44,7 @@ def server_pids(under: Path) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"clipdrift.warm.server" in argv and state != "Z" and cwd.is_relative_to(under.resolve()):
+        if b"clipdrift.pipeline.jobs.warm.server" in argv and state != "Z" and cwd.is_relative_to(under.resolve()):
             found.append(int(entry.name))
     return found
 

@@ -3,9 +3,9 @@
 import re
 from pathlib import Path
 
-from clipdrift import plan
-from clipdrift.codedigest import script_digest
-from clipdrift.outputs import CURVE_FIGURES, FIGURES, PAPER_TABLES, TABLES, TRAJECTORY_FIGURES
+from clipdrift.pipeline import plan
+from clipdrift.pipeline.digest import script_digest
+from clipdrift.pipeline.artifacts import CURVE_FIGURES, FIGURES, PAPER_TABLES, TABLES, TRAJECTORY_FIGURES
 
 STUDY = f"{config['results_dir']}/{config['study']}"
 DATASETS = [d["name"] for d in config["datasets"]]
@@ -45,7 +45,7 @@ def expand_runs(pattern):
 
 def job_log(name):
     """A job's log (logs/<name>.log) and its own account of its start-up, compute, CPU time and
-    peak memory (benchmarks/<name>.usage.json, clipdrift.jobs.usage_record): for a job run by
+    peak memory (benchmarks/<name>.usage.json, clipdrift.pipeline.jobs.runner.usage_record): for a job run by
     the warm job server, Snakemake's benchmark file measures only the client waiting for it."""
     return {"job": f"{LOGS}/{name}.log", "usage": f"{BENCH}/{name}.usage.json"}
 

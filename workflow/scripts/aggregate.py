@@ -1,14 +1,14 @@
 """Collect every run's artifacts into the study's tidy tables and computed findings."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
 import pandas as pd
 
 from clipdrift import analysis
-from clipdrift.io import read_json, read_table, write_json, write_table
-from clipdrift.jobs import run_script
+from clipdrift.core.io import read_json, read_table, write_json, write_table
+from clipdrift.pipeline.jobs.runner import run_script
 
 
 def main(smk):

@@ -1,13 +1,13 @@
 """Check that the configured open_clip weights load, and record the backbone descriptor."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.backbones import BackboneSpec, create_clip
-from clipdrift.io import write_json
-from clipdrift.jobs import run_script
-from clipdrift.plan import backbone_descriptor
+from clipdrift.core.io import write_json
+from clipdrift.model.backbones import BackboneSpec, create_clip
+from clipdrift.pipeline.jobs.runner import run_script
+from clipdrift.pipeline.plan import backbone_descriptor
 
 
 def main(smk):

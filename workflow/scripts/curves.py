@@ -1,21 +1,21 @@
 """The curves of one run: its weight-interpolation points (alpha) and its kept epochs, each with
 in-domain accuracy, held-out zero-shot top-1 and the entropy/ERF drift on the probe."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
 from pathlib import Path
 
-from clipdrift.backbones import build_classifier
-from clipdrift.checkpoints import load_backbone_spec, load_classifier
-from clipdrift.classnames import class_names
-from clipdrift.curves import CurveInputs, curve_table
-from clipdrift.io import read_image_split, read_json, read_safetensors, write_table
-from clipdrift.jobs import kept_epoch_loaders, run_script, with_run_columns
-from clipdrift.metrics.extract import reference_from_tensors
-from clipdrift.metrics.tables import AttentionConfig
-from clipdrift.zeroshot import TextClassifier, pretrained_score
+from clipdrift.core.io import read_image_split, read_json, read_safetensors, write_table
+from clipdrift.data.classnames import class_names
+from clipdrift.measure.curves import CurveInputs, curve_table
+from clipdrift.measure.drift import AttentionConfig
+from clipdrift.measure.extract import reference_from_tensors
+from clipdrift.measure.zeroshot import TextClassifier, pretrained_score
+from clipdrift.model.backbones import build_classifier
+from clipdrift.model.checkpoints import load_backbone_spec, load_classifier
+from clipdrift.pipeline.jobs.runner import kept_epoch_loaders, run_script, with_run_columns
 
 
 def main(smk):

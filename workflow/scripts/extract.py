@@ -1,16 +1,16 @@
 """One pass over the probe per checkpoint: attention statistics, CKA and (when on) the probe-subset
 sensitivity of a run's checkpoint, against the pretrained reference of its dataset."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.checkpoints import load_backbone_spec, load_classifier
-from clipdrift.data import probe_subsets
-from clipdrift.io import read_image_split, read_safetensors, write_table
-from clipdrift.jobs import run_script, with_run_columns
-from clipdrift.metrics.extract import extract, reference_from_tensors
-from clipdrift.metrics.tables import AttentionConfig, CKAConfig
+from clipdrift.core.io import read_image_split, read_safetensors, write_table
+from clipdrift.data.datasets import probe_subsets
+from clipdrift.measure.drift import AttentionConfig, CKAConfig
+from clipdrift.measure.extract import extract, reference_from_tensors
+from clipdrift.model.checkpoints import load_backbone_spec, load_classifier
+from clipdrift.pipeline.jobs.runner import run_script, with_run_columns
 
 
 def main(smk):

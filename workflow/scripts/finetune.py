@@ -1,16 +1,16 @@
 """Fine-tune one (dataset, method, lr, seed) run; write best/final checkpoints and its history."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.adapters import MethodConfig, apply_method
-from clipdrift.backbones import build_classifier
-from clipdrift.checkpoints import load_backbone_spec, save_classifier
-from clipdrift.io import read_image_split, write_json
-from clipdrift.jobs import EpochSnapshots, run_script
-from clipdrift.plan import settings_hash
-from clipdrift.train import TrainConfig, finetune
+from clipdrift.core.io import read_image_split, write_json
+from clipdrift.model.adapters import MethodConfig, apply_method
+from clipdrift.model.backbones import build_classifier
+from clipdrift.model.checkpoints import load_backbone_spec, save_classifier
+from clipdrift.pipeline.jobs.runner import EpochSnapshots, run_script
+from clipdrift.pipeline.plan import settings_hash
+from clipdrift.train.engine import TrainConfig, finetune
 
 
 def main(smk):

@@ -1,14 +1,14 @@
 """Build one dataset's tensor cache: uint8 image splits, the probe subset and the manifest."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
 import torch
 
-from clipdrift.data import ImageSplit, build_dataset
-from clipdrift.io import write_image_split, write_json
-from clipdrift.jobs import run_script
+from clipdrift.core.io import write_image_split, write_json
+from clipdrift.data.datasets import ImageSplit, build_dataset
+from clipdrift.pipeline.jobs.runner import run_script
 
 
 def main(smk):

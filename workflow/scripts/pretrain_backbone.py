@@ -1,14 +1,14 @@
 """Pretrain the synthetic world's tiny CLIP and record it as the study's backbone."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
 import sys
 
-from clipdrift.io import write_json, write_safetensors
-from clipdrift.jobs import run_script
-from clipdrift.world.pretrain import PretrainConfig, pretrain_backbone
+from clipdrift.core.io import write_json, write_safetensors
+from clipdrift.pipeline.jobs.runner import run_script
+from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone
 from clipdrift.world.render import WorldConfig
 
 

@@ -1,17 +1,17 @@
 """The pretrained model's side of every drift comparison on one dataset's probe, computed once:
 attention statistics, CKA features and the sensitivity subsets' statistics."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.backbones import build_classifier
-from clipdrift.checkpoints import load_backbone_spec
-from clipdrift.data import probe_subsets
-from clipdrift.io import read_image_split, write_safetensors
-from clipdrift.jobs import run_script
-from clipdrift.metrics.extract import probe_reference, reference_tensors
-from clipdrift.metrics.tables import AttentionConfig, CKAConfig
+from clipdrift.core.io import read_image_split, write_safetensors
+from clipdrift.data.datasets import probe_subsets
+from clipdrift.measure.drift import AttentionConfig, CKAConfig
+from clipdrift.measure.extract import probe_reference, reference_tensors
+from clipdrift.model.backbones import build_classifier
+from clipdrift.model.checkpoints import load_backbone_spec
+from clipdrift.pipeline.jobs.runner import run_script
 
 
 def main(smk):

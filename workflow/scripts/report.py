@@ -1,14 +1,14 @@
 """Render the study report: figures (PNG + SVG) and one self-contained HTML page."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.analysis.figures import make_figures
-from clipdrift.errors import UserFacingError
-from clipdrift.io import atomic_output, read_json, read_table, write_figure
-from clipdrift.jobs import run_script
-from clipdrift.report import render_report
+from clipdrift.core.errors import UserFacingError
+from clipdrift.core.io import atomic_output, read_json, read_table, write_figure
+from clipdrift.pipeline.jobs.runner import run_script
+from clipdrift.report.figures import make_figures
+from clipdrift.report.html import render_report
 
 
 def main(smk):

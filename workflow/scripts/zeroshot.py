@@ -2,17 +2,17 @@
 active, its own projection) with the study's stored text classifier, or (in-domain reference)
 the pretrained model on a fine-tuning task's own test set."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.backbones import build_classifier
-from clipdrift.checkpoints import load_backbone_spec, load_classifier
-from clipdrift.classnames import class_names
-from clipdrift.io import read_image_split, read_safetensors, write_json
-from clipdrift.jobs import run_script
-from clipdrift.openclip import open_clip
-from clipdrift.zeroshot import TextClassifier, build_text_classifier, evaluate, score_record
+from clipdrift.core.io import read_image_split, read_safetensors, write_json
+from clipdrift.data.classnames import class_names
+from clipdrift.measure.zeroshot import TextClassifier, build_text_classifier, evaluate, score_record
+from clipdrift.model.backbones import build_classifier
+from clipdrift.model.checkpoints import load_backbone_spec, load_classifier
+from clipdrift.model.openclip import open_clip
+from clipdrift.pipeline.jobs.runner import run_script
 
 
 def main(smk):

@@ -1,17 +1,17 @@
 """The zero-shot text classifier of the held-out task, once per study (the text tower is frozen in
 every method), and the pretrained model's zero-shot score with it."""
 
-from clipdrift.warm.client import hand_over
+from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.backbones import build_classifier
-from clipdrift.checkpoints import load_backbone_spec
-from clipdrift.classnames import class_names
-from clipdrift.io import read_image_split, write_json, write_safetensors
-from clipdrift.jobs import run_script
-from clipdrift.openclip import open_clip
-from clipdrift.zeroshot import build_text_classifier, evaluate, score_record
+from clipdrift.core.io import read_image_split, write_json, write_safetensors
+from clipdrift.data.classnames import class_names
+from clipdrift.measure.zeroshot import build_text_classifier, evaluate, score_record
+from clipdrift.model.backbones import build_classifier
+from clipdrift.model.checkpoints import load_backbone_spec
+from clipdrift.model.openclip import open_clip
+from clipdrift.pipeline.jobs.runner import run_script
 
 
 def main(smk):

@@ -1,7 +1,7 @@
 """The study's analysis: tidy tables, statistics, findings, figures, the published comparison.
 
 Pure functions of the run artifacts (``docs/artifacts.md``); no model code and no file I/O —
-the aggregate and report scripts read artifacts, call these, and write with ``clipdrift.io``.
+the aggregate and report scripts read artifacts, call these, and write with ``clipdrift.core.io``.
 
 - ``tables``: :func:`run_table`, :func:`cell_table`, :func:`method_table`, :func:`layer_table`
 - ``stats`` / ``compare``: :func:`bootstrap_ci`, :func:`holm`, :func:`comparisons`, :func:`correlations`
@@ -31,7 +31,7 @@ from clipdrift.analysis.relations import cka_entropy_relations
 from clipdrift.analysis.sensitivity import probe_sensitivity, sensitivity_summary
 from clipdrift.analysis.stats import bootstrap_ci, holm
 from clipdrift.analysis.tables import cell_table, layer_table, method_table, run_table
-from clipdrift.outputs import PAPER_TABLES, TABLES
+from clipdrift.pipeline.artifacts import PAPER_TABLES, TABLES
 
 __all__ = [
     "PAPER_TABLES",

@@ -6,7 +6,7 @@ Everything is determined by :class:`WorldConfig` (its seed) and, for the backbon
 
 - :mod:`clipdrift.world.render`: the world's images and captions from attributes
 - :mod:`clipdrift.world.tasks`: the stand-in tasks (their classes, shifts and splits)
-- :mod:`clipdrift.world.pretrain`: contrastive pretraining of the tiny CLIP (open_clip)
+- :mod:`clipdrift.train.pretrain`: contrastive pretraining of the tiny CLIP (open_clip)
 
 This package module imports none of them, so a data job does not load open_clip for the
 pretraining code it never runs: import from the submodules.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from clipdrift.errors import UserFacingError
+from clipdrift.core.errors import UserFacingError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "ring", "heart", "crescent", "arrow")
 # The first ten colours make the held-out zero-shot classes; the last four (each a near neighbour

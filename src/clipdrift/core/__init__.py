@@ -1,0 +1,1 @@
+"""The ground floor: the error users see, where and how tensors compute, and artifact I/O."""

@@ -1,0 +1,304 @@
+"""Running a fine-tuned model and its pretrained baseline over a probe set into tidy tables.
+
+The tables follow ``docs/artifacts.md``: attention statistics in long format (one row per
+layer × head × metric × model state), CKA per layer × token × variant, and the drift summary
+the report reads. Models run in eval mode, in float32 and without gradients; their mode and
+device are restored afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from clipdrift.data.datasets import ImageSplit
+from clipdrift.measure.attention import (
+    AGGREGATIONS,
+    ENTROPY_UNITS,
+    aggregate_batches,
+    cls_patch_distribution,
+    distribution_stats,
+    entropy,
+    head_diversity,
+    rollout,
+)
+from clipdrift.measure.cka import CKA_VARIANTS, CKAAccumulator
+from clipdrift.measure.runtime import check_images, evaluating, model_input, probe_batches, resolve_device
+from clipdrift.model.backbones import CLIPClassifier, capture_attention, capture_hidden_states
+
+if TYPE_CHECKING:  # pandas loads when a table is built: the probe reference job builds none (~0.9 s)
+    import pandas as pd
+
+STATES = ("baseline", "final")
+CKA_TOKENS = ("cls", "patch_mean")
+ATTENTION_COLUMNS = ["layer", "head", "metric", "state", "value"]
+CKA_COLUMNS = ["layer", "token", "variant", "value", "defined"]
+WHOLE = -1  # the layer / head index of whole-network and head-mean rows
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """How attention statistics are computed and aggregated over the probe images.
+
+    ``aggregation``: ``exact`` weighs every image the same; ``paper`` reproduces the published
+    numbers, the unweighted mean of per-batch values over batches of ``batch_size`` (32), with
+    head diversity computed on each batch's mean maps. ``batch_size`` is also the forward batch.
+    """
+
+    aggregation: str = "exact"
+    batch_size: int = 32
+    rollout_alpha: float = 0.5
+    erf_mass: float = 0.95
+    entropy_unit: str = "nats"
+    device: str | None = None  # None: CUDA when available, else CPU
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"attention aggregation {self.aggregation!r} is unknown: use one of {AGGREGATIONS}")
+        if self.entropy_unit not in ENTROPY_UNITS:
+            raise ValueError(f"attention entropy_unit {self.entropy_unit!r} is unknown: use one of {tuple(ENTROPY_UNITS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"attention batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.rollout_alpha <= 1.0:
+            raise ValueError(f"attention rollout_alpha must be in [0, 1], got {self.rollout_alpha}")
+        if not 0.0 < self.erf_mass <= 1.0:
+            raise ValueError(f"attention erf_mass must be in (0, 1], got {self.erf_mass}")
+
+    @property
+    def erf_name(self) -> str:
+        return f"erf{self.erf_mass * 100:g}"
+
+
+@dataclass(frozen=True)
+class CKAConfig:
+    """Which CKA values to compute: ``token`` is ``"cls"``, ``"patch_mean"`` or a tuple of them."""
+
+    token: str | tuple[str, ...] = CKA_TOKENS
+    variants: tuple[str, ...] = CKA_VARIANTS
+    batch_size: int = 64
+    device: str | None = None  # None: CUDA when available, else CPU
+
+    def __post_init__(self):
+        tokens = (self.token,) if isinstance(self.token, str) else tuple(self.token)
+        object.__setattr__(self, "token", tokens)
+        object.__setattr__(self, "variants", (self.variants,) if isinstance(self.variants, str) else tuple(self.variants))
+        if not tokens or set(tokens) - set(CKA_TOKENS):
+            raise ValueError(f"cka token {self.token!r} is not valid: use some of {CKA_TOKENS}")
+        if not self.variants or set(self.variants) - set(CKA_VARIANTS):
+            raise ValueError(f"cka variants {self.variants!r} are not valid: use some of {CKA_VARIANTS}")
+        if self.batch_size < 1:
+            raise ValueError(f"cka batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self.token
+
+
+# ---------------------------------------------------------------- attention
+
+
+def batch_attention_stats(layer_probs: list[torch.Tensor], config: AttentionConfig) -> dict[str, torch.Tensor]:
+    """Per-batch means of every attention statistic, from ``(batch, heads, T, T)`` per layer.
+
+    Returns ``entropy``/``erf``/``gini``/``p2p_entropy`` as ``(layers, heads)``, ``head_map``
+    (the batch-mean CLS→patch map of every head) as ``(layers, heads, patches)`` and the
+    rollout statistics as scalars.
+    """
+    per_layer = {"entropy": [], "erf": [], "gini": [], "p2p_entropy": [], "head_map": []}
+    for probs in layer_probs:
+        cls_rows = cls_patch_distribution(probs)  # (B, H, P)
+        for name, values in distribution_stats(cls_rows, config.entropy_unit, config.erf_mass).items():
+            per_layer[name].append(values.mean(dim=0))
+        # patch×patch block, rows renormalised inside entropy(); mean over the patch rows
+        p2p = entropy(probs[..., 1:, 1:], config.entropy_unit).mean(dim=-1)
+        per_layer["p2p_entropy"].append(p2p.mean(dim=0))
+        per_layer["head_map"].append(cls_rows.mean(dim=0))
+    stats = {name: torch.stack(values) for name, values in per_layer.items()}
+    rolled = cls_patch_distribution(rollout(layer_probs, config.rollout_alpha))  # (B, P)
+    for name, values in distribution_stats(rolled, config.entropy_unit, config.erf_mass).items():
+        stats[f"rollout_{name}"] = values.mean(dim=0)
+    return stats
+
+
+def summarise_attention(batches: list[dict[str, torch.Tensor]], counts: list[int],
+                        config: AttentionConfig) -> dict[str, torch.Tensor]:
+    """Combine per-batch statistics over the probe with the configured aggregation."""
+    weights = torch.tensor(counts)
+    summary = {
+        name: aggregate_batches(torch.stack([b[name] for b in batches]).cpu(), weights, config.aggregation)
+        for name in batches[0]
+        if name != "head_map"
+    }
+    maps = torch.stack([b["head_map"] for b in batches]).cpu()  # (batches, L, H, P)
+    if config.aggregation == "paper":
+        summary["head_diversity"] = head_diversity(maps).mean(dim=0)  # diversity of each batch's maps
+    else:
+        summary["head_diversity"] = head_diversity(aggregate_batches(maps, weights, "exact"))
+    return summary
+
+
+def model_attention_stats(model: CLIPClassifier, probe: ImageSplit, config: AttentionConfig) -> dict[str, torch.Tensor]:
+    """Attention statistics of one model on the probe (see :func:`batch_attention_stats`)."""
+    batches, counts = [], []
+    device = resolve_device(config.device)
+    with evaluating(model, device), capture_attention(model.clip) as maps:
+        for inputs in probe_batches(model, probe, config.batch_size, device):
+            model.clip.encode_image(inputs)
+            # consume this batch's maps now so memory does not grow with the probe
+            batches.append(batch_attention_stats([layer.pop() for layer in maps], config))
+            counts.append(inputs.shape[0])
+    return summarise_attention(batches, counts, config)
+
+
+def attention_rows(summary: dict[str, torch.Tensor], state: str, config: AttentionConfig) -> pd.DataFrame:
+    """Long-format rows of one model state; head -1 is the mean over heads."""
+    import pandas as pd
+
+    rows = []
+    per_head = {"entropy": "entropy", "erf": config.erf_name, "gini": "gini", "p2p_entropy": "p2p_entropy"}
+    for key, metric in per_head.items():
+        values = summary[key]  # (L, H)
+        for layer, layer_values in enumerate(values.tolist()):
+            rows += [(layer, head, metric, state, value) for head, value in enumerate(layer_values)]
+            rows.append((layer, WHOLE, metric, state, sum(layer_values) / len(layer_values)))
+    diversity = summary["head_diversity"].tolist()
+    rows += [(layer, WHOLE, "head_diversity", state, value) for layer, value in enumerate(diversity)]
+    rollouts = (("rollout_entropy", "rollout_entropy"), ("rollout_erf", f"rollout_{config.erf_name}"),
+                ("rollout_gini", "rollout_gini"))
+    for key, metric in rollouts:
+        rows.append((WHOLE, WHOLE, metric, state, float(summary[key])))
+    return pd.DataFrame(rows, columns=ATTENTION_COLUMNS)
+
+
+def attention_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probe: ImageSplit,
+                    config: AttentionConfig = AttentionConfig()) -> pd.DataFrame:
+    """Attention statistics of the fine-tuned model (``final``) and its pretrained ``baseline``.
+
+    Columns ``layer, head, metric, state, value`` as in ``docs/artifacts.md``.
+    """
+    import pandas as pd
+
+    frames = [attention_rows(model_attention_stats(model, probe, config), state, config)
+              for state, model in zip(STATES, (pretrained, finetuned))]
+    return _typed(pd.concat(frames, ignore_index=True), {"layer": "int64", "head": "int64", "value": "float64"})
+
+
+SENSITIVITY_COLUMNS = ["probe_seed", "state", "metric", "value"]
+SENSITIVITY_METRICS = ("entropy", "rollout_entropy")
+
+
+def probe_sensitivity_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probes: dict[int, ImageSplit],
+                            config: AttentionConfig = AttentionConfig()) -> pd.DataFrame:
+    """The statistics the drift rests on, measured on several probe subsets instead of one.
+
+    ``probes``: probe seed → probe subset (same size, same source split). Per seed and model
+    state (``baseline`` = pretrained, ``final`` = fine-tuned): the all-layer mean of the
+    head-mean CLS-attention entropy (the quantity ``drift_entropy_pct`` is the drift of) and the
+    rollout entropy. Columns ``probe_seed, state, metric, value``.
+    """
+    import pandas as pd
+
+    rows = []
+    for seed, probe in sorted(probes.items()):
+        for state, model in zip(STATES, (pretrained, finetuned)):
+            summary = model_attention_stats(model, probe, config)
+            # (layers, heads): the mean over heads then layers is the mean of the whole matrix
+            rows.append((seed, state, "entropy", float(summary["entropy"].mean())))
+            rows.append((seed, state, "rollout_entropy", float(summary["rollout_entropy"])))
+    return _typed(pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS), {"probe_seed": "int64", "value": "float64"})
+
+
+def drift_summary(attention_df: pd.DataFrame) -> pd.DataFrame:
+    """Drift in % of baseline: ``100·(final − baseline)/baseline`` of the head-mean rows.
+
+    One row per metric and layer; ``layer = -1`` is the all-layer mean (mean over layers first,
+    then drift) for per-layer metrics and the whole-network value for rollout metrics. Columns
+    beyond the attention table's (``dataset``, ``method``, … added by the workflow) are kept as
+    grouping keys, so the summary of many runs is one call. Drift is NaN where the baseline is 0.
+    """
+    import pandas as pd
+
+    keys = [c for c in attention_df.columns if c not in ATTENTION_COLUMNS]
+    head_mean = attention_df[attention_df["head"] == WHOLE]
+    index = keys + ["metric", "layer", "state"]
+    if head_mean.duplicated(index).any():
+        raise ValueError(f"the attention table has duplicate rows for {index}: concatenate runs with their keys")
+    # unstack keeps NaN values (one head: no diversity) and adds no combinations that never existed
+    wide = head_mean.set_index(index)["value"].unstack("state")
+    missing = set(STATES) - set(wide.columns)
+    if missing:
+        raise ValueError(f"drift needs both model states, the table lacks {sorted(missing)}")
+    wide = wide[list(STATES)].reset_index()
+    layered = wide[wide["layer"] != WHOLE]
+    all_layers = layered.groupby(keys + ["metric"], as_index=False)[list(STATES)].mean().assign(layer=WHOLE)
+    out = pd.concat([wide, all_layers], ignore_index=True)
+    out["drift_pct"] = 100.0 * (out["final"] - out["baseline"]) / out["baseline"].where(out["baseline"] != 0)
+    out = out.sort_values(keys + ["metric", "layer"], kind="stable").reset_index(drop=True)
+    out.columns.name = None
+    return out[keys + ["metric", "layer", "baseline", "final", "drift_pct"]]
+
+
+# ---------------------------------------------------------------- CKA
+
+
+def token_features(states: torch.Tensor, token: str) -> torch.Tensor:
+    """``(batch, tokens, width)`` hidden states → ``(batch, width)``: the CLS token or the patch mean."""
+    if token == "cls":
+        return states[:, 0]
+    if token == "patch_mean":
+        return states[:, 1:].mean(dim=1)
+    raise ValueError(f"cka token {token!r} is unknown: use one of {CKA_TOKENS}")
+
+
+def hidden_states(model: CLIPClassifier, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Token states ``(batch, tokens, width)`` of the embedding output and of every block."""
+    # hooks live for one forward only, so the same model may serve as both sides of a comparison
+    with capture_hidden_states(model.clip) as states:
+        model.clip.encode_image(inputs)
+    return [layer[0] for layer in states]
+
+
+def cka_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probe: ImageSplit,
+              config: CKAConfig = CKAConfig()) -> pd.DataFrame:
+    """CKA per layer between pretrained and fine-tuned hidden states on the probe.
+
+    Layer 0 is the embedding output (after ``ln_pre``), then one row per block. Columns
+    ``layer, token, variant, value, defined``; ``value`` is NaN where ``defined`` is False (a
+    representation constant over the images, e.g. the embedding layer's CLS token), so a mean
+    over layers with pandas skips it instead of averaging in a meaningless number.
+    """
+    import pandas as pd
+
+    check_images(pretrained, probe)
+    device = resolve_device(config.device)
+    accumulators: dict[tuple[int, str], CKAAccumulator] = {}
+    with evaluating(pretrained, device), evaluating(finetuned, device):
+        for start in range(0, len(probe), config.batch_size):
+            images = probe.images[start:start + config.batch_size].to(device)
+            base_states = hidden_states(pretrained, model_input(pretrained, images))
+            tuned_states = hidden_states(finetuned, model_input(finetuned, images))
+            if len(base_states) != len(tuned_states):
+                raise ValueError(
+                    f"the pretrained image tower has {len(base_states) - 1} blocks and the fine-tuned one "
+                    f"{len(tuned_states) - 1}: compare a fine-tuned model with its own backbone"
+                )
+            for layer, (base, tuned) in enumerate(zip(base_states, tuned_states)):
+                for token in config.tokens:
+                    accumulator = accumulators.setdefault((layer, token), CKAAccumulator())
+                    accumulator.update(token_features(base, token), token_features(tuned, token))
+    rows = [(layer, token, variant, acc.value(variant), acc.defined)
+            for (layer, token), acc in sorted(accumulators.items()) for variant in config.variants]
+    return _typed(pd.DataFrame(rows, columns=CKA_COLUMNS), {"layer": "int64", "value": "float64", "defined": "bool"})
+
+
+def cka_layer_mean(cka_df: pd.DataFrame) -> pd.DataFrame:
+    """Mean CKA over the layers where it is defined, per token and variant (and extra keys)."""
+    keys = [c for c in cka_df.columns if c not in CKA_COLUMNS] + ["token", "variant"]
+    defined = cka_df[cka_df["defined"]]
+    return defined.groupby(keys, as_index=False).agg(value=("value", "mean"), n_layers=("layer", "size"))
+
+
+def _typed(frame: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
+    return frame.astype(dtypes)

@@ -1,0 +1,207 @@
+"""The fine-tuning methods: which parameters train, LoRA through peft, and the trainable state.
+
+- ``full``: image tower + visual projection + head train.
+- ``lora``: peft LoRA on the image tower's explicit q and v projections (see
+  :mod:`clipdrift.model.backbones`); the visual projection (switchable) and head train; every base
+  weight is frozen.
+- ``lp-ft`` (linear probe, then fine-tune; Kumar et al. 2022): the first ``lp_epochs`` epochs
+  train the head only (and the visual projection when ``lp_train_projection``) on the frozen
+  encoder, the remaining epochs train what Full FT trains. :func:`apply_method` sets the model up
+  like Full FT (so one optimiser holds every parameter that will ever train);
+  :func:`set_lp_ft_phase` switches ``requires_grad`` between the phases, which
+  :func:`clipdrift.train.engine.finetune` does at the start of every epoch.
+
+The text tower never trains in any method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from clipdrift.core.device import seeded
+from clipdrift.model.backbones import CLIPClassifier, image_tower_blocks
+
+METHODS = ("full", "lora", "lp-ft")
+LP_FT_PHASES = ("probe", "finetune")
+LORA_TARGET_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A fine-tuning method and its settings (paper defaults).
+
+    ``lp_epochs`` (lp-ft only, required there): the epochs of the linear-probe phase; the run
+    must have more epochs than that. ``lp_train_projection``: the visual projection trains in
+    the probe phase too (it always trains in the fine-tune phase, as in Full FT).
+    ``train_projection`` is LoRA's switch; Full FT and lp-ft's fine-tune phase ignore it.
+    """
+
+    method: str = "full"
+    lora_r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    train_projection: bool = True
+    lp_epochs: int | None = None
+    lp_train_projection: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is unknown: use one of {METHODS}")
+        unknown = set(self.lora_targets) - set(LORA_TARGET_CHOICES)
+        if unknown:
+            raise ValueError(f"lora targets {sorted(unknown)} are unknown: use some of {LORA_TARGET_CHOICES}")
+        if self.lora_r < 1:
+            raise ValueError(f"lora r must be >= 1, got {self.lora_r}")
+        if self.lp_epochs is not None and (isinstance(self.lp_epochs, bool) or not isinstance(self.lp_epochs, int)
+                                           or self.lp_epochs < 1):
+            raise ValueError(f"lp_epochs must be an integer >= 1, got {self.lp_epochs!r}")
+        if self.method == "lp-ft" and self.lp_epochs is None:
+            raise ValueError("method 'lp-ft' needs lp_epochs: the number of linear-probe epochs (>= 1) "
+                             "before the fine-tune phase")
+        if not isinstance(self.lp_train_projection, bool):
+            raise ValueError(f"lp_train_projection must be true or false, got {self.lp_train_projection!r}")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MethodConfig:
+        """The config :meth:`to_dict` wrote; fields it lacks (written before they existed) take their defaults."""
+        return cls(**{k: (tuple(v) if k == "lora_targets" else v) for k, v in values.items()})
+
+    def phase(self, epoch: int) -> str | None:
+        """lp-ft: the phase of (1-based) ``epoch``, ``probe`` up to ``lp_epochs`` then ``finetune``;
+        None for the other methods, which have one phase."""
+        if self.method != "lp-ft":
+            return None
+        return "probe" if epoch <= self.lp_epochs else "finetune"
+
+
+def lora_target_regex(targets: tuple[str, ...]) -> str:
+    """A full-match regex for peft that selects image-tower attention projections only."""
+    return rf"clip\.visual\.transformer\.resblocks\.\d+\.attn\.({'|'.join(targets)})"
+
+
+def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> CLIPClassifier:
+    """Set up ``model`` in place for ``config``: inject adapters, set ``requires_grad``.
+
+    peft draws the LoRA A matrices from the global RNG; they are drawn from ``seed`` here (the
+    caller's RNG state is left untouched), so the same seed gives the same run.
+
+    lp-ft is set up as Full FT (its fine-tune phase: every parameter it will ever train);
+    :func:`clipdrift.train.engine.finetune` (given ``method=config``) switches the phases. The config
+    is recorded on the model (``model.clipdrift_method``) so that finetune can refuse an lp-ft
+    model it was not told about, which would otherwise train as Full FT from the first epoch.
+    """
+    image_tower_blocks(model.clip)  # fail early on unsupported towers
+    model.requires_grad_(False)
+    if config.method == "lora":
+        with seeded(seed):
+            _inject_lora(model, config)
+    else:
+        model.clip.visual.requires_grad_(True)
+    model.head.requires_grad_(True)
+    model.clipdrift_method = config
+    return require_frozen_text_tower(model)
+
+
+def set_lp_ft_phase(model: CLIPClassifier, config: MethodConfig, probing: bool) -> CLIPClassifier:
+    """Set ``requires_grad`` for one lp-ft phase (in place).
+
+    ``probing``: the head trains (and the visual projection when ``config.lp_train_projection``),
+    the encoder is frozen. Otherwise (fine-tuning): the image tower, projection and head, as
+    Full FT. The text tower never trains. A frozen parameter gets no gradient, so AdamW neither
+    updates nor decays it, and keeps no state for it until its first gradient.
+    """
+    if config.method != "lp-ft":
+        raise ValueError(f"set_lp_ft_phase is for method 'lp-ft', not {config.method!r}")
+    model.requires_grad_(False)
+    if probing:
+        model.clip.visual.proj.requires_grad_(config.lp_train_projection)
+    else:
+        model.clip.visual.requires_grad_(True)
+    model.head.requires_grad_(True)
+    return require_frozen_text_tower(model)
+
+
+def require_frozen_text_tower(model: nn.Module) -> nn.Module:
+    """Refuse a model whose text tower would train.
+
+    Zero-shot scoring computes the text classifier once per study from the pretrained text
+    tower and reuses it for every run; that is right only because no method ever trains the text
+    tower (checkpoints do not even hold it). This check keeps it true.
+    """
+    training = [name for name, param in model.named_parameters()
+                if param.requires_grad and _parameter_group(name) == "text_tower"]
+    if training:
+        raise RuntimeError(f"the text tower must stay frozen in every method, but {training[:3]} would train: "
+                           "zero-shot scoring shares one text classifier across all runs")
+    return model
+
+
+def _inject_lora(model: CLIPClassifier, config: MethodConfig) -> None:
+    import peft  # imported here: it pulls in transformers (seconds), which Full FT never needs
+
+    lora = peft.LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        target_modules=lora_target_regex(config.lora_targets),
+    )
+    peft.inject_adapter_in_model(lora, model)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    model.clip.visual.proj.requires_grad_(config.train_projection)
+
+
+def _parameter_group(name: str) -> str:
+    if "lora_" in name:
+        return "adapter"
+    if name == "clip.visual.proj":
+        return "projection"
+    if name.startswith("head."):
+        return "head"
+    if name.startswith("clip.visual."):
+        return "image_tower"
+    return "text_tower"
+
+
+def trainable_parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters by group (adapter, projection, head, image_tower) and in total."""
+    counts = {"adapter": 0, "projection": 0, "head": 0, "image_tower": 0, "text_tower": 0}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            counts[_parameter_group(name)] += param.numel()
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def checkpoint_keys(model: CLIPClassifier, config: MethodConfig) -> list[str]:
+    """The state-dict keys a checkpoint of this method holds.
+
+    LoRA: only what changed (adapters, projection, head), so the checkpoint names its base.
+    Full FT and lp-ft: the whole image tower, projection and head.
+    """
+    keys = model.state_dict().keys()
+    if config.method == "lora":
+        groups = {"adapter", "projection", "head"}
+    else:
+        groups = {"image_tower", "projection", "head"}
+    return [key for key in keys if _parameter_group(key) in groups]
+
+
+def trainable_state(model: CLIPClassifier, config: MethodConfig) -> dict[str, torch.Tensor]:
+    """The tensors to checkpoint, detached, contiguous and on the CPU."""
+    state = model.state_dict()
+    return {key: state[key].detach().to("cpu").contiguous() for key in checkpoint_keys(model, config)}
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimiser should update (one group, as in the published study)."""
+    return [param for param in model.parameters() if param.requires_grad]

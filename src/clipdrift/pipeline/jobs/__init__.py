@@ -1,0 +1,1 @@
+"""How and where a job runs: the runner every script calls, GPU slots, the warm job server."""

@@ -1,0 +1,182 @@
+"""What a workflow job needs at run time: the scripts' common runner (logging, threads, its
+device and clean user errors) and the run columns of the tables it writes.
+
+Parse-time planning is in :mod:`clipdrift.pipeline.plan`.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable
+
+from clipdrift.core.errors import UserFacingError
+from clipdrift.pipeline.jobs.warm.client import JobStart, job_start
+
+log = logging.getLogger("clipdrift")
+
+def run_script(snakemake, main: Callable, uses_gpu: bool = False) -> None:
+    """Run a workflow script's ``main(snakemake)`` with logging, threads, its device and clean
+    user errors, and record the job's own time and memory.
+
+    ``uses_gpu``: the script's work runs on a GPU when there is one. Such a job takes its own
+    GPU when the job claims ``gpu`` resources (a slot of :mod:`clipdrift.pipeline.jobs.gpuslots`, so that
+    concurrent jobs on a multi-GPU workstation never share a device by accident); a job of a
+    script that does not use a GPU is pinned to the CPU, so it can never compete for one
+    without claiming it.
+
+    The job's log says whether it runs warm (forked by the job server) or cold, and why. With a
+    ``usage`` log (every rule of the workflow has one), the job writes its own account there:
+    see :func:`usage_record`.
+    """
+    start = job_start()
+    _configure_logging(snakemake.log[0] if len(snakemake.log) else None)
+    log.info("%s", start.describe())
+    main_started, ok = time.time(), False
+    try:
+        _choose_device(snakemake, uses_gpu)
+        torch = sys.modules.get("torch")  # a job whose script needs no torch does not pay its import
+        if torch is not None:
+            torch.set_num_threads(max(1, int(snakemake.threads)))
+        main(snakemake)
+        ok = True
+    except UserFacingError as error:
+        log.error("%s", error)
+        sys.exit(1)
+    except Exception:
+        log.exception("unexpected error in rule %s", getattr(snakemake, "rule", "?"))
+        raise
+    finally:
+        _write_usage(snakemake, usage_record(getattr(snakemake, "rule", "?"), start, main_started, time.time(), ok))
+
+
+def usage_record(rule: str, start: JobStart, main_started: float, ended: float, ok: bool) -> dict:
+    """A job's own account of itself: how it started (``warm``/``cold`` and why), its start-up
+    (from the start of the process Snakemake started, Snakemake's script preamble included, to
+    the first line of ``main``), its compute (``main``), and the CPU time and peak resident
+    memory of the process that ran it and of the processes it waited for.
+
+    Snakemake's ``benchmark:`` file measures the process Snakemake started and its children: for
+    a warm job, only the thin client waiting for the server's child. These are the job's own.
+    """
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    handed_over = start.handed_over or start.process_start
+    return {
+        "rule": rule,
+        "mode": start.mode,
+        "detail": start.detail,
+        "startup_s": round(main_started - start.process_start, 3),
+        # of which: Snakemake's script preamble; handing over to the server (to the child's first
+        # line, warm only); then the child's set-up and the script's own imports
+        "preamble_s": round(handed_over - start.process_start, 3),
+        "hand_over_s": round(start.forked - handed_over, 3) if start.forked else None,
+        "script_imports_s": round(main_started - (start.forked or handed_over), 3),
+        "compute_s": round(ended - main_started, 3),
+        "s": round(ended - start.process_start, 3),
+        "cpu_s": round(own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 3),
+        "max_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024, 1),  # Linux: kilobytes
+        "ok": ok,
+    }
+
+
+def _write_usage(snakemake, record: dict) -> None:
+    path = snakemake.log.get("usage") if hasattr(snakemake.log, "get") else None
+    if path:
+        from clipdrift.core.io import write_json
+
+        write_json(path, record)
+
+
+def _choose_device(snakemake, uses_gpu: bool) -> None:
+    # before anything initialises CUDA in this process: CUDA_VISIBLE_DEVICES is read once
+    import os
+
+    from clipdrift.pipeline.jobs.gpuslots import DEVICE_ENV
+
+    if not uses_gpu:
+        os.environ[DEVICE_ENV] = "cpu"
+        return
+    if int(snakemake.resources.get("gpu", 0) or 0) > 0:
+        from clipdrift.pipeline.jobs.gpuslots import claim_gpu
+
+        slot = claim_gpu()  # held until the job's process exits
+        log.info("%s", slot.describe() if slot is not None else "no GPU found: this job runs on the CPU")
+
+
+def _configure_logging(log_path: str | None) -> None:
+    # the job's log file gets everything; the terminal, shared by every job Snakemake runs, only
+    # warnings and errors (without a log file, everything)
+    terminal = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [terminal]
+    if log_path:
+        terminal.setLevel(logging.WARNING)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+
+
+def with_run_columns(frame, run: dict):
+    """``frame`` with the run's dataset/method/lr/seed as leading columns."""
+    columns = {key: run[key] for key in ("dataset", "method", "lr", "seed")}
+    return frame.assign(**columns)[[*columns, *frame.columns]]
+
+
+class EpochSnapshots:
+    """The weights of a fine-tune's kept epochs, collected outside the job's outputs.
+
+    Snakemake deletes a failed job's outputs, so snapshots taken during training go to a scratch
+    directory beside the resume state (a resumed run finds the epochs it already took) and are
+    moved to the declared output directory once the run is done. ``settings``: the finetune
+    rule's ``snapshots`` params (``epochs``, ``dtype``), or None to keep nothing.
+    """
+
+    def __init__(self, settings: dict | None, scratch: str, save: Callable[[str, str, str], None]):
+        from pathlib import Path
+
+        self.epochs = set(settings["epochs"]) if settings else set()
+        self.dtype = settings["dtype"] if settings else "float32"
+        self.scratch, self.save = Path(scratch), save
+
+    def path(self, epoch: int):
+        return self.scratch / f"epoch{epoch}.safetensors"
+
+    def take(self, epoch: int) -> None:
+        if epoch in self.epochs:
+            self.save(self.path(epoch), f"epoch{epoch}", self.dtype)
+
+    def move_to(self, directory: str) -> None:
+        """Move the kept epochs into ``directory`` (epochs a diverged run never reached are absent)."""
+        import shutil
+        from pathlib import Path
+
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        for epoch in sorted(self.epochs):
+            if self.path(epoch).exists():
+                shutil.move(self.path(epoch), target / self.path(epoch).name)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def kept_epoch_loaders(directory, epochs: list[int], base, diverged: bool = False) -> list[tuple[int, Callable]]:
+    """(epoch, loader) for each measured epoch kept in ``directory`` (a run's ``epochs/``).
+
+    A missing epoch is an error, unless the run diverged before reaching it (then it has none).
+    """
+    from pathlib import Path
+
+    from clipdrift.model.checkpoints import load_classifier
+
+    loaders, missing = [], []
+    for epoch in epochs:
+        path = Path(directory) / f"epoch{epoch}.safetensors"
+        if path.is_file():
+            loaders.append((epoch, lambda path=path: load_classifier(path, base=base)[0]))
+        else:
+            missing.append(epoch)
+    if missing and not diverged:
+        raise UserFacingError(f"epochs {missing} are not kept in {directory}: the fine-tune kept other epochs "
+                              "(curves.keep_epochs); rerun it with --forcerun finetune")
+    return loaders

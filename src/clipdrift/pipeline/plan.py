@@ -1,0 +1,450 @@
+"""What the Snakefile needs when it is parsed: a validated study config turned into the settings
+each stage runs with.
+
+Every ``snakemake -n`` and every cluster job step parses the Snakefile, so this module imports
+no torch, open_clip or pandas: reading configs and deriving plain JSON-able settings dicts
+costs milliseconds. Each rule carries its settings in ``params``, so a change to a stage's
+settings reruns exactly that stage. What a job needs at run time is in :mod:`clipdrift.pipeline.jobs.runner`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from importlib import resources
+from pathlib import Path
+
+from clipdrift.core.errors import UserFacingError
+from clipdrift.data.classnames import check_style
+
+# Where a study records the pretrained backbone every run starts from (relative to the study).
+BACKBONE_DESCRIPTOR = "backbone/backbone.json"
+
+REAL_DATASETS = ("eurosat", "pets", "cifar100")
+
+
+# The split the probe subset is drawn from: the evaluation split, as published.
+PROBE_SOURCE_SPLIT = "test"
+
+
+class StudyConfigError(UserFacingError, ValueError):
+    """The study config is valid JSON-schema-wise but inconsistent."""
+
+
+def canonical_lr(value) -> str:
+    """The canonical string of a learning rate, as used in paths and tables: ``1e-05``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise StudyConfigError(f"learning_rates: {value!r} is not a number (e.g. 1.0e-5)") from None
+    if not 0 < number <= 1:
+        raise StudyConfigError(f"learning_rates: {value!r} must lie in (0, 1]")
+    mantissa, exponent = f"{number:.6e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent):+03d}"
+
+
+def dataset_source(name: str) -> str:
+    return "real" if name in REAL_DATASETS else "world"
+
+
+def model_configs() -> dict[str, dict]:
+    """open_clip's model configs by name, plus the ones packaged with clipdrift, read from the JSON
+    files open_clip itself loads them from (``open_clip/model_configs/*.json``).
+
+    The Snakefile checks the config on every start: every ``snakemake -n`` and every SLURM job
+    step. Importing open_clip for that (torch, torchvision, transformers) would cost seconds
+    each time; reading its config files costs milliseconds. A test keeps the two views equal.
+    """
+    found = importlib.util.find_spec("open_clip")  # locates the package without importing it
+    if found is None or not found.submodule_search_locations:
+        raise StudyConfigError("open_clip is not installed: python3 -m pip install -e .")
+    # clipdrift.model.backbones registers the same packaged folder with open_clip (not imported here)
+    packaged = Path(str(resources.files("clipdrift").joinpath("model_configs")))
+    folders = [Path(found.submodule_search_locations[0]) / "model_configs", packaged]
+    return {path.stem: json.loads(path.read_text()) for folder in folders for path in sorted(folder.glob("*.json"))}
+
+
+def backbone_image_size(model_config: dict) -> int:
+    size = model_config.get("vision_cfg", {}).get("image_size", 224)
+    return size if isinstance(size, int) else size[0]
+
+
+def check_study_config(config: dict) -> None:
+    """Cross-key checks the schema cannot express; raises naming the key and the fix."""
+    names = [d["name"] for d in config["datasets"]]
+    if len(set(names)) != len(names):
+        raise StudyConfigError(f"datasets: names must be unique, got {names}")
+    lrs = [canonical_lr(lr) for lr in config["learning_rates"]]
+    if len(set(lrs)) != len(lrs):
+        raise StudyConfigError(f"learning_rates: {config['learning_rates']} lists the same rate twice ({lrs})")
+    model_config = model_configs().get(config["backbone"]["name"])
+    if model_config is None:
+        raise StudyConfigError(
+            f"backbone.name {config['backbone']['name']!r} is not an open_clip model config "
+            "(e.g. ViT-B-32-quickgelu, clipdrift-tiny)"
+        )
+    check_style(config["zeroshot"]["class_names"], config["zeroshot"]["dataset"])
+    check_curves(config)
+    if "lp-ft" in config["methods"]:
+        short = [d["name"] for d in config["datasets"] if d["epochs"] <= config["lp_ft"]["probe_epochs"]]
+        if short:
+            raise StudyConfigError(
+                f"lp_ft.probe_epochs is {config['lp_ft']['probe_epochs']} but datasets {short} train only that many "
+                "epochs or fewer: LP-FT needs epochs after the probe. Lower lp_ft.probe_epochs or raise their epochs."
+            )
+    expected = backbone_image_size(model_config)
+    for name in [*names, config["zeroshot"]["dataset"]]:
+        key, size = _image_size_key(config, name)
+        if size != expected:
+            raise StudyConfigError(
+                f"{key} is {size} but backbone {config['backbone']['name']} expects {expected}-pixel "
+                f"images: set {key}: {expected} (dataset {name})."
+            )
+
+
+def _image_size_key(config: dict, dataset: str) -> tuple[str, int]:
+    if dataset_source(dataset) == "world":
+        return "world.image_size", config["world"]["image_size"]
+    return "data.image_size", config["data"]["image_size"]
+
+
+def data_settings(config: dict, dataset: str) -> dict:
+    """How to build a dataset's splits and probe (what its cache depends on)."""
+    data = config["data"]
+    settings = {"source": dataset_source(dataset), "probe_size": data["probe_size"], "probe_seed": data["probe_seed"],
+                "probe_source": PROBE_SOURCE_SPLIT}
+    if settings["source"] == "world":
+        settings["world"] = {"seed": config["world"]["seed"], "image_size": config["world"]["image_size"]}
+    else:
+        settings.update(
+            root=data["root"], download=data["download"], image_size=data["image_size"],
+            interpolation=data["interpolation"], split_seed=data["split_seed"],
+        )
+    return settings
+
+
+def method_settings(config: dict, method: str) -> dict:
+    """Keyword arguments of :class:`clipdrift.model.adapters.MethodConfig` for ``method``."""
+    if method == "full":
+        return {"method": "full"}
+    if method == "lp-ft":
+        lp_ft = config["lp_ft"]
+        return {"method": "lp-ft", "lp_epochs": lp_ft["probe_epochs"], "lp_train_projection": lp_ft["train_projection"]}
+    lora = config["lora"]
+    return {
+        "method": "lora", "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
+        "lora_targets": list(lora["targets"]), "train_projection": lora["train_projection"],
+    }
+
+
+def training_settings(config: dict, dataset: str, lr: str, seed: int) -> dict:
+    """The optimisation settings of one run (everything its fine-tune depends on)."""
+    training = config["training"]
+    dataset_config = next(d for d in config["datasets"] if d["name"] == dataset)
+    return {
+        "epochs": dataset_config["epochs"],
+        "lr": float(lr),
+        "seed": seed,
+        "batch_size": training["batch_size"],
+        "weight_decay": training["weight_decay"],
+        "warmup_fraction": training["warmup_fraction"],
+        "grad_clip": training["grad_clip"],
+        "amp": training["amp"],
+        "eval_amp": training["eval_amp"],
+        "eval_batch_size": training["eval_batch_size"],
+        "deterministic": training["deterministic"],
+        "selection_split": training["selection_split"],
+    }
+
+
+def attention_settings(config: dict) -> dict:
+    metrics = config["metrics"]
+    return {key: metrics[key] for key in ("aggregation", "batch_size", "rollout_alpha", "erf_mass", "entropy_unit")}
+
+
+def cka_settings(config: dict) -> dict:
+    return {"token": config["metrics"]["cka_token"], "batch_size": config["metrics"]["batch_size"]}
+
+
+def zeroshot_settings(config: dict, indomain: bool = False) -> dict:
+    """How zero-shot scoring runs. ``indomain``: the pretrained model on a fine-tuning task's
+    own test set, a reference that always uses readable class names (the published spellings
+    exist only for the held-out task)."""
+    zeroshot = config["zeroshot"]
+    return {
+        "templates": zeroshot["templates"],
+        "class_names": "readable" if indomain else zeroshot["class_names"],
+        "amp": zeroshot["amp"],
+        "batch_size": zeroshot["batch_size"],
+    }
+
+
+def probe_sensitivity_settings(config: dict) -> dict | None:
+    """Probe seeds of the probe-subset sensitivity, or None when it is off."""
+    sensitivity = config["metrics"]["probe_sensitivity"]
+    if not sensitivity["enabled"]:
+        return None
+    return {"seeds": [int(s) for s in sensitivity["seeds"]], "probe_size": config["data"]["probe_size"]}
+
+
+def settings_hash(*settings: dict) -> str:
+    """A short stable hash of settings dicts (recorded in checkpoints as the config hash)."""
+    import json
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def backbone_descriptor(config: dict, weights_path: str | None = None) -> dict:
+    """What backbone.json records: enough to rebuild the pretrained model anywhere."""
+    backbone = config["backbone"]
+    return {
+        "name": backbone["name"],
+        "pretrained": weights_path if backbone["source"] == "world" else backbone["pretrained"],
+        "cache_dir": backbone.get("cache_dir"),
+        "source": backbone["source"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation with errors a user can read
+# ---------------------------------------------------------------------------------------------
+
+SCHEMA_HINT = "every key is documented in workflow/schemas/config.schema.yaml"
+
+
+def prepare_config(config: dict, schema_path: str | Path, detail_dir: str | Path | None = None) -> dict:
+    """Validate ``config`` (in place: schema defaults filled in) and check it across keys.
+
+    A schema violation raises :class:`StudyConfigError` with one short message: the key, the
+    problem, the allowed values and, for an unknown key, the closest known one. The full
+    validator output goes to a file in ``detail_dir`` (named in the message), not the terminal.
+    """
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    problems = schema_problems(config, schema)
+    if problems:
+        message = problems[0] + (f"\n(and {len(problems) - 1} more problem(s) in the config)" if len(problems) > 1 else "")
+        detail = _write_detail(problems, config, schema, detail_dir)
+        raise StudyConfigError(message + f"\nFix it and rerun; {SCHEMA_HINT}." + (f" Details: {detail}" if detail else ""))
+    from snakemake.utils import validate
+
+    validate(config, str(schema_path), set_default=True)
+    check_study_config(config)
+    return config
+
+
+def schema_problems(config: dict, schema: dict) -> list[str]:
+    """One readable sentence per schema violation, the most relevant first."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import relevance
+
+    errors = sorted(Draft202012Validator(schema).iter_errors(config), key=relevance, reverse=True)
+    errors.sort(key=lambda e: len(e.absolute_path))  # shallow (structural) problems first
+    return [_readable(error, schema) for error in errors]
+
+
+def _key(path) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "the config"
+
+
+def _subschema(schema: dict, path) -> dict:
+    node = schema
+    for part in path:
+        node = node.get("items", {}) if isinstance(part, int) else node.get("properties", {}).get(part, {})
+        if "$ref" in node:
+            node = _resolve_ref(schema, node["$ref"])
+    return node
+
+
+def _resolve_ref(schema: dict, ref: str) -> dict:
+    node = schema
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def _readable(error, schema: dict) -> str:
+    key, value, rule = _key(error.absolute_path), error.instance, error.validator
+    if rule == "additionalProperties":
+        return _unknown_keys(error, schema)
+    if rule == "required":
+        missing = [name for name in error.validator_value if name not in (value or {})]
+        described = _described(schema, [*error.absolute_path, missing[0]])
+        return f"config key {key} lacks the required key {missing[0]!r}: add it ({described})."
+    if rule == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"config key {key} is {value!r}, which is not allowed: use one of {allowed}."
+    if rule == "type":
+        allowed = _subschema(schema, error.absolute_path).get("enum")
+        if allowed:  # e.g. a bare `off` that YAML reads as false
+            choices = ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in allowed)
+            return f"config key {key} is {value!r} but must be one of {choices} (quote words YAML reads as booleans)."
+        if error.validator_value == "boolean" and isinstance(value, str) and value.lower() in ("true", "false"):
+            # `snakemake --config key=false` passes the string: Snakemake reads only True/False
+            word = value.capitalize()
+            return f"config key {key} is the string {value!r}: write {word} (--config {key}={word})."
+        return (f"config key {key} is {value!r} ({_types(_json_type(value))}) but must be {_types(error.validator_value)}"
+                f" ({_described(schema, error.absolute_path)}).")
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if rule in bounds:
+        return f"config key {key} is {value!r} but must be {bounds[rule]} {error.validator_value}."
+    if rule == "minItems":
+        return f"config key {key} needs at least {error.validator_value} item(s), got {len(value)}."
+    if rule == "uniqueItems":
+        return f"config key {key} lists the same value twice ({value}): list each value once."
+    if rule == "pattern":
+        return (f"config key {key} is {value!r}, which is not of the form {error.validator_value} "
+                f"({_described(schema, error.absolute_path)}).")
+    if rule in ("anyOf", "oneOf"):
+        # one alternative failed on something more specific than its type: report that
+        specific = [e for e in error.context if e.validator not in ("type", "anyOf", "oneOf")]
+        if specific:
+            return _readable(max(specific, key=lambda e: len(e.absolute_path)), schema)
+        return (f"config key {key} is {value!r}, which is none of the allowed forms "
+                f"({_described(schema, error.absolute_path)}).")
+    return f"config key {key}: {error.message}."
+
+
+def _unknown_keys(error, schema: dict) -> str:
+    known = list(_subschema(schema, error.absolute_path).get("properties", {}))
+    unknown = [name for name in error.instance if name not in known]
+    name = unknown[0]
+    where = _key([*error.absolute_path, name])
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    suggestion = f"did you mean {_key([*error.absolute_path, close[0]])!r}? " if close else ""
+    return (f"config key {where!r} is not a setting of this workflow: {suggestion}"
+            f"known keys here: {', '.join(known)}.")
+
+
+def _types(expected) -> str:
+    names = {"array": "a list", "object": "a mapping", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true or false", "null": "null"}
+    expected = expected if isinstance(expected, list) else [expected]
+    return " or ".join(names.get(t, t) for t in expected)
+
+
+def _json_type(value) -> str:
+    for name, kind in (("boolean", bool), ("integer", int), ("number", float), ("string", str), ("array", list),
+                       ("object", dict)):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def _described(schema: dict, path) -> str:
+    path = list(path)
+    description = ""
+    while path and not description:  # a list item is described by its list
+        description = " ".join(str(_subschema(schema, path).get("description", "")).split())
+        path = path[:-1] if isinstance(path[-1], int) else []
+    return description.rstrip(".") or SCHEMA_HINT
+
+
+def _write_detail(problems: list[str], config: dict, schema: dict, detail_dir) -> str | None:
+    """The validator's full account, for the curious; its path, or None if it cannot be written."""
+    if detail_dir is None:
+        return None
+    from jsonschema import Draft202012Validator
+
+    try:
+        path = Path(detail_dir) / "config-errors.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        full = "\n\n".join(str(error) for error in Draft202012Validator(schema).iter_errors(config))
+        path.write_text("\n".join(problems) + "\n\n" + full + "\n")
+        return str(path)
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The workflow's rules, read from their files (for tests and benchmarks)
+# ---------------------------------------------------------------------------------------------
+
+
+def rule_scripts(workflow_dir: str | Path) -> dict[str, str]:
+    """Rule name → the file name of its ``script:`` (e.g. ``{"finetune": "finetune.py"}``), read
+    from ``workflow_dir/rules/*.smk`` (rules defined inside an ``if`` block included)."""
+    import re
+
+    rules = {}
+    for path in sorted(Path(workflow_dir, "rules").glob("*.smk")):
+        for name, body in re.findall(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule \w+:|\Z)", path.read_text(), re.M | re.S):
+            script = re.search(r'script:\s*\n\s*"(?:\.\./scripts/)?([\w.]+)"', body)
+            if script:
+                rules[name] = script.group(1)
+    return rules
+
+
+# ---------------------------------------------------------------------------------------------
+# Curves: interpolation points and per-epoch trajectories
+# ---------------------------------------------------------------------------------------------
+
+
+def _epoch_list(value, epochs: int) -> list[int]:
+    return list(range(1, epochs + 1)) if value == "all" else sorted(int(e) for e in value)
+
+
+def curve_epochs(config: dict, dataset: str) -> list[int]:
+    """The epochs whose weights the curves of ``dataset``'s runs measure ([] when off)."""
+    curves = config["curves"]
+    if not curves["enabled"]:
+        return []
+    return _epoch_list(curves["epochs"], _dataset(config, dataset)["epochs"])
+
+
+def kept_epochs(config: dict, dataset: str) -> list[int]:
+    """The epochs whose weights a fine-tune of ``dataset`` keeps when trajectories are measured."""
+    return _epoch_list(config["curves"]["keep_epochs"], _dataset(config, dataset)["epochs"])
+
+
+def snapshot_settings(config: dict, dataset: str, method: str) -> dict:
+    """What a fine-tune keeps per epoch when its rule declares the ``epochs`` output (the
+    finetune rule's params). Deliberately independent of whether trajectories are on: turning
+    them off reruns no fine-tune, turning them on reruns those whose kept weights are missing
+    (Snakemake: "Missing output files"), and measuring other kept epochs reruns none."""
+    whole_tower = method in ("full", "lp-ft")  # LoRA snapshots are small: fp32 always
+    return {"epochs": kept_epochs(config, dataset),
+            "dtype": config["curves"]["snapshot_dtype"] if whole_tower else "float32"}
+
+
+def curve_settings(config: dict, dataset: str) -> dict:
+    """What a curve job measures (the curves rule's params)."""
+    return {"alphas": sorted(float(a) for a in config["curves"]["alphas"]), "epochs": curve_epochs(config, dataset),
+            "attention": attention_settings(config), "eval_batch_size": config["training"]["eval_batch_size"],
+            "zeroshot": zeroshot_settings(config)}
+
+
+def _dataset(config: dict, name: str) -> dict:
+    return next(d for d in config["datasets"] if d["name"] == name)
+
+
+def check_curves(config: dict) -> None:
+    """Measured epochs must exist and be kept; named by key, with the fix."""
+    if not config["curves"]["enabled"]:
+        return
+    for dataset in config["datasets"]:
+        measured = curve_epochs(config, dataset["name"])
+        beyond = [e for e in measured if e > dataset["epochs"]]
+        if beyond:
+            raise StudyConfigError(f"curves.epochs lists epochs {beyond} but {dataset['name']} trains "
+                                   f"{dataset['epochs']} epochs: list epochs up to {dataset['epochs']} (or all).")
+        missing = sorted(set(measured) - set(kept_epochs(config, dataset["name"])))
+        if missing:
+            raise StudyConfigError(f"curves.epochs measures epochs {missing} of {dataset['name']} that curves.keep_epochs "
+                                   "does not keep: add them to curves.keep_epochs (or keep all).")
+
+
+def jobs_import_from(source_dir: str | Path) -> None:
+    """Let every job this process starts import clipdrift from ``source_dir`` (appended to
+    PYTHONPATH, so a path already there wins; the installed package is shadowed)."""
+    import os
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(source_dir)]))

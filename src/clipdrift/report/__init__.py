@@ -1,0 +1,1 @@
+"""The study's figures and its one self-contained HTML report."""
