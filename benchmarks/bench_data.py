@@ -5,7 +5,7 @@ training epoch of input batches, resized to the protocol's 224 px, two ways:
 
 - decode: torchvision's EuroSAT + Resize/CenterCrop/flip/ToTensor/Normalize through a
   DataLoader, i.e. reading and decoding every JPEG every epoch;
-- cached: ``clipdrift.data.datasets.prepare_real_dataset`` once (timed separately, it is paid once per
+- cached: ``clipdrift.data.real.prepare_real_dataset`` once (timed separately, it is paid once per
   study), then the training engine's loader (``clipdrift.train.engine.CachedBatches``) over the uint8
   cache.
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipdrift.data.datasets import prepare_real_dataset
+from clipdrift.data.real import prepare_real_dataset
 from clipdrift.train.engine import CachedBatches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

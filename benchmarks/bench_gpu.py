@@ -12,8 +12,9 @@ What it runs (all through the package, the code a study runs; random weights, no
   ``torch.cuda.max_memory_allocated`` over the ``finetune`` call, reset between configurations
   (it includes the whole CLIP with its frozen text tower, AdamW state, activations and the uint8
   training images the engine keeps on the GPU).
-- ``attention_table`` and ``cka_table`` (device cuda) on a probe of 200 images: every probe image
-  goes through the fine-tuned and the pretrained model (fp32, no TF32, as published).
+- the drift measurement (device cuda) on a probe of 200 images: the pretrained reference once,
+  then one extraction pass of the fine-tuned model, attention and CKA together (fp32, no TF32,
+  as published).
 - ``zeroshot.text_classifier`` (random text tower, 10 classes x the 18 CIFAR templates) and
   ``zeroshot.evaluate`` (fp32) on a few thousand images.
 - ``python -m pytest -m cuda tests/test_cuda.py -q`` in a subprocess (conftest pins the suite to
@@ -170,7 +171,7 @@ def print_device(info: dict) -> None:
 def fabricate(sizes: Sizes, image_size: int) -> dict:
     """Seeded uint8 images and labels: a training pool (also the probe's and zero-shot's source)
     sized for ``steps_per_epoch`` full batches, and a small selection split."""
-    from clipdrift.data.datasets import ImageSplit
+    from clipdrift.data.split import ImageSplit
 
     generator = torch.Generator().manual_seed(0)
     names = [f"class {k}" for k in range(sizes.n_classes)]
@@ -293,23 +294,34 @@ def train_one(base, method_name: str, amp: str, data: dict, sizes: Sizes, device
 
 
 def extraction(tuned, base, probe, device: torch.device) -> dict:
-    """images/s of attention_table and cka_table on the probe (both models on the device)."""
-    from clipdrift.measure.drift import AttentionConfig, CKAConfig, attention_table, cka_table
+    """images/s of the workflow's drift measurement on the probe: the pretrained reference once
+    (probe_reference), then one pass of the fine-tuned model (extract: attention and CKA)."""
+    from clipdrift.measure.drift import AttentionConfig, CKAConfig
+    from clipdrift.measure.extract import extract, probe_reference
 
     tuned.to(device)
     base.to(device)
+    attention, cka = AttentionConfig(device=str(device)), CKAConfig(device=str(device))
     out = {"probe_images": len(probe)}
-    for name, config, table in (("attention", AttentionConfig(device=str(device)), attention_table),
-                                ("cka", CKAConfig(device=str(device)), cka_table)):
-        table(tuned, base, probe.subset(range(min(len(probe), config.batch_size))), config)  # warm-up
-        reset_peak(device)
-        started = time.perf_counter()
-        frame = table(tuned, base, probe, config)
-        sync(device)
-        seconds = time.perf_counter() - started
-        out[name] = {"seconds": seconds, "images_per_s": len(probe) / seconds, "rows": len(frame),
-                     "batch_size": config.batch_size, "peak_gib": peak_gib(device)}
+    warm_up = probe.subset(range(min(len(probe), attention.batch_size)))
+    extract(tuned, probe_reference(base, warm_up, attention, cka), warm_up, attention, cka)
+    reference = timed(out, "reference", device, len(probe), attention.batch_size,
+                      lambda: probe_reference(base, probe, attention, cka))
+    timed(out, "extract", device, len(probe), attention.batch_size,
+          lambda: extract(tuned, reference, probe, attention, cka))
     return out
+
+
+def timed(out: dict, name: str, device: torch.device, images: int, batch_size: int, work):
+    """Run ``work`` once, recording its seconds, probe images/s and peak memory in ``out[name]``."""
+    reset_peak(device)
+    started = time.perf_counter()
+    result = work()
+    sync(device)
+    seconds = time.perf_counter() - started
+    out[name] = {"seconds": seconds, "images_per_s": images / seconds, "batch_size": batch_size,
+                 "peak_gib": peak_gib(device)}
+    return result
 
 
 def zeroshot(base, split, sizes: Sizes, device: torch.device, peaks) -> dict:
@@ -406,12 +418,12 @@ def print_training(rows: list[dict], sizes: Sizes, n_train: int) -> None:
 
 
 def print_extraction(result: dict) -> None:
-    print(f"\nextraction on a probe of {result['probe_images']} images (fine-tuned Full FT + pretrained model, fp32, "
-          "each image through both):")
-    for name in ("attention", "cka"):
+    print(f"\ndrift measurement on a probe of {result['probe_images']} images (fp32; the pretrained reference once "
+          "per dataset, then one pass per checkpoint):")
+    for name in ("reference", "extract"):
         r = result[name]
-        print(f"  {name + '_table':16s} {r['images_per_s']:9.1f} probe images/s  ({r['seconds']:.2f} s, batch "
-              f"{r['batch_size']}, {r['rows']} rows, peak memory {gib(r['peak_gib'])})")
+        print(f"  {name:16s} {r['images_per_s']:9.1f} probe images/s  ({r['seconds']:.2f} s, batch "
+              f"{r['batch_size']}, peak memory {gib(r['peak_gib'])})")
 
 
 def print_zeroshot(result: dict) -> None:

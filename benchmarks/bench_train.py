@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.model.adapters import MethodConfig, apply_method, trainable_parameters
 from clipdrift.model.backbones import BackboneSpec, build_classifier, image_preprocess_config
 from clipdrift.train.engine import TrainConfig, finetune, lr_factor, warmup_steps

@@ -30,8 +30,11 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from clipdrift.data.datasets import with_probe  # noqa: E402
-from clipdrift.measure.drift import AttentionConfig, attention_table, drift_summary  # noqa: E402
+from clipdrift.analysis.tables import attention_summary  # noqa: E402
+from clipdrift.data.sampling import with_probe  # noqa: E402
+from clipdrift.measure.drift import AttentionConfig, CKAConfig  # noqa: E402
+from clipdrift.measure.extract import extract, probe_reference  # noqa: E402
+from clipdrift.measure.tables import with_run_columns  # noqa: E402
 from clipdrift.measure.zeroshot import evaluate, load_templates, text_classifier  # noqa: E402
 from clipdrift.model.adapters import MethodConfig, apply_method  # noqa: E402
 from clipdrift.model.backbones import BackboneSpec, build_classifier  # noqa: E402
@@ -91,9 +94,11 @@ def make_tasks(args, world: WorldConfig) -> tuple[dict, float]:
 
 
 def entropy_drift(model, pretrained, probe) -> float:
-    summary = drift_summary(attention_table(model, pretrained, probe, AttentionConfig()))
-    row = summary[(summary["metric"] == "entropy") & (summary["layer"] == -1)]
-    return float(row["drift_pct"].iloc[0])
+    """The run's entropy drift as the workflow measures it (extraction, then the run table's summary)."""
+    attention, cka = AttentionConfig(), CKAConfig()
+    tables = extract(model, probe_reference(pretrained, probe, attention, cka), probe, attention, cka)
+    run = {"dataset": "world", "method": "run", "lr": "1e-03", "seed": 0}
+    return float(attention_summary(with_run_columns(tables["attention"], run))["drift_entropy_pct"].iloc[0])
 
 
 def run_one(spec, task, splits, zs, method, lr, seed, epochs, threads) -> dict:

@@ -3,14 +3,20 @@
 
 import itertools
 import math
+from importlib import resources
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from clipdrift import analysis
+from clipdrift.analysis.compare import comparisons
+from clipdrift.analysis.findings import findings
+from clipdrift.analysis.reference import load_reference, paper_comparison
+from clipdrift.analysis.sensitivity import probe_sensitivity, sensitivity_summary
 from clipdrift.analysis.stats import bootstrap_ci, holm, permutation, welch
+from clipdrift.analysis.study import build_tables
+from clipdrift.analysis.tables import attention_summary, cell_table, run_table
 
 from fabricated_study import DIVERGED, LRS, MISSING, PRETRAINED, SEEDS, fabricate
 
@@ -22,7 +28,7 @@ def study():
 
 @pytest.fixture(scope="module")
 def tables(study):
-    return analysis.build_tables(*study)
+    return build_tables(*study)
 
 
 def _histories_by_key(histories):
@@ -108,7 +114,7 @@ def test_attention_without_head_mean_rows_averages_the_heads():
             for state, value in (("baseline", 1.0 + offset), ("final", 1.5 + offset))
         ]
     )
-    summary = analysis.tables.attention_summary(frame)
+    summary = attention_summary(frame)
     # head means: baseline 2.0, final 2.5 in both layers
     assert summary["drift_entropy_pct"].iloc[0] == pytest.approx(25.0)
 
@@ -125,11 +131,11 @@ def test_cka_mean_is_linear_cls_over_the_blocks(study, tables):
 def test_duplicate_runs_are_refused(study):
     histories = study[0]
     with pytest.raises(ValueError, match="twice"):
-        analysis.run_table(histories + histories[:1], [], None, None)
+        run_table(histories + histories[:1], [], None, None)
 
 
 def test_runs_without_metrics_get_nan_not_an_error(study):
-    runs = analysis.run_table(study[0], [], None, None)
+    runs = run_table(study[0], [], None, None)
     assert runs["zs_top1"].isna().all() and runs["drift_entropy_pct"].isna().all()
     assert runs["best_select_acc"].notna().all()
 
@@ -327,7 +333,7 @@ def test_correlations_match_scipy(tables):
 
 @pytest.fixture(scope="module")
 def found(tables):
-    return analysis.findings(tables["runs"], PRETRAINED)
+    return findings(tables["runs"], PRETRAINED)
 
 
 def _kind(found, kind, dataset=None):
@@ -367,9 +373,9 @@ def test_highest_rate_finding_when_the_gap_is_widest_elsewhere(tables):
     runs = tables["runs"].copy()
     lowered = (runs["dataset"] == "pets") & (runs["method"] == "lora") & (runs["lr"] == "5e-05")
     runs.loc[lowered, "zs_top1"] -= 0.35
-    found = analysis.findings(runs, PRETRAINED)
+    found = findings(runs, PRETRAINED)
     (top,) = _kind(found, "highest_rate", "pets")
-    cells = analysis.cell_table(runs, ci_metrics=())
+    cells = cell_table(runs, ci_metrics=())
     assert top["values"]["lr"] == "5e-05"
     assert _kept_text(_cell(cells, "pets", "lora", "5e-05"), _cell(cells, "pets", "full", "5e-05")) in top["sentence"]
     assert _kind(found, "headline", "pets")[0]["values"]["widest"]["lr"] != "5e-05"
@@ -413,9 +419,9 @@ def test_diverged_run_and_power_caveats(found):
 
 def test_a_single_method_study_compares_nothing(tables):
     runs = tables["runs"][tables["runs"]["method"] == "lora"]
-    found = analysis.findings(runs, PRETRAINED)
+    found = findings(runs, PRETRAINED)
     assert {f["kind"] for f in found} == {"diverged"}
-    assert analysis.comparisons(runs).empty
+    assert comparisons(runs).empty
 
 
 def test_findings_are_json_ready(found):
@@ -429,28 +435,17 @@ def test_findings_are_json_ready(found):
 
 def test_reference_is_loaded_in_artifact_units():
     raw = pd.read_csv(
-        analysis.reference.resources.files("clipdrift") / "resources" / "paper_cells.csv", dtype={"lr": str}
+        resources.files("clipdrift") / "resources" / "paper_cells.csv", dtype={"lr": str}
     )
-    reference = analysis.load_reference()
+    reference = load_reference()
     assert len(reference) == 16 and set(reference["lr"]) == {"1e-06", "5e-06", "1e-05", "5e-05"}
     np.testing.assert_allclose(reference["zs_top1"], raw["cifar100_zeroshot"] / 100)
     np.testing.assert_allclose(reference["best_select_acc"], raw["best_val_acc"] / 100)
     np.testing.assert_allclose(reference["drift_entropy_pct"], raw["entropy_drift_pct"])
     # the published averages are the means of the published cells (to the published rounding)
-    methods = analysis.load_reference("methods").set_index(["dataset", "method"])
+    methods = load_reference("methods").set_index(["dataset", "method"])
     averaged = reference.groupby(["dataset", "method"])[["zs_top1", "best_select_acc"]].mean()
     np.testing.assert_allclose(methods.loc[averaged.index, ["zs_top1", "best_select_acc"]], averaged, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", ["paper_cells.csv", "paper_correlations.csv"])
-def test_packaged_reference_is_the_shared_one(name):
-    from pathlib import Path
-
-    shared = Path(__file__).resolve().parents[2] / "shared" / "reference" / name
-    if not shared.exists():
-        pytest.skip("no shared reference next to this checkout")
-    packaged = analysis.reference.resources.files("clipdrift") / "resources" / name
-    assert packaged.read_text() == shared.read_text()
 
 
 def _reproduction(reference, spread=0.004, seeds=(1, 2, 3, 4, 5), drop=None):
@@ -466,13 +461,13 @@ def _reproduction(reference, spread=0.004, seeds=(1, 2, 3, 4, 5), drop=None):
             zeroshot.append(
                 {**keys, "task": "cifar100", "top1": row.zs_top1 + offset + (0.05 if row.lr == "5e-05" else 0)}
             )
-    return analysis.run_table(histories, zeroshot, None, None)
+    return run_table(histories, zeroshot, None, None)
 
 
 def test_paper_comparison_reports_difference_and_spread():
-    reference = analysis.load_reference()
+    reference = load_reference()
     runs = _reproduction(reference, drop=("pets", "lora", "1e-06"))
-    comparison = analysis.paper_comparison(analysis.cell_table(runs), reference)
+    comparison = paper_comparison(cell_table(runs), reference)
     zs = comparison[comparison["metric"] == "zs_top1"].set_index(["dataset", "method", "lr"])
     on_target, shifted = zs.loc[("eurosat", "full", "1e-06")], zs.loc[("eurosat", "full", "5e-05")]
     assert on_target["difference"] == pytest.approx(0) and on_target["within_sd"] and on_target["within_range"]
@@ -486,22 +481,22 @@ def test_paper_comparison_reports_difference_and_spread():
 
 
 def test_paper_comparison_matches_rates_by_value():
-    reference = analysis.load_reference()
+    reference = load_reference()
     runs = _reproduction(reference)
     runs["lr"] = runs["lr"].map(lambda lr: f"{float(lr):.6f}")  # "0.000001" spelling
-    comparison = analysis.paper_comparison(analysis.cell_table(runs), reference)
+    comparison = paper_comparison(cell_table(runs), reference)
     reproduced = comparison[comparison["metric"].isin(["zs_top1", "best_select_acc"])]
     assert len(reproduced) == 32 and reproduced["reproduced_n"].eq(5).all()
 
 
 def test_paper_tables_only_when_asked(study):
-    assert "paper_cells" not in analysis.build_tables(*study)
-    with_paper = analysis.build_tables(*study, compare_with_paper=True)
+    assert "paper_cells" not in build_tables(*study)
+    with_paper = build_tables(*study, compare_with_paper=True)
     assert {"paper_cells", "paper_methods"} <= set(with_paper)
 
 
 def test_paper_cell_comparison_uses_population_sds_like_the_published_ones(study):
-    tables = analysis.build_tables(*study, compare_with_paper=True)
+    tables = build_tables(*study, compare_with_paper=True)
     runs = tables["runs"]
     row = tables["paper_cells"].query("dataset == 'pets' and method == 'lora' and lr == '1e-06' and metric == 'zs_top1'")
     ok = runs.query("dataset == 'pets' and method == 'lora' and lr == '1e-06' and not diverged")["zs_top1"]
@@ -511,7 +506,7 @@ def test_paper_cell_comparison_uses_population_sds_like_the_published_ones(study
 
 
 def test_published_correlations_side_by_side(study):
-    tables = analysis.build_tables(*study, compare_with_paper=True)
+    tables = build_tables(*study, compare_with_paper=True)
     side = tables["paper_correlations"].set_index(["dataset", "x", "y"])
     assert len(side) == 4 and set(side["published_n"]) == {40}
     row = side.loc[("pets", "drift_entropy_pct", "zs_top1")]
@@ -577,7 +572,7 @@ def test_probe_sensitivity_against_direct_computation(study, tables):
     from fabricated_study import PROBE_SEEDS, fabricate_sensitivity
 
     sensitivity = fabricate_sensitivity(study[2])
-    table = analysis.probe_sensitivity(sensitivity, tables["runs"])
+    table = probe_sensitivity(sensitivity, tables["runs"])
     pretrained = table.query("method == 'pretrained' and dataset == 'pets' and metric == 'entropy'").iloc[0]
     baseline = sensitivity.query("dataset == 'pets' and metric == 'entropy' and state == 'baseline'")
     values = baseline.groupby("probe_seed")["value"].first()
@@ -594,7 +589,7 @@ def test_probe_sensitivity_against_direct_computation(study, tables):
     assert run["probe_explains"] == (abs(run["drift_measured"]) <= 2 * run["drift_sd"])
     assert table.query("method != 'pretrained'")["seed"].isin(SEEDS).all()
     assert table.query("dataset == 'eurosat' and method == 'full' and lr == '5e-05' and seed == 19").empty  # diverged
-    summary = analysis.sensitivity_summary(table)
+    summary = sensitivity_summary(table)
     pets = summary.set_index("dataset").loc["pets"]
     tuned = table.query("dataset == 'pets' and method != 'pretrained' and metric == 'entropy'")
     assert pets["n_explained"] == tuned["probe_explains"].sum() and pets["n_judged"] == len(tuned)
@@ -607,15 +602,15 @@ def test_probe_sensitivity_refuses_runs_that_disagree_about_the_pretrained_model
     tampered = sensitivity.index[(sensitivity["state"] == "baseline") & (sensitivity["seed"] == 7)][:1]
     sensitivity.loc[tampered, "value"] *= 1.01
     with pytest.raises(ValueError, match="different pretrained values"):
-        analysis.probe_sensitivity(sensitivity)
+        probe_sensitivity(sensitivity)
 
 
 def test_probe_sensitivity_finding_states_its_numbers(study, tables):
     from fabricated_study import fabricate_sensitivity
 
-    table = analysis.probe_sensitivity(fabricate_sensitivity(study[2]), tables["runs"])
-    found = analysis.findings(tables["runs"], PRETRAINED, sensitivity=table)
-    summary = analysis.sensitivity_summary(table).set_index("dataset")
+    table = probe_sensitivity(fabricate_sensitivity(study[2]), tables["runs"])
+    found = findings(tables["runs"], PRETRAINED, sensitivity=table)
+    summary = sensitivity_summary(table).set_index("dataset")
     for finding in [f for f in found if f["kind"] == "probe_sensitivity"]:
         row = summary.loc[finding["dataset"]]
         assert f"could explain the drift of {row['n_explained']} of {row['n_judged']} runs" in finding["sentence"]

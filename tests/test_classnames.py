@@ -7,7 +7,7 @@ from importlib import resources
 import pytest
 
 from clipdrift.data.classnames import ClassNameError, check_style, class_names, published_class_names
-from clipdrift.data.datasets import _class_names
+from clipdrift.data.real import _class_names
 
 from fakedata import CIFAR100_FINE_LABEL_NAMES
 

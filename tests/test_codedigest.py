@@ -194,7 +194,7 @@ def _closure(script: str) -> set[str]:
 
 
 def test_zeroshot_reaches_the_runtime_helpers_and_data_loading():
-    reached = {"measure/runtime.py", "data/datasets.py", "measure/zeroshot.py", "resources/zeroshot_templates.json"}
+    reached = {"measure/runtime.py", "data/split.py", "measure/zeroshot.py", "resources/zeroshot_templates.json"}
     assert reached <= _closure("zeroshot.py")
 
 
@@ -207,7 +207,7 @@ def test_a_metric_or_zeroshot_edit_never_reruns_a_finetune():
 
 def test_data_preparation_reaches_the_data_and_the_world_but_not_pretraining():
     world = {module for module in MODULES if module.startswith("world/")}
-    assert world and {"data/datasets.py", *world} <= _closure("prepare_data.py")
+    assert world and {"data/build.py", "data/real.py", "data/sampling.py", *world} <= _closure("prepare_data.py")
     assert "train/pretrain.py" not in _closure("prepare_data.py")  # a pretraining edit reruns no data job
 
 

@@ -8,10 +8,11 @@ GPU can show: autocast kernels, TF32, the asynchronous staging copy, determinism
 import pytest
 import torch
 
-from clipdrift.measure.drift import AttentionConfig, CKAConfig, attention_table, cka_table
+from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.train.engine import TrainConfig, finetune
 
 from conftest import make_tiny
+from reference_drift import attention_table, cka_table
 from test_train import N_CLASSES, TEST, TRAIN, VAL, assert_same_states, without_timings
 
 pytestmark = pytest.mark.cuda

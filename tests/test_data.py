@@ -7,17 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipdrift.data.datasets import (
-    DatasetUnavailableError,
-    SplitError,
-    class_counts,
-    prepare_real_dataset,
-    preprocess_transform,
-    probe_indices,
-    seeded_order,
-    stratified_split,
-    with_probe,
-)
+from clipdrift.data.real import DatasetUnavailableError, prepare_real_dataset, preprocess_transform
+from clipdrift.data.sampling import SplitError, class_counts, probe_indices, seeded_order, stratified_split, with_probe
 
 from fakedata import (
     CIFAR100_CLASSES,

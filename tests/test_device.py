@@ -13,7 +13,7 @@ import yaml
 
 from clipdrift.core import device as devices
 from clipdrift.core.device import DeviceError, deterministic, full_fp32, resolve_device, seeded
-from clipdrift.data.datasets import ImageSplit, to_model_input
+from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.measure.runtime import evaluating
 from clipdrift.pipeline.plan import rule_scripts
 from clipdrift.train.engine import CachedBatches, TrainConfig, _CopyFence, finetune, keeps_data_on_device

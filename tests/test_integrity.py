@@ -17,16 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from clipdrift.core.io import (
-    ArtifactError,
-    read_image_split,
-    read_json,
-    read_table,
-    write_image_split,
-    write_json,
-    write_table,
-)
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.core.io import ArtifactError, read_json, read_table, write_json, write_table
+from clipdrift.data.split import ImageSplit, read_image_split, write_image_split
 from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.checkpoints import load_classifier, save_classifier
 

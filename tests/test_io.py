@@ -13,17 +13,15 @@ from clipdrift.core.io import (
     METADATA_KEY,
     ArtifactError,
     atomic_output,
-    read_image_split,
     read_json,
     read_safetensors,
     read_table,
     verify_safetensors,
-    write_image_split,
     write_json,
     write_safetensors,
     write_table,
 )
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit, read_image_split, write_image_split
 
 
 def test_atomic_output_gives_the_usual_file_mode(tmp_path):

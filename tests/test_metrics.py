@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.measure.attention import (
     aggregate_batches,
     cls_patch_distribution,
@@ -17,18 +17,12 @@ from clipdrift.measure.attention import (
     rollout,
 )
 from clipdrift.measure.cka import CKAAccumulator, debiased_cka, linear_cka
-from clipdrift.measure.drift import (
-    AttentionConfig,
-    CKAConfig,
-    attention_table,
-    cka_layer_mean,
-    cka_table,
-    drift_summary,
-)
+from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.runtime import model_input
 from clipdrift.model.backbones import capture_attention, capture_hidden_states
 
 from conftest import make_tiny
+from reference_drift import attention_table, cka_layer_mean, cka_table, drift_summary
 
 P = 49  # the protocol's 7x7 patches
 T = P + 1
@@ -397,7 +391,7 @@ def test_cka_table_matches_features_captured_by_hand(models):
 
 
 def test_probe_sensitivity_measures_the_drift_statistics_on_each_probe_subset(models):
-    from clipdrift.measure.drift import probe_sensitivity_table
+    from reference_drift import probe_sensitivity_table
 
     tuned, baseline = models
     probes = {7: make_probe(8, seed=7), 42: make_probe(8, seed=42)}
@@ -420,8 +414,9 @@ def test_probe_sensitivity_measures_the_drift_statistics_on_each_probe_subset(mo
 
 
 def test_one_pass_against_a_stored_reference_gives_the_tables_of_the_separate_measurements(models):
-    from clipdrift.measure.drift import probe_sensitivity_table
     from clipdrift.measure.extract import extract, probe_reference, reference_from_tensors, reference_tensors
+
+    from reference_drift import probe_sensitivity_table
 
     tuned, baseline = models
     probe = make_probe(20)

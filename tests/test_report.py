@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from clipdrift import analysis
+from clipdrift.analysis.findings import findings
+from clipdrift.analysis.reference import load_reference, paper_comparison
+from clipdrift.analysis.sensitivity import sensitivity_summary
+from clipdrift.analysis.study import build_tables
 from clipdrift.core.io import read_table, write_figure, write_table
-from clipdrift.pipeline.artifacts import FIGURES
 from clipdrift.report.figures import indomain_vs_zeroshot, make_figures
 from clipdrift.report.html import FIGURE_CAPTIONS, mean_sd, render_report
+from clipdrift.report.names import FIGURES
 
 from fabricated_study import DIVERGED, PRETRAINED, fabricate
 
@@ -24,7 +27,7 @@ STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "p
 
 @pytest.fixture(scope="module")
 def tables():
-    return analysis.build_tables(*fabricate())
+    return build_tables(*fabricate())
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def figures(tables):
 
 @pytest.fixture(scope="module")
 def found(tables):
-    return analysis.findings(tables["runs"], PRETRAINED)
+    return findings(tables["runs"], PRETRAINED)
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +129,8 @@ def test_paper_section_only_for_the_paper_preset(page, tables, figures, found):
     assert "Does not apply" in page and "unit-test" in page
     paper = dict(
         tables,
-        paper_cells=analysis.paper_comparison(tables["cells"], analysis.load_reference()),
-        paper_methods=analysis.paper_comparison(tables["methods"], analysis.load_reference("methods")),
+        paper_cells=paper_comparison(tables["cells"], load_reference()),
+        paper_methods=paper_comparison(tables["methods"], load_reference("methods")),
     )
     with_paper = render_report(paper, {}, found, {"name": "paper", "preset": "paper"}, PRETRAINED)
     assert "Does not apply" not in with_paper
@@ -142,7 +145,7 @@ def test_tables_read_back_from_parquet_render_the_same(tables, found, tmp_path):
     for name, frame in tables.items():
         write_table(frame, tmp_path / f"{name}.parquet")
         back[name] = read_table(tmp_path / f"{name}.parquet")
-    assert analysis.findings(back["runs"], PRETRAINED) == found
+    assert findings(back["runs"], PRETRAINED) == found
     assert list(make_figures(back, PRETRAINED)) == list(FIGURES)
     assert render_report(back, {}, found, STUDY, PRETRAINED) == render_report(tables, {}, found, STUDY, PRETRAINED)
 
@@ -231,8 +234,8 @@ def test_the_published_analyses_render_even_on_a_study_too_small_for_them():
             if h["seed"] == 7 and h["lr"] in ("1e-06", "5e-06")]  # two runs per method and dataset
     subset = [h for h in histories if (h["dataset"], h["method"], h["lr"], h["seed"]) in keep]
     scores = [z for z in zeroshot if (z["dataset"], z["method"], z["lr"], z["seed"]) in keep]
-    tables = analysis.build_tables(subset, scores, attention, cka, compare_with_paper=True)
-    html = render_report(tables, {}, analysis.findings(tables["runs"], PRETRAINED), STUDY, PRETRAINED)
+    tables = build_tables(subset, scores, attention, cka, compare_with_paper=True)
+    html = render_report(tables, {}, findings(tables["runs"], PRETRAINED), STUDY, PRETRAINED)
     assert "id='relations'" in html and "Not measured" in html  # no sensitivity tables given: said so
     assert "Correlations within each dataset" in html
 
@@ -241,9 +244,9 @@ def test_the_report_shows_the_probe_sensitivity_and_cka_relations():
     from fabricated_study import fabricate_sensitivity
 
     study = fabricate()
-    tables = analysis.build_tables(*study, sensitivity=fabricate_sensitivity(study[2]))
-    found = analysis.findings(tables["runs"], PRETRAINED, sensitivity=tables["probe_sensitivity"])
+    tables = build_tables(*study, sensitivity=fabricate_sensitivity(study[2]))
+    found = findings(tables["runs"], PRETRAINED, sensitivity=tables["probe_sensitivity"])
     html = render_report(tables, {}, found, STUDY, PRETRAINED)
-    summary = analysis.sensitivity_summary(tables["probe_sensitivity"]).set_index("dataset")
+    summary = sensitivity_summary(tables["probe_sensitivity"]).set_index("dataset")
     assert f"{summary.loc['pets', 'n_explained']} of {summary.loc['pets', 'n_judged']} runs" in html
     assert "The published pairing (off by one)" in html and "data-kind='probe_sensitivity'" in html

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipdrift.core.io import ResumeStore, read_json, read_safetensors, write_json
-from clipdrift.data.datasets import ImageSplit, to_model_input
+from clipdrift.core.io import read_json, read_safetensors, write_json
+from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.checkpoints import load_classifier, save_classifier
 from clipdrift.train.engine import (
@@ -29,6 +29,7 @@ from clipdrift.train.engine import (
     resolve_precision,
     warmup_steps,
 )
+from clipdrift.train.resume import ResumeStore
 
 from conftest import TINY, make_tiny
 from fakedata import class_image

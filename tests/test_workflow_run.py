@@ -276,7 +276,7 @@ def test_a_semantic_edit_of_the_metrics_runtime_reruns_drift_and_zero_shot_never
 
 
 def test_a_comment_or_docstring_edit_reruns_nothing(study_dir, tmp_path):
-    env = _edited_package(tmp_path, "data/datasets.py", "\n# a comment about the data\n")
+    env = _edited_package(tmp_path, "data/real.py", "\n# a comment about the data\n")
     assert _plan(study_dir, env=env) == {}
 
 

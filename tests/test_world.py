@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from clipdrift.core.errors import UserFacingError
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.measure.zeroshot import evaluate, text_classifier
 from clipdrift.model.adapters import MethodConfig, apply_method
 from clipdrift.model.backbones import BackboneSpec, build_classifier, create_clip

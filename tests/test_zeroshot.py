@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.measure.runtime import model_input
 from clipdrift.measure.zeroshot import (
     TEMPLATE_SETS,

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from clipdrift.pipeline import plan
 from clipdrift.pipeline.digest import script_digest
-from clipdrift.pipeline.artifacts import CURVE_FIGURES, FIGURES, PAPER_TABLES, TABLES, TRAJECTORY_FIGURES
+from clipdrift.analysis.names import PAPER_TABLES, TABLES
+from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRAJECTORY_FIGURES
 
 STUDY = f"{config['results_dir']}/{config['study']}"
 DATASETS = [d["name"] for d in config["datasets"]]

@@ -6,7 +6,8 @@ hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this proce
 
 import pandas as pd
 
-from clipdrift import analysis
+from clipdrift.analysis.findings import findings
+from clipdrift.analysis.study import build_tables
 from clipdrift.core.io import read_json, read_table, write_json, write_table
 from clipdrift.pipeline.jobs.runner import run_script
 
@@ -18,12 +19,12 @@ def main(smk):
     cka = pd.concat([read_table(path) for path in smk.input.cka], ignore_index=True)
     sensitivity, curves = (pd.concat([read_table(path) for path in smk.input[name]], ignore_index=True)
                            if name in smk.input.keys() else None for name in ("sensitivity", "curves"))
-    tables = analysis.build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper,
+    tables = build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper,
                                    sensitivity=sensitivity, curves=curves)
     for name, frame in tables.items():
         write_table(frame, smk.output[f"{name}_csv"])
         write_table(frame, smk.output[f"{name}_parquet"])
-    found = analysis.findings(tables["runs"], read_json(smk.input.pretrained_zeroshot),
+    found = findings(tables["runs"], read_json(smk.input.pretrained_zeroshot),
                               sensitivity=tables["probe_sensitivity"], curves=tables["curves"])
     write_json(smk.output.findings, found)
 

@@ -7,15 +7,17 @@ hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this proce
 
 from pathlib import Path
 
-from clipdrift.core.io import read_image_split, read_json, read_safetensors, write_table
+from clipdrift.core.io import read_json, read_safetensors, write_table
 from clipdrift.data.classnames import class_names
+from clipdrift.data.split import read_image_split
 from clipdrift.measure.curves import CurveInputs, curve_table
 from clipdrift.measure.drift import AttentionConfig
 from clipdrift.measure.extract import reference_from_tensors
+from clipdrift.measure.tables import with_run_columns
 from clipdrift.measure.zeroshot import TextClassifier, pretrained_score
 from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import load_backbone_spec, load_classifier
-from clipdrift.pipeline.jobs.runner import kept_epoch_loaders, run_script, with_run_columns
+from clipdrift.pipeline.jobs.runner import kept_epoch_loaders, run_script
 
 
 def main(smk):

@@ -5,12 +5,14 @@ from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.core.io import read_image_split, read_safetensors, write_table
-from clipdrift.data.datasets import probe_subsets
+from clipdrift.core.io import read_safetensors, write_table
+from clipdrift.data.sampling import probe_subsets
+from clipdrift.data.split import read_image_split
 from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.extract import extract, reference_from_tensors
+from clipdrift.measure.tables import with_run_columns
 from clipdrift.model.checkpoints import load_backbone_spec, load_classifier
-from clipdrift.pipeline.jobs.runner import run_script, with_run_columns
+from clipdrift.pipeline.jobs.runner import run_script
 
 
 def main(smk):

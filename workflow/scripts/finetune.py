@@ -4,7 +4,8 @@ from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.core.io import read_image_split, write_json
+from clipdrift.core.io import write_json
+from clipdrift.data.split import read_image_split
 from clipdrift.model.adapters import MethodConfig, apply_method
 from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import load_backbone_spec, save_classifier

@@ -6,8 +6,9 @@ hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this proce
 
 import torch
 
-from clipdrift.core.io import write_image_split, write_json
-from clipdrift.data.datasets import ImageSplit, build_dataset
+from clipdrift.core.io import write_json
+from clipdrift.data.build import build_dataset
+from clipdrift.data.split import ImageSplit, write_image_split
 from clipdrift.pipeline.jobs.runner import run_script
 
 

@@ -5,8 +5,9 @@ from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.core.io import read_image_split, write_safetensors
-from clipdrift.data.datasets import probe_subsets
+from clipdrift.core.io import write_safetensors
+from clipdrift.data.sampling import probe_subsets
+from clipdrift.data.split import read_image_split
 from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.extract import probe_reference, reference_tensors
 from clipdrift.model.backbones import build_classifier

@@ -6,8 +6,9 @@ from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
-from clipdrift.core.io import read_image_split, read_safetensors, write_json
+from clipdrift.core.io import read_safetensors, write_json
 from clipdrift.data.classnames import class_names
+from clipdrift.data.split import read_image_split
 from clipdrift.measure.zeroshot import TextClassifier, build_text_classifier, evaluate, score_record
 from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import load_backbone_spec, load_classifier

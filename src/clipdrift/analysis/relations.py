@@ -21,7 +21,7 @@ from __future__ import annotations
 import pandas as pd
 
 from clipdrift.analysis.stats import CORRELATION_METHODS, permutation_correlation
-from clipdrift.analysis.tables import RUN_KEYS, _drop_diverged, _layer_quantities
+from clipdrift.analysis.tables import RUN_KEYS, drop_diverged, layer_quantities
 
 PAIRINGS = {"same_layer": 1, "published_offset": 0}  # CKA layer = attention layer + offset
 RELATION_COLUMNS = ["dataset", "level", "pairing", "layer", "x", "y", "n", "method", "r", "p_perm", "perm_exact",
@@ -51,7 +51,7 @@ def run_level(runs: pd.DataFrame, seed: int = 0) -> list[dict]:
 
 def paired_layers(attention: pd.DataFrame, cka: pd.DataFrame, runs: pd.DataFrame | None, offset: int) -> pd.DataFrame:
     """Per run and attention layer: its entropy drift and the CKA of layer ``layer + offset``."""
-    quantities = _drop_diverged(_layer_quantities(attention, cka), runs)
+    quantities = drop_diverged(layer_quantities(attention, cka), runs)
     wide = quantities[quantities["quantity"].isin([LAYER_X, LAYER_Y])].pivot_table(
         index=RUN_KEYS + ["layer"], columns="quantity", values="value").reset_index()
     if LAYER_X not in wide or LAYER_Y not in wide:

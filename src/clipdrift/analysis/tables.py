@@ -320,7 +320,8 @@ def method_table(runs: pd.DataFrame, metrics: Iterable[str] = CELL_METRICS) -> p
 # ----------------------------------------------------------------------------------- layers
 
 
-def _drop_diverged(frame: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
+def drop_diverged(frame: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
+    """``frame`` without the rows of runs that diverged (as every mean leaves them out)."""
     if runs is None:
         return frame
     bad = normalise_keys(runs.loc[runs["diverged"], RUN_KEYS])
@@ -328,7 +329,7 @@ def _drop_diverged(frame: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFra
     return marked[marked["_bad"].isna()].drop(columns="_bad")
 
 
-def _layer_quantities(attention: pd.DataFrame | None, cka: pd.DataFrame | None) -> pd.DataFrame:
+def layer_quantities(attention: pd.DataFrame | None, cka: pd.DataFrame | None) -> pd.DataFrame:
     """Per run and layer: attention baseline/final/drift and every CKA variant, long format."""
     parts = []
     if attention is not None and not attention.empty:
@@ -358,7 +359,7 @@ def layer_table(
     seeds. Quantities: ``<metric>_baseline``, ``<metric>_final``, ``<metric>_drift_pct`` for the
     per-layer attention metrics and ``cka_<variant>_<token>``. Pass ``runs`` to leave diverged
     runs out, as the cell table does."""
-    values = _drop_diverged(_layer_quantities(attention, cka), runs)
+    values = drop_diverged(layer_quantities(attention, cka), runs)
     columns = CELL_KEYS + ["quantity", "layer", "mean", "sd", "n"]
     if values.empty:
         return pd.DataFrame(columns=columns)

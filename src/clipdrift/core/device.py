@@ -25,8 +25,8 @@ from collections.abc import Iterator
 
 import torch
 
+from clipdrift.core.environment import DEVICE_ENV
 from clipdrift.core.errors import UserFacingError
-from clipdrift.pipeline.jobs.gpuslots import DEVICE_ENV
 
 CUBLAS_WORKSPACE = (":4096:8", ":16:8")  # the settings cuBLAS accepts for deterministic results
 

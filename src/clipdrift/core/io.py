@@ -394,102 +394,12 @@ def _binary_pieces(array) -> Iterator:
 # Image splits
 # ---------------------------------------------------------------------------------------------
 
-def write_image_split(path: str | os.PathLike, split, dataset: str, split_name: str) -> None:
-    """Store a :class:`clipdrift.data.datasets.ImageSplit` in the tensor cache."""
-    tensors = {"images": split.images.contiguous(), "labels": split.labels.contiguous()}
-    metadata = {"dataset": dataset, "split": split_name, "class_names": list(split.class_names)}
-    write_safetensors(path, tensors, metadata)
 
 
-def read_image_split(path: str | os.PathLike):
-    from clipdrift.data.datasets import ImageSplit
-
-    tensors, metadata = read_safetensors(path)
-    _check_image_split(Path(path), tensors, metadata)
-    return ImageSplit(tensors["images"], tensors["labels"], metadata["class_names"])
 
 
-def _check_image_split(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Refuse an image split whose tensors or metadata do not have the documented shape."""
-    import torch
-
-    def refuse(problem: str) -> ArtifactError:
-        return ArtifactError(f"{path} is not a usable image split: {problem}. {RERUN}")
-
-    if set(tensors) != {"images", "labels"}:
-        raise refuse(f"it holds {sorted(tensors)}, not images and labels")
-    images, labels = tensors["images"], tensors["labels"]
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise refuse(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
-        raise refuse(f"labels must be int64 ({images.shape[0]},), got {labels.dtype} {tuple(labels.shape)}")
-    for field in ("dataset", "split"):
-        if not isinstance(metadata.get(field), str):
-            raise refuse(f"metadata field {field!r} must be a string, got {metadata.get(field)!r}")
-    names = metadata.get("class_names")
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise refuse("metadata field 'class_names' must be a list of strings")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
-        raise refuse(f"labels span {int(labels.min())}..{int(labels.max())} but there are {len(names)} class_names")
 
 
-class ResumeStore:
-    """A scratch directory holding one run's latest training state, outside its declared outputs.
-
-    Snakemake deletes the outputs of a failed job, so the state a killed fine-tune resumes from
-    lives here instead (``results/<study>/.resume/<run>/``). ``state.safetensors`` is the commit
-    point: it is replaced atomically after each epoch and names the other files it needs
-    (e.g. the best weights so far), which are written first and pruned after.
-    """
-
-    STATE = "state"
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = Path(directory)
-
-    def __repr__(self) -> str:
-        return f"ResumeStore({str(self.directory)!r})"
-
-    def _path(self, name: str) -> Path:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"resume file name {name!r} must be a plain file name")
-        return self.directory / f"{name}.safetensors"
-
-    def save(self, name: str, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-        write_safetensors(self._path(name), tensors, metadata)
-
-    def load(self, name: str) -> tuple[dict[str, torch.Tensor], dict]:
-        return read_safetensors(self._path(name))
-
-    def exists(self, name: str = STATE) -> bool:
-        return self._path(name).is_file()
-
-    def save_state(self, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-        self.save(self.STATE, tensors, metadata)
-
-    def load_state(self) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """The saved state, or ``None`` when there is none (raises :class:`ArtifactError` if unreadable)."""
-        return self.load(self.STATE) if self.exists(self.STATE) else None
-
-    def prune(self, keep: set[str]) -> None:
-        """Delete every stored file except the state and ``keep``."""
-        if not self.directory.is_dir():
-            return
-        for path in self.directory.glob("*.safetensors"):
-            if path.stem not in keep | {self.STATE}:
-                path.unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        """Remove the store's files (and the directory, if then empty) once the run is complete.
-
-        Only files this store writes are deleted, so a mistyped directory loses nothing else.
-        """
-        if not self.directory.is_dir():
-            return
-        for path in [*self.directory.glob("*.safetensors"), *self.directory.glob(".*.safetensors.*.tmp")]:
-            path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.directory.rmdir()
 
 
 def write_figure(figure, *paths: str | os.PathLike, dpi: int = 150) -> None:

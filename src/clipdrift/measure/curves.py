@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.measure.drift import AttentionConfig, model_attention_stats
 from clipdrift.measure.extract import ProbeReference
 from clipdrift.measure.zeroshot import evaluate as zeroshot_scores

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.measure.attention import (
     AGGREGATIONS,
     ENTROPY_UNITS,
@@ -24,9 +24,9 @@ from clipdrift.measure.attention import (
     head_diversity,
     rollout,
 )
-from clipdrift.measure.cka import CKA_VARIANTS, CKAAccumulator
-from clipdrift.measure.runtime import check_images, evaluating, model_input, probe_batches, resolve_device
-from clipdrift.model.backbones import CLIPClassifier, capture_attention, capture_hidden_states
+from clipdrift.measure.cka import CKA_VARIANTS
+from clipdrift.measure.runtime import evaluating, probe_batches, resolve_device
+from clipdrift.model.backbones import CLIPClassifier, capture_attention
 
 if TYPE_CHECKING:  # pandas loads when a table is built: the probe reference job builds none (~0.9 s)
     import pandas as pd
@@ -172,72 +172,14 @@ def attention_rows(summary: dict[str, torch.Tensor], state: str, config: Attenti
     return pd.DataFrame(rows, columns=ATTENTION_COLUMNS)
 
 
-def attention_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probe: ImageSplit,
-                    config: AttentionConfig = AttentionConfig()) -> pd.DataFrame:
-    """Attention statistics of the fine-tuned model (``final``) and its pretrained ``baseline``.
-
-    Columns ``layer, head, metric, state, value`` as in ``docs/artifacts.md``.
-    """
-    import pandas as pd
-
-    frames = [attention_rows(model_attention_stats(model, probe, config), state, config)
-              for state, model in zip(STATES, (pretrained, finetuned))]
-    return _typed(pd.concat(frames, ignore_index=True), {"layer": "int64", "head": "int64", "value": "float64"})
 
 
 SENSITIVITY_COLUMNS = ["probe_seed", "state", "metric", "value"]
 SENSITIVITY_METRICS = ("entropy", "rollout_entropy")
 
 
-def probe_sensitivity_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probes: dict[int, ImageSplit],
-                            config: AttentionConfig = AttentionConfig()) -> pd.DataFrame:
-    """The statistics the drift rests on, measured on several probe subsets instead of one.
-
-    ``probes``: probe seed → probe subset (same size, same source split). Per seed and model
-    state (``baseline`` = pretrained, ``final`` = fine-tuned): the all-layer mean of the
-    head-mean CLS-attention entropy (the quantity ``drift_entropy_pct`` is the drift of) and the
-    rollout entropy. Columns ``probe_seed, state, metric, value``.
-    """
-    import pandas as pd
-
-    rows = []
-    for seed, probe in sorted(probes.items()):
-        for state, model in zip(STATES, (pretrained, finetuned)):
-            summary = model_attention_stats(model, probe, config)
-            # (layers, heads): the mean over heads then layers is the mean of the whole matrix
-            rows.append((seed, state, "entropy", float(summary["entropy"].mean())))
-            rows.append((seed, state, "rollout_entropy", float(summary["rollout_entropy"])))
-    return _typed(pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS), {"probe_seed": "int64", "value": "float64"})
 
 
-def drift_summary(attention_df: pd.DataFrame) -> pd.DataFrame:
-    """Drift in % of baseline: ``100·(final − baseline)/baseline`` of the head-mean rows.
-
-    One row per metric and layer; ``layer = -1`` is the all-layer mean (mean over layers first,
-    then drift) for per-layer metrics and the whole-network value for rollout metrics. Columns
-    beyond the attention table's (``dataset``, ``method``, … added by the workflow) are kept as
-    grouping keys, so the summary of many runs is one call. Drift is NaN where the baseline is 0.
-    """
-    import pandas as pd
-
-    keys = [c for c in attention_df.columns if c not in ATTENTION_COLUMNS]
-    head_mean = attention_df[attention_df["head"] == WHOLE]
-    index = keys + ["metric", "layer", "state"]
-    if head_mean.duplicated(index).any():
-        raise ValueError(f"the attention table has duplicate rows for {index}: concatenate runs with their keys")
-    # unstack keeps NaN values (one head: no diversity) and adds no combinations that never existed
-    wide = head_mean.set_index(index)["value"].unstack("state")
-    missing = set(STATES) - set(wide.columns)
-    if missing:
-        raise ValueError(f"drift needs both model states, the table lacks {sorted(missing)}")
-    wide = wide[list(STATES)].reset_index()
-    layered = wide[wide["layer"] != WHOLE]
-    all_layers = layered.groupby(keys + ["metric"], as_index=False)[list(STATES)].mean().assign(layer=WHOLE)
-    out = pd.concat([wide, all_layers], ignore_index=True)
-    out["drift_pct"] = 100.0 * (out["final"] - out["baseline"]) / out["baseline"].where(out["baseline"] != 0)
-    out = out.sort_values(keys + ["metric", "layer"], kind="stable").reset_index(drop=True)
-    out.columns.name = None
-    return out[keys + ["metric", "layer", "baseline", "final", "drift_pct"]]
 
 
 # ---------------------------------------------------------------- CKA
@@ -252,53 +194,9 @@ def token_features(states: torch.Tensor, token: str) -> torch.Tensor:
     raise ValueError(f"cka token {token!r} is unknown: use one of {CKA_TOKENS}")
 
 
-def hidden_states(model: CLIPClassifier, inputs: torch.Tensor) -> list[torch.Tensor]:
-    """Token states ``(batch, tokens, width)`` of the embedding output and of every block."""
-    # hooks live for one forward only, so the same model may serve as both sides of a comparison
-    with capture_hidden_states(model.clip) as states:
-        model.clip.encode_image(inputs)
-    return [layer[0] for layer in states]
 
 
-def cka_table(finetuned: CLIPClassifier, pretrained: CLIPClassifier, probe: ImageSplit,
-              config: CKAConfig = CKAConfig()) -> pd.DataFrame:
-    """CKA per layer between pretrained and fine-tuned hidden states on the probe.
-
-    Layer 0 is the embedding output (after ``ln_pre``), then one row per block. Columns
-    ``layer, token, variant, value, defined``; ``value`` is NaN where ``defined`` is False (a
-    representation constant over the images, e.g. the embedding layer's CLS token), so a mean
-    over layers with pandas skips it instead of averaging in a meaningless number.
-    """
-    import pandas as pd
-
-    check_images(pretrained, probe)
-    device = resolve_device(config.device)
-    accumulators: dict[tuple[int, str], CKAAccumulator] = {}
-    with evaluating(pretrained, device), evaluating(finetuned, device):
-        for start in range(0, len(probe), config.batch_size):
-            images = probe.images[start:start + config.batch_size].to(device)
-            base_states = hidden_states(pretrained, model_input(pretrained, images))
-            tuned_states = hidden_states(finetuned, model_input(finetuned, images))
-            if len(base_states) != len(tuned_states):
-                raise ValueError(
-                    f"the pretrained image tower has {len(base_states) - 1} blocks and the fine-tuned one "
-                    f"{len(tuned_states) - 1}: compare a fine-tuned model with its own backbone"
-                )
-            for layer, (base, tuned) in enumerate(zip(base_states, tuned_states)):
-                for token in config.tokens:
-                    accumulator = accumulators.setdefault((layer, token), CKAAccumulator())
-                    accumulator.update(token_features(base, token), token_features(tuned, token))
-    rows = [(layer, token, variant, acc.value(variant), acc.defined)
-            for (layer, token), acc in sorted(accumulators.items()) for variant in config.variants]
-    return _typed(pd.DataFrame(rows, columns=CKA_COLUMNS), {"layer": "int64", "value": "float64", "defined": "bool"})
 
 
-def cka_layer_mean(cka_df: pd.DataFrame) -> pd.DataFrame:
-    """Mean CKA over the layers where it is defined, per token and variant (and extra keys)."""
-    keys = [c for c in cka_df.columns if c not in CKA_COLUMNS] + ["token", "variant"]
-    defined = cka_df[cka_df["defined"]]
-    return defined.groupby(keys, as_index=False).agg(value=("value", "mean"), n_layers=("layer", "size"))
 
 
-def _typed(frame: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
-    return frame.astype(dtypes)

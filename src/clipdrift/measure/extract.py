@@ -7,9 +7,9 @@ sensitivity analysis — a :class:`ProbeReference`. Each checkpoint then needs o
 over the probe that captures its attention maps and hidden states together (:func:`extract`),
 plus one attention pass per sensitivity subset.
 
-The tables are those of :func:`clipdrift.measure.drift.attention_table`, ``cka_table`` and
-``probe_sensitivity_table`` (the same rows; equal values up to float rounding: the captured
-forward computes the attention softmax explicitly where the plain one uses the fused kernel).
+The tables (docs/artifacts.md) equal those of running the fine-tuned and the pretrained model
+over the probe separately, up to float rounding (the test suite's two-pass reference,
+tests/reference_drift.py, checks it).
 No file I/O: :func:`reference_tensors` / :func:`reference_from_tensors` convert a reference to
 and from tensors + metadata for :mod:`clipdrift.core.io`.
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.measure.cka import CKAAccumulator
 from clipdrift.measure.drift import (
     CKA_COLUMNS,
@@ -29,7 +29,6 @@ from clipdrift.measure.drift import (
     STATES,
     AttentionConfig,
     CKAConfig,
-    _typed,
     attention_rows,
     batch_attention_stats,
     model_attention_stats,
@@ -37,6 +36,7 @@ from clipdrift.measure.drift import (
     token_features,
 )
 from clipdrift.measure.runtime import evaluating, probe_batches, resolve_device
+from clipdrift.measure.tables import typed
 from clipdrift.model.backbones import CLIPClassifier, capture_attention, capture_hidden_states
 
 if TYPE_CHECKING:  # pandas loads when a table is built: the probe reference job builds none (~0.9 s)
@@ -136,7 +136,7 @@ def _cka_rows(reference: ProbeReference, tuned: dict[tuple[int, str], torch.Tens
         for start in range(0, base.shape[0], batch_size):  # the batches cka_table streams
             accumulator.update(base[start:start + batch_size], tuned[(layer, token)][start:start + batch_size])
         rows += [(layer, token, variant, accumulator.value(variant), accumulator.defined) for variant in cka.variants]
-    return _typed(pd.DataFrame(rows, columns=CKA_COLUMNS), {"layer": "int64", "value": "float64", "defined": "bool"})
+    return typed(pd.DataFrame(rows, columns=CKA_COLUMNS), {"layer": "int64", "value": "float64", "defined": "bool"})
 
 
 def extract(finetuned: CLIPClassifier, reference: ProbeReference, probe: ImageSplit, attention: AttentionConfig,
@@ -149,7 +149,7 @@ def extract(finetuned: CLIPClassifier, reference: ProbeReference, probe: ImageSp
     summary, features = model_captures(finetuned, probe, attention, cka.tokens)
     frames = [attention_rows(s, state, attention) for s, state in zip((reference.attention, summary), STATES)]
     tables = {
-        "attention": _typed(pd.concat(frames, ignore_index=True), {"layer": "int64", "head": "int64", "value": "float64"}),
+        "attention": typed(pd.concat(frames, ignore_index=True), {"layer": "int64", "head": "int64", "value": "float64"}),
         "cka": _cka_rows(reference, features, cka, cka.batch_size),
     }
     if sensitivity_probes:
@@ -158,7 +158,7 @@ def extract(finetuned: CLIPClassifier, reference: ProbeReference, probe: ImageSp
                 for seed in sorted(tuned)
                 for state, values in zip(STATES, (reference.sensitivity[seed], tuned[seed]))
                 for metric, value in values.items()]
-        tables["sensitivity"] = _typed(pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS),
+        tables["sensitivity"] = typed(pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS),
                                        {"probe_seed": "int64", "value": "float64"})
     return tables
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from clipdrift.core.device import full_fp32, resolve_device
-from clipdrift.data.datasets import ImageSplit, to_model_input
+from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.backbones import CLIPClassifier, image_preprocess_config
 
 __all__ = ["check_images", "evaluating", "model_input", "probe_batches", "resolve_device"]

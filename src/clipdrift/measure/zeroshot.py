@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from clipdrift.core.errors import UserFacingError
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.measure.runtime import check_images, evaluating, model_input, resolve_device
 from clipdrift.model.backbones import CLIPClassifier
 from clipdrift.model.openclip import open_clip

@@ -73,7 +73,7 @@ def _training(config: dict, dataset: str, lr: str, seed: int) -> dict:
 
 
 def _data(config: dict, dataset: dict) -> dict:
-    from clipdrift.data import datasets as data
+    from clipdrift.data import real as data
 
     settings = plan.data_settings(config, dataset["name"])
     if dataset["name"] == "eurosat":

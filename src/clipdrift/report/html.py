@@ -22,7 +22,7 @@ from clipdrift.analysis.findings import pct, pretrained_top1, small
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import ACCURACY_METRICS, method_label
-from clipdrift.pipeline.artifacts import CURVE_FIGURES, FIGURES, TRAJECTORY_FIGURES
+from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRAJECTORY_FIGURES
 
 FIGURE_CAPTIONS = {
     "lr_panels": "Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the "

@@ -1,7 +1,7 @@
 """The fine-tuning engine: (model, image splits, config) → history, best and final weights.
 
-The protocol (DESIGN.md §3): AdamW with one parameter group and weight decay 0.01; a per-step
-schedule of linear warmup over 5% of the steps then cosine to zero; cross-entropy; gradient-norm
+The protocol (the paper preset; docs/design.md): AdamW with one parameter group and weight decay
+0.01; a per-step schedule of linear warmup over 5% of the steps then cosine to zero; cross-entropy; gradient-norm
 clipping at 1.0; bf16 (or fp16) autocast on CUDA and fp32 on CPU; evaluation on the selection
 split after every epoch; the best (strictly better accuracy) and the final weights.
 
@@ -10,7 +10,7 @@ Reliability:
 - Determinism: data order and flips come from ``(seed, epoch)``, dropout from the seeded
   global RNG, so the same seed on the CPU gives identical histories and weights.
 - Resume: after every epoch the weights, optimiser moments, step counter (the schedule is a
-  function of it) and RNG states go to a :class:`clipdrift.core.io.ResumeStore`; a rerun of a
+  function of it) and RNG states go to a :class:`clipdrift.train.resume.ResumeStore`; a rerun of a
   killed run continues from its last completed epoch and ends where an uninterrupted run does.
 - LP-FT (``method=MethodConfig("lp-ft", ...)``): one optimiser over every parameter the
   method ever trains; at the start of every epoch the phase follows from the epoch number
@@ -41,10 +41,11 @@ from tqdm.auto import tqdm
 
 from clipdrift.core.device import deterministic, full_fp32, resolve_device, seeded
 from clipdrift.core.errors import UserFacingError
-from clipdrift.core.io import ArtifactError, ResumeStore
-from clipdrift.data.datasets import ImageSplit, to_model_input
+from clipdrift.core.io import ArtifactError
+from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.adapters import MethodConfig, set_lp_ft_phase, trainable_parameter_counts, trainable_parameters
 from clipdrift.model.backbones import CLIPClassifier, image_preprocess_config
+from clipdrift.train.resume import ResumeStore
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ class CachedBatches:
     step writes into the same preallocated buffers: on the CPU a fresh 40 MB batch tensor costs
     more in page faults than the arithmetic. A returned batch is therefore only valid until the
     next :meth:`take` (the engine finishes each step's backward pass before the next take).
-    The arithmetic is :func:`clipdrift.data.datasets.to_model_input`'s, done in place (same values).
+    The arithmetic is :func:`clipdrift.data.split.to_model_input`'s, done in place (same values).
 
     ``flip_rows``: flip row by row in place (fast on the CPU) instead of one ``torch.where``
     over the batch (no host sync on a GPU); by default chosen by the device, and both give

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from clipdrift.data.datasets import ImageSplit, to_model_input
+from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.backbones import BackboneSpec, create_clip, image_preprocess_config
 from clipdrift.model.openclip import open_clip
 from clipdrift.world.render import WorldConfig, WorldConfigError, captions, render, sample_attributes, stream_generator

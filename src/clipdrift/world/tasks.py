@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipdrift.data.datasets import ImageSplit
+from clipdrift.data.split import ImageSplit
 from clipdrift.world.render import (
     COLOURS,
     N_ZEROSHOT_COLOURS,

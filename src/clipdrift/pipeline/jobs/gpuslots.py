@@ -38,9 +38,6 @@ from typing import Self
 
 from clipdrift.core.errors import UserFacingError
 
-# Pins a job to a device ("cpu", "cuda:1"); read by clipdrift.core.device. Here, in a module without
-# torch, so that the job runner can pin a CPU job without importing torch.
-DEVICE_ENV = "CLIPDRIFT_DEVICE"
 LOCK_DIR_ENV = "CLIPDRIFT_GPU_SLOT_DIR"
 # Set next to CUDA_VISIBLE_DEVICES by a claim: "<device>\t<pid>\t<lock file>". A child process
 # of the job (or a second claim in it) sees that its GPU is already covered by a held slot.

@@ -93,7 +93,7 @@ def _choose_device(snakemake, uses_gpu: bool) -> None:
     # before anything initialises CUDA in this process: CUDA_VISIBLE_DEVICES is read once
     import os
 
-    from clipdrift.pipeline.jobs.gpuslots import DEVICE_ENV
+    from clipdrift.core.environment import DEVICE_ENV
 
     if not uses_gpu:
         os.environ[DEVICE_ENV] = "cpu"
@@ -118,10 +118,6 @@ def _configure_logging(log_path: str | None) -> None:
     )
 
 
-def with_run_columns(frame, run: dict):
-    """``frame`` with the run's dataset/method/lr/seed as leading columns."""
-    columns = {key: run[key] for key in ("dataset", "method", "lr", "seed")}
-    return frame.assign(**columns)[[*columns, *frame.columns]]
 
 
 class EpochSnapshots:

@@ -1,18 +1,11 @@
-"""Datasets: image splits, the tensor cache, splits and the probe subset.
-
-An :class:`ImageSplit` holds deterministic-preprocessed uint8 images (resize + centre crop done
-once) and labels; training applies random flips and CLIP normalisation on the fly.
-
-- :func:`stratified_split` and :func:`probe_indices` draw protocol splits and the fixed
-  class-balanced probe subset from hash-ranked orders, identical on every machine.
-- :func:`prepare_real_dataset` reads EuroSAT, Oxford-IIIT Pets and CIFAR-100 through
-  torchvision (their real on-disk layouts), splits them, and decodes every image once into the
-  uint8 cache, returning the splits and their manifest.
+"""The real datasets through torchvision, from their standard on-disk layouts: EuroSAT,
+Oxford-IIIT Pets and CIFAR-100 read, split as published (or carved with a seed), and decoded
+once into the uint8 tensor cache with their manifest. A missing or malformed dataset stops with
+the path, the layout expected and the fetch command.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,162 +13,33 @@ from pathlib import Path
 import torch
 
 from clipdrift.core.errors import UserFacingError
-
-
-@dataclass
-class ImageSplit:
-    """Images (uint8, ``(N, 3, H, W)``), labels (int64, ``(N,)``) and the class names."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: list[str]
-
-    def __post_init__(self):
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"labels shape {tuple(self.labels.shape)} does not match {self.images.shape[0]} images")
-        self.labels = self.labels.to(torch.int64)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def subset(self, indices) -> ImageSplit:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return ImageSplit(self.images[index], self.labels[index], list(self.class_names))
-
-
-def to_model_input(images: torch.Tensor, mean, std, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 ``(N, 3, H, W)`` → float, CLIP-normalised; ``flip_mask`` flips selected images.
-
-    Runs on whatever device ``images`` is on (the GPU during training when there is one).
-    """
-    x = images.float().div_(255.0)
-    if flip_mask is not None and bool(flip_mask.any()):
-        x[flip_mask] = x[flip_mask].flip(-1)
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
+from clipdrift.data.sampling import SplitError, class_counts, stratified_split
+from clipdrift.data.split import ImageSplit
 
 # ---------------------------------------------------------------------------------------------
 # Deterministic orders, stratified splits and the probe subset
 # ---------------------------------------------------------------------------------------------
 
-PROBE_SIZE = 200
-PROBE_SEED = 42
 
 
-class SplitError(UserFacingError, ValueError):
-    """Requested split sizes do not fit the data."""
 
 
-def seeded_order(n: int, seed: int, salt: str = "") -> torch.Tensor:
-    """A permutation of ``range(n)`` fixed by ``(seed, salt)``.
-
-    Each index is ranked by a BLAKE2 hash of ``seed/salt/index`` instead of a library RNG, so
-    the order is identical on every machine and every torch/numpy version: the split manifest
-    can be recomputed and compared anywhere.
-    """
-    def key(index: int) -> bytes:
-        return hashlib.blake2b(f"{seed}/{salt}/{index}".encode(), digest_size=8).digest()
-
-    return torch.tensor(sorted(range(n), key=key), dtype=torch.long)
 
 
-def _labels_list(labels) -> list[int]:
-    return [int(v) for v in torch.as_tensor(labels).reshape(-1).tolist()]
 
 
-def _indices_by_class(labels: list[int], seed: int, salt: str) -> dict[int, list[int]]:
-    """Indices of each class, each list in the seeded order (classes in ascending order)."""
-    by_class: dict[int, list[int]] = {}
-    for index in seeded_order(len(labels), seed, salt).tolist():
-        by_class.setdefault(labels[index], []).append(index)
-    return dict(sorted(by_class.items()))
 
 
-def _proportional_counts(available: dict[int, int], total: int) -> dict[int, int]:
-    """Split ``total`` over classes in proportion to ``available`` (largest remainder, exact)."""
-    pool = sum(available.values())
-    quotas = {c: total * n / pool if pool else 0.0 for c, n in available.items()}
-    counts = {c: int(q) for c, q in quotas.items()}
-    # Ties in the remainder go to the lower class id, so the result never depends on dict order.
-    by_remainder = sorted(quotas, key=lambda c: (-(quotas[c] - counts[c]), c))
-    for c in by_remainder[: total - sum(counts.values())]:
-        counts[c] += 1
-    return counts
 
 
-def stratified_split(labels, sizes: dict[str, int], seed: int) -> dict[str, torch.Tensor]:
-    """Disjoint, class-stratified index sets of exactly ``sizes[name]`` items each.
-
-    Splits are filled in the order of ``sizes``; each takes from every class in proportion to
-    what that class still has left, so class frequencies match the whole set (up to rounding).
-    Items beyond ``sum(sizes)`` are left out. Indices come back sorted.
-    """
-    labels = _labels_list(labels)
-    for name, size in sizes.items():
-        if int(size) != size or size < 0:
-            raise SplitError(f"split size {name}={size!r} must be a non-negative integer")
-    if sum(sizes.values()) > len(labels):
-        raise SplitError(
-            f"split sizes {dict(sizes)} add up to {sum(sizes.values())} but the data has only "
-            f"{len(labels)} items: lower the split sizes."
-        )
-    remaining = _indices_by_class(labels, seed, "split")
-    splits = {}
-    for name, size in sizes.items():
-        counts = _proportional_counts({c: len(ix) for c, ix in remaining.items()}, int(size))
-        taken = []
-        for c, count in counts.items():
-            taken += remaining[c][:count]
-            remaining[c] = remaining[c][count:]
-        splits[name] = torch.tensor(sorted(taken), dtype=torch.long)
-    return splits
 
 
-def _balanced_counts(available: dict[int, int], n: int, class_order: list[int]) -> dict[int, int]:
-    """``n`` items spread as evenly as possible over classes, capped by what each class has."""
-    counts = dict.fromkeys(available, 0)
-    left = min(n, sum(available.values()))
-    while left > 0:
-        open_classes = [c for c in class_order if counts[c] < available[c]]
-        share = left // len(open_classes)
-        if share == 0:  # fewer items than open classes: one more each, in the seeded class order
-            for c in open_classes[:left]:
-                counts[c] += 1
-            break
-        for c in open_classes:
-            extra = min(share, available[c] - counts[c])
-            counts[c] += extra
-            left -= extra
-    return counts
 
 
-def probe_indices(labels, n: int = PROBE_SIZE, seed: int = PROBE_SEED) -> torch.Tensor:
-    """A class-balanced subset of ``n`` indices, the same for every run (sorted).
-
-    Each class gets ``n // n_classes`` items; the remainder goes one each to classes in a
-    seeded order; a class with too few items gives its share to the others.
-    """
-    labels = _labels_list(labels)
-    by_class = _indices_by_class(labels, seed, "probe")
-    classes = list(by_class)
-    class_order = [classes[i] for i in seeded_order(len(classes), seed, "probe-classes").tolist()]
-    counts = _balanced_counts({c: len(ix) for c, ix in by_class.items()}, n, class_order)
-    chosen = [index for c, count in counts.items() for index in by_class[c][:count]]
-    return torch.tensor(sorted(chosen), dtype=torch.long)
 
 
-def probe_subsets(split: ImageSplit, n: int, seeds) -> dict[int, ImageSplit]:
-    """The class-balanced probe of ``n`` images drawn from ``split`` with each seed (seed → subset)."""
-    return {int(seed): split.subset(probe_indices(split.labels, n, int(seed))) for seed in seeds}
 
 
-def class_counts(labels, n_classes: int) -> list[int]:
-    """How many items of each class ``0..n_classes-1``."""
-    return torch.bincount(torch.as_tensor(labels, dtype=torch.long).reshape(-1), minlength=n_classes).tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,27 +299,6 @@ def prepare_real_dataset(name: str, root, *, download: bool = False, image_size:
     return splits, manifest
 
 
-def with_probe(splits: dict[str, ImageSplit], manifest: dict, *, source: str = "test",
-               n: int = PROBE_SIZE, seed: int = PROBE_SEED) -> tuple[dict[str, ImageSplit], dict]:
-    """Copies of ``splits`` and ``manifest`` with the class-balanced ``probe`` drawn from ``source``.
-
-    The manifest's probe entry records its indices into ``source`` and their source ids.
-    """
-    if source not in splits:
-        raise SplitError(f"probe source split {source!r} does not exist (have {sorted(splits)})")
-    index = probe_indices(splits[source].labels, n, seed)
-    probe = splits[source].subset(index)
-    source_entry = manifest["splits"].get(source, {})
-    entry = {
-        "source_split": source,
-        "seed": seed,
-        "n": len(index),
-        "class_counts": class_counts(probe.labels, len(probe.class_names)),
-        "indices": index.tolist(),
-    }
-    if "ids" in source_entry:
-        entry["ids"] = [source_entry["ids"][i] for i in index.tolist()]
-    return {**splits, "probe": probe}, {**manifest, "splits": {**manifest["splits"], "probe": entry}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,22 +306,3 @@ def with_probe(splits: dict[str, ImageSplit], manifest: dict, *, source: str = "
 # ---------------------------------------------------------------------------------------------
 
 
-def build_dataset(dataset: dict, settings: dict) -> tuple[dict[str, ImageSplit], dict]:
-    """The image splits and manifest of one dataset (fine-tuning tasks also get their probe,
-    drawn from ``settings["probe_source"]``)."""
-    name, sizes = dataset["name"], dataset.get("sizes") or None
-    if settings["source"] == "world":
-        from clipdrift.world.render import WorldConfig
-        from clipdrift.world.tasks import DEFAULT_SIZES, task_splits
-
-        splits, manifest = task_splits(name, WorldConfig(**settings["world"]), sizes or DEFAULT_SIZES[name])
-    else:
-        options = {"val_fraction": dataset["val_fraction"]} if dataset.get("val_fraction") is not None else {}
-        splits, manifest = prepare_real_dataset(
-            name, settings["root"], download=settings["download"], image_size=settings["image_size"],
-            interpolation=settings["interpolation"], split_sizes=sizes, seed=settings["split_seed"], **options,
-        )
-    if "train" in splits:
-        splits, manifest = with_probe(splits, manifest, source=settings["probe_source"], n=settings["probe_size"],
-                                      seed=settings["probe_seed"])
-    return splits, manifest

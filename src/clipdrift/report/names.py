@@ -1,0 +1,16 @@
+"""The report's figures in reading order, with their titles.
+
+No imports: the Snakefile reads them to declare the report step's outputs on every start.
+"""
+
+FIGURES = {
+    "lr_panels": "Learning-rate panels",
+    "layer_entropy_drift": "Per-layer entropy drift",
+    "layer_erf_drift": "Per-layer ERF@0.95 drift",
+    "drift_vs_zeroshot": "Attention drift vs zero-shot accuracy",
+    "cka_profiles": "CKA to the pretrained model per layer",
+    "indomain_vs_zeroshot": "In-domain vs zero-shot accuracy",
+}
+# Figures of the curves (curves.enabled) and of the per-epoch trajectories (curves.epochs).
+CURVE_FIGURES = {"frontier": "Robustness frontier: weight interpolation"}
+TRAJECTORY_FIGURES = {"trajectories": "Per-epoch trajectories"}
