@@ -16,8 +16,8 @@ from clipdrift.measure.extract import reference_from_tensors
 from clipdrift.measure.tables import with_run_columns
 from clipdrift.measure.zeroshot import TextClassifier, pretrained_score
 from clipdrift.model.backbones import build_classifier
-from clipdrift.model.checkpoints import load_backbone_spec, load_classifier
-from clipdrift.pipeline.jobs.runner import kept_epoch_loaders, run_script
+from clipdrift.model.checkpoints import kept_epoch_loaders, load_backbone_spec, load_classifier
+from clipdrift.pipeline.jobs.runner import run_script
 
 
 def main(smk):

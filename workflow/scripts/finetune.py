@@ -9,9 +9,10 @@ from clipdrift.data.split import read_image_split
 from clipdrift.model.adapters import MethodConfig, apply_method
 from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import load_backbone_spec, save_classifier
-from clipdrift.pipeline.jobs.runner import EpochSnapshots, run_script
+from clipdrift.pipeline.jobs.runner import run_script
 from clipdrift.pipeline.plan import settings_hash
 from clipdrift.train.engine import TrainConfig, finetune
+from clipdrift.train.snapshots import EpochSnapshots
 
 
 def main(smk):

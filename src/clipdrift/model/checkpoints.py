@@ -8,11 +8,14 @@ through pickle.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from importlib.metadata import version
+from pathlib import Path
 
 import torch
 
 import clipdrift
+from clipdrift.core.errors import UserFacingError
 from clipdrift.core.io import ArtifactError, read_json, read_safetensors, write_safetensors
 from clipdrift.model.adapters import MethodConfig, apply_method, checkpoint_keys, trainable_state
 from clipdrift.model.backbones import BackboneSpec, CLIPClassifier, build_classifier
@@ -255,3 +258,21 @@ def load_backbone_spec(descriptor_path) -> BackboneSpec:
     """The :class:`BackboneSpec` recorded in a study's backbone descriptor (``backbone.json``)."""
     descriptor = read_json(descriptor_path)
     return BackboneSpec(descriptor["name"], descriptor["pretrained"], descriptor.get("cache_dir"))
+
+
+def kept_epoch_loaders(directory, epochs: list[int], base, diverged: bool = False) -> list[tuple[int, Callable]]:
+    """(epoch, loader) for each measured epoch kept in ``directory`` (a run's ``epochs/``).
+
+    A missing epoch is an error, unless the run diverged before reaching it (then it has none).
+    """
+    loaders, missing = [], []
+    for epoch in epochs:
+        path = Path(directory) / f"epoch{epoch}.safetensors"
+        if path.is_file():
+            loaders.append((epoch, lambda path=path: load_classifier(path, base=base)[0]))
+        else:
+            missing.append(epoch)
+    if missing and not diverged:
+        raise UserFacingError(f"epochs {missing} are not kept in {directory}: the fine-tune kept other epochs "
+                              "(curves.keep_epochs); rerun it with --forcerun finetune")
+    return loaders

@@ -120,59 +120,5 @@ def _configure_logging(log_path: str | None) -> None:
 
 
 
-class EpochSnapshots:
-    """The weights of a fine-tune's kept epochs, collected outside the job's outputs.
-
-    Snakemake deletes a failed job's outputs, so snapshots taken during training go to a scratch
-    directory beside the resume state (a resumed run finds the epochs it already took) and are
-    moved to the declared output directory once the run is done. ``settings``: the finetune
-    rule's ``snapshots`` params (``epochs``, ``dtype``), or None to keep nothing.
-    """
-
-    def __init__(self, settings: dict | None, scratch: str, save: Callable[[str, str, str], None]):
-        from pathlib import Path
-
-        self.epochs = set(settings["epochs"]) if settings else set()
-        self.dtype = settings["dtype"] if settings else "float32"
-        self.scratch, self.save = Path(scratch), save
-
-    def path(self, epoch: int):
-        return self.scratch / f"epoch{epoch}.safetensors"
-
-    def take(self, epoch: int) -> None:
-        if epoch in self.epochs:
-            self.save(self.path(epoch), f"epoch{epoch}", self.dtype)
-
-    def move_to(self, directory: str) -> None:
-        """Move the kept epochs into ``directory`` (epochs a diverged run never reached are absent)."""
-        import shutil
-        from pathlib import Path
-
-        target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
-        for epoch in sorted(self.epochs):
-            if self.path(epoch).exists():
-                shutil.move(self.path(epoch), target / self.path(epoch).name)
-        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def kept_epoch_loaders(directory, epochs: list[int], base, diverged: bool = False) -> list[tuple[int, Callable]]:
-    """(epoch, loader) for each measured epoch kept in ``directory`` (a run's ``epochs/``).
-
-    A missing epoch is an error, unless the run diverged before reaching it (then it has none).
-    """
-    from pathlib import Path
-
-    from clipdrift.model.checkpoints import load_classifier
-
-    loaders, missing = [], []
-    for epoch in epochs:
-        path = Path(directory) / f"epoch{epoch}.safetensors"
-        if path.is_file():
-            loaders.append((epoch, lambda path=path: load_classifier(path, base=base)[0]))
-        else:
-            missing.append(epoch)
-    if missing and not diverged:
-        raise UserFacingError(f"epochs {missing} are not kept in {directory}: the fine-tune kept other epochs "
-                              "(curves.keep_epochs); rerun it with --forcerun finetune")
-    return loaders
