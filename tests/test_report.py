@@ -2,6 +2,7 @@
 opened in a real headless browser (Debian's chromium) that must load every image and log no
 console message."""
 
+import base64
 import os
 import re
 import shutil
@@ -9,15 +10,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 
 from clipdrift.analysis.findings import findings
 from clipdrift.analysis.reference import load_reference, paper_comparison
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.study import build_tables
 from clipdrift.core.io import read_table, write_figure, write_table
+from clipdrift.report.cells import mean_sd
 from clipdrift.report.figures import indomain_vs_zeroshot, make_figures
-from clipdrift.report.html import FIGURE_CAPTIONS, mean_sd, render_report
+from clipdrift.report.html import SECTIONS, render_report
 from clipdrift.report.names import FIGURES
+from clipdrift.report.views import FIGURE_CAPTIONS
 
 from fabricated_study import DIVERGED, PRETRAINED, fabricate
 
@@ -41,8 +45,17 @@ def found(tables):
 
 
 @pytest.fixture(scope="module")
-def page(tables, figures, found):
-    return render_report(tables, figures, found, STUDY, PRETRAINED)
+def pngs(figures, tmp_path_factory):
+    """The figures as the report rule writes them; the page embeds these very files."""
+    folder = tmp_path_factory.mktemp("figures")
+    for name, figure in figures.items():
+        write_figure(figure, folder / f"{name}.png")
+    return {name: folder / f"{name}.png" for name in figures}
+
+
+@pytest.fixture(scope="module")
+def page(tables, pngs, found):
+    return render_report(tables, pngs, found, STUDY, PRETRAINED)
 
 
 # ---------------------------------------------------------------------------------- figures
@@ -93,6 +106,38 @@ def test_page_is_self_contained(page, figures):
     assert len(images) == len(figures)
 
 
+def test_page_embeds_the_png_files_the_figure_step_wrote(page, pngs, tables, found):
+    for name, path in pngs.items():
+        src = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+        assert f"<figure id='fig-{name}'>" in page and f"src='{src}'" in page
+    as_bytes = {name: path.read_bytes() for name, path in pngs.items()}
+    assert render_report(tables, as_bytes, found, STUDY, PRETRAINED) == page
+    svg = next(iter(pngs.values())).with_suffix(".svg")
+    svg.write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    with pytest.raises(ValueError, match="not a PNG"):
+        render_report(tables, {"lr_panels": svg}, found, STUDY, PRETRAINED)
+
+
+def test_contents_anchors_and_sections_come_from_one_list(page):
+    ids = [section.id for section in SECTIONS]
+    nav = re.search(r"<nav>(.*?)</nav>", page).group(1)
+    assert re.findall(r"<a href='#([^']+)'>", nav) == ids
+    assert re.findall(r"<h2 id='([^']+)'>", page) == ids  # the fabricated study has something for every section
+    assert len(set(ids)) == len(ids)
+
+
+def test_every_string_from_the_study_is_escaped(tables, found):
+    marked = {name: frame.replace("eurosat", "euro<sat>&'") if frame is not None and "dataset" in frame else frame
+              for name, frame in tables.items()}
+    study = {"name": "<b>bold</b>", "preset": "<i>preset</i>", "config": {"note": "<script>x</script>"}}
+    sentences = [dict(f, sentence=f["sentence"] + " <em>raw</em>") for f in found]
+    page = render_report(marked, {}, sentences, study, PRETRAINED)
+    assert "euro<sat>" not in page and "euro&lt;sat&gt;&amp;&#39;" in page
+    for raw in ("<b>bold</b>", "<i>preset</i>", "<script>", "<em>raw</em>"):
+        assert raw not in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "&lt;script&gt;x&lt;/script&gt;" in page
+
+
 def test_page_shows_the_diverged_run_as_such(page, tables):
     dataset, _, lr, seed = DIVERGED
     rows = re.findall(r'<tr class="diverged">(.*?)</tr>', page)
@@ -118,10 +163,8 @@ def test_page_cell_means_leave_the_diverged_run_out(page, tables):
 
 
 def test_page_states_the_findings(page, found):
-    import html
-
     for finding in found:
-        assert html.escape(finding["sentence"]) in page
+        assert str(escape(finding["sentence"])) in page
     assert "LoRA kept" in page and "(pretrained: 60.0%" in page
 
 

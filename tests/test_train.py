@@ -17,18 +17,11 @@ from clipdrift.core.io import read_json, read_safetensors, write_json
 from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.checkpoints import load_classifier, save_classifier
-from clipdrift.train.engine import (
-    CachedBatches,
-    FinetuneResult,
-    TrainConfig,
-    TrainConfigError,
-    choose_amp,
-    evaluate,
-    finetune,
-    lr_factor,
-    resolve_precision,
-    warmup_steps,
-)
+from clipdrift.train.batches import CachedBatches
+from clipdrift.train.config import TrainConfig, TrainConfigError, lr_factor, warmup_steps
+from clipdrift.train.engine import FinetuneResult, finetune
+from clipdrift.train.evaluate import evaluate
+from clipdrift.train.precision import choose_amp, resolve_precision
 from clipdrift.train.resume import ResumeStore
 
 from conftest import TINY, make_tiny

@@ -21,7 +21,8 @@ def main(smk):
         raise UserFacingError(f"the study's tables cannot support the figures {missing}: check the aggregate log")
     for name, figure in figures.items():
         write_figure(figure, smk.output[f"{name}_png"], smk.output[f"{name}_svg"])
-    html = render_report(tables, figures, read_json(smk.input.findings), smk.params.study, pretrained)
+    pngs = {name: smk.output[f"{name}_png"] for name in figures}  # the page embeds the files just written
+    html = render_report(tables, pngs, read_json(smk.input.findings), smk.params.study, pretrained)
     with atomic_output(smk.output.html) as tmp:
         tmp.write_text(html)
 

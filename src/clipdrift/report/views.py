@@ -1,0 +1,355 @@
+"""What each section of the report shows, as plain data for its template macro.
+
+Each ``*_view`` returns a dict (the template's ``view``), or None where the section has nothing
+to show. Every string in it is plain text: the templates escape it. Tables are
+:class:`clipdrift.report.cells.Table` objects of formatted cells.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from clipdrift.analysis.findings import pct, pretrained_top1, small
+from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
+from clipdrift.analysis.sensitivity import sensitivity_summary
+from clipdrift.analysis.tables import method_label
+from clipdrift.report.cells import (
+    METRIC_LABELS,
+    format_value,
+    is_missing,
+    mean_sd,
+    metric_label,
+    p_value,
+    r_with_ci,
+    summary,
+    table,
+    yes_no,
+)
+from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRAJECTORY_FIGURES
+
+FIGURE_CAPTIONS = {
+    "lr_panels": "Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the "
+    "layer-mean CLS-attention entropy (% of the pretrained value) and zero-shot top-1. Lines are cell "
+    "means, bands ± 1 SD over seeds, dots single seeds; the dashed line is the pretrained model's "
+    "zero-shot accuracy; red crosses mark diverged runs, which no mean includes.",
+    "layer_entropy_drift": "Per-layer drift of the CLS-attention entropy (% of the pretrained value), mean over "
+    "seeds, for every method × learning rate. One colour scale for all panels, centred at zero.",
+    "layer_erf_drift": "Per-layer drift of ERF@0.95 (the smallest fraction of patches holding 95% of the CLS "
+    "attention), mean over seeds, as above.",
+    "drift_vs_zeroshot": "Every non-diverged run: layer-mean entropy drift against zero-shot top-1. Colour: "
+    "method; marker: learning rate. Titles give Pearson r with its 95% interval, Spearman ρ "
+    "and n, pooled over both methods within the dataset.",
+    "cka_profiles": "Linear CKA between the pretrained and fine-tuned CLS hidden states per layer (1 = "
+    "unchanged representation), mean ± SD over seeds; darker lines are higher learning rates.",
+    "frontier": "The robustness frontier: per dataset, each (method, learning rate)'s weight interpolation from the "
+    "pretrained tower (alpha 0) to the run's final weights (alpha 1, filled marker): in-domain test accuracy "
+    "against held-out zero-shot top-1, mean over seeds; darker lines are higher learning rates; the star is the "
+    "pretrained model (its in-domain zero-shot accuracy). A curve above another at the same in-domain accuracy keeps "
+    "more transfer for what it learns.",
+    "trajectories": "Per kept epoch, mean over seeds: held-out zero-shot top-1 (dashed: the pretrained model; dotted: "
+    "half of it) and the drift of the layer-mean CLS-attention entropy, per method × learning rate (darker = higher).",
+    "indomain_vs_zeroshot": "In-domain accuracy against zero-shot accuracy of the same final weights, cell means "
+    "± SD over seeds; each method's learning rates are joined in order and labelled. The "
+    "pretrained model is the origin point (star) where its in-domain zero-shot accuracy is "
+    "known, else the dashed line.",
+}
+
+FINDING_GROUPS = (
+    ("The effect", ("headline", "highest_rate", "average_transfer")),
+    ("Regimes that averages hide", ("ranking_flip", "underfit", "best_rate")),
+    ("Beyond the end points: interpolation and trajectories", ("frontier", "trajectory")),
+    ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
+)
+
+CELL_VIEW = tuple((label, metric) for metric, label in METRIC_LABELS.items())
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def findings_view(findings: list[dict]) -> dict:
+    groups = [(title, [f for f in findings if f["kind"] in kinds]) for title, kinds in FINDING_GROUPS]
+    other = [f for f in findings if not any(f["kind"] in kinds for _, kinds in FINDING_GROUPS)]
+    return {"groups": [(title, items) for title, items in groups if items], "other": other}
+
+
+def png_data_uri(png: bytes | str | os.PathLike) -> str:
+    """A PNG (its bytes, or the path of the file) as a ``data:`` URI."""
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError(f"not a PNG image: {png if not isinstance(png, bytes) else data[:16]!r}")
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def figures_view(figures: Mapping[str, bytes | str | os.PathLike]) -> dict:
+    """The figures the figure step wrote, in the given order, each as its PNG (bytes or path)."""
+    titles = {**FIGURES, **CURVE_FIGURES, **TRAJECTORY_FIGURES}
+    return {"figures": [
+        {"name": name, "title": titles.get(name, name.replace("_", " ")), "src": png_data_uri(png),
+         "caption": FIGURE_CAPTIONS.get(name, "")}
+        for name, png in figures.items()
+    ]}
+
+
+def cells_view(cells: pd.DataFrame) -> dict:
+    view = [(label, metric) for label, metric in CELL_VIEW if f"{metric}_mean" in cells]
+    columns = ["dataset", "method", "lr", "seeds used / run", "diverged (left out)"] + [label for label, _ in view]
+    rows, classes = [], []
+    for _, row in cells.iterrows():
+        rows.append(
+            [
+                row["dataset"],
+                method_label(row["method"]),
+                row["lr"],
+                f"{row['n_runs'] - row['n_diverged']} / {row['n_runs']}",
+                f"{row['n_diverged']} (seed {row['diverged_seeds']})" if row["n_diverged"] else "0",
+            ]
+            + [summary(row, metric) for _, metric in view]
+        )
+        classes.append("flag" if row["n_diverged"] else "")
+    return {"table": table(columns, rows, classes, text_columns=5)}
+
+
+def methods_view(methods: pd.DataFrame) -> dict:
+    view = [(label, metric) for label, metric in CELL_VIEW if f"{metric}_mean" in methods]
+    columns = ["dataset", "method", "learning rates", "runs (diverged)"] + [label for label, _ in view]
+    rows = []
+    for _, row in methods.iterrows():
+        values = [mean_sd(m, row[f"{m}_mean"], row[f"{m}_sd_across_lr"]) for _, m in view]
+        rows.append(
+            [row["dataset"], method_label(row["method"]), row["lrs"], f"{row['n_runs']} ({row['n_diverged']})"] + values
+        )
+    return {"table": table(columns, rows, text_columns=3)}
+
+
+def _arm(metric: str, mean, sd, n) -> str:
+    return f"{mean_sd(metric, mean, sd)} ({n})"
+
+
+def stats_view(stats: pd.DataFrame | None) -> dict:
+    if stats is None or stats.empty:
+        return {"heading": "Method comparisons", "table": None}
+    columns = ["dataset", "lr", "metric", "comparison (b vs a)", "a: mean ± SD (n)", "b: mean ± SD (n)",
+               "b − a [95% CI]", "Welch t (df)", "p Welch", "p Welch, Holm", "p permutation", "p perm., Holm"]
+    rows, classes = [], []
+    for _, r in stats.iterrows():
+        m = r["metric"]
+        diff = (
+            f"{format_value(m, r['diff'], True)} "
+            f"[{format_value(m, r['diff_ci_low'], True)}, {format_value(m, r['diff_ci_high'], True)}]"
+        )
+        perm = p_value(r["p_perm"]) + ("" if r["perm_exact"] else " (sampled)")
+        rows.append([
+            r["dataset"], r["lr"], metric_label(m),
+            f"{method_label(r['method_b'])} vs {method_label(r['method_a'])}",
+            _arm(m, r["mean_a"], r["sd_a"], r["n_a"]), _arm(m, r["mean_b"], r["sd_b"], r["n_b"]), diff,
+            "–" if is_missing(r["t"]) else f"{r['t']:.2f} ({r['df']:.1f})",
+            p_value(r["p_welch"]), p_value(r["p_welch_holm"]), perm, p_value(r["p_perm_holm"]),
+        ])
+        classes.append("flag" if r["reject_p_welch_holm"] else "")
+    pairs = "; ".join(f"{method_label(b)} vs {method_label(a)}"
+                      for a, b in stats[["method_a", "method_b"]].drop_duplicates().itertuples(index=False))
+    return {"pairs": pairs, "table": table(columns, rows, classes, text_columns=4)}
+
+
+def correlations_view(correlations: pd.DataFrame | None) -> dict | None:
+    if correlations is None or correlations.empty:
+        return None
+    columns = ["dataset", "x", "y", "n", "Pearson r [95% CI]", "p", "Spearman ρ", "p"]
+    rows = [
+        [
+            r["dataset"],
+            metric_label(r["x"]),
+            metric_label(r["y"]),
+            r["n"],
+            r_with_ci(r["pearson_r"], r["pearson_ci_low"], r["pearson_ci_high"]),
+            p_value(r["pearson_p"]),
+            "–" if is_missing(r["spearman_rho"]) else f"{r['spearman_rho']:.2f}",
+            p_value(r["spearman_p"]),
+        ]
+        for _, r in correlations.iterrows()
+    ]
+    return {"table": table(columns, rows, text_columns=3)}
+
+
+def _r_with_p(row: pd.Series) -> str:
+    if is_missing(row["r"]):
+        return "–"
+    return f"{row['r']:.2f} (p {p_value(row['p_perm'])}{'' if row['perm_exact'] else ', sampled'})"
+
+
+RELATION_COLUMNS = ("dataset", "layer", "n runs", "Pearson r (p)", "Spearman ρ (p)")
+
+
+def _relation_table(frame: pd.DataFrame):
+    rows = []
+    for (dataset, layer), group in frame.groupby(["dataset", "layer"], sort=True):
+        by_method = group.set_index("method")
+        cells = [_r_with_p(by_method.loc[m]) if m in by_method.index else "–" for m in ("pearson", "spearman")]
+        rows.append([dataset, "all (run means)" if layer < 0 else str(layer), int(group["n"].max()), *cells])
+    return table(RELATION_COLUMNS, rows, text_columns=2)
+
+
+def relations_view(relations: pd.DataFrame | None) -> dict:
+    """``same``: the run means and each block with its own output; ``offset``: the published pairing, if given."""
+    if relations is None or relations.empty:
+        return {"same": None, "offset": None}
+    same = relations[relations["pairing"].isin(["mean_over_layers", "same_layer"])]
+    offset = relations[relations["pairing"] == "published_offset"]
+    return {"same": _relation_table(same), "offset": None if offset.empty else _relation_table(offset)}
+
+
+SENSITIVITY_VIEW = (("entropy", "mean CLS-attention entropy"), ("rollout_entropy", "rollout entropy"))
+
+
+def sensitivity_view(sensitivity: pd.DataFrame | None) -> dict:
+    if sensitivity is None or sensitivity.empty:
+        return {"table": None}
+    columns = ["dataset", "statistic", "probe subsets", "pretrained CV (%)", "fine-tuned CV, median (%)",
+               "|drift| measured, median (%)", "drift SD across subsets, median", "drift the probe could explain"]
+    rows = []
+    for metric, label in SENSITIVITY_VIEW:
+        for r in sensitivity_summary(sensitivity, metric).itertuples():
+            rows.append([r.dataset, label, r.n_probes, small(r.pretrained_cv_pct), small(r.median_finetuned_cv_pct),
+                         small(r.median_abs_drift), small(r.median_drift_sd), f"{r.n_explained} of {r.n_judged} runs"])
+    return {"table": table(columns, rows, text_columns=2)}
+
+
+PAPER_COLUMNS = ("metric", "published", "reproduced mean ± SD", "n", "difference", "within SD", "within range")
+
+
+def _paper_table(frame: pd.DataFrame, keys: list[str], highlight: bool):
+    rows, classes = [], []
+    for _, r in frame.iterrows():
+        m = r["metric"]
+        rows.append(
+            [r[k] if k != "method" else method_label(r[k]) for k in keys]
+            + [
+                metric_label(m),
+                format_value(m, r["published"]),
+                mean_sd(m, r["reproduced_mean"], r["reproduced_sd"]),
+                r["reproduced_n"],
+                format_value(m, r["difference"], True),
+                yes_no(r["within_sd"]),
+                yes_no(r["within_range"]),
+            ]
+        )
+        classes.append("" if not highlight or is_missing(r["within_sd"]) or r["within_sd"] else "flag")
+    return table([*keys, *PAPER_COLUMNS], rows, classes, text_columns=len(keys) + 1)
+
+
+def paper_correlations_table(frame: pd.DataFrame):
+    columns = ["dataset", "x", "y", "published r (n)", "measured r [95% CI]", "n", "difference", "published inside CI"]
+    rows, classes = [], []
+    for _, r in frame.iterrows():
+        rows.append([r["dataset"], metric_label(r["x"]), metric_label(r["y"]),
+                     f"{r['published_r']:.2f} ({r['published_n']})",
+                     r_with_ci(r["measured_r"], r["pearson_ci_low"], r["pearson_ci_high"]), r["measured_n"],
+                     "–" if is_missing(r["difference"]) else f"{r['difference']:+.2f}", yes_no(r["within_ci"])])
+        classes.append("" if is_missing(r["within_ci"]) or r["within_ci"] else "flag")
+    return table(columns, rows, classes, text_columns=3)
+
+
+def paper_view(tables: dict, study: dict, pretrained) -> dict:
+    """``applies`` false (with the study's ``preset``) unless the study is the published paper matrix."""
+    if "paper_cells" not in tables or tables["paper_cells"] is None:
+        return {"applies": False, "preset": str(study.get("preset") or study.get("name") or "this study")}
+    reference = pretrained_top1(pretrained)
+    names = study.get("zeroshot_class_names")
+    optional = {name: tables.get(name) for name in ("paper_methods", "paper_correlations")}
+    return {
+        "applies": True,
+        "class_names": str(names) if names else None,
+        "published_class_names": names == "published",
+        "pretrained": None if math.isnan(reference) else {
+            "reproduced": pct(reference),
+            "published": pct(PUBLISHED_PRETRAINED_ZEROSHOT),
+            "difference": f"{100 * (reference - PUBLISHED_PRETRAINED_ZEROSHOT):+.2f}",
+        },
+        "cells": _paper_table(tables["paper_cells"], ["dataset", "method", "lr"], highlight=True),
+        "methods": None if optional["paper_methods"] is None
+        else _paper_table(optional["paper_methods"], ["dataset", "method"], highlight=False),
+        "correlations": None if optional["paper_correlations"] is None
+        else paper_correlations_table(optional["paper_correlations"]),
+    }
+
+
+RUN_VIEW = (
+    ("best sel. acc.", "best_select_acc"),
+    ("final test acc.", "final_test_acc"),
+    ("zs top-1", "zs_top1"),
+    ("zs top-5", "zs_top5"),
+    ("zs balanced", "zs_balanced"),
+    ("entropy drift", "drift_entropy_pct"),
+    ("ERF drift", "drift_erf95_pct"),
+    ("Gini drift", "drift_gini_pct"),
+    ("head div. drift", "drift_head_diversity_pct"),
+    ("rollout entropy drift", "drift_rollout_entropy_pct"),
+    ("p2p entropy drift", "drift_p2p_entropy_pct"),
+    ("mean CKA", "cka_mean"),
+    ("trainable params", "trainable_params"),
+    ("train time (s)", "train_time_s"),
+    ("images/s", "images_per_s"),
+)
+
+
+def runs_view(runs: pd.DataFrame) -> dict:
+    view = [(label, metric) for label, metric in RUN_VIEW if metric in runs]
+    columns = ["dataset", "method", "lr", "seed", "status"] + [label for label, _ in view]
+    rows, classes = [], []
+    for _, r in runs.iterrows():
+        status = r["status"]
+        if r["diverged"]:
+            step = r.get("diverged_at_step")
+            status = "DIVERGED" + ("" if is_missing(step) else f" at step {int(step)}") + " — left out of means"
+        rows.append(
+            [r["dataset"], method_label(r["method"]), r["lr"], r["seed"], status]
+            + [format_value(metric, r[metric]) for _, metric in view]
+        )
+        classes.append("diverged" if r["diverged"] else "")
+    return {"n_runs": len(runs), "n_diverged": int(runs["diverged"].sum()),
+            "table": table(columns, rows, classes, text_columns=5)}
+
+
+def csv_data_uri(frame: pd.DataFrame) -> str:
+    return "data:text/csv;base64," + base64.b64encode(frame.to_csv(index=False).encode()).decode("ascii")
+
+
+def downloads_view(tables: dict[str, pd.DataFrame]) -> dict:
+    """Every table as a CSV ``data:`` link."""
+    return {"links": [{"name": name, "href": csv_data_uri(frame)} for name, frame in tables.items() if frame is not None]}
+
+
+def study_view(study: dict, pretrained) -> dict | None:
+    """The study's settings as a two-column table; nested settings (a whole config) flattened
+    to dotted keys so every value is one readable row."""
+    rows = [[key, value] for key, value in _flatten(study)]
+    reference = pretrained_top1(pretrained)
+    if not math.isnan(reference):
+        task = pretrained.get("task", "zero-shot task") if isinstance(pretrained, dict) else "zero-shot task"
+        rows.append(["pretrained zero-shot top-1", f"{pct(reference)} on {task}"])
+    return {"table": table(["setting", "value"], rows, text_columns=2)} if rows else None
+
+
+def _flatten(settings: dict, prefix: str = "") -> list[tuple[str, str]]:
+    rows = []
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            rows += _flatten(value, f"{name}.")
+        else:
+            rows.append((name, _plain(value)))
+    return rows
+
+
+def _plain(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "; ".join(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) or "{}"
+    return str(value)

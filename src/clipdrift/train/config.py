@@ -1,0 +1,158 @@
+"""What a fine-tuning run is told: its settings (:class:`TrainConfig`), their checks against the
+model, method and data, and the learning-rate schedule they define."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from clipdrift.core.errors import UserFacingError
+from clipdrift.data.split import ImageSplit
+from clipdrift.model.adapters import MethodConfig
+from clipdrift.model.backbones import CLIPClassifier, image_preprocess_config
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+SELECTION_SPLITS = ("val", "test")
+# AdamW's own defaults, written out because the protocol fixes them (one parameter group).
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_EPS = 1e-8
+
+
+class TrainConfigError(UserFacingError, ValueError):
+    """A training setting is invalid or does not fit the model or data."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One fine-tuning run (paper defaults).
+
+    ``amp``: mixed precision of the training steps on CUDA: ``auto`` = bf16 on GPUs of compute
+    capability >= 8.0, fp16 below; ``fp16`` always runs with a GradScaler (unscaled before
+    clipping); ``off`` = fp32. The CPU trains in fp32 whatever ``amp`` says, unless
+    ``cpu_autocast`` (test-only: runs the very autocast and GradScaler lines a GPU runs, so a CPU
+    test exercises them). ``eval_amp``: evaluate (selection, test accuracy) under the training
+    autocast; by default evaluation is fp32, as published.
+    ``device``: ``auto`` = CUDA when available. ``num_threads``: CPU threads for this run
+    (``None`` keeps torch's setting; bitwise CPU determinism needs the same thread count).
+    ``data_on_device``: keep the uint8 training images on the GPU (``None`` = when they take
+    under a quarter of its free memory). ``deterministic``: deterministic kernels
+    (:func:`clipdrift.core.device.deterministic`), so that the same seed gives the same numbers and a
+    resumed run equals an uninterrupted one on a GPU as on the CPU (where that always holds).
+
+    Schedule (:func:`lr_factor`): linear warm-up over ``warmup_fraction`` of all steps, then
+    cosine to zero, per optimiser step, spanning the whole run whatever the method (for lp-ft's
+    two phases see :mod:`clipdrift.train.engine`).
+    """
+
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    amp: str = "auto"
+    device: str = "auto"
+    num_threads: int | None = None
+    eval_batch_size: int = 256
+    hflip: bool = True
+    selection_split: str = "val"
+    data_on_device: bool | None = None
+    eval_amp: bool = False
+    cpu_autocast: bool = False
+    deterministic: bool = False
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
+            (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be > 0 or None, got {self.grad_clip}"),
+            (self.amp in AMP_CHOICES, f"amp {self.amp!r} is unknown: use one of {AMP_CHOICES}"),
+            (self.selection_split in SELECTION_SPLITS,
+             f"selection_split {self.selection_split!r} is unknown: use one of {SELECTION_SPLITS}"),
+            (self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise TrainConfigError(message)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks against the model, method and data
+# ---------------------------------------------------------------------------------------------
+
+def check_method(model: CLIPClassifier, config: TrainConfig, method: MethodConfig | None) -> None:
+    """Refuse a ``method`` that is not the one ``model`` was set up with, or an lp-ft run with no fine-tune epochs."""
+    set_up = getattr(model, "clipdrift_method", None)
+    if method is None:
+        if set_up is not None and set_up.method == "lp-ft":
+            raise TrainConfigError(
+                "the model was set up for lp-ft (apply_method): pass method=<that MethodConfig> to finetune, "
+                "which switches from the probe to the fine-tune phase; without it the run would be Full FT"
+            )
+        return
+    if not isinstance(method, MethodConfig):
+        raise TrainConfigError(f"method must be a clipdrift.model.adapters.MethodConfig, got {type(method).__name__}")
+    if set_up is not None and set_up != method:
+        raise TrainConfigError(
+            f"the model was set up (apply_method) for {set_up} but finetune was given method={method}: "
+            "pass the MethodConfig the model was set up with"
+        )
+    if method.method == "lp-ft" and config.epochs <= method.lp_epochs:
+        raise TrainConfigError(
+            f"lp-ft probes for lp_epochs={method.lp_epochs} epochs but the run has only epochs={config.epochs}: "
+            "the run's epochs must exceed lp_epochs, so that fine-tuning follows the probe "
+            f"(raise epochs above {method.lp_epochs} or lower lp_epochs below {config.epochs})"
+        )
+
+
+def check_inputs(model: CLIPClassifier, config: TrainConfig, splits: dict[str, ImageSplit | None]) -> None:
+    """Refuse empty splits, images of another size than the model's and labels its head lacks."""
+    expected = tuple(image_preprocess_config(model.clip)["size"])
+    for name, split in splits.items():
+        if split is None:
+            continue
+        if len(split) == 0:
+            raise TrainConfigError(
+                f"the {name} split is empty" + (
+                    f": selection_split is {config.selection_split!r}; give that split images "
+                    "(e.g. a non-zero val size) or select on the other split" if name == "select" else "")
+            )
+        if tuple(split.images.shape[-2:]) != expected:
+            raise TrainConfigError(
+                f"the {name} images are {tuple(split.images.shape[-2:])} but the model expects {expected}: "
+                f"prepare the data with image_size={expected[0]}"
+            )
+        top = int(split.labels.max())
+        if int(split.labels.min()) < 0 or top >= model.n_classes:
+            raise TrainConfigError(
+                f"the {name} labels reach {top} but the model's head has {model.n_classes} classes: "
+                "build the classifier with n_classes = the dataset's number of classes"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------
+
+def warmup_steps(total_steps: int, fraction: float) -> int:
+    return int(fraction * total_steps)
+
+
+def lr_factor(step: int, total_steps: int, n_warmup: int) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based).
+
+    Linear warmup from 0 over ``n_warmup`` steps, then cosine to 0 at ``total_steps`` — the
+    formula of transformers' ``get_cosine_schedule_with_warmup``, which the published code used.
+    """
+    if step < n_warmup:
+        return step / max(1, n_warmup)
+    progress = (step - n_warmup) / max(1, total_steps - n_warmup)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
