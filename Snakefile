@@ -7,7 +7,8 @@ from pathlib import Path
 from snakemake.utils import min_version
 
 from clipdrift.core.errors import UserFacingError
-from clipdrift.pipeline.plan import jobs_import_from, prepare_config
+from clipdrift.pipeline.config_errors import prepare_config
+from clipdrift.pipeline.plan import jobs_import_from
 
 min_version("9.0")
 

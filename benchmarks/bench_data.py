@@ -6,7 +6,7 @@ training epoch of input batches, resized to the protocol's 224 px, two ways:
 - decode: torchvision's EuroSAT + Resize/CenterCrop/flip/ToTensor/Normalize through a
   DataLoader, i.e. reading and decoding every JPEG every epoch;
 - cached: ``clipdrift.data.real.prepare_real_dataset`` once (timed separately, it is paid once per
-  study), then the training engine's loader (``clipdrift.train.engine.CachedBatches``) over the uint8
+  study), then the training engine's loader (``clipdrift.train.batches.CachedBatches``) over the uint8
   cache.
 
 Run: ``python benchmarks/bench_data.py [--per-class 40] [--size 224] [--workers 0]``.
@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from clipdrift.data.real import prepare_real_dataset
-from clipdrift.train.engine import CachedBatches
+from clipdrift.train.batches import CachedBatches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fakedata import EUROSAT_CLASSES, class_colour  # noqa: E402

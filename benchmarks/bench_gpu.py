@@ -258,7 +258,8 @@ def train_one(base, method_name: str, amp: str, data: dict, sizes: Sizes, device
     import gc
 
     from clipdrift.model.adapters import MethodConfig, apply_method
-    from clipdrift.train.engine import TrainConfig, finetune
+    from clipdrift.train.config import TrainConfig
+    from clipdrift.train.engine import finetune
 
     method = MethodConfig(method_name)
     model = apply_method(copy.deepcopy(base), method)

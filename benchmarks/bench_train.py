@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from clipdrift.data.split import ImageSplit
 from clipdrift.model.adapters import MethodConfig, apply_method, trainable_parameters
 from clipdrift.model.backbones import BackboneSpec, build_classifier, image_preprocess_config
-from clipdrift.train.engine import TrainConfig, finetune, lr_factor, warmup_steps
+from clipdrift.train.config import TrainConfig, lr_factor, warmup_steps
+from clipdrift.train.engine import finetune
 
 
 def make_model(backbone: str, n_classes: int, method: str):

@@ -38,7 +38,8 @@ from clipdrift.measure.tables import with_run_columns  # noqa: E402
 from clipdrift.measure.zeroshot import evaluate, load_templates, text_classifier  # noqa: E402
 from clipdrift.model.adapters import MethodConfig, apply_method  # noqa: E402
 from clipdrift.model.backbones import BackboneSpec, build_classifier  # noqa: E402
-from clipdrift.train.engine import TrainConfig, finetune  # noqa: E402
+from clipdrift.train.config import TrainConfig  # noqa: E402
+from clipdrift.train.engine import finetune  # noqa: E402
 from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone  # noqa: E402
 from clipdrift.world.render import WorldConfig  # noqa: E402
 from clipdrift.world.tasks import ZEROSHOT_TASK, task_splits  # noqa: E402

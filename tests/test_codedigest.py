@@ -15,6 +15,7 @@ import pytest
 
 from clipdrift.pipeline import digest as codedigest
 from clipdrift.pipeline.digest import script_closure, script_digest, semantic_digest
+from clipdrift.pipeline.digests import rule_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "clipdrift"
@@ -183,7 +184,73 @@ def test_static_closure_contains_every_module_the_scripts_import_at_run_time():
     for script in SCRIPTS:
         imported = {Path(path).resolve().relative_to(PACKAGE).as_posix() for path in loaded[str(script)]}
         assert "__init__.py" in imported
-        assert imported <= set(script_closure(script)), (script.name, imported - set(script_closure(script)))
+        computing = {path for path in imported if not path.startswith(PLUMBING)}  # how the job runs: see below
+        assert computing <= set(script_closure(script)), (script.name, computing - set(script_closure(script)))
+
+
+# --- how a job runs is outside every digest, by one rule -------------------------------------
+
+PLUMBING = codedigest.OUTSIDE_DIGESTS.removeprefix("clipdrift.").replace(".", "/") + "/"
+RULES = rule_scripts(REPO / "workflow")
+
+
+def _package_imports(relative: str) -> set[str]:
+    """Every clipdrift module a package file imports (lazy imports included), as dotted names."""
+    tree = ast.parse((PACKAGE / relative).read_text())
+    found = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    found |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+    return {name for name in found if name and name.startswith("clipdrift")}
+
+
+def test_the_plumbing_imports_nothing_that_computes():
+    plumbing = [module for module in MODULES if module.startswith(PLUMBING)]
+    assert "pipeline/jobs/runner.py" in plumbing and "pipeline/jobs/gpuslots.py" in plumbing
+    for module in plumbing:
+        # the ground floor, and the digest code the job server derives its imports with
+        foreign = {name for name in _package_imports(module) if not codedigest.outside_digests(name)
+                   and not name.startswith("clipdrift.core") and name != "clipdrift.pipeline.digest"}
+        assert not foreign, (module, foreign)
+
+
+def _only_names(relative: str) -> bool:
+    """Whether a module holds nothing but a docstring and string constants."""
+    body = codedigest._without_docstring(ast.parse((PACKAGE / relative).read_text()).body)
+    return all(isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) for node in body)
+
+
+def test_the_core_modules_the_plumbing_uses_are_in_every_rules_digest_or_only_names():
+    used = {name for module in MODULES if module.startswith(PLUMBING) for name in _package_imports(module)
+            if name.startswith("clipdrift.core")}
+    files = {name.removeprefix("clipdrift.").replace(".", "/") + ".py" for name in used}
+    names_only = {path for path in files if _only_names(path)}
+    assert names_only == {"core/environment.py"}
+    for script in SCRIPTS:
+        assert files - names_only <= set(script_closure(script)), script.name
+
+
+@pytest.mark.parametrize("module", [module for module in MODULES if module.startswith(PLUMBING)])
+def test_an_edit_of_how_jobs_run_reruns_no_rule(package_copy, module):
+    assert package_copy.scripts_changed_by(module, with_semantic_change(package_copy.source(module))) == set()
+
+
+def _rules_changed_by(package_copy, relative: str) -> set[str]:
+    scripts = package_copy.scripts_changed_by(relative, with_semantic_change(package_copy.source(relative)))
+    return {rule for rule, script in RULES.items() if script in scripts}
+
+
+@pytest.mark.parametrize(("module", "reruns", "never"), [
+    ("report/figures.py", {"report"}, set()),
+    ("pipeline/jobs/gpuslots.py", set(), set()),
+    ("pipeline/jobs/runner.py", set(), set()),
+    ("measure/zeroshot.py", None, {"finetune", "extract", "pretrain_backbone"}),
+    ("measure/attention.py", None, {"finetune", "zeroshot", "zeroshot_classifier", "pretrain_backbone"}),
+    ("measure/cka.py", None, {"finetune", "zeroshot", "zeroshot_classifier", "pretrain_backbone"}),
+])
+def test_an_edit_reruns_what_it_can_change_and_nothing_else(package_copy, module, reruns, never):
+    changed = _rules_changed_by(package_copy, module)
+    if reruns is not None:
+        assert changed == reruns, module
+    assert changed and not changed & never or reruns == set(), (module, changed)
 
 
 # --- what the study relies on ---------------------------------------------------------------
@@ -223,6 +290,19 @@ def test_template_edit_reruns_zeroshot_not_finetune(package_copy):
     changed = package_copy.scripts_changed_by(templates, package_copy.source(templates) + b"\n")
     assert "zeroshot.py" in changed
     assert "finetune.py" not in changed
+
+
+REPORT_TEMPLATES = [path for path in DATA_FILES if path.startswith("report/jinja/")]
+
+
+def test_the_report_templates_are_package_data():
+    assert {"report/jinja/report.html.j2", "report/jinja/report.css"} <= set(REPORT_TEMPLATES)
+
+
+@pytest.mark.parametrize("template", REPORT_TEMPLATES)
+def test_a_report_template_edit_reruns_the_report_and_nothing_else(package_copy, template):
+    changed = package_copy.scripts_changed_by(template, package_copy.source(template) + b"\n")
+    assert changed == {"report.py"}
 
 
 def test_digest_is_short_hex_and_stable():

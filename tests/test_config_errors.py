@@ -1,5 +1,5 @@
 """Config mistakes get one short message naming the key, the problem and the fix — for every
-kind of schema violation the workflow's schema can raise (clipdrift.pipeline.plan.prepare_config)."""
+kind of schema violation the workflow's schema can raise (clipdrift.pipeline.config_errors.prepare_config)."""
 
 import copy
 
@@ -7,7 +7,8 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from clipdrift.pipeline.plan import StudyConfigError, prepare_config, schema_problems
+from clipdrift.pipeline.config_errors import prepare_config, schema_problems
+from clipdrift.pipeline.plan import StudyConfigError
 
 from workflow_helpers import REPO
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from clipdrift.measure.drift import AttentionConfig, CKAConfig
-from clipdrift.train.engine import TrainConfig, finetune
+from clipdrift.train.config import TrainConfig
+from clipdrift.train.engine import finetune
 
 from conftest import make_tiny
 from reference_drift import attention_table, cka_table

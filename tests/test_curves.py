@@ -13,7 +13,9 @@ from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.extract import extract, probe_reference
 from clipdrift.measure.zeroshot import evaluate as zeroshot_evaluate
 from clipdrift.model.backbones import build_classifier
-from clipdrift.train.engine import TrainConfig, evaluate, finetune
+from clipdrift.train.config import TrainConfig
+from clipdrift.train.engine import finetune
+from clipdrift.train.evaluate import evaluate
 
 from conftest import TINY, make_tiny
 from test_metrics import make_probe

@@ -15,8 +15,10 @@ from clipdrift.core import device as devices
 from clipdrift.core.device import DeviceError, deterministic, full_fp32, resolve_device, seeded
 from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.measure.runtime import evaluating
-from clipdrift.pipeline.plan import rule_scripts
-from clipdrift.train.engine import CachedBatches, TrainConfig, _CopyFence, finetune, keeps_data_on_device
+from clipdrift.pipeline.digests import rule_scripts
+from clipdrift.train.batches import CachedBatches, _CopyFence, keeps_data_on_device
+from clipdrift.train.config import TrainConfig
+from clipdrift.train.engine import finetune
 
 from conftest import make_tiny
 from test_train import N_CLASSES, TRAIN, VAL, assert_same_states, without_timings
@@ -265,7 +267,7 @@ def test_every_rule_that_can_use_a_gpu_claims_one_in_every_profile(profile):
 
 
 def test_a_cuda_run_decides_its_precision_from_its_own_gpu(monkeypatch):
-    from clipdrift.train.engine import resolve_precision
+    from clipdrift.train.precision import resolve_precision
 
     asked = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: asked.append(device) or (7, 5))
@@ -275,15 +277,15 @@ def test_a_cuda_run_decides_its_precision_from_its_own_gpu(monkeypatch):
 
 
 def test_a_cuda_run_measures_the_free_memory_of_its_gpu(monkeypatch):
-    from clipdrift.train.engine import _free_gpu_memory
+    from clipdrift.train.batches import free_gpu_memory
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (8 << 30, 16 << 30))
-    assert _free_gpu_memory(torch.device("cuda", 0)) == 8 << 30
-    assert _free_gpu_memory(torch.device("cpu")) is None
+    assert free_gpu_memory(torch.device("cuda", 0)) == 8 << 30
+    assert free_gpu_memory(torch.device("cpu")) is None
 
 
 def test_the_resume_state_saves_and_restores_the_runs_gpu_stream(monkeypatch):
-    from clipdrift.train.engine import _rng_tensors, _set_rng_tensors
+    from clipdrift.train.resume import _rng_tensors, _set_rng_tensors
 
     streams = {}
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.tensor([7, 7], dtype=torch.uint8))

@@ -191,7 +191,8 @@ def test_the_head_is_a_linear_layer_on_the_unnormalised_projection():
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_the_optimiser_is_adamw_with_one_parameter_group(method):
-    from clipdrift.train.engine import ADAMW_BETAS, ADAMW_EPS, TrainConfig, _Run
+    from clipdrift.train.config import ADAMW_BETAS, ADAMW_EPS, TrainConfig
+    from clipdrift.train.engine import _Run
 
     from conftest import make_tiny
     from test_train import TRAIN

@@ -432,8 +432,10 @@ def test_a_child_of_the_real_stack_starts_clean_and_runs_parallel_torch(real_sta
     # every byte of it) and the fork machinery; each job still runs what its script imports
     reached = set().union(*(script_closure(script) for script in (REPO / "workflow" / "scripts").glob("*.py")))
     held = {module_file(name) for name in seen["clipdrift"]}
-    # the server itself runs as __main__
-    assert held - reached == {"pipeline/jobs/warm/child.py", "pipeline/digest.py"}, held - reached
+    # beyond them: how the job runs (outside every digest by rule) and the digest code the
+    # server derived its imports with; the server itself runs as __main__
+    assert "pipeline/jobs/warm/child.py" in held - reached
+    assert all(path.startswith("pipeline/jobs/") or path == "pipeline/digest.py" for path in held - reached), held
     assert {path for path in reached if path.endswith(".py")} <= held
 
 

@@ -8,12 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-from html import escape as html_escape
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from markupsafe import escape
 
 from workflow_helpers import REPO, planned_jobs, server_pids, snakemake, wait_until
 
@@ -83,6 +83,10 @@ def test_the_study_leaves_sane_outputs(study_dir):
     html = (study / "report/index.html").read_text()
     assert "<img" in html and "world-eurosat" in html and "src=\"http" not in html
     assert (study / "report/lr_panels.png").stat().st_size > 10_000
+    # a job's log says what the job did: clipdrift's lines, other libraries' warnings only
+    curve_log = (study / "logs/curves/world-pets/lora/lr1e-03/seed7.log").read_text()
+    assert "warm job" in curve_log.splitlines()[0] and "Parsing model identifier" not in curve_log
+    assert "epoch 2/2" in (study / "logs/finetune/world-pets/lora/lr1e-03/seed7.log").read_text()
     # every model-loading job leaves its time and memory (benchmarks/bench_study.py reads them)
     benchmarks = {p.relative_to(study / "benchmarks").as_posix() for p in (study / "benchmarks").rglob("*.tsv")}
     assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/classifier.tsv", "references/world-pets.tsv",
@@ -117,7 +121,7 @@ def test_the_study_leaves_sane_outputs(study_dir):
     for finding in headlines:
         widest = finding["values"]["widest"]
         assert f"{100 * widest['zs_top1_mean_lora']:.1f}%" in finding["sentence"]
-        assert html_escape(finding["sentence"]) in html
+        assert str(escape(finding["sentence"])) in html
 
 
 # Wall-clock measurements (column or key names), and the digests of the records holding them,

@@ -13,7 +13,8 @@ from clipdrift.data.split import ImageSplit
 from clipdrift.measure.zeroshot import evaluate, text_classifier
 from clipdrift.model.adapters import MethodConfig, apply_method
 from clipdrift.model.backbones import BackboneSpec, build_classifier, create_clip
-from clipdrift.train.engine import TrainConfig, finetune
+from clipdrift.train.config import TrainConfig
+from clipdrift.train.engine import finetune
 from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone, world_pairs
 from clipdrift.world.render import (
     COLOURS,

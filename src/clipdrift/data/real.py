@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from clipdrift.core.errors import UserFacingError
+from clipdrift.data.catalog import REAL_DATASETS
 from clipdrift.data.sampling import SplitError, class_counts, stratified_split
 from clipdrift.data.split import ImageSplit
 
@@ -46,7 +47,6 @@ from clipdrift.data.split import ImageSplit
 # Real datasets through torchvision, decoded once into the uint8 tensor cache
 # ---------------------------------------------------------------------------------------------
 
-REAL_DATASETS = ("eurosat", "pets", "cifar100")
 INTERPOLATIONS = ("bilinear", "bicubic")
 # The published study's EuroSAT split (27,000 images; EuroSAT has no official split).
 EUROSAT_SPLIT_SIZES = {"train": 21600, "val": 2700, "test": 2700}

@@ -23,7 +23,7 @@ from clipdrift.measure.extract import ProbeReference
 from clipdrift.measure.zeroshot import evaluate as zeroshot_scores
 from clipdrift.model.backbones import CLIPClassifier
 from clipdrift.model.interpolation import interpolated
-from clipdrift.train.engine import evaluate as indomain_accuracy
+from clipdrift.train.evaluate import evaluate as indomain_accuracy
 
 MEASURED = ("indomain_acc", "zs_top1", "drift_entropy_pct", "drift_erf_pct")
 CURVE_COLUMNS = ["kind", "point", *MEASURED]

@@ -38,6 +38,13 @@ formatting never count. The AST format can change between Python versions, so a 
 upgrade changes every digest once. Data files count by their bytes. A script's digest is the
 SHA-256 of its sorted (package-relative path, file digest) pairs, as 16 hex digits.
 
+**How a job runs is not what it computes.** The modules of ``clipdrift.pipeline.jobs`` (the
+runner every script calls, GPU slots, the warm job server) decide where and how a job runs:
+its log, its GPU, its process. No closure follows an import into that package
+(:data:`OUTSIDE_DIGESTS`), so editing them reruns nothing. They import nothing of the package
+but each other and ``clipdrift.core``, which every script reaches on its own; the test suite
+checks both, and that a job's results are the same however it runs (warm or cold).
+
 **Cost.** Parsing is cached by the SHA-256 of each source text, in memory and in a JSON file in
 the package's ``__pycache__``: a fresh process digests every workflow script in ~20 ms instead
 of ~200 ms (see :class:`_FactsCache`).
@@ -54,6 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 PACKAGE = "clipdrift"
+# How and where a job runs, not what it computes: outside every digest (see the module docstring).
+OUTSIDE_DIGESTS = "clipdrift.pipeline.jobs"
 # This module is part of the package it digests: the package folder is the one its parent
 # package was imported from (nothing else is imported to find it).
 PACKAGE_DIR = Path(sys.modules[PACKAGE].__file__).resolve().parent
@@ -114,6 +123,11 @@ def external_imports(script_path: str | Path, package_dir: str | Path | None = N
     package.cache.save()
     return sorted({statement.module for module in facts for statement in module.imports
                    if statement.level == 0 and statement.module and not _in_package(statement.module)})
+
+
+def file_digest(relative: str, package_dir: str | Path | None = None) -> str:
+    """The digest one package file contributes: its meaning (a module) or its bytes (data)."""
+    return _Package(package_dir).digest(relative)
 
 
 def semantic_digest(source: str | bytes) -> str:
@@ -359,7 +373,7 @@ def _imported_names(statement: _ImportFrom, importer: str | None, package: _Pack
     if imported == ("*",) and base in package.modules:
         imported = package.facts(base).dunder_all
     names.extend(f"{base}.{name}" for name in imported if f"{base}.{name}" in package.modules)
-    return names
+    return [name for name in names if not outside_digests(name)]
 
 
 def _absolute_module(statement: _ImportFrom, importer: str | None, package: _Package) -> str | None:
@@ -377,6 +391,11 @@ def _absolute_module(statement: _ImportFrom, importer: str | None, package: _Pac
 
 def _in_package(name: str) -> bool:
     return name == PACKAGE or name.startswith(PACKAGE + ".")
+
+
+def outside_digests(name: str) -> bool:
+    """Whether module ``name`` only decides how a job runs (never in a closure)."""
+    return name == OUTSIDE_DIGESTS or name.startswith(OUTSIDE_DIGESTS + ".")
 
 
 def _with_parents(name: str) -> list[str]:
@@ -407,3 +426,5 @@ def _data_named_by(constants: frozenset[str], data_files: list[str], folders: se
         if not any(entry.startswith(folder + "/") for entry in named):
             read.update(path for path in data_files if path.startswith(folder + "/"))
     return read
+
+

@@ -54,7 +54,7 @@ def load_study_config(schema: str | Path, *config_files: str | Path, overrides: 
 
 
 def _schedule_shape() -> dict:
-    from clipdrift.train.engine import lr_factor
+    from clipdrift.train.config import lr_factor
 
     total, warmup = 1000, 50
     return {"start": lr_factor(0, total, warmup), "warmup_end": lr_factor(warmup, total, warmup),
@@ -63,7 +63,8 @@ def _schedule_shape() -> dict:
 
 
 def _training(config: dict, dataset: str, lr: str, seed: int) -> dict:
-    from clipdrift.train.engine import TrainConfig, choose_amp
+    from clipdrift.train.config import TrainConfig
+    from clipdrift.train.precision import choose_amp
 
     settings = TrainConfig(**plan.training_settings(config, dataset, lr, seed)).to_dict()
     cuda_train = choose_amp(settings["amp"], "cuda", (9, 0))  # a current GPU; auto depends on it
@@ -108,7 +109,7 @@ def resolved_settings(config: dict) -> dict:
     from clipdrift.analysis.reference import PUBLISHED_SD_DDOF
     from clipdrift.measure.drift import AttentionConfig, CKAConfig
     from clipdrift.model.adapters import MethodConfig
-    from clipdrift.train.engine import ADAMW_BETAS, ADAMW_EPS
+    from clipdrift.train.config import ADAMW_BETAS, ADAMW_EPS
 
     plan.check_study_config(config)
     lrs = [plan.canonical_lr(lr) for lr in config["learning_rates"]]

@@ -1,1 +1,2 @@
-"""How and where a job runs: the runner every script calls, GPU slots, the warm job server."""
+"""How and where a job runs, not what it computes: the runner every script calls, GPU slots and
+the warm job server. Outside every code digest (:mod:`clipdrift.pipeline.digest`)."""

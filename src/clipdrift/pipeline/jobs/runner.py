@@ -1,8 +1,6 @@
-"""What a workflow job needs at run time: the scripts' common runner (logging, threads, its
-device and clean user errors) and the run columns of the tables it writes.
-
-Parse-time planning is in :mod:`clipdrift.pipeline.plan`.
-"""
+"""The runner every workflow script calls: the job's log, threads and device, clean user errors,
+and the job's own account of its time and memory. How a job runs, not what it computes (outside
+every code digest, see :mod:`clipdrift.pipeline.digest`)."""
 
 from __future__ import annotations
 
@@ -15,7 +13,8 @@ from collections.abc import Callable
 from clipdrift.core.errors import UserFacingError
 from clipdrift.pipeline.jobs.warm.client import JobStart, job_start
 
-log = logging.getLogger("clipdrift")
+PACKAGE_LOGGER = "clipdrift"  # every module logs to a child of it (logging.getLogger(__name__))
+log = logging.getLogger(PACKAGE_LOGGER)
 
 def run_script(snakemake, main: Callable, uses_gpu: bool = False) -> None:
     """Run a workflow script's ``main(snakemake)`` with logging, threads, its device and clean
@@ -106,19 +105,15 @@ def _choose_device(snakemake, uses_gpu: bool) -> None:
 
 
 def _configure_logging(log_path: str | None) -> None:
-    # the job's log file gets everything; the terminal, shared by every job Snakemake runs, only
-    # warnings and errors (without a log file, everything)
+    """The job's log file gets clipdrift's own lines from INFO and every other library's from
+    WARNING (open_clip alone writes seven INFO lines per model it builds); the terminal, shared
+    by every job Snakemake runs, gets warnings and errors (without a log file, everything)."""
     terminal = logging.StreamHandler(sys.stderr)
     handlers: list[logging.Handler] = [terminal]
     if log_path:
         terminal.setLevel(logging.WARNING)
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
     )
-
-
-
-
-
-
+    logging.getLogger(PACKAGE_LOGGER).setLevel(logging.INFO)
