@@ -121,6 +121,24 @@ def test_mismatched_classifier_is_refused(tokenizer):
         evaluate(model, weights.T, make_split(3, 3))
 
 
+def test_images_of_another_size_are_refused_with_the_size_to_prepare(tokenizer):
+    model = make_tiny()
+    weights = text_classifier(model.clip, tokenizer, CLASSES, ["a photo of a {}"])
+    split = make_split(6)
+    small = ImageSplit(split.images[..., :24, :24].contiguous(), split.labels, CLASSES)
+    with pytest.raises(ValueError, match=r"zero-shot images are \(24, 24\) but the model expects \(32, 32\): "
+                                         r"prepare the data with image_size=32"):
+        evaluate(model, weights, small)
+
+
+def test_model_input_is_the_split_arithmetic_with_the_towers_mean_and_std():
+    model = make_tiny()
+    images = make_split(4).images
+    mean, std = model.clip.visual.preprocess_cfg["mean"], model.clip.visual.preprocess_cfg["std"]
+    by_hand = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(model_input(model, images), by_hand, rtol=0, atol=1e-6)
+
+
 # ------------------------------------------------------------------ adapter-aware scoring
 
 

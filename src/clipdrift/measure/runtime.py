@@ -9,7 +9,7 @@ import torch
 
 from clipdrift.core.device import full_fp32, resolve_device
 from clipdrift.data.split import ImageSplit, to_model_input
-from clipdrift.model.backbones import CLIPClassifier, image_preprocess_config
+from clipdrift.model.backbones import CLIPClassifier, check_image_size, normalisation
 
 __all__ = ["check_images", "evaluating", "model_input", "probe_batches", "resolve_device"]
 
@@ -30,20 +30,14 @@ def evaluating(model: torch.nn.Module, device: torch.device) -> Iterator[torch.n
 
 def model_input(model: CLIPClassifier, images: torch.Tensor) -> torch.Tensor:
     """uint8 images → the float input ``model`` expects (its own CLIP mean/std)."""
-    cfg = image_preprocess_config(model.clip)
-    return to_model_input(images, cfg["mean"], cfg["std"])
+    return to_model_input(images, *normalisation(model.clip, images.device))
 
 
 def check_images(model: CLIPClassifier, split: ImageSplit, what: str = "probe") -> None:
     """Refuse empty splits and images of another size than the model's, naming the fix."""
     if len(split) == 0:
         raise ValueError(f"the {what} set is empty: check the {what} split of the dataset")
-    expected = tuple(image_preprocess_config(model.clip)["size"])
-    if tuple(split.images.shape[-2:]) != expected:
-        raise ValueError(
-            f"{what} images are {tuple(split.images.shape[-2:])} but the model expects {expected}: "
-            "prepare the data with the backbone's image size"
-        )
+    check_image_size(model.clip, split.images, what)
 
 
 def probe_batches(model: CLIPClassifier, split: ImageSplit, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:

@@ -165,6 +165,22 @@ def image_preprocess_config(model: nn.Module) -> dict:
     return cfg
 
 
+def normalisation(clip: nn.Module, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel mean and std the image tower expects, float32 tensors on ``device``."""
+    cfg = image_preprocess_config(clip)
+    return (torch.tensor(cfg["mean"], dtype=torch.float32, device=device),
+            torch.tensor(cfg["std"], dtype=torch.float32, device=device))
+
+
+def check_image_size(clip: nn.Module, images: torch.Tensor, what: str, error: type[Exception] = ValueError) -> None:
+    """Refuse ``images`` (``(N, 3, H, W)``) of another size than the tower's, naming the fix."""
+    expected = tuple(image_preprocess_config(clip)["size"])
+    found = tuple(images.shape[-2:])
+    if found != expected:
+        raise error(f"the {what} images are {found} but the model expects {expected}: "
+                    f"prepare the data with image_size={expected[0]}")
+
+
 def image_tower_blocks(model: nn.Module) -> nn.ModuleList:
     """The residual attention blocks of a CLIP image tower (open_clip VisionTransformer)."""
     transformer = getattr(model.visual, "transformer", None)

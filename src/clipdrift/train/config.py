@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from clipdrift.core.errors import UserFacingError
 from clipdrift.data.split import ImageSplit
 from clipdrift.model.adapters import MethodConfig
-from clipdrift.model.backbones import CLIPClassifier, image_preprocess_config
+from clipdrift.model.backbones import CLIPClassifier, check_image_size
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 SELECTION_SPLITS = ("val", "test")
@@ -115,7 +115,6 @@ def check_method(model: CLIPClassifier, config: TrainConfig, method: MethodConfi
 
 def check_inputs(model: CLIPClassifier, config: TrainConfig, splits: dict[str, ImageSplit | None]) -> None:
     """Refuse empty splits, images of another size than the model's and labels its head lacks."""
-    expected = tuple(image_preprocess_config(model.clip)["size"])
     for name, split in splits.items():
         if split is None:
             continue
@@ -125,11 +124,7 @@ def check_inputs(model: CLIPClassifier, config: TrainConfig, splits: dict[str, I
                     f": selection_split is {config.selection_split!r}; give that split images "
                     "(e.g. a non-zero val size) or select on the other split" if name == "select" else "")
             )
-        if tuple(split.images.shape[-2:]) != expected:
-            raise TrainConfigError(
-                f"the {name} images are {tuple(split.images.shape[-2:])} but the model expects {expected}: "
-                f"prepare the data with image_size={expected[0]}"
-            )
+        check_image_size(model.clip, split.images, name, TrainConfigError)
         top = int(split.labels.max())
         if int(split.labels.min()) < 0 or top >= model.n_classes:
             raise TrainConfigError(

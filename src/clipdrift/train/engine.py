@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from clipdrift.core.device import deterministic, resolve_device, seeded
 from clipdrift.data.split import ImageSplit
 from clipdrift.model.adapters import MethodConfig, set_lp_ft_phase, trainable_parameter_counts, trainable_parameters
-from clipdrift.model.backbones import CLIPClassifier, image_preprocess_config
+from clipdrift.model.backbones import CLIPClassifier, normalisation
 from clipdrift.train.batches import CachedBatches, epoch_order, free_gpu_memory, keeps_data_on_device
 from clipdrift.train.config import (
     ADAMW_BETAS,
@@ -105,9 +105,7 @@ class _Run:
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.amp, self.device, eval_amp=config.eval_amp,
                                            cpu_autocast=config.cpu_autocast)
-        preprocess = image_preprocess_config(model.clip)
-        self.mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=self.device)
-        self.std = torch.tensor(preprocess["std"], dtype=torch.float32, device=self.device)
+        self.mean, self.std = normalisation(model.clip, self.device)
         model.to(self.device)
         if self.lp_ft:
             # The optimiser holds every parameter lp-ft will ever train (its fine-tune phase); in the

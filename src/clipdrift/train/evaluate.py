@@ -9,7 +9,7 @@ import torch
 
 from clipdrift.core.device import full_fp32, resolve_device
 from clipdrift.data.split import ImageSplit, to_model_input
-from clipdrift.model.backbones import CLIPClassifier, image_preprocess_config
+from clipdrift.model.backbones import CLIPClassifier, normalisation
 from clipdrift.train.precision import Precision, resolve_precision
 
 
@@ -40,8 +40,6 @@ def evaluate(model: CLIPClassifier, split: ImageSplit, *, batch_size: int = 256,
     """
     resolved = resolve_device(device)
     precision = resolve_precision(amp, resolved, eval_amp=True)
-    preprocess = image_preprocess_config(model.clip)
-    mean = torch.tensor(preprocess["mean"], dtype=torch.float32, device=resolved)
-    std = torch.tensor(preprocess["std"], dtype=torch.float32, device=resolved)
+    mean, std = normalisation(model.clip, resolved)
     model.to(resolved)
     return top1_accuracy(model, split, resolved, precision, mean, std, batch_size)
