@@ -15,7 +15,8 @@ import pytest
 
 from clipdrift.pipeline import digest as codedigest
 from clipdrift.pipeline.digest import script_closure, script_digest, semantic_digest
-from clipdrift.pipeline.digests import rule_scripts
+from clipdrift.pipeline.digests import main as digests_cli
+from clipdrift.pipeline.digests import package_file, rule_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "clipdrift"
@@ -267,7 +268,7 @@ def test_zeroshot_reaches_the_runtime_helpers_and_data_loading():
 
 def test_a_metric_or_zeroshot_edit_never_reruns_a_finetune():
     finetune = _closure("finetune.py")
-    assert not {path for path in finetune if path.startswith("metrics/")}
+    assert not {path for path in finetune if path.startswith(("measure/", "analysis/", "report/"))}
     assert "measure/zeroshot.py" not in finetune
     assert "resources/zeroshot_templates.json" not in finetune
 
@@ -466,3 +467,36 @@ def test_damaged_cache_costs_time_not_correctness(package_copy, monkeypatch):
         cache.write_text('{"0": [1, 2]')
     monkeypatch.setattr(codedigest, "_CACHES", {})
     assert package_copy.digests() == package_copy.baseline
+
+
+# --- the digests command: why a job would rerun ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["clipdrift.measure.zeroshot", "measure.zeroshot", "measure/zeroshot.py",
+                                  "src/clipdrift/measure/zeroshot.py"])
+def test_a_module_is_named_dotted_or_as_a_path(name):
+    assert package_file(name) == "measure/zeroshot.py"
+
+
+def test_a_package_is_its_init_and_a_data_file_its_path():
+    assert package_file("clipdrift.world") == "world/__init__.py"
+    assert package_file("resources/zeroshot_templates.json") == "resources/zeroshot_templates.json"
+
+
+def test_a_name_that_is_no_package_file_is_refused_not_reported_as_rerunning_nothing():
+    with pytest.raises(SystemExit, match="'clipdrift.measure.zeroshots' is not a file of the package"):
+        digests_cli(["--reaching", "clipdrift.measure.zeroshots"])
+
+
+def test_the_command_lists_the_rules_reaching_a_module_and_what_a_rules_digest_covers(capsys):
+    digests_cli(["--reaching", "clipdrift.measure.zeroshot"])
+    reached = capsys.readouterr().out.split()
+    assert reached == sorted(rule for rule, script in rule_scripts(REPO / "workflow").items()
+                             if "measure/zeroshot.py" in _closure(script))
+    assert "zeroshot" in reached and "finetune" not in reached
+    digests_cli(["--reaching", "clipdrift.pipeline.jobs.gpuslots"])
+    assert "editing it reruns nothing" in capsys.readouterr().out
+    digests_cli(["report"])
+    listed = capsys.readouterr().out
+    assert f"-> digest {script_digest(REPO / 'workflow/scripts/report.py')}" in listed
+    assert all(f"    {path}" in listed for path in _closure("report.py"))

@@ -2,7 +2,7 @@
 reaches (and so which edits rerun it), and which rules reach a module.
 
     python -m clipdrift.pipeline.digests finetune extract      # what these rules' digests cover
-    python -m clipdrift.pipeline.digests --reaching measure/zeroshot.py   # which rules it reruns
+    python -m clipdrift.pipeline.digests --reaching clipdrift.measure.zeroshot   # which rules it reruns
     python -m clipdrift.pipeline.digests                        # every rule and its digest
 
 Parse time, stdlib only (the Snakefile reads the rules' scripts through :func:`rule_scripts`).
@@ -48,10 +48,25 @@ def describe(rule: str, workflow: Path) -> str:
     return "\n".join(lines)
 
 
+def package_file(module: str) -> str:
+    """The package-relative path of ``module``, named as a dotted module (``clipdrift.core.io``,
+    ``core.io``) or a path (``core/io.py``, ``src/clipdrift/core/io.py``, a data file)."""
+    name = module.replace("\\", "/")
+    if not name.endswith(".py") and "/" not in name and not (PACKAGE_DIR / name).is_file():
+        name = name.removeprefix(f"{PACKAGE_DIR.name}.").replace(".", "/")
+        name = f"{name}/__init__.py" if (PACKAGE_DIR / name).is_dir() else f"{name}.py"
+    name = name.split(f"{PACKAGE_DIR.name}/", 1)[-1] if f"{PACKAGE_DIR.name}/" in name else name
+    if not (PACKAGE_DIR / name).is_file():
+        raise SystemExit(f"{module!r} is not a file of the package in {PACKAGE_DIR}: name a module "
+                         "as clipdrift.measure.zeroshot or measure/zeroshot.py")
+    return name
+
+
 def reaching(module: str, workflow: Path) -> list[str]:
-    """The rules whose digest covers ``module`` (a package-relative path such as ``core/io.py``)."""
+    """The rules whose digest covers ``module`` (see :func:`package_file` for the names it takes)."""
+    path = package_file(module)
     scripts = rule_scripts(workflow)
-    return sorted(rule for rule, script in scripts.items() if module in script_closure(workflow / "scripts" / script))
+    return sorted(rule for rule, script in scripts.items() if path in script_closure(workflow / "scripts" / script))
 
 
 def main(argv: list[str] | None = None) -> None:
