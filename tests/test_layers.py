@@ -89,3 +89,16 @@ def test_no_private_name_is_taken_from_another_module(module):
 def test_no_module_is_longer_than_a_reader_holds(module):
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{module} has {lines} lines: split it where it holds two concerns"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_module_says_what_it_is_for(module):
+    docstring = ast.get_docstring(ast.parse(MODULES[module].read_text()))
+    assert docstring and docstring.strip(), f"{module} has no docstring: say in a line or two what it is for"
+
+
+def test_a_layer_violation_would_be_found():
+    # the reader of imports sees a lazy import inside a function, and the layer order ranks it
+    assert "clipdrift.world.render" in edges("clipdrift.data.build")  # imported inside build_dataset
+    assert layer("clipdrift.report.html") > layer("clipdrift.analysis.study") > layer("clipdrift.core.io")
+    assert layer("clipdrift.world.render") == layer("clipdrift.data.split")

@@ -271,12 +271,23 @@ def _edited_package(tmp_path, module: str, text: str) -> dict:
     return {"PYTHONPATH": str(tmp_path / "src")}
 
 
-def test_a_semantic_edit_of_the_metrics_runtime_reruns_drift_and_zero_shot_never_a_finetune(study_dir, tmp_path):
-    env = _edited_package(tmp_path, "measure/runtime.py", "\n_EDITED = True  # a change of meaning\n")
-    plan = _plan(study_dir, env=env)
+DOWNSTREAM = {"aggregate": 1, "report": 1, "all": 1}
+ZEROSHOT_JOBS = {"zeroshot_classifier": 1, "zeroshot": RUNS, "zeroshot_pretrained_indomain": 2}
+DRIFT_JOBS = {"probe_reference": 2, "extract": RUNS}
+
+
+@pytest.mark.parametrize("module, plan", [
+    ("report/figures.py", {"report": 1, "all": 1}),  # a figure: the report only
+    ("pipeline/jobs/gpuslots.py", {}),  # which GPU a job gets: nothing
+    ("pipeline/jobs/runner.py", {}),  # the runner's logging and plumbing: nothing
+    ("measure/zeroshot.py", {**ZEROSHOT_JOBS, "curves": RUNS, **DOWNSTREAM}),  # no fine-tune, no extraction
+    ("measure/attention.py", {**DRIFT_JOBS, "curves": RUNS, **DOWNSTREAM}),  # no fine-tune, no zero-shot
     # zero-shot scoring imports the runtime for its model input: its jobs rerun too
-    assert plan == {"probe_reference": 2, "extract": RUNS, "zeroshot_classifier": 1, "zeroshot": RUNS, "curves": RUNS,
-                    "zeroshot_pretrained_indomain": 2, "aggregate": 1, "report": 1, "all": 1}
+    ("measure/runtime.py", {**DRIFT_JOBS, **ZEROSHOT_JOBS, "curves": RUNS, **DOWNSTREAM}),
+])
+def test_a_semantic_edit_plans_exactly_the_jobs_whose_code_it_changes(study_dir, tmp_path, module, plan):
+    env = _edited_package(tmp_path, module, "\n_EDITED = True  # a change of meaning\n")
+    assert _plan(study_dir, env=env) == plan
 
 
 def test_a_comment_or_docstring_edit_reruns_nothing(study_dir, tmp_path):

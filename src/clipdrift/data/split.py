@@ -53,16 +53,15 @@ def to_model_input(images: torch.Tensor, mean, std, flip_mask: torch.Tensor | No
     return (x - mean) / std
 
 
-def write_image_split(path: str | os.PathLike, split, dataset: str, split_name: str) -> None:
+def write_image_split(path: str | os.PathLike, split: ImageSplit, dataset: str, split_name: str) -> None:
     """Store a :class:`clipdrift.data.split.ImageSplit` in the tensor cache."""
     tensors = {"images": split.images.contiguous(), "labels": split.labels.contiguous()}
     metadata = {"dataset": dataset, "split": split_name, "class_names": list(split.class_names)}
     write_safetensors(path, tensors, metadata)
 
 
-def read_image_split(path: str | os.PathLike):
-    from clipdrift.data.split import ImageSplit
-
+def read_image_split(path: str | os.PathLike) -> ImageSplit:
+    """Read an image split from the tensor cache, refusing one of another shape (naming the file)."""
     tensors, metadata = read_safetensors(path)
     _check_image_split(Path(path), tensors, metadata)
     return ImageSplit(tensors["images"], tensors["labels"], metadata["class_names"])
@@ -70,8 +69,6 @@ def read_image_split(path: str | os.PathLike):
 
 def _check_image_split(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
     """Refuse an image split whose tensors or metadata do not have the documented shape."""
-    import torch
-
     def refuse(problem: str) -> ArtifactError:
         return ArtifactError(f"{path} is not a usable image split: {problem}. {RERUN}")
 
