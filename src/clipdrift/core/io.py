@@ -395,13 +395,6 @@ def _binary_pieces(array) -> Iterator:
 # ---------------------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
 def write_figure(figure, *paths: str | os.PathLike, dpi: int = 150) -> None:
     """Save a matplotlib Figure to each path (format from the suffix: .png, .svg, .pdf), atomically.
 

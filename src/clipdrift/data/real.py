@@ -18,32 +18,6 @@ from clipdrift.data.sampling import SplitError, class_counts, stratified_split
 from clipdrift.data.split import ImageSplit
 
 # ---------------------------------------------------------------------------------------------
-# Deterministic orders, stratified splits and the probe subset
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
 # Real datasets through torchvision, decoded once into the uint8 tensor cache
 # ---------------------------------------------------------------------------------------------
 
@@ -297,12 +271,3 @@ def prepare_real_dataset(name: str, root, *, download: bool = False, image_size:
         "splits": entries,
     }
     return splits, manifest
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# One dataset of a study, from its config entry and data settings (clipdrift.pipeline.plan.data_settings)
-# ---------------------------------------------------------------------------------------------
-
-

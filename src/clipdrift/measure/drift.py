@@ -172,14 +172,8 @@ def attention_rows(summary: dict[str, torch.Tensor], state: str, config: Attenti
     return pd.DataFrame(rows, columns=ATTENTION_COLUMNS)
 
 
-
-
 SENSITIVITY_COLUMNS = ["probe_seed", "state", "metric", "value"]
 SENSITIVITY_METRICS = ("entropy", "rollout_entropy")
-
-
-
-
 
 
 # ---------------------------------------------------------------- CKA
@@ -192,11 +186,3 @@ def token_features(states: torch.Tensor, token: str) -> torch.Tensor:
     if token == "patch_mean":
         return states[:, 1:].mean(dim=1)
     raise ValueError(f"cka token {token!r} is unknown: use one of {CKA_TOKENS}")
-
-
-
-
-
-
-
-

@@ -426,5 +426,3 @@ def _data_named_by(constants: frozenset[str], data_files: list[str], folders: se
         if not any(entry.startswith(folder + "/") for entry in named):
             read.update(path for path in data_files if path.startswith(folder + "/"))
     return read
-
-

@@ -22,8 +22,6 @@ from clipdrift.data.classnames import check_style
 # Where a study records the pretrained backbone every run starts from (relative to the study).
 BACKBONE_DESCRIPTOR = "backbone/backbone.json"
 
-
-
 # The split the probe subset is drawn from: the evaluation split, as published.
 PROBE_SOURCE_SPLIT = "test"
 
@@ -205,41 +203,6 @@ def backbone_descriptor(config: dict, weights_path: str | None = None) -> dict:
         "cache_dir": backbone.get("cache_dir"),
         "source": backbone["source"],
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation with errors a user can read
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ---------------------------------------------------------------------------------------------
-# The workflow's rules, read from their files (for tests and benchmarks)
-# ---------------------------------------------------------------------------------------------
-
-
 
 
 # ---------------------------------------------------------------------------------------------
