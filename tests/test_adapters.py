@@ -183,3 +183,77 @@ def test_a_method_that_would_train_the_text_tower_is_refused():
     model.clip.token_embedding.requires_grad_(True)
     with pytest.raises(RuntimeError, match="the text tower must stay frozen in every method"):
         require_frozen_text_tower(model)
+
+
+# ------------------------------------------------------------------ the ablation knobs
+
+
+VIT_B32_BLOCK = 4 * 768 * 768 + 4 * 768 + 2 * 768 * 3072 + 3072 + 768 + 4 * 768  # attention, MLP, 2 layer norms
+VIT_B32_EMBEDDING = 768 * 3 * 32 * 32 + 768 + 50 * 768 + 2 * 768  # conv1 (no bias), class, positions, ln_pre
+
+
+@pytest.mark.parametrize("frozen", [3, 6, 9])
+def test_vit_b32_freeze_blocks_freezes_the_embedding_stage_and_the_first_blocks(frozen):
+    full = trainable_parameter_counts(
+        apply_method(build_classifier(BackboneSpec("ViT-B-32-quickgelu"), 37, seed=0), MethodConfig("full")))
+    model = apply_method(build_classifier(BackboneSpec("ViT-B-32-quickgelu"), 37, seed=0),
+                         MethodConfig("full", freeze_blocks=frozen))
+    counts = trainable_parameter_counts(model)
+    assert full["image_tower"] == VIT_B32_EMBEDDING + 12 * VIT_B32_BLOCK + 2 * 768  # + ln_post
+    assert full["image_tower"] - counts["image_tower"] == VIT_B32_EMBEDDING + frozen * VIT_B32_BLOCK
+    assert counts["projection"] == full["projection"] == 393_216 and counts["head"] == full["head"]
+    blocks = model.clip.visual.transformer.resblocks
+    assert not any(p.requires_grad for block in blocks[:frozen] for p in block.parameters())
+    assert all(p.requires_grad for block in blocks[frozen:] for p in block.parameters())
+    assert not model.clip.visual.conv1.weight.requires_grad and model.clip.visual.ln_post.weight.requires_grad
+
+
+def test_frozen_blocks_stay_frozen_through_both_lp_ft_phases_and_never_change(tiny_images):
+    config = MethodConfig("lp-ft", lp_epochs=1, freeze_blocks=2)
+    model = make_tiny("lp-ft", lp_epochs=1, freeze_blocks=2)
+    frozen = {name: p.detach().clone() for name, p in model.named_parameters()
+              if name.startswith(("clip.visual.transformer.resblocks.0.", "clip.visual.transformer.resblocks.1.",
+                                  "clip.visual.conv1", "clip.visual.positional_embedding"))}
+    set_lp_ft_phase(model, config, probing=False)
+    assert trainable_parameter_counts(model) == trainable_parameter_counts(make_tiny("full", freeze_blocks=2))
+    _train_steps(model, tiny_images)
+    assert all(torch.equal(p, dict(model.named_parameters())[name]) for name, p in frozen.items())
+    moved = model.clip.visual.transformer.resblocks[2].attn.q_proj.weight
+    assert not torch.equal(moved, make_tiny("full").clip.visual.transformer.resblocks[2].attn.q_proj.weight)
+
+
+def test_freeze_blocks_is_refused_for_lora_and_beyond_the_tower():
+    with pytest.raises(ValueError, match="LoRA already freezes every base weight"):
+        MethodConfig("lora", freeze_blocks=3)
+    with pytest.raises(ValueError, match="freeze_blocks must be an integer >= 0"):
+        MethodConfig("full", freeze_blocks=-1)
+    with pytest.raises(ValueError, match="freeze_blocks is 4 but the image tower has 3 blocks"):
+        make_tiny("full", freeze_blocks=4)
+
+
+@pytest.mark.parametrize("rank, targets", [(4, ("q_proj", "v_proj")), (16, ("q_proj", "v_proj")),
+                                           (8, ("q_proj", "k_proj", "v_proj", "out_proj"))])
+def test_vit_b32_lora_rank_and_targets_set_the_adapter_size(rank, targets):
+    model = apply_method(build_classifier(BackboneSpec("ViT-B-32-quickgelu"), 37, seed=0),
+                         MethodConfig("lora", lora_r=rank, lora_alpha=2 * rank, lora_targets=targets))
+    assert trainable_parameter_counts(model)["adapter"] == 12 * len(targets) * rank * (768 + 768)
+
+
+def test_a_method_config_written_before_freezing_existed_reads_as_no_freezing():
+    old = {k: v for k, v in MethodConfig("full").to_dict().items() if k != "freeze_blocks"}
+    assert MethodConfig.from_dict(old) == MethodConfig("full")
+    assert MethodConfig.from_dict(MethodConfig("full", freeze_blocks=6).to_dict()).freeze_blocks == 6
+
+
+def test_the_config_knows_exactly_the_methods_the_package_trains():
+    import yaml
+
+    from clipdrift.model.adapters import METHODS
+    from clipdrift.pipeline.plan import BASE_METHODS
+
+    from workflow_helpers import REPO
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    plain, _ = schema["properties"]["methods"]["items"]["anyOf"]
+    assert BASE_METHODS == METHODS
+    assert plain["enum"] == schema["definitions"]["variant"]["properties"]["method"]["enum"] == list(METHODS)

@@ -182,6 +182,8 @@ def test_metadata_that_is_not_an_object_is_refused(tmp_path, tiny_images):
     ("method.lp_epochs", lambda m: m["method"].update(lp_epochs="2")),
     ("method.lp_epochs", lambda m: m["method"].update(lp_epochs=True)),
     ("method.lp_train_projection", lambda m: m["method"].update(lp_train_projection=None)),
+    ("method.freeze_blocks", lambda m: m["method"].update(freeze_blocks="6")),
+    ("method", lambda m: m["method"].update(freeze_blocks=-1)),
     ("method", lambda m: m["method"].update(lp_epochs=0)),
     ("method", lambda m: m["method"].update(method="lp-ft")),  # lp-ft without lp_epochs
     ("n_classes", lambda m: m.update(n_classes=0)),
@@ -242,11 +244,11 @@ def test_lp_ft_round_trip_gives_identical_logits_and_holds_what_full_ft_holds(tm
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
-def test_a_checkpoint_written_before_the_lp_ft_fields_still_loads(tmp_path, tiny_images, method):
+def test_a_checkpoint_written_before_the_optional_fields_still_loads(tmp_path, tiny_images, method):
     model, path = _saved(tmp_path, method, tiny_images)
-    _rewrite_metadata(path, lambda m: [m["method"].pop(k) for k in ("lp_epochs", "lp_train_projection")])
+    _rewrite_metadata(path, lambda m: [m["method"].pop(k) for k in ("lp_epochs", "lp_train_projection", "freeze_blocks")])
     loaded, metadata = load_classifier(path)
-    assert "lp_epochs" not in metadata["method"]
+    assert "lp_epochs" not in metadata["method"] and loaded.clipdrift_method.freeze_blocks == 0
     with torch.no_grad():
         assert torch.equal(loaded(tiny_images), model(tiny_images))
 
@@ -266,3 +268,14 @@ def test_a_half_precision_snapshot_loads_as_the_fp32_model_rounded_to_fp16(tmp_p
     assert path.stat().st_size < 0.6 * full.stat().st_size
     with pytest.raises(ValueError, match="stored_dtype 'int8' is unknown"):
         save_classifier(path, model, TINY, MethodConfig("full"), seed=4, stored_dtype="int8")
+
+
+def test_a_frozen_block_variant_round_trips_with_its_freezing_recorded(tmp_path, tiny_images):
+    method = MethodConfig("full", freeze_blocks=2)
+    model = _train_steps(make_tiny("full", seed=2, freeze_blocks=2), tiny_images)
+    path = tmp_path / "full-freeze2.safetensors"
+    save_classifier(path, model, TINY, method, seed=2)
+    loaded, metadata = load_classifier(path)
+    assert metadata["method"]["freeze_blocks"] == 2 and loaded.clipdrift_method == method
+    with torch.no_grad():
+        assert torch.equal(loaded(tiny_images), model(tiny_images))

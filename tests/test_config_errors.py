@@ -100,3 +100,65 @@ def test_defaults_are_filled_and_cross_key_checks_run():
     assert config["training"]["eval_amp"] is False and config["zeroshot"]["class_names"] == "readable"
     with pytest.raises(StudyConfigError, match="world.image_size is 64 but backbone clipdrift-tiny expects 32"):
         prepare_config(_default_with({"world": {"image_size": 64}}), SCHEMA)
+
+
+# --- method variants: names that are safe paths, errors that name the variant ---------------------
+
+LORA_R4 = {"name": "lora-r4", "method": "lora", "lora": {"r": 4}}
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({**LORA_R4, "lora": {"rank": 4}}, "variant 'lora-r4': config key 'methods[1].lora.rank' is not a setting of "
+                                       "this workflow: known keys here: r, alpha, dropout, targets, train_projection."),
+    ({**LORA_R4, "lora": {"r": 0}}, "variant 'lora-r4': config key methods[1].lora.r is 0 but must be >= 1."),
+    ({**LORA_R4, "method": "bitfit"}, "variant 'lora-r4': config key methods[1].method is 'bitfit', which is not "
+                                      "allowed: use one of full, lora, lp-ft."),
+    ({"name": "full-wd", "method": "full", "training": {"weight_decay": -1}},
+     "variant 'full-wd': config key methods[1].training.weight_decay is -1 but must be >= 0."),
+    ({"name": "full-wd", "method": "full", "training": {"epochs": 3}},
+     "variant 'full-wd': config key 'methods[1].training.epochs' is not a setting of this workflow"),
+    ({"method": "lora"}, "config key methods[1] lacks the required key 'name': add it (The variant's name"),
+    ({**LORA_R4, "name": "../lora"}, "variant '../lora': config key methods[1].name is '../lora', which is not of the "
+                                     "form"),
+    ({**LORA_R4, "name": "LoRA r4"}, "variant 'LoRA r4': config key methods[1].name is 'LoRA r4', which is not of "
+                                     "the form"),
+    ({**LORA_R4, "name": "<b>x</b>"}, "variant '<b>x</b>': config key methods[1].name is '<b>x</b>', which is not"),
+])
+def test_a_bad_variant_is_refused_naming_the_variant_and_the_key(variant, message, tmp_path):
+    with pytest.raises(StudyConfigError) as refused:
+        prepare_config(_default_with({"methods": ["full", variant]}), SCHEMA, tmp_path)
+    assert str(refused.value).startswith(message), str(refused.value)
+
+
+@pytest.mark.parametrize("methods, message", [
+    (["full", LORA_R4, {**LORA_R4, "lora": {"r": 16}}], "methods: the name 'lora-r4' is used twice"),
+    (["full", {"name": "full", "method": "lora"}], "methods: the name 'full' is used twice"),
+    ([{"name": "lora", "method": "full", "freeze_blocks": 1}], "variant 'lora' of full takes the name of the method lora"),
+    (["full", {"name": "full-r4", "method": "full", "lora": {"r": 4}}],
+     "variant 'full-r4' sets lora but its method is full: move the lora settings to a variant of method lora"),
+    (["full", {**LORA_R4, "freeze_blocks": 2}], "variant 'lora-r4' sets freeze_blocks but LoRA already freezes"),
+    (["full", {"name": "full-freeze6", "method": "full", "freeze_blocks": 6}],
+     "variant 'full-freeze6' freezes 6 blocks but backbone clipdrift-tiny has 3: set freeze_blocks to at most 3"),
+])
+def test_variants_are_checked_across_keys(methods, message):
+    with pytest.raises(StudyConfigError, match=message.replace("(", r"\(")):
+        prepare_config(_default_with({"methods": methods}), SCHEMA)
+
+
+def test_a_variant_overrides_only_the_settings_it_names():
+    from clipdrift.pipeline import plan
+
+    variants = ["full", "lora", LORA_R4, {"name": "full-wd0.1", "method": "full", "training": {"weight_decay": 0.1}},
+                {"name": "full-freeze2", "method": "full", "freeze_blocks": 2}]
+    config = prepare_config(_default_with({"methods": variants, "lora": {"alpha": 32}}), SCHEMA)
+    assert plan.method_names(config) == ["full", "lora", "lora-r4", "full-wd0.1", "full-freeze2"]
+    assert config["methods"][2] == LORA_R4  # no defaults filled into a variant: it overrides what it names
+    lora, r4 = plan.method_settings(config, "lora"), plan.method_settings(config, "lora-r4")
+    assert r4 == {**lora, "lora_r": 4} and r4["lora_alpha"] == 32  # the study's alpha, the variant's rank
+    # a plain method's settings are what they were before variants existed (no new key: no rerun)
+    assert plan.method_settings(config, "full") == plan.method_settings(config, "full-wd0.1") == {"method": "full"}
+    assert plan.method_settings(config, "full-freeze2") == {"method": "full", "freeze_blocks": 2}
+    run = ("world-eurosat", "1e-04", 0)
+    plain, decayed = plan.training_settings(config, *run, "full"), plan.training_settings(config, *run, "full-wd0.1")
+    assert decayed == {**plain, "weight_decay": 0.1} and plain == plan.training_settings(config, *run)
+    assert plan.base_method(config, "full-freeze2") == "full" and plan.base_method(config, "lora-r4") == "lora"

@@ -1,5 +1,7 @@
 """The workflow's plan: presets, config validation, and the front door's errors (dry runs)."""
 
+import re
+
 import pytest
 
 from workflow_helpers import REPO, planned_jobs, snakemake
@@ -85,3 +87,14 @@ def test_the_documented_tables_and_figures_are_the_ones_the_report_declares():
 
     assert documented_names("<!-- tables -->") == list(TABLES)
     assert documented_names("<!-- figures -->") == [*FIGURES, *CURVE_FIGURES, *TRAJECTORY_FIGURES]
+
+
+def test_variants_are_grid_entries_named_in_the_runs_paths(tmp_path):
+    override = tmp_path / "variants.yaml"
+    override.write_text("methods:\n  - full\n  - {name: lora-r4, method: lora, lora: {r: 4}}\n"
+                        "  - {name: full-wd0.1, method: full, training: {weight_decay: 0.1}, freeze_blocks: 1}\n")
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", str(REPO / "configs/test.yaml"), str(override))
+    plan = planned_jobs(result)
+    assert plan["finetune"] == 2 * 3 * 2 * 1  # datasets x (full + 2 variants) x lrs x seeds
+    runs = set(re.findall(r"runs/([\w.-]+)/([\w.-]+)/lr([\w.+-]+)/seed(\d+)/history\.json", result.stdout))
+    assert {method for _, method, _, _ in runs} == {"full", "lora-r4", "full-wd0.1"} and len(runs) == plan["finetune"]

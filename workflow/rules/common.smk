@@ -11,7 +11,7 @@ from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRAJECTORY_FIGURES
 STUDY = f"{config['results_dir']}/{config['study']}"
 DATASETS = [d["name"] for d in config["datasets"]]
 DATASET_CONFIG = {d["name"]: d for d in config["datasets"]}
-METHODS = config["methods"]
+METHODS = plan.method_names(config)
 LRS = [plan.canonical_lr(lr) for lr in config["learning_rates"]]
 SEEDS = [int(s) for s in config["seeds"]]
 ZEROSHOT_DATASET = config["zeroshot"]["dataset"]
@@ -34,7 +34,7 @@ CONDA_ENV_FILE = "../../envs/clipdrift.yaml"
 
 wildcard_constraints:
     dataset="|".join(re.escape(d) for d in DATASETS + [ZEROSHOT_DATASET]),
-    method="|".join(METHODS),
+    method="|".join(re.escape(m) for m in METHODS),
     lr="|".join(re.escape(lr) for lr in LRS),
     seed=r"\d+",
 

@@ -19,7 +19,7 @@ rule finetune:
         run=run_params,
         snapshots=lambda wc: plan.snapshot_settings(config, wc.dataset, wc.method),
         method=lambda wc: plan.method_settings(config, wc.method),
-        training=lambda wc: plan.training_settings(config, wc.dataset, wc.lr, int(wc.seed)),
+        training=lambda wc: plan.training_settings(config, wc.dataset, wc.lr, int(wc.seed), wc.method),
         resume_dir=lambda wc: f"{SCRATCH}/{RUN.format(**wc)}",
         code=code("finetune"),
     threads: 1

@@ -161,6 +161,7 @@ _METHOD_FIELD_TYPES = {
 _METHOD_OPTIONAL_FIELD_TYPES = {
     "lp_epochs": (int, type(None)),
     "lp_train_projection": bool,
+    "freeze_blocks": int,
 }
 
 

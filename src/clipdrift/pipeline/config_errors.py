@@ -40,7 +40,17 @@ def schema_problems(config: dict, schema: dict) -> list[str]:
 
     errors = sorted(Draft202012Validator(schema).iter_errors(config), key=relevance, reverse=True)
     errors.sort(key=lambda e: len(e.absolute_path))  # shallow (structural) problems first
-    return [_readable(error, schema) for error in errors]
+    return [_in_variant(config, error) + _readable(error, schema) for error in errors]
+
+
+def _in_variant(config: dict, error) -> str:
+    """``variant 'lora-r4': `` when the problem lies inside a named variant of ``methods:``."""
+    path = list(error.absolute_path)
+    if len(path) < 2 or path[0] != "methods" or not isinstance(config.get("methods"), list):
+        return ""
+    entry = config["methods"][path[1]] if path[1] < len(config["methods"]) else None
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return f"variant {name!r}: " if isinstance(name, str) else ""
 
 
 def _key(path) -> str:
@@ -54,8 +64,11 @@ def _subschema(schema: dict, path) -> dict:
     node = schema
     for part in path:
         node = node.get("items", {}) if isinstance(part, int) else node.get("properties", {}).get(part, {})
-        if "$ref" in node:
-            node = _resolve_ref(schema, node["$ref"])
+        node = _resolve_ref(schema, node["$ref"]) if "$ref" in node else node
+        # a list of alternatives: the one that describes a mapping, when the path goes on into it
+        mappings = [_resolve_ref(schema, alt["$ref"]) if "$ref" in alt else alt for alt in node.get("anyOf", [])]
+        mappings = [alt for alt in mappings if alt.get("type") == "object"]
+        node = mappings[0] if len(mappings) == 1 else node
     return node
 
 
@@ -99,8 +112,15 @@ def _readable(error, schema: dict) -> str:
         return (f"config key {key} is {value!r}, which is not of the form {error.validator_value} "
                 f"({_described(schema, error.absolute_path)}).")
     if rule in ("anyOf", "oneOf"):
-        # one alternative failed on something more specific than its type: report that
-        specific = [e for e in error.context if e.validator not in ("type", "anyOf", "oneOf")]
+        # report what went wrong inside the alternative(s) of the value's own type (a mapping is
+        # judged as a mapping), the most specific problem first
+        alternatives: dict[int, list] = {}
+        for inner in error.context:
+            alternatives.setdefault(inner.relative_schema_path[0], []).append(inner)
+        fitting = [e for errors in alternatives.values()
+                   if not any(e.validator == "type" and not e.relative_path for e in errors) for e in errors]
+        specific = [e for e in fitting if e.validator not in ("anyOf", "oneOf")] or [
+            e for e in error.context if e.validator not in ("type", "anyOf", "oneOf")]
         if specific:
             return _readable(max(specific, key=lambda e: len(e.absolute_path)), schema)
         return (f"config key {key} is {value!r}, which is none of the allowed forms "

@@ -22,6 +22,9 @@ from clipdrift.data.classnames import check_style
 # Where a study records the pretrained backbone every run starts from (relative to the study).
 BACKBONE_DESCRIPTOR = "backbone/backbone.json"
 
+# The methods a study's methods: entries and variants build on (clipdrift.model.adapters.METHODS; a test keeps them equal).
+BASE_METHODS = ("full", "lora", "lp-ft")
+
 # The split the probe subset is drawn from: the evaluation split, as published.
 PROBE_SOURCE_SPLIT = "test"
 
@@ -85,7 +88,8 @@ def check_study_config(config: dict) -> None:
         )
     check_style(config["zeroshot"]["class_names"], config["zeroshot"]["dataset"])
     check_curves(config)
-    if "lp-ft" in config["methods"]:
+    check_methods(config, model_config)
+    if "lp-ft" in {entry["method"] for entry in method_entries(config).values()}:
         short = [d["name"] for d in config["datasets"] if d["epochs"] <= config["lp_ft"]["probe_epochs"]]
         if short:
             raise StudyConfigError(
@@ -100,6 +104,34 @@ def check_study_config(config: dict) -> None:
                 f"{key} is {size} but backbone {config['backbone']['name']} expects {expected}-pixel "
                 f"images: set {key}: {expected} (dataset {name})."
             )
+
+
+def check_methods(config: dict, model_config: dict) -> None:
+    """Method and variant names unique and not a base method's unless plain; each variant's
+    settings fit its method and the backbone."""
+    names = [entry if isinstance(entry, str) else entry["name"] for entry in config["methods"]]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise StudyConfigError(f"methods: the name {repeated[0]!r} is used twice: give every method and variant "
+                               "its own name (it names the runs' folders and the tables' rows)")
+    blocks = model_config.get("vision_cfg", {}).get("layers")
+    for entry in config["methods"]:
+        if isinstance(entry, str):
+            continue
+        name, method = entry["name"], entry["method"]
+        if name in BASE_METHODS and name != method:
+            raise StudyConfigError(f"methods: variant {name!r} of {method} takes the name of the method {name}: "
+                                   f"rename it (e.g. {method}-{name})")
+        if "lora" in entry and method != "lora":
+            raise StudyConfigError(f"methods: variant {name!r} sets lora but its method is {method}: "
+                                   "move the lora settings to a variant of method lora")
+        frozen = entry.get("freeze_blocks", 0)
+        if frozen and method == "lora":
+            raise StudyConfigError(f"methods: variant {name!r} sets freeze_blocks but LoRA already freezes every base "
+                                   "weight: use it with full or lp-ft (choose LoRA's blocks with lora.targets)")
+        if frozen and isinstance(blocks, int) and frozen > blocks:
+            raise StudyConfigError(f"methods: variant {name!r} freezes {frozen} blocks but backbone "
+                                   f"{config['backbone']['name']} has {blocks}: set freeze_blocks to at most {blocks}")
 
 
 def _image_size_key(config: dict, dataset: str) -> tuple[str, int]:
@@ -123,23 +155,54 @@ def data_settings(config: dict, dataset: str) -> dict:
     return settings
 
 
-def method_settings(config: dict, method: str) -> dict:
-    """Keyword arguments of :class:`clipdrift.model.adapters.MethodConfig` for ``method``."""
+def method_entries(config: dict) -> dict[str, dict]:
+    """Every entry of ``methods:`` by its name, as ``{"method": base, ...its own settings}``.
+
+    A plain entry (``full``, ``lora``, ``lp-ft``) is a method under its own name; a variant
+    (``{name: lora-r4, method: lora, lora: {r: 4}}``) is its base method with its own settings,
+    which override the study's (``lora``, ``training``) or add to them (``freeze_blocks``).
+    """
+    entries = {}
+    for entry in config["methods"]:
+        entry = {"name": entry, "method": entry} if isinstance(entry, str) else entry
+        entries[entry["name"]] = {key: value for key, value in entry.items() if key != "name"}
+    return entries
+
+
+def method_names(config: dict) -> list[str]:
+    """The grid's method axis: plain methods and variants, by name, in the config's order."""
+    return list(method_entries(config))
+
+
+def base_method(config: dict, name: str) -> str:
+    """The method (``full``, ``lora`` or ``lp-ft``) a method or variant name trains with."""
+    return method_entries(config)[name]["method"]
+
+
+def method_settings(config: dict, name: str) -> dict:
+    """Keyword arguments of :class:`clipdrift.model.adapters.MethodConfig` for a method or variant."""
+    entry = method_entries(config)[name]
+    method = entry["method"]
     if method == "full":
-        return {"method": "full"}
-    if method == "lp-ft":
+        settings = {"method": "full"}
+    elif method == "lp-ft":
         lp_ft = config["lp_ft"]
-        return {"method": "lp-ft", "lp_epochs": lp_ft["probe_epochs"], "lp_train_projection": lp_ft["train_projection"]}
-    lora = config["lora"]
-    return {
-        "method": "lora", "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
-        "lora_targets": list(lora["targets"]), "train_projection": lora["train_projection"],
-    }
+        settings = {"method": "lp-ft", "lp_epochs": lp_ft["probe_epochs"], "lp_train_projection": lp_ft["train_projection"]}
+    else:
+        lora = {**config["lora"], **entry.get("lora", {})}
+        settings = {
+            "method": "lora", "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
+            "lora_targets": list(lora["targets"]), "train_projection": lora["train_projection"],
+        }
+    if entry.get("freeze_blocks"):  # absent when 0: a plain method's settings (and digest) stay as they were
+        settings["freeze_blocks"] = entry["freeze_blocks"]
+    return settings
 
 
-def training_settings(config: dict, dataset: str, lr: str, seed: int) -> dict:
-    """The optimisation settings of one run (everything its fine-tune depends on)."""
-    training = config["training"]
+def training_settings(config: dict, dataset: str, lr: str, seed: int, method: str | None = None) -> dict:
+    """The optimisation settings of one run (everything its fine-tune depends on); ``method``:
+    the method or variant name, whose own ``training`` settings override the study's."""
+    training = {**config["training"], **(method_entries(config)[method].get("training", {}) if method else {})}
     dataset_config = next(d for d in config["datasets"] if d["name"] == dataset)
     return {
         "epochs": dataset_config["epochs"],
@@ -232,7 +295,7 @@ def snapshot_settings(config: dict, dataset: str, method: str) -> dict:
     finetune rule's params). Deliberately independent of whether trajectories are on: turning
     them off reruns no fine-tune, turning them on reruns those whose kept weights are missing
     (Snakemake: "Missing output files"), and measuring other kept epochs reruns none."""
-    whole_tower = method in ("full", "lp-ft")  # LoRA snapshots are small: fp32 always
+    whole_tower = base_method(config, method) in ("full", "lp-ft")  # LoRA snapshots are small: fp32 always
     return {"epochs": kept_epochs(config, dataset),
             "dtype": config["curves"]["snapshot_dtype"] if whole_tower else "float32"}
 

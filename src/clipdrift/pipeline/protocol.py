@@ -116,10 +116,10 @@ def resolved_settings(config: dict) -> dict:
     first_seed = int(config["seeds"][0])
     return {
         "backbone": plan.backbone_descriptor(config),
-        "grid": {"datasets": [d["name"] for d in config["datasets"]], "methods": list(config["methods"]),
+        "grid": {"datasets": [d["name"] for d in config["datasets"]], "methods": plan.method_names(config),
                  "learning_rates": lrs, "seeds": [int(s) for s in config["seeds"]]},
         "data": {d["name"]: _data(config, d) for d in config["datasets"]},
-        "method": {m: MethodConfig(**plan.method_settings(config, m)).to_dict() for m in config["methods"]},
+        "method": {m: MethodConfig(**plan.method_settings(config, m)).to_dict() for m in plan.method_names(config)},
         "training": {d["name"]: _training(config, d["name"], lrs[0], first_seed) for d in config["datasets"]},
         "optimizer": {"betas": list(ADAMW_BETAS), "eps": ADAMW_EPS},
         "schedule": _schedule_shape(),
