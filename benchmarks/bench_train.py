@@ -9,7 +9,8 @@ timer around its loop. Runs alternate so machine load hits both alike.
 
 Run: ``python benchmarks/bench_train.py [--backbone clipdrift-tiny] [--images 512] [--epochs 2]``
 (``--backbone ViT-B-32-quickgelu`` builds the paper's architecture with random weights; on a
-CPU it is slow). Target: engine >= 0.9x the bare loop.
+CPU it is slow). Target: engine >= 0.9x the bare loop. Then the cost of each attention
+regulariser (APR, entropy floor) per training step, against the plain engine.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import math
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ from clipdrift.model.adapters import MethodConfig, apply_method, trainable_param
 from clipdrift.model.backbones import BackboneSpec, build_classifier, image_preprocess_config
 from clipdrift.train.config import TrainConfig, lr_factor, warmup_steps
 from clipdrift.train.engine import finetune
+from clipdrift.train.regularisers import RegulariserConfig
 
 
 def make_model(backbone: str, n_classes: int, method: str):
@@ -106,6 +109,24 @@ def main() -> None:
     print(f"engine   : {engine_rate:9.1f} images/s  (runs: {', '.join(f'{v:.0f}' for v in engine)})")
     print(f"bare loop: {bare_rate:9.1f} images/s  (runs: {', '.join(f'{v:.0f}' for v in bare)})")
     print(f"ratio    : {engine_rate / bare_rate:9.2f}x  (target >= 0.9x)")
+    regulariser_costs(args, train, select, config, engine_rate)
+
+
+def regulariser_costs(args, train: ImageSplit, select: ImageSplit, config: TrainConfig, plain_rate: float) -> None:
+    """The cost per step of each attention regulariser: the engine's images/s with it against without.
+
+    Both read the attention of the training forward (explicit softmax instead of the fused kernel);
+    APR also runs the frozen pretrained tower on every batch.
+    """
+    steps = math.ceil(len(train) / args.batch_size) * args.epochs
+    for kind in ("apr", "entropy_floor"):
+        regularised = replace(config, regulariser=RegulariserConfig(kind, 0.1))
+        rates = [finetune(make_model(args.backbone, 10, args.method), train, select, regularised,
+                          progress=False).history["images_per_s"] for _ in range(args.repeats)]
+        rate = statistics.median(rates)
+        extra_ms = (args.batch_size / rate - args.batch_size / plain_rate) * 1000
+        print(f"{kind:13s}: {rate:9.1f} images/s  ({plain_rate / rate:.2f}x the time of a plain step, "
+              f"{extra_ms:+.1f} ms per step of {args.batch_size}; {steps} steps per run)")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,13 @@ LORA_R4 = {"name": "lora-r4", "method": "lora", "lora": {"r": 4}}
     ({"name": "full-wd", "method": "full", "training": {"epochs": 3}},
      "variant 'full-wd': config key 'methods[1].training.epochs' is not a setting of this workflow"),
     ({"method": "lora"}, "config key methods[1] lacks the required key 'name': add it (The variant's name"),
+    ({"name": "full-apr", "method": "full", "regulariser": {"kind": "kl", "weight": 0.1}},
+     "variant 'full-apr': config key methods[1].regulariser.kind is 'kl', which is not allowed: use one of apr, "
+     "entropy_floor."),
+    ({"name": "full-apr", "method": "full", "regulariser": {"kind": "apr"}},
+     "variant 'full-apr': config key methods[1].regulariser lacks the required key 'weight': add it (Its weight"),
+    ({"name": "full-apr", "method": "full", "regulariser": {"kind": "apr", "weight": 0}},
+     "variant 'full-apr': config key methods[1].regulariser.weight is 0 but must be > 0."),
     ({**LORA_R4, "name": "../lora"}, "variant '../lora': config key methods[1].name is '../lora', which is not of the "
                                      "form"),
     ({**LORA_R4, "name": "LoRA r4"}, "variant 'LoRA r4': config key methods[1].name is 'LoRA r4', which is not of "
@@ -137,6 +144,8 @@ def test_a_bad_variant_is_refused_naming_the_variant_and_the_key(variant, messag
     (["full", {"name": "full-r4", "method": "full", "lora": {"r": 4}}],
      "variant 'full-r4' sets lora but its method is full: move the lora settings to a variant of method lora"),
     (["full", {**LORA_R4, "freeze_blocks": 2}], "variant 'lora-r4' sets freeze_blocks but LoRA already freezes"),
+    (["full", {"name": "full-apr", "method": "full", "regulariser": {"kind": "apr", "weight": 1, "floor": 2}}],
+     "variant 'full-apr' gives its apr regulariser a floor: only entropy_floor has one; remove regulariser.floor"),
     (["full", {"name": "full-freeze6", "method": "full", "freeze_blocks": 6}],
      "variant 'full-freeze6' freezes 6 blocks but backbone clipdrift-tiny has 3: set freeze_blocks to at most 3"),
 ])
@@ -162,3 +171,21 @@ def test_a_variant_overrides_only_the_settings_it_names():
     plain, decayed = plan.training_settings(config, *run, "full"), plan.training_settings(config, *run, "full-wd0.1")
     assert decayed == {**plain, "weight_decay": 0.1} and plain == plan.training_settings(config, *run)
     assert plan.base_method(config, "full-freeze2") == "full" and plan.base_method(config, "lora-r4") == "lora"
+    assert "regulariser" not in plain
+
+
+def test_a_regularised_variant_trains_with_its_regulariser():
+    from clipdrift.pipeline import plan
+    from clipdrift.train.config import TrainConfig
+    from clipdrift.train.regularisers import RegulariserConfig
+
+    variants = ["full", {"name": "full-apr-0.01", "method": "full", "regulariser": {"kind": "apr", "weight": 0.01}},
+                {"name": "full-floor", "method": "full", "regulariser": {"kind": "entropy_floor", "weight": 0.1,
+                                                                         "floor": 2.5}}]
+    config = prepare_config(_default_with({"methods": variants}), SCHEMA)
+    run = ("world-eurosat", "1e-04", 0)
+    apr = TrainConfig(**plan.training_settings(config, *run, "full-apr-0.01"))
+    floor = TrainConfig(**plan.training_settings(config, *run, "full-floor"))
+    assert apr.regulariser == RegulariserConfig("apr", 0.01)
+    assert floor.regulariser == RegulariserConfig("entropy_floor", 0.1, 2.5)
+    assert plan.method_settings(config, "full-apr-0.01") == {"method": "full"}

@@ -125,6 +125,10 @@ def check_methods(config: dict, model_config: dict) -> None:
         if "lora" in entry and method != "lora":
             raise StudyConfigError(f"methods: variant {name!r} sets lora but its method is {method}: "
                                    "move the lora settings to a variant of method lora")
+        regulariser = entry.get("regulariser", {})
+        if "floor" in regulariser and regulariser["kind"] != "entropy_floor":
+            raise StudyConfigError(f"methods: variant {name!r} gives its {regulariser['kind']} regulariser a floor: "
+                                   "only entropy_floor has one; remove regulariser.floor")
         frozen = entry.get("freeze_blocks", 0)
         if frozen and method == "lora":
             raise StudyConfigError(f"methods: variant {name!r} sets freeze_blocks but LoRA already freezes every base "
@@ -202,9 +206,12 @@ def method_settings(config: dict, name: str) -> dict:
 def training_settings(config: dict, dataset: str, lr: str, seed: int, method: str | None = None) -> dict:
     """The optimisation settings of one run (everything its fine-tune depends on); ``method``:
     the method or variant name, whose own ``training`` settings override the study's."""
-    training = {**config["training"], **(method_entries(config)[method].get("training", {}) if method else {})}
+    entry = method_entries(config)[method] if method else {}
+    training = {**config["training"], **entry.get("training", {})}
     dataset_config = next(d for d in config["datasets"] if d["name"] == dataset)
+    regulariser = {"regulariser": {"floor": None, **entry["regulariser"]}} if "regulariser" in entry else {}
     return {
+        **regulariser,  # absent without one: a plain method's settings (and digest) stay as they were
         "epochs": dataset_config["epochs"],
         "lr": float(lr),
         "seed": seed,

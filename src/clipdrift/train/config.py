@@ -10,6 +10,7 @@ from clipdrift.core.errors import UserFacingError
 from clipdrift.data.split import ImageSplit
 from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.backbones import CLIPClassifier, check_image_size
+from clipdrift.train.regularisers import RegulariserConfig
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 SELECTION_SPLITS = ("val", "test")
@@ -34,6 +35,7 @@ class TrainConfig:
     autocast; by default evaluation is fp32, as published.
     ``device``: ``auto`` = CUDA when available. ``num_threads``: CPU threads for this run
     (``None`` keeps torch's setting; bitwise CPU determinism needs the same thread count).
+    ``regulariser``: an attention regulariser added to the loss (:mod:`clipdrift.train.regularisers`).
     ``data_on_device``: keep the uint8 training images on the GPU (``None`` = when they take
     under a quarter of its free memory). ``deterministic``: deterministic kernels
     (:func:`clipdrift.core.device.deterministic`), so that the same seed gives the same numbers and a
@@ -61,8 +63,14 @@ class TrainConfig:
     eval_amp: bool = False
     cpu_autocast: bool = False
     deterministic: bool = False
+    regulariser: RegulariserConfig | None = None
 
     def __post_init__(self):
+        if isinstance(self.regulariser, dict):  # as the workflow's params and to_dict() write it
+            try:
+                object.__setattr__(self, "regulariser", RegulariserConfig(**self.regulariser))
+            except (TypeError, ValueError) as error:
+                raise TrainConfigError(f"regulariser {self.regulariser!r} is invalid: {error}") from None
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),

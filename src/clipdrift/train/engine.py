@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from clipdrift.core.device import deterministic, resolve_device, seeded
-from clipdrift.data.split import ImageSplit
+from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.adapters import MethodConfig, set_lp_ft_phase, trainable_parameter_counts, trainable_parameters
 from clipdrift.model.backbones import CLIPClassifier, normalisation
 from clipdrift.train.batches import CachedBatches, epoch_order, free_gpu_memory, keeps_data_on_device
@@ -57,6 +57,7 @@ from clipdrift.train.config import (
 )
 from clipdrift.train.evaluate import top1_accuracy
 from clipdrift.train.precision import resolve_precision
+from clipdrift.train.regularisers import AttentionRegulariser, cls_attention
 from clipdrift.train.resume import Progress, ResumeStore, load_params, restore_resume, run_fingerprint, save_resume
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,10 @@ class _Run:
         on_device = keeps_data_on_device(train.images.numel(), free_gpu_memory(self.device), config.data_on_device)
         self.data = CachedBatches(train, self.device, on_device, self.mean, self.std, config.batch_size)
         self.n_train = len(train)
+        self.regulariser = None
+        if config.regulariser is not None:  # from the weights as they are now: before any step or resumed state
+            reference = to_model_input(train.images[:config.batch_size].to(self.device), self.mean, self.std)
+            self.regulariser = AttentionRegulariser(config.regulariser, model, reference)
         self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.n_warmup = warmup_steps(self.total_steps, config.warmup_fraction)
@@ -145,34 +150,40 @@ class _Run:
         return {name: p.detach().to("cpu", copy=True) for name, p in self.named_params}
 
     def forward_backward(self, images: torch.Tensor,
-                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss, number correct and (clipped-before) gradient norm of one batch, all on device."""
-        with self.precision.train_autocast():
+                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Loss (cross-entropy + weight · regulariser), number correct, (clipped-before) gradient
+        norm and regulariser term (0 without one) of one batch, all on device."""
+        attention = cls_attention(self.model.clip) if self.regulariser else contextlib.nullcontext([])
+        with self.precision.train_autocast(), attention as rows:
             logits = self.model(images)
+            penalty = self.regulariser.penalty(rows, images) if self.regulariser else torch.zeros((), device=self.device)
         loss = F.cross_entropy(logits.float(), labels)
+        if self.regulariser:
+            loss = loss + self.config.regulariser.weight * penalty
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
         correct = (logits.detach().argmax(dim=1) == labels).sum()
-        return loss.detach(), correct, norm
+        return loss.detach(), correct, norm, penalty.detach()
 
     def train_epoch(self, epoch: int, progress: Progress, bar) -> dict | None:
         """Train one epoch; its history entry (without selection accuracy), or None if it diverged."""
         phase = self.enter_phase(epoch)
         order, flips = epoch_order(self.config.seed, epoch, self.n_train, self.config.hflip)
         self.model.train()
-        loss_sum, correct, started = 0.0, 0, time.perf_counter()
+        loss_sum, penalty_sum, correct, started = 0.0, 0.0, 0, time.perf_counter()
         bar.set_description(f"epoch {epoch}/{self.config.epochs}")
         for start in range(0, self.n_train, self.config.batch_size):
             index = order[start:start + self.config.batch_size]
             images, labels = self.data.take(index, None if flips is None else flips[start:start + len(index)])
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_at(progress.step)
-            loss, batch_correct, norm = self.forward_backward(images, labels)
+            loss, batch_correct, norm, penalty = self.forward_backward(images, labels)
             # One host sync per step: needed to stop before a non-finite update reaches the weights.
-            loss_value, correct_value, norm_value = torch.stack([loss.float(), batch_correct.float(), norm.float()]).tolist()
+            loss_value, correct_value, norm_value, penalty_value = torch.stack(
+                [loss.float(), batch_correct.float(), norm.float(), penalty.float()]).tolist()
             # With fp16 an inf gradient is routine (the scaler skips that step); only the loss counts.
             if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
                 progress.diverged_at_step = progress.step + 1
@@ -184,6 +195,7 @@ class _Run:
             self.scaler.update()
             progress.step += 1
             loss_sum += loss_value * len(index)
+            penalty_sum += penalty_value * len(index)
             correct += int(correct_value)
             seen = start + len(index)
             bar.update(1)
@@ -194,6 +206,8 @@ class _Run:
                  "lr_end": self.lr_at(progress.step), "train_s": seconds, "images_per_s": self.n_train / seconds}
         if phase is not None:
             entry["phase"] = phase
+        if self.regulariser:
+            entry["train_penalty"] = penalty_sum / self.n_train
         return entry
 
     def accuracy(self, split: ImageSplit) -> float:
