@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from clipdrift.analysis.collapse import collapse_columns
 from clipdrift.analysis.stats import bootstrap_ci
 
 RUN_KEYS = ["dataset", "method", "lr", "seed"]
@@ -126,6 +127,7 @@ def _history_row(history: dict) -> dict:
         "train_time_s": _number(history.get("train_time_s")),
         "images_per_s": _number(history.get("images_per_s")),
         "steps": _number(history.get("steps")),
+        **collapse_columns(history),
     }
 
 

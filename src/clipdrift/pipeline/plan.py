@@ -209,9 +209,12 @@ def training_settings(config: dict, dataset: str, lr: str, seed: int, method: st
     entry = method_entries(config)[method] if method else {}
     training = {**config["training"], **entry.get("training", {})}
     dataset_config = next(d for d in config["datasets"] if d["name"] == dataset)
-    regulariser = {"regulariser": {"floor": None, **entry["regulariser"]}} if "regulariser" in entry else {}
+    # absent when unused, so that the settings (and digest) of a study without them stay as they were
+    optional = {"regulariser": {"floor": None, **entry["regulariser"]}} if "regulariser" in entry else {}
+    if training["entropy_trace_every"]:
+        optional["entropy_trace_every"] = training["entropy_trace_every"]
     return {
-        **regulariser,  # absent without one: a plain method's settings (and digest) stay as they were
+        **optional,
         "epochs": dataset_config["epochs"],
         "lr": float(lr),
         "seed": seed,

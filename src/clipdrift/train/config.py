@@ -36,6 +36,8 @@ class TrainConfig:
     ``device``: ``auto`` = CUDA when available. ``num_threads``: CPU threads for this run
     (``None`` keeps torch's setting; bitwise CPU determinism needs the same thread count).
     ``regulariser``: an attention regulariser added to the loss (:mod:`clipdrift.train.regularisers`).
+    ``entropy_trace_every``: trace the CLS-attention entropy every that many steps (0: off;
+    :mod:`clipdrift.train.trace`).
     ``data_on_device``: keep the uint8 training images on the GPU (``None`` = when they take
     under a quarter of its free memory). ``deterministic``: deterministic kernels
     (:func:`clipdrift.core.device.deterministic`), so that the same seed gives the same numbers and a
@@ -64,6 +66,7 @@ class TrainConfig:
     cpu_autocast: bool = False
     deterministic: bool = False
     regulariser: RegulariserConfig | None = None
+    entropy_trace_every: int = 0
 
     def __post_init__(self):
         if isinstance(self.regulariser, dict):  # as the workflow's params and to_dict() write it
@@ -83,6 +86,7 @@ class TrainConfig:
             (self.selection_split in SELECTION_SPLITS,
              f"selection_split {self.selection_split!r} is unknown: use one of {SELECTION_SPLITS}"),
             (self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}"),
+            (self.entropy_trace_every >= 0, f"entropy_trace_every must be >= 0 (0: off), got {self.entropy_trace_every}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -59,6 +59,7 @@ from clipdrift.train.evaluate import top1_accuracy
 from clipdrift.train.precision import resolve_precision
 from clipdrift.train.regularisers import AttentionRegulariser, cls_attention
 from clipdrift.train.resume import Progress, ResumeStore, load_params, restore_resume, run_fingerprint, save_resume
+from clipdrift.train.trace import TRACE_IMAGES, EntropyTrace
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,8 @@ def _torch_threads(n: int | None):
 class _Run:
     """One fine-tuning run: model, optimiser, data and precision, resolved from the config."""
 
-    def __init__(self, model: CLIPClassifier, train: ImageSplit, config: TrainConfig, method: MethodConfig | None = None):
+    def __init__(self, model: CLIPClassifier, train: ImageSplit, config: TrainConfig, method: MethodConfig | None = None,
+                 select: ImageSplit | None = None):
         self.model, self.config, self.method = model, config, method
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.amp, self.device, eval_amp=config.eval_amp,
@@ -127,6 +129,10 @@ class _Run:
         if config.regulariser is not None:  # from the weights as they are now: before any step or resumed state
             reference = to_model_input(train.images[:config.batch_size].to(self.device), self.mean, self.std)
             self.regulariser = AttentionRegulariser(config.regulariser, model, reference)
+        self.trace = None
+        if config.entropy_trace_every:
+            probe = to_model_input(select.images[:TRACE_IMAGES].to(self.device), self.mean, self.std)
+            self.trace = EntropyTrace(model, probe, config.entropy_trace_every, self.precision.eval_autocast)
         self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.n_warmup = warmup_steps(self.total_steps, config.warmup_fraction)
@@ -174,6 +180,7 @@ class _Run:
         order, flips = epoch_order(self.config.seed, epoch, self.n_train, self.config.hflip)
         self.model.train()
         loss_sum, penalty_sum, correct, started = 0.0, 0.0, 0, time.perf_counter()
+        trace = []
         bar.set_description(f"epoch {epoch}/{self.config.epochs}")
         for start in range(0, self.n_train, self.config.batch_size):
             index = order[start:start + self.config.batch_size]
@@ -194,6 +201,8 @@ class _Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             progress.step += 1
+            if self.trace and self.trace.due(progress.step):
+                trace.append([progress.step, self.trace.measure()])
             loss_sum += loss_value * len(index)
             penalty_sum += penalty_value * len(index)
             correct += int(correct_value)
@@ -208,6 +217,8 @@ class _Run:
             entry["phase"] = phase
         if self.regulariser:
             entry["train_penalty"] = penalty_sum / self.n_train
+        if self.trace:
+            entry["entropy_trace"] = trace  # [step, layer-mean CLS-attention entropy] at every traced step
         return entry
 
     def accuracy(self, split: ImageSplit) -> float:
@@ -241,7 +252,7 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     # Seeding inside the run must not change the caller's random streams (CPU and the run's device).
     with _torch_threads(config.num_threads), seeded(config.seed, resolve_device(config.device)), \
             deterministic(config.deterministic):
-        run = _Run(model, train, config, method)
+        run = _Run(model, train, config, method, select)
         fingerprint = run_fingerprint(run, train, select) if store is not None else ""
         state = (restore_resume(store, run, fingerprint) if store is not None else None) or Progress()
         with tqdm(total=run.total_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True) as bar:
@@ -367,4 +378,6 @@ def _history(run: _Run, state: Progress, final_select_acc: float, final_test_acc
         "eval_precision": run.precision.eval,
         "grad_scaler": run.precision.scaled,
         "device": str(run.device),
+        **({"entropy_trace": {"every": run.trace.every, "images": len(run.trace.images), "pretrained": run.trace.pretrained,
+                              "total_steps": run.total_steps}} if run.trace else {}),
     }
