@@ -98,3 +98,22 @@ def test_variants_are_grid_entries_named_in_the_runs_paths(tmp_path):
     assert plan["finetune"] == 2 * 3 * 2 * 1  # datasets x (full + 2 variants) x lrs x seeds
     runs = set(re.findall(r"runs/([\w.-]+)/([\w.-]+)/lr([\w.+-]+)/seed(\d+)/history\.json", result.stdout))
     assert {method for _, method, _, _ in runs} == {"full", "lora-r4", "full-wd0.1"} and len(runs) == plan["finetune"]
+
+
+def test_the_ablation_presets_plan_the_published_ablations_on_the_matched_grid(tmp_path):
+    ablations = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/ablations.yaml")))
+    assert ablations["finetune"] == 14 * 2 * 3 and ablations["prepare_task"] == 1
+    paper = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/paper-ablations.yaml")))
+    assert paper["finetune"] == 15 * 2 * 4 * 5 and paper["zeroshot"] == paper["extract"] == 600
+
+
+def test_the_paper_ablations_preset_is_the_paper_preset_but_for_its_methods_and_trace():
+    import yaml
+
+    paper = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
+    ablations = yaml.safe_load((REPO / "configs/paper-ablations.yaml").read_text())
+    assert ablations["methods"][:2] == paper["methods"] == ["full", "lora"]
+    assert len(ablations["methods"]) == 15 and ablations["training"].pop("entropy_trace_every") == 25
+    for key in ("study", "methods"):
+        paper.pop(key), ablations.pop(key)
+    assert ablations == paper

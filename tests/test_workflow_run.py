@@ -384,3 +384,38 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
     for column in ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct"):
         pd.testing.assert_series_equal(remote.set_index(key)[column].sort_index(),
                                        local.set_index(key)[column].sort_index(), atol=1e-6)
+
+
+VARIANTS = ("methods:\n  - full\n  - {name: full-apr-0.1, method: full, regulariser: {kind: apr, weight: 0.1}}\n"
+            "  - {name: lora-r4, method: lora, lora: {r: 4}}\ntraining:\n  entropy_trace_every: 2\n")
+
+
+@pytest.fixture(scope="module")
+def variants_dir(tmp_path_factory):
+    """The test study with a regularised Full FT and a LoRA rank variant beside Full FT, run once."""
+    workdir = tmp_path_factory.mktemp("variants")
+    override = _override(workdir, "variants.yaml", VARIANTS)
+    result = snakemake(workdir, "--cores", "2", "--configfile", TEST_CONFIG, override)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return workdir
+
+
+def test_a_study_with_variants_runs_end_to_end_with_the_variants_as_methods(variants_dir):
+    runs = pd.read_csv(variants_dir / STUDY / "tables/runs.csv")
+    assert sorted(runs["method"].unique()) == ["full", "full-apr-0.1", "lora-r4"]
+    assert runs["zs_top1"].notna().all() and runs["drift_entropy_pct"].notna().all()
+    assert runs["trace_min_drift_pct"].notna().all()  # every run traced its entropy
+    history = json.loads((variants_dir / STUDY / "runs/world-eurosat/full-apr-0.1/lr1e-03/seed7/history.json").read_text())
+    assert all(epoch["train_penalty"] >= 0 for epoch in history["epochs"])
+    lora = json.loads((variants_dir / STUDY / "runs/world-eurosat/lora-r4/lr1e-03/seed7/history.json").read_text())
+    assert lora["trainable_params"]["adapter"] == 3 * 2 * 4 * (96 + 96)  # 3 blocks x (q, v) x r 4 x (in + out, width 96)
+    assert "full-apr-0.1" in (variants_dir / STUDY / "report/index.html").read_text()
+
+
+def test_adding_a_variant_to_a_finished_study_plans_only_its_runs_their_measurements_and_the_summary(variants_dir):
+    third = _override(variants_dir, "third.yaml", VARIANTS.replace(
+        "training:", "  - {name: full-freeze1, method: full, freeze_blocks: 1}\ntraining:"))
+    runs = 2 * 2 * 1  # datasets x lrs x seeds of the new variant
+    assert _plan(variants_dir, _override(variants_dir, "same.yaml", VARIANTS)) == {}
+    assert _plan(variants_dir, third) == {"finetune": runs, "extract": runs, "zeroshot": runs, "curves": runs,
+                                          **DOWNSTREAM}
