@@ -20,7 +20,7 @@ def main(smk):
     sensitivity, curves = (pd.concat([read_table(path) for path in smk.input[name]], ignore_index=True)
                            if name in smk.input.keys() else None for name in ("sensitivity", "curves"))
     tables = build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper,
-                                   sensitivity=sensitivity, curves=curves)
+                         sensitivity=sensitivity, curves=curves, bases=smk.params.bases)
     for name, frame in tables.items():
         write_table(frame, smk.output[f"{name}_csv"])
         write_table(frame, smk.output[f"{name}_parquet"])

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from clipdrift.analysis.stats import correlation, holm, permutation, welch
+from clipdrift.analysis.stats import cohens_d, correlation, holm, permutation, welch
 from clipdrift.analysis.tables import method_order, present, sort_grid
 
 TEST_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_erf95_pct", "cka_mean")
@@ -29,6 +29,7 @@ def _comparison_row(a, b, seed: int) -> dict:
         "mean_b": b.mean(),
         "sd_b": b.std(),
         **welch(a, b),
+        "cohens_d": cohens_d(a, b),
         **permutation(a, b, seed=seed),
     }
 
@@ -39,6 +40,16 @@ def method_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
     return list(itertools.combinations(method_order(methods), 2))
 
 
+def comparison_pairs(methods: Iterable[str], bases: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The questions a study asks: every pair of its plain methods, and each variant against the
+    plain method it builds on (``bases``: method or variant name → its method; a variant whose
+    method is not in the study is compared with nothing)."""
+    methods, bases = list(methods), bases or {}
+    plain = [m for m in methods if bases.get(m, m) == m]
+    variants = [(bases[m], m) for m in method_order(methods) if bases.get(m, m) != m and bases[m] in plain]
+    return method_pairs(plain) + variants
+
+
 def comparisons(
     runs: pd.DataFrame,
     metrics: Iterable[str] = TEST_METRICS,
@@ -47,7 +58,7 @@ def comparisons(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Per method pair, dataset, lr and metric: method b vs method a over seeds (``pairs``:
-    every pair of the study's methods unless given; e.g. LoRA vs Full FT).
+    every pair of the study's methods unless given; e.g. LoRA vs Full FT), with Cohen's d.
 
     ``diff`` is mean_b − mean_a with Welch's 95% interval; ``p_welch`` and ``p_perm`` (exact
     permutation where feasible) are Holm-adjusted within each metric across the whole grid of

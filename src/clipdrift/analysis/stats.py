@@ -89,6 +89,25 @@ def welch(a, b, confidence: float = 0.95) -> dict:
     return out
 
 
+def cohens_d(a, b) -> float:
+    """Cohen's d of b against a: (mean(b) − mean(a)) / the pooled SD (ddof 1); NaN for n < 2 or no spread."""
+    a, b = _finite(a), _finite(b)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    pooled = ((len(a) - 1) * np.var(a, ddof=1) + (len(b) - 1) * np.var(b, ddof=1)) / (len(a) + len(b) - 2)
+    return float((np.mean(b) - np.mean(a)) / math.sqrt(pooled)) if pooled > 0 else math.nan
+
+
+def one_way_anova(groups: list) -> dict:
+    """One-way ANOVA across ``groups`` (scipy's F test): F, its p and the group count; NaN where a
+    group has fewer than two values or no group varies."""
+    groups = [_finite(g) for g in groups]
+    if len(groups) < 2 or any(len(g) < 2 for g in groups) or all(np.ptp(g) == 0 for g in groups):
+        return {"f": math.nan, "p_anova": math.nan, "n_groups": len(groups)}
+    result = stats.f_oneway(*groups)
+    return {"f": float(result.statistic), "p_anova": float(result.pvalue), "n_groups": len(groups)}
+
+
 def _mean_difference(b, a, axis):
     return np.mean(b, axis=axis) - np.mean(a, axis=axis)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clipdrift.analysis.compare import comparisons, correlations
+from clipdrift.analysis.compare import comparison_pairs, comparisons, correlations
 from clipdrift.analysis.frontier import curve_points
+from clipdrift.analysis.layergroups import layer_groups
 from clipdrift.analysis.reference import (
     PUBLISHED_METRICS,
     PUBLISHED_SD_DDOF,
@@ -26,17 +27,20 @@ def build_tables(
     compare_with_paper: bool = False,
     sensitivity: pd.DataFrame | None = None,
     curves: pd.DataFrame | None = None,
+    bases: dict[str, str] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the study, keyed by the names in ``TABLES`` (+ ``PAPER_TABLES`` when
     ``compare_with_paper``: the study is the paper preset). ``sensitivity``: the runs'
-    probe-sensitivity tables, concatenated (None when the study did not measure it)."""
+    probe-sensitivity tables, concatenated (None when the study did not measure it). ``bases``:
+    each method or variant name → the method it trains with (variants are compared with it)."""
     runs = run_table(histories, zeroshot, attention, cka)
     tables = {
         "runs": runs,
         "cells": cell_table(runs),
         "methods": method_table(runs),
         "layers": layer_table(attention, cka, runs=runs),
-        "stats": comparisons(runs),
+        "stats": comparisons(runs, pairs=comparison_pairs(runs["method"].unique(), bases)),
+        "layer_groups": layer_groups(attention, runs),
         "correlations": correlations(runs),
         "cka_entropy": cka_entropy_relations(runs, attention, cka),
         "probe_sensitivity": probe_sensitivity(sensitivity, runs),
