@@ -5,7 +5,6 @@ import re
 import open_clip
 import pytest
 import torch
-from test_adapters import _train_steps
 
 from clipdrift.core.io import METADATA_KEY, ArtifactError, read_safetensors, write_safetensors
 from clipdrift.model.adapters import MethodConfig
@@ -13,6 +12,7 @@ from clipdrift.model.backbones import BackboneSpec
 from clipdrift.model.checkpoints import FORMAT_VERSION, CheckpointError, load_classifier, save_classifier
 
 from conftest import TINY, make_tiny
+from test_adapters import _train_steps
 
 
 def _saved(tmp_path, method, images, base=TINY):

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from test_regularisers import run_config
 
 from clipdrift.analysis.collapse import collapse_columns, collapse_onset, trace_points
 from clipdrift.analysis.tables import run_table
@@ -16,6 +15,7 @@ from clipdrift.train.resume import ResumeStore
 from clipdrift.train.trace import TRACE_IMAGES
 
 from conftest import make_tiny
+from test_regularisers import run_config
 from test_train import TRAIN, VAL, assert_same_states, without_timings
 
 

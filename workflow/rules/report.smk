@@ -15,7 +15,7 @@ rule aggregate:
         findings=report(f"{STUDY}/tables/findings.json", caption="../report/findings.rst", category="Tables"),
     params:
         compare_with_paper=config["preset"] == "paper",
-        bases={name: plan.base_method(config, name) for name in METHODS},
+        variants=plan.method_entries(config),
         code=code("aggregate"),
     conda:
         CONDA_ENV_FILE

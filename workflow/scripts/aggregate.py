@@ -6,8 +6,7 @@ hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this proce
 
 import pandas as pd
 
-from clipdrift.analysis.findings import findings
-from clipdrift.analysis.study import build_tables
+from clipdrift.analysis.study import build_tables, study_findings
 from clipdrift.core.io import read_json, read_table, write_json, write_table
 from clipdrift.pipeline.jobs.runner import run_script
 
@@ -20,13 +19,12 @@ def main(smk):
     sensitivity, curves = (pd.concat([read_table(path) for path in smk.input[name]], ignore_index=True)
                            if name in smk.input.keys() else None for name in ("sensitivity", "curves"))
     tables = build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper,
-                         sensitivity=sensitivity, curves=curves, bases=smk.params.bases)
+                          sensitivity=sensitivity, curves=curves, variants=smk.params.variants)
     for name, frame in tables.items():
         write_table(frame, smk.output[f"{name}_csv"])
         write_table(frame, smk.output[f"{name}_parquet"])
-    found = findings(tables["runs"], read_json(smk.input.pretrained_zeroshot),
-                              sensitivity=tables["probe_sensitivity"], curves=tables["curves"])
-    write_json(smk.output.findings, found)
+    write_json(smk.output.findings, study_findings(tables, read_json(smk.input.pretrained_zeroshot),
+                                                   smk.params.variants))
 
 
 run_script(snakemake, main)  # noqa: F821 - injected by Snakemake

@@ -1,10 +1,12 @@
-"""Every table of a study at once, from its runs' artifacts (the aggregate step)."""
+"""Every table and finding of a study at once, from its runs' artifacts (the aggregate step)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from clipdrift.analysis.ablation import regulariser_findings
 from clipdrift.analysis.compare import comparison_pairs, comparisons, correlations
+from clipdrift.analysis.findings import findings
 from clipdrift.analysis.frontier import curve_points
 from clipdrift.analysis.layergroups import layer_groups
 from clipdrift.analysis.reference import (
@@ -27,12 +29,14 @@ def build_tables(
     compare_with_paper: bool = False,
     sensitivity: pd.DataFrame | None = None,
     curves: pd.DataFrame | None = None,
-    bases: dict[str, str] | None = None,
+    variants: dict[str, dict] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the study, keyed by the names in ``TABLES`` (+ ``PAPER_TABLES`` when
     ``compare_with_paper``: the study is the paper preset). ``sensitivity``: the runs'
-    probe-sensitivity tables, concatenated (None when the study did not measure it). ``bases``:
-    each method or variant name → the method it trains with (variants are compared with it)."""
+    probe-sensitivity tables, concatenated (None when the study did not measure it). ``variants``:
+    each method or variant name → its ``methods:`` entry (``{"method": ..., ...}``): a variant is
+    compared with the method it trains with."""
+    bases = {name: entry["method"] for name, entry in (variants or {}).items()}
     runs = run_table(histories, zeroshot, attention, cka)
     tables = {
         "runs": runs,
@@ -54,3 +58,11 @@ def build_tables(
         tables["paper_methods"] = paper_comparison(tables["methods"], load_reference("methods"))
         tables["paper_correlations"] = paper_correlations(tables["correlations"], load_reference("correlations"))
     return tables
+
+
+def study_findings(tables: dict[str, pd.DataFrame], pretrained_zeroshot, variants: dict[str, dict] | None = None
+                   ) -> list[dict]:
+    """The study's findings (:func:`clipdrift.analysis.findings.findings`), then what its
+    regularised variants answer (:func:`clipdrift.analysis.ablation.regulariser_findings`)."""
+    found = findings(tables["runs"], pretrained_zeroshot, sensitivity=tables["probe_sensitivity"], curves=tables["curves"])
+    return found + regulariser_findings(tables["curves"], tables["runs"], variants)
