@@ -80,3 +80,19 @@ def test_a_high_learning_rate_collapses_the_attention_and_a_low_one_does_not():
 
     assert 0 < onset(3e-2) < 1  # the entropy falls (see test_regularisers) at some point of training
     assert math.isnan(onset(1e-5))
+
+
+def test_the_traces_table_and_the_collapse_figure():
+    from clipdrift.analysis.traces import entropy_traces
+    from clipdrift.report.trace_figures import collapse_traces
+
+    history = {"dataset": "d", "method": "full", "lr": "1e-03", "seed": 1,
+               "entropy_trace": {"every": 5, "images": 32, "pretrained": 2.0, "total_steps": 10},
+               "epochs": [{"entropy_trace": [[5, 1.9]]}, {"entropy_trace": [[10, 1.5]]}]}
+    traces = entropy_traces([history, {**history, "method": "lora", "entropy_trace": None}])
+    assert traces[["step", "fraction", "drift_pct"]].values.tolist() == [[5, 0.5, pytest.approx(-5.0)],
+                                                                        [10, 1.0, pytest.approx(-25.0)]]
+    figure = collapse_traces(traces)
+    assert len(figure.axes) == 1 and figure.axes[0].get_title() == "d · lr 1e-03"
+    assert list(figure.axes[0].lines[0].get_ydata()) == pytest.approx([-5.0, -25.0])
+    assert collapse_traces(entropy_traces([])) is None

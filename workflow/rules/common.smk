@@ -6,7 +6,7 @@ from pathlib import Path
 from clipdrift.pipeline import plan
 from clipdrift.pipeline.digest import script_digest
 from clipdrift.analysis.names import PAPER_TABLES, TABLES
-from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRAJECTORY_FIGURES
+from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRACE_FIGURES, TRAJECTORY_FIGURES
 
 STUDY = f"{config['results_dir']}/{config['study']}"
 DATASETS = [d["name"] for d in config["datasets"]]
@@ -26,7 +26,9 @@ PROBE_SENSITIVITY = plan.probe_sensitivity_settings(config)
 CURVES = config["curves"]["enabled"]
 TRAJECTORIES = CURVES and bool(config["curves"]["epochs"])
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
-STUDY_FIGURES = {**FIGURES, **(CURVE_FIGURES if CURVES else {}), **(TRAJECTORY_FIGURES if TRAJECTORIES else {})}
+TRACED = config["training"]["entropy_trace_every"] > 0
+STUDY_FIGURES = {**FIGURES, **(CURVE_FIGURES if CURVES else {}), **(TRAJECTORY_FIGURES if TRAJECTORIES else {}),
+                 **(TRACE_FIGURES if TRACED else {})}
 # With --use-conda (--software-deployment-method conda) every job runs in an environment built from
 # this file; the jobs import clipdrift from the workflow's own src/ (see the Snakefile).
 CONDA_ENV_FILE = "../../envs/clipdrift.yaml"

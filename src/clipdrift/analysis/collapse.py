@@ -34,3 +34,4 @@ def collapse_columns(history: dict) -> dict:
     lowest = min(value for _, value in points)
     return {"collapse_onset": collapse_onset(points, pretrained, int(traced["total_steps"])),
             "trace_min_drift_pct": 100.0 * (lowest - pretrained) / pretrained}
+

@@ -19,6 +19,7 @@ from clipdrift.analysis.reference import (
 from clipdrift.analysis.relations import cka_entropy_relations
 from clipdrift.analysis.sensitivity import probe_sensitivity
 from clipdrift.analysis.tables import cell_table, layer_table, method_table, run_table
+from clipdrift.analysis.traces import entropy_traces
 
 
 def build_tables(
@@ -45,6 +46,7 @@ def build_tables(
         "layers": layer_table(attention, cka, runs=runs),
         "stats": comparisons(runs, pairs=comparison_pairs(runs["method"].unique(), bases)),
         "layer_groups": layer_groups(attention, runs),
+        "traces": entropy_traces(histories, runs),
         "correlations": correlations(runs),
         "cka_entropy": cka_entropy_relations(runs, attention, cka),
         "probe_sensitivity": probe_sensitivity(sensitivity, runs),

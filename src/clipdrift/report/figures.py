@@ -19,8 +19,9 @@ from matplotlib.transforms import blended_transform_factory
 from clipdrift.analysis.findings import pretrained_top1
 from clipdrift.analysis.stats import correlation
 from clipdrift.analysis.tables import lr_order, method_label, method_order
+from clipdrift.report.plotting import canvas, legend, lr_shades, method_color
+from clipdrift.report.trace_figures import collapse_traces
 
-METHOD_COLORS = {"full": "#D55E00", "lora": "#0072B2", "lp-ft": "#009E73"}
 LR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 PANEL_LABELS = {
     "best_select_acc": "best selection accuracy (%)",
@@ -31,23 +32,12 @@ PANEL_LABELS = {
     "cka_mean": "mean CKA to pretrained",
 }
 ACCURACIES = ("best_select_acc", "final_select_acc", "final_test_acc", "zs_top1", "zs_top5", "zs_balanced")
-STYLE = "whitegrid"
 
-
-def _color(method: str, methods: list[str]) -> str:
-    fallback = sns.color_palette("colorblind", len(methods) + 2).as_hex()
-    return METHOD_COLORS.get(method, fallback[methods.index(method) % len(fallback)])
 
 
 def _scale(metric: str) -> float:
     return 100.0 if metric in ACCURACIES else 1.0
 
-
-def _canvas(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
-    figure = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    with sns.axes_style(STYLE):
-        axes = figure.subplots(nrows, ncols, squeeze=False)
-    return figure, axes
 
 
 def _lr_axis(ax, lrs: list[str]) -> None:
@@ -104,7 +94,7 @@ def lr_panels(
     a dashed reference."""
     metrics = [m for m in metrics if m in runs and runs[m].notna().any()]
     datasets, methods = sorted(runs["dataset"].unique()), method_order(runs["method"])
-    figure, axes = _canvas(len(datasets), len(metrics), 4.2, 3.2)
+    figure, axes = canvas(len(datasets), len(metrics), 4.2, 3.2)
     shifts, reference = _offsets(methods), pretrained_top1(pretrained)
     for row, dataset in enumerate(datasets):
         data = runs[runs["dataset"] == dataset]
@@ -112,7 +102,7 @@ def lr_panels(
             ax = axes[row, col]
             for method in methods:
                 _method_curve(
-                    ax, data[data["method"] == method], metric, method, _color(method, methods), shifts[method]
+                    ax, data[data["method"] == method], metric, method, method_color(method, methods), shifts[method]
                 )
             if metric == "zs_top1" and not np.isnan(reference):
                 ax.axhline(100 * reference, color="0.35", linestyle="--", label="pretrained")
@@ -123,18 +113,9 @@ def lr_panels(
             _lr_axis(ax, lr_order(data["lr"]))
             ax.set_ylabel(PANEL_LABELS.get(metric, metric))
             ax.set_title(f"{dataset}: {PANEL_LABELS.get(metric, metric).split(' (')[0]}", fontsize=10)
-    _legend(figure, axes)
+    legend(figure, axes)
     return figure
 
-
-def _legend(figure: Figure, axes: np.ndarray, max_columns: int = 6) -> None:
-    handles = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    # a long legend wraps into rows instead of running off the figure's sides
-    figure.legend(handles.values(), handles.keys(), loc="outside lower center",
-                  ncols=max(1, min(len(handles), max_columns)), frameon=False)
 
 
 def _layer_matrix(layers: pd.DataFrame, dataset: str, quantity: str) -> pd.DataFrame:
@@ -157,7 +138,7 @@ def layer_heatmaps(
     matrices = [_layer_matrix(data, d, quantity) for d in datasets]
     limit = max(float(np.nanmax(np.abs(m.to_numpy()))) for m in matrices) or 1.0
     n_layers = max(m.shape[1] for m in matrices)
-    figure, axes = _canvas(1, len(datasets), 0.55 * n_layers + 2.8, 0.35 * max(len(m) for m in matrices) + 1.4)
+    figure, axes = canvas(1, len(datasets), 0.55 * n_layers + 2.8, 0.35 * max(len(m) for m in matrices) + 1.4)
     for ax, dataset, matrix in zip(axes[0], datasets, matrices):
         # symmetric limits on a diverging map put zero at the centre (seaborn's center= uses a deprecated API)
         sns.heatmap(
@@ -189,7 +170,7 @@ def drift_vs_zeroshot(
     datasets, methods = sorted(ok["dataset"].unique()), method_order(ok["method"])
     lrs = lr_order(ok["lr"])
     markers = {lr: LR_MARKERS[i % len(LR_MARKERS)] for i, lr in enumerate(lrs)}
-    figure, axes = _canvas(1, len(datasets), 4.4, 3.8)
+    figure, axes = canvas(1, len(datasets), 4.4, 3.8)
     reference = pretrained_top1(pretrained)
     for ax, dataset in zip(axes[0], datasets):
         data = ok[ok["dataset"] == dataset]
@@ -197,7 +178,7 @@ def drift_vs_zeroshot(
             ax.scatter(
                 group[x] * _scale(x),
                 group[y] * _scale(y),
-                color=_color(method, methods),
+                color=method_color(method, methods),
                 marker=markers[lr],
                 s=28,
                 alpha=0.8,
@@ -211,7 +192,7 @@ def drift_vs_zeroshot(
         ax.set_xlabel(PANEL_LABELS.get(x, x))
         ax.set_ylabel(PANEL_LABELS.get(y, y))
     handles = [
-        Line2D([], [], color=_color(m, methods), marker="o", linestyle="", label=method_label(m)) for m in methods
+        Line2D([], [], color=method_color(m, methods), marker="o", linestyle="", label=method_label(m)) for m in methods
     ]
     handles += [Line2D([], [], color="0.4", marker=markers[lr], linestyle="", label=f"lr {lr}") for lr in lrs]
     if not np.isnan(reference):
@@ -239,7 +220,7 @@ def cka_profiles(layers: pd.DataFrame, quantity: str = "cka_linear_cls") -> Figu
         return None
     datasets, methods, lrs = sorted(data["dataset"].unique()), method_order(data["method"]), lr_order(data["lr"])
     colors = dict(zip(lrs, sns.color_palette("crest", len(lrs))))
-    figure, axes = _canvas(len(datasets), len(methods), 3.8, 2.9)
+    figure, axes = canvas(len(datasets), len(methods), 3.8, 2.9)
     for row, dataset in enumerate(datasets):
         for col, method in enumerate(methods):
             ax = axes[row, col]
@@ -256,7 +237,7 @@ def cka_profiles(layers: pd.DataFrame, quantity: str = "cka_linear_cls") -> Figu
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("layer (0 = embedding output)")
             ax.set_ylabel("CKA to pretrained")
-    _legend(figure, axes)
+    legend(figure, axes)
     return figure
 
 
@@ -271,7 +252,7 @@ def indomain_vs_zeroshot(
     if f"{x}_mean" not in cells or f"{y}_mean" not in cells or cells[f"{y}_mean"].isna().all():
         return None
     datasets, methods = sorted(cells["dataset"].unique()), method_order(cells["method"])
-    figure, axes = _canvas(1, len(datasets), 4.6, 4.0)
+    figure, axes = canvas(1, len(datasets), 4.6, 4.0)
     reference = pretrained_top1(pretrained)
     indomain = (pretrained or {}).get("indomain", {}) if isinstance(pretrained, dict) else {}
     for ax, dataset in zip(axes[0], datasets):
@@ -281,7 +262,7 @@ def indomain_vs_zeroshot(
             )
             if part.empty:
                 continue
-            color = _color(method, methods)
+            color = method_color(method, methods)
             ax.errorbar(
                 100 * part[f"{x}_mean"],
                 100 * part[f"{y}_mean"],
@@ -305,7 +286,7 @@ def indomain_vs_zeroshot(
         ax.set_title(dataset, fontsize=10)
         ax.set_xlabel(f"in-domain {PANEL_LABELS.get(x, x)}")
         ax.set_ylabel(PANEL_LABELS.get(y, y))
-    _legend(figure, axes)
+    legend(figure, axes)
     return figure
 
 
@@ -326,11 +307,6 @@ def _pretrained_origin(ax, zeroshot: float, indomain: float | None) -> None:
         ax.axhline(100 * zeroshot, color="0.35", linestyle="--", label="pretrained zero-shot")
 
 
-def _lr_shades(color: str, lrs: list[str]) -> dict[str, tuple]:
-    """One shade of ``color`` per learning rate, darker for higher rates."""
-    palette = sns.light_palette(color, n_colors=len(lrs) + 2)[2:]
-    return dict(zip(lrs, palette))
-
 
 def frontier(curves: pd.DataFrame, pretrained=None) -> Figure | None:
     """Per dataset: in-domain accuracy (x) against held-out zero-shot (y) along each (method,
@@ -340,13 +316,13 @@ def frontier(curves: pd.DataFrame, pretrained=None) -> Figure | None:
     if points is None or points.empty:
         return None
     datasets, methods = sorted(points["dataset"].unique()), method_order(points["method"])
-    figure, axes = _canvas(1, len(datasets), 4.8, 4.2)
+    figure, axes = canvas(1, len(datasets), 4.8, 4.2)
     indomain = (pretrained or {}).get("indomain", {}) if isinstance(pretrained, dict) else {}
     for ax, dataset in zip(axes[0], datasets):
         part = points[points["dataset"] == dataset]
         for method in methods:
             rows = part[part["method"] == method]
-            shades = _lr_shades(_color(method, methods), lr_order(rows["lr"]))
+            shades = lr_shades(method_color(method, methods), lr_order(rows["lr"]))
             for lr, shade in shades.items():
                 mean = rows[rows["lr"] == lr].groupby("point")[["indomain_acc", "zs_top1"]].mean().sort_index()
                 ax.plot(100 * mean["indomain_acc"], 100 * mean["zs_top1"], color=shade, marker=".", linewidth=1.4,
@@ -359,7 +335,7 @@ def frontier(curves: pd.DataFrame, pretrained=None) -> Figure | None:
         ax.set_title(dataset, fontsize=10)
         ax.set_xlabel("in-domain test accuracy (%)")
         ax.set_ylabel("held-out zero-shot top-1 (%)")
-    _legend(figure, axes)
+    legend(figure, axes)
     return figure
 
 
@@ -372,7 +348,7 @@ def trajectories(curves: pd.DataFrame, pretrained=None) -> Figure | None:
         return None
     datasets, methods = sorted(points["dataset"].unique()), method_order(points["method"])
     panels = (("zs_top1", "zero-shot top-1 (%)", 100.0), ("drift_entropy_pct", "entropy drift (% of pretrained)", 1.0))
-    figure, axes = _canvas(len(datasets), len(panels), 4.6, 3.2)
+    figure, axes = canvas(len(datasets), len(panels), 4.6, 3.2)
     reference = pretrained_top1(pretrained)
     for row, dataset in enumerate(datasets):
         part = points[points["dataset"] == dataset]
@@ -380,7 +356,7 @@ def trajectories(curves: pd.DataFrame, pretrained=None) -> Figure | None:
             ax = axes[row, column]
             for method in methods:
                 rows = part[part["method"] == method]
-                for lr, shade in _lr_shades(_color(method, methods), lr_order(rows["lr"])).items():
+                for lr, shade in lr_shades(method_color(method, methods), lr_order(rows["lr"])).items():
                     mean = rows[rows["lr"] == lr].groupby("point")[metric].mean().sort_index()
                     ax.plot(mean.index, scale * mean, color=shade, marker=".", label=f"{method_label(method)} {lr}")
             if metric == "zs_top1" and not np.isnan(reference):
@@ -390,7 +366,7 @@ def trajectories(curves: pd.DataFrame, pretrained=None) -> Figure | None:
             ax.set_xlabel("epoch")
             ax.set_ylabel(label)
             ax.set_title(dataset, fontsize=10)
-    _legend(figure, axes)
+    legend(figure, axes)
     return figure
 
 
@@ -416,5 +392,6 @@ def make_figures(tables: dict[str, pd.DataFrame], pretrained=None) -> dict[str, 
         "indomain_vs_zeroshot": indomain_vs_zeroshot(cells, pretrained),
         "frontier": frontier(tables.get("curves"), pretrained),
         "trajectories": trajectories(tables.get("curves"), pretrained),
+        "collapse_traces": collapse_traces(tables.get("traces")),
     }
     return {name: figure for name, figure in built.items() if figure is not None}

@@ -14,3 +14,5 @@ FIGURES = {
 # Figures of the curves (curves.enabled) and of the per-epoch trajectories (curves.epochs).
 CURVE_FIGURES = {"frontier": "Robustness frontier: weight interpolation"}
 TRAJECTORY_FIGURES = {"trajectories": "Per-epoch trajectories"}
+# The figure of the traced attention entropy (training.entropy_trace_every > 0).
+TRACE_FIGURES = {"collapse_traces": "Collapse onset: attention entropy through training"}

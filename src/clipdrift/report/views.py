@@ -31,7 +31,7 @@ from clipdrift.report.cells import (
     table,
     yes_no,
 )
-from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRAJECTORY_FIGURES
+from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRACE_FIGURES, TRAJECTORY_FIGURES
 
 FIGURE_CAPTIONS = {
     "lr_panels": "Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the "
@@ -58,6 +58,9 @@ FIGURE_CAPTIONS = {
     "± SD over seeds; each method's learning rates are joined in order and labelled. The "
     "pretrained model is the origin point (star) where its in-domain zero-shot accuracy is "
     "known, else the dashed line.",
+    "collapse_traces": "Collapse onset: each method's or variant's layer-mean CLS-attention entropy drift through "
+    "training (mean over seeds), per dataset and learning rate; the dotted line is the collapse threshold (-1%): a "
+    "run's onset is the first traced step at or below it.",
 }
 
 FINDING_GROUPS = (
@@ -89,7 +92,7 @@ def png_data_uri(png: bytes | str | os.PathLike) -> str:
 
 def figures_view(figures: Mapping[str, bytes | str | os.PathLike]) -> dict:
     """The figures the figure step wrote, in the given order, each as its PNG (bytes or path)."""
-    titles = {**FIGURES, **CURVE_FIGURES, **TRAJECTORY_FIGURES}
+    titles = {**FIGURES, **CURVE_FIGURES, **TRAJECTORY_FIGURES, **TRACE_FIGURES}
     return {"figures": [
         {"name": name, "title": titles.get(name, name.replace("_", " ")), "src": png_data_uri(png),
          "caption": FIGURE_CAPTIONS.get(name, "")}
