@@ -74,3 +74,19 @@ def test_the_layer_group_table_of_a_study_whose_later_layers_drift_more():
     assert layer_groups(None).empty and list(layer_groups(pd.DataFrame()).columns)[:4] == ["dataset", "method", "lr",
                                                                                             "metric"]
     assert np.isfinite(table["f"]).all()
+
+
+def test_the_paper_preset_sets_the_authors_single_seed_ablations_beside_its_cells():
+    from clipdrift.analysis.reference import load_reference
+    from clipdrift.analysis.study import build_tables
+
+    published = load_reference("ablations")
+    assert published.set_index("method").loc["full-apr-0.01", "zs_top1"] == pytest.approx(0.1725)
+    assert published.set_index("method").loc["lora-r4", "drift_entropy_pct"] == pytest.approx(0.98)
+    histories, zeroshot, attention, cka = fabricate()
+    table = build_tables(histories, zeroshot, attention, cka, compare_with_paper=True)["paper_ablations"]
+    assert table["published"].notna().all() and set(table["lr"]) == {"1e-05"}
+    reproduced = table[table["reproduced_n"] > 0].set_index(["method", "metric"])
+    assert set(reproduced.index) == {("full", "zs_top1"), ("lora", "drift_entropy_pct")}  # the study's own cells
+    assert reproduced.loc[("full", "zs_top1"), "published"] == pytest.approx(0.1271)
+    assert (table.loc[table["method"] == "full-apr-0.01", "reproduced_n"] == 0).all()  # not run: no numbers

@@ -180,6 +180,13 @@ def test_paper_section_only_for_the_paper_preset(page, tables, figures, found):
     row = _row(with_paper, "eurosat", "Full FT", "1e-06", "zero-shot top-1 (%)")
     assert ">15.9<" in row  # the published 15.90% for that cell
     assert "published 60.2%" in with_paper
+    assert "The authors' ablations" not in with_paper  # no ablation table given
+    ablations = paper_comparison(tables["cells"], load_reference("ablations"))
+    paper["paper_ablations"] = ablations[ablations["published"].notna()]
+    with_ablations = render_report(paper, {}, found, {"name": "paper", "preset": "paper"}, PRETRAINED)
+    assert "The authors' ablations" in with_ablations
+    ablation_part = with_ablations.split("The authors' ablations", 1)[1]
+    assert ">12.7<" in _row(ablation_part, "eurosat", "Full FT", "1e-05", "zero-shot top-1 (%)")
 
 
 def test_tables_read_back_from_parquet_render_the_same(tables, found, tmp_path):

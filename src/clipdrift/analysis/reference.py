@@ -29,8 +29,10 @@ PUBLISHED_METRICS = {
 }
 PERCENT_COLUMNS = ("best_val_acc", "cifar100_zeroshot")  # published in percent
 PUBLISHED_PRETRAINED_ZEROSHOT = 0.6022  # CIFAR-100, single template, pretrained ViT-B/32
+# ablations: the authors' earlier single-seed runs (EuroSAT, lr 1e-5; blank where they gave no number),
+# by the names configs/paper-ablations.yaml gives those variants
 PUBLISHED_FILES = {"cells": "paper_cells.csv", "methods": "paper_methods.csv",
-                   "correlations": "paper_correlations.csv"}
+                   "correlations": "paper_correlations.csv", "ablations": "paper_ablations.csv"}
 PUBLISHED_SD_DDOF = 0  # the published cell SDs are population SDs
 
 

@@ -59,6 +59,8 @@ def build_tables(
         tables["paper_cells"] = paper_comparison(like_published, published)
         tables["paper_methods"] = paper_comparison(tables["methods"], load_reference("methods"))
         tables["paper_correlations"] = paper_correlations(tables["correlations"], load_reference("correlations"))
+        ablations = paper_comparison(like_published, load_reference("ablations"))
+        tables["paper_ablations"] = ablations[ablations["published"].notna()].reset_index(drop=True)
     return tables
 
 

@@ -265,7 +265,9 @@ def paper_view(tables: dict, study: dict, pretrained) -> dict:
         return {"applies": False, "preset": str(study.get("preset") or study.get("name") or "this study")}
     reference = pretrained_top1(pretrained)
     names = study.get("zeroshot_class_names")
-    optional = {name: tables.get(name) for name in ("paper_methods", "paper_correlations")}
+    optional = {name: tables.get(name) for name in ("paper_methods", "paper_correlations", "paper_ablations")}
+    ablations = optional["paper_ablations"]
+    ablations = None if ablations is None or not (ablations["reproduced_n"] > 0).any() else ablations
     return {
         "applies": True,
         "class_names": str(names) if names else None,
@@ -280,6 +282,7 @@ def paper_view(tables: dict, study: dict, pretrained) -> dict:
         else _paper_table(optional["paper_methods"], ["dataset", "method"], highlight=False),
         "correlations": None if optional["paper_correlations"] is None
         else paper_correlations_table(optional["paper_correlations"]),
+        "ablations": None if ablations is None else _paper_table(ablations, ["dataset", "method", "lr"], highlight=False),
     }
 
 
