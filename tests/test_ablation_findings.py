@@ -40,7 +40,7 @@ def test_a_regulariser_that_pins_the_attention_and_keeps_more_transfer_pins_both
     assert row["pins_attention"]
     finding = regulariser_findings(curves(), runs((-0.1, 0.1)), VARIANTS)[0]
     assert finding["kind"] == "regulariser" and finding["values"]["pins_attention"] == 1
-    assert "at 1e-03: +15.0 points zero-shot at 60.0% in-domain" in finding["sentence"]
+    assert "at 1e-03: +15.0 points zero-shot at 60.0% in-domain (95% CI +" in finding["sentence"]
     assert finding["sentence"].endswith(f"where {VARIANT} pinned the attention (1 rate(s)) it also kept more "
                                         "transfer: it pinned both.")
 
@@ -60,3 +60,10 @@ def test_a_regulariser_that_does_not_change_the_drift_is_called_so():
 def test_no_finding_without_curves_or_without_plain_full_ft():
     assert regulariser_findings(None, runs((0.0, 0.1)), VARIANTS) == []
     assert regulariser_findings(curves(), runs((0.0, 0.1)).query("method != 'full'"), VARIANTS) == []
+
+
+def test_a_rate_where_too_few_full_ft_seeds_reach_the_accuracy_says_so():
+    frame = curves()
+    frame.loc[(frame["method"] == "full") & (frame["seed"] == 2), "indomain_acc"] -= 0.5  # seed 2 never gets there
+    finding = regulariser_findings(frame, runs((-0.1, 0.1)), VARIANTS)[0]
+    assert "(no interval: 1 of 2 Full FT seeds reach that accuracy)" in finding["sentence"]

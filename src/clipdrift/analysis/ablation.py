@@ -56,6 +56,12 @@ def _points(value: float) -> str:
     return "n/a" if pd.isna(value) else f"{100 * value:+.1f}"
 
 
+def _interval(row) -> str:
+    if pd.isna(row.diff_ci_low):  # too few Full FT seeds reach the variant's accuracy for an interval
+        return f"no interval: {row.n_a_reaching} of {row.n_a} Full FT seeds reach that accuracy"
+    return f"95% CI {_points(row.diff_ci_low)} to {_points(row.diff_ci_high)}"
+
+
 def regulariser_findings(curves: pd.DataFrame | None, runs: pd.DataFrame, variants: dict[str, dict] | None,
                          alpha: float = 0.05) -> list[dict]:
     """One finding per dataset and regularised variant (kind ``regulariser``), from the numbers."""
@@ -67,8 +73,8 @@ def regulariser_findings(curves: pd.DataFrame | None, runs: pd.DataFrame, varian
         for dataset, rows in (table.groupby("dataset", sort=True) if not table.empty else []):
             rows = rows.set_index("lr").loc[lr_order(rows["lr"])].reset_index()
             parts = [f"at {r.lr}: {_points(r.diff)} points zero-shot at {100 * r.indomain_acc:.1f}% in-domain "
-                     f"(95% CI {_points(r.diff_ci_low)} to {_points(r.diff_ci_high)}), entropy drift "
-                     f"{r.drift_variant:+.2f}% vs {r.drift_plain:+.2f}%" for r in rows.itertuples()]
+                     f"({_interval(r)}), entropy drift {r.drift_variant:+.2f}% vs {r.drift_plain:+.2f}%"
+                     for r in rows.itertuples()]
             sentence = (f"On {dataset}, {variant} against Full FT at matched in-domain accuracy — " + "; ".join(parts)
                         + f". So {_verdict(rows, variant)}.")
             found.append({"kind": "regulariser", "dataset": dataset, "sentence": sentence,
