@@ -165,3 +165,26 @@ def test_with_a_large_weight_each_regulariser_shrinks_the_drift_it_targets():
     assert entropy_drift(plain) < -0.02  # unregularised, the attention sharpens: its entropy falls
     assert divergence(apr) < divergence(plain) / 4 and abs(entropy_drift(apr)) < abs(entropy_drift(plain)) / 2
     assert entropy_drift(floor) > entropy_drift(plain) / 4  # the floor stops (most of) the fall
+
+
+def test_on_a_tiny_model_both_penalties_equal_the_study_measured_attention_by_hand():
+    pretrained, model = make_tiny("full"), make_tiny("full")
+    images = model_input(model, TRAIN.images[:6])
+    with torch.no_grad():
+        for block in model.clip.visual.transformer.resblocks:
+            block.attn.q_proj.weight.mul_(2.5)
+    apr = AttentionRegulariser(RegulariserConfig(**APR), pretrained, images)
+    floor = AttentionRegulariser(RegulariserConfig("entropy_floor", 1.0, floor=2.9), pretrained, images)
+    with cls_attention(model.clip) as rows:
+        model.eval()(images)
+
+    def measured(clip):  # the study's own capture and CLS→patch distribution, in float64
+        with torch.no_grad(), capture_attention(clip) as maps:
+            clip.encode_image(images)
+        return [cls_patch_distribution(layer[0]) for layer in maps]
+
+    before, after = measured(pretrained.clip), measured(model.clip)
+    kl = [(q * (q / p).log()).sum(-1).mean() for p, q in zip(after, before)]  # KL(pretrained ‖ current)
+    assert apr.penalty(rows, images).item() == pytest.approx(float(sum(kl) / len(kl)), rel=1e-4)
+    shortfall = [max(0.0, 2.9 - float(entropy(p).mean())) for p in after]
+    assert floor.penalty(rows, images).item() == pytest.approx(sum(shortfall) / len(shortfall), rel=1e-4, abs=1e-6)
