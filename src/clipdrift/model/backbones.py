@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -297,14 +297,22 @@ def capture_attention(model: nn.Module) -> Iterator[list[list[torch.Tensor]]]:
     Yields ``maps``: ``maps[layer]`` is a list with one ``(batch, heads, tokens, tokens)``
     tensor per forward pass made inside the ``with`` block (detached).
     """
+    maps: list[list[torch.Tensor]] = [[] for _ in explicit_attention_modules(model)]
+    with attention_hooks(model, lambda layer, probs: maps[layer].append(probs.detach())):
+        yield maps
+
+
+@contextlib.contextmanager
+def attention_hooks(model: nn.Module, on_attention: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    """While inside, every image-tower layer computes its softmax explicitly and hands each
+    forward's ``(batch, heads, tokens, tokens)`` probabilities to ``on_attention(layer, probs)``."""
     modules = explicit_attention_modules(model)
-    maps: list[list[torch.Tensor]] = [[] for _ in modules]
     handles = []
     for layer, module in enumerate(modules):
         module.capture = True
-        handles.append(module.register_forward_hook(lambda _m, _i, out, layer=layer: maps[layer].append(out[1].detach())))
+        handles.append(module.register_forward_hook(lambda _m, _i, out, layer=layer: on_attention(layer, out[1])))
     try:
-        yield maps
+        yield
     finally:
         for module, handle in zip(modules, handles):
             module.capture = False

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from clipdrift.model.backbones import CLIPClassifier, explicit_attention_modules
+from clipdrift.model.backbones import CLIPClassifier, attention_hooks, explicit_attention_modules
 
 REGULARISERS = ("apr", "entropy_floor")
 
@@ -95,23 +95,13 @@ def entropy_floor_penalty(current: list[torch.Tensor], floors: torch.Tensor) -> 
 def cls_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     """While inside, every forward of ``model``'s image tower leaves each layer's CLS→patch rows
     (``(B, H, T-1)``, with their gradients) in the yielded list, replacing the previous ones."""
-    modules = explicit_attention_modules(model)
-    rows: list[torch.Tensor] = [torch.empty(0)] * len(modules)
+    rows: list[torch.Tensor] = [torch.empty(0)] * len(explicit_attention_modules(model))
 
-    def keep(layer):
-        def hook(_module, _inputs, output):
-            rows[layer] = cls_patch_rows(output[1][:, :, 0, :])
-        return hook
+    def keep(layer: int, probs: torch.Tensor) -> None:
+        rows[layer] = cls_patch_rows(probs[:, :, 0, :])
 
-    handles = [module.register_forward_hook(keep(layer)) for layer, module in enumerate(modules)]
-    for module in modules:
-        module.capture = True
-    try:
+    with attention_hooks(model, keep):
         yield rows
-    finally:
-        for module, handle in zip(modules, handles):
-            module.capture = False
-            handle.remove()
 
 
 class ImageTower(nn.Module):
