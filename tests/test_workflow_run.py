@@ -246,7 +246,12 @@ def test_the_documented_artifacts_are_the_ones_a_run_writes(study_dir):
         columns = list(pd.read_parquet(study / f"tables/{table.strip(' `')}.parquet").columns)
         documented = [c.strip(" `") for c in leading.split(",")]
         assert columns[:len(documented)] == documented, table
+    from clipdrift.report.names import TRACE_FIGURES
+
     for figure in documented_names("<!-- figures -->"):
+        if figure in TRACE_FIGURES:  # the test study traces no entropy: the variants study draws it
+            assert not (study / f"report/{figure}.png").exists()
+            continue
         assert (study / f"report/{figure}.png").stat().st_size > 0 and (study / f"report/{figure}.svg").exists()
 
 
@@ -409,7 +414,14 @@ def test_a_study_with_variants_runs_end_to_end_with_the_variants_as_methods(vari
     assert all(epoch["train_penalty"] >= 0 for epoch in history["epochs"])
     lora = json.loads((variants_dir / STUDY / "runs/world-eurosat/lora-r4/lr1e-03/seed7/history.json").read_text())
     assert lora["trainable_params"]["adapter"] == 3 * 2 * 4 * (96 + 96)  # 3 blocks x (q, v) x r 4 x (in + out, width 96)
-    assert "full-apr-0.1" in (variants_dir / STUDY / "report/index.html").read_text()
+    page = (variants_dir / STUDY / "report/index.html").read_text()
+    assert "full-apr-0.1" in page and "Is drift causal?" in page and "Collapse onset" in page
+    assert (variants_dir / STUDY / "report/collapse_traces.png").stat().st_size > 0
+    traces = pd.read_csv(variants_dir / STUDY / "tables/traces.csv")
+    assert set(traces["method"]) == {"full", "full-apr-0.1", "lora-r4"} and traces["step"].min() == 2
+    stats = pd.read_csv(variants_dir / STUDY / "tables/stats.csv")
+    assert set(zip(stats["method_a"], stats["method_b"])) == {("full", "full-apr-0.1")}  # lora-r4's method is absent
+    assert stats["cohens_d"].notna().any()
 
 
 def test_adding_a_variant_to_a_finished_study_plans_only_its_runs_their_measurements_and_the_summary(variants_dir):
