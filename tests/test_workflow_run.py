@@ -421,7 +421,7 @@ def test_a_study_with_variants_runs_end_to_end_with_the_variants_as_methods(vari
     assert set(traces["method"]) == {"full", "full-apr-0.1", "lora-r4"} and traces["step"].min() == 2
     stats = pd.read_csv(variants_dir / STUDY / "tables/stats.csv")
     assert set(zip(stats["method_a"], stats["method_b"])) == {("full", "full-apr-0.1")}  # lora-r4's method is absent
-    assert stats["cohens_d"].notna().any()
+    assert "cohens_d" in stats  # NaN here: one seed per cell gives no spread (the unit tests check its values)
 
 
 def test_adding_a_variant_to_a_finished_study_plans_only_its_runs_their_measurements_and_the_summary(variants_dir):
