@@ -300,3 +300,12 @@ def test_the_report_shows_the_probe_sensitivity_and_cka_relations():
     summary = sensitivity_summary(tables["probe_sensitivity"]).set_index("dataset")
     assert f"{summary.loc['pets', 'n_explained']} of {summary.loc['pets', 'n_judged']} runs" in html
     assert "The published pairing (off by one)" in html and "data-kind='probe_sensitivity'" in html
+
+
+def test_plain_methods_keep_their_colours_and_every_variant_gets_its_own():
+    from clipdrift.report.plotting import METHOD_COLORS, method_color
+
+    methods = ["full", "lora", *(f"full-v{k}" for k in range(12))]
+    colours = [method_color(m, methods) for m in methods]
+    assert colours[:2] == [METHOD_COLORS["full"], METHOD_COLORS["lora"]]
+    assert len(set(colours[2:])) == 12

@@ -12,8 +12,12 @@ STYLE = "whitegrid"
 
 
 def method_color(method: str, methods: list[str]) -> str:
-    fallback = sns.color_palette("colorblind", len(methods) + 2).as_hex()
-    return METHOD_COLORS.get(method, fallback[methods.index(method) % len(fallback)])
+    """The plain methods' fixed colours; every other method (a variant) its own hue, evenly
+    spaced, so a dozen variants stay apart (a fixed palette of ten would repeat)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    others = [m for m in methods if m not in METHOD_COLORS]
+    return sns.color_palette("husl", len(others)).as_hex()[others.index(method)]
 
 
 def canvas(nrows: int, ncols: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
