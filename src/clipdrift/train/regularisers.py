@@ -104,6 +104,20 @@ def cls_attention(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         yield rows
 
 
+@torch.no_grad()
+def eval_cls_rows(clip: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Each layer's CLS→patch rows of ``clip``'s image tower on ``images``, in eval mode and
+    without gradients (the model's mode is restored)."""
+    was_training = clip.training
+    clip.eval()
+    try:
+        with cls_attention(clip) as rows:
+            clip.encode_image(images)
+        return list(rows)
+    finally:
+        clip.train(was_training)
+
+
 class ImageTower(nn.Module):
     """A CLIP image tower on its own, where the attention helpers look for it (``.visual``)."""
 
@@ -128,23 +142,11 @@ class AttentionRegulariser:
         elif config.floor is not None:
             self.floors = torch.full((len(explicit_attention_modules(model.clip)),), float(config.floor))
         else:
-            pretrained = self.pretrained_rows(model.clip, reference_images)
+            pretrained = eval_cls_rows(model.clip, reference_images)
             self.floors = torch.stack([row_entropy(rows).mean() for rows in pretrained])
-
-    @staticmethod
-    @torch.no_grad()
-    def pretrained_rows(clip: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-        was_training = clip.training
-        clip.eval()
-        try:
-            with cls_attention(clip) as rows:
-                clip.encode_image(images)
-            return list(rows)
-        finally:
-            clip.train(was_training)
 
     def penalty(self, current: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         """``R`` of the batch ``images`` whose training forward left ``current`` (see the module)."""
         if self.pretrained is not None:
-            return apr_penalty(current, self.pretrained_rows(self.pretrained, images))
+            return apr_penalty(current, eval_cls_rows(self.pretrained, images))
         return entropy_floor_penalty(current, self.floors)

@@ -11,7 +11,7 @@ import contextlib
 import torch
 
 from clipdrift.model.backbones import CLIPClassifier
-from clipdrift.train.regularisers import cls_attention, row_entropy
+from clipdrift.train.regularisers import eval_cls_rows, row_entropy
 
 TRACE_IMAGES = 32
 
@@ -26,13 +26,7 @@ class EntropyTrace:
     def due(self, step: int) -> bool:
         return step % self.every == 0
 
-    @torch.no_grad()
     def measure(self) -> float:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with self.autocast(), cls_attention(self.model.clip) as rows:
-                self.model.clip.encode_image(self.images)
-            return float(torch.stack([row_entropy(layer).mean() for layer in rows]).mean())
-        finally:
-            self.model.train(was_training)
+        with self.autocast():
+            rows = eval_cls_rows(self.model.clip, self.images)
+        return float(torch.stack([row_entropy(layer).mean() for layer in rows]).mean())
