@@ -141,7 +141,9 @@ def test_zero_shot_task_refuses_training_splits():
         task_splits("world-imagenet", WORLD, {"test": 100})
     with pytest.raises(UserFacingError, match="below its 37 classes"):
         task_splits("world-pets", WORLD, {"train": 20})
-    assert set(TASKS) == {"world-eurosat", "world-pets", "world-cifar100"}
+    assert set(TASKS) == {"world-eurosat", "world-pets", "world-cifar100", "world-patterns"}
+    with pytest.raises(UserFacingError, match="world-patterns has splits"):
+        task_splits("world-patterns", WORLD, {"train": 100})
 
 
 def test_eurosat_like_task_is_visually_shifted():

@@ -1,13 +1,20 @@
-"""Which words fill the zero-shot prompts: readable class names or the published spellings.
+"""Which words fill the zero-shot prompts - the class names and the templates they go into.
 
-``readable`` is the default for new studies ("aquarium fish", "maple tree", "crab"). ``published``
+Class names: ``benchmark`` (the default) takes CLIP_benchmark's names for the dataset
+(:mod:`clipdrift.data.benchmark`; a task it does not know keeps its own readable names);
+``readable`` the task's plain words ("aquarium fish", "maple tree", "crab"); a list names the
+classes in label order. ``published``
 reproduces the published study's prompts exactly: its code took CIFAR-100's names from the
 Hugging Face ``uoft-cs/cifar100`` ``fine_label`` feature, which are torchvision's
 ``fine_label_names`` with underscores kept and "crab" spelled ``cra``. Those lists ship as data
 (``resources/published_class_names.json``) together with the respellings, so that they are
 checked against the dataset's own names at scoring time, index by index.
 
-Standard library only: the Snakefile checks the style against the zero-shot task at parse time.
+Templates: ``benchmark`` (CLIP_benchmark's per-dataset set), ``single`` (the published study's
+``"a photo of a {}"``), ``cifar18`` (CLIP's 18 CIFAR templates, ``resources/zeroshot_templates.json``)
+or a list of strings with one ``{}`` slot.
+
+Standard library only: the Snakefile resolves names and templates at parse time.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ from functools import cache
 from importlib import resources
 
 from clipdrift.core.errors import UserFacingError
+from clipdrift.data.benchmark import benchmark_names, benchmark_templates
 
-CLASS_NAME_STYLES = ("readable", "published")
+CLASS_NAME_STYLES = ("benchmark", "readable", "published")
 PUBLISHED_NAMES_FILE = "published_class_names.json"
 
 
@@ -78,6 +86,40 @@ def published_class_names(dataset: str, readable: list[str]) -> list[str]:
 
 
 def class_names(style: str, dataset: str, readable: list[str]) -> list[str]:
-    """The prompt subjects of ``dataset`` in ``style`` (``readable`` returns them unchanged)."""
+    """The prompt subjects of ``dataset`` in ``readable`` or ``published`` style."""
     check_style(style, dataset)
     return list(readable) if style == "readable" else published_class_names(dataset, readable)
+
+
+def prompt_names(settings: dict, task: str, readable: list[str], own: list[str]) -> list[str]:
+    """The class names a task's zero-shot prompts use (``settings``: its zero-shot settings;
+    ``readable``/``own``: the task's readable and source class names, from its manifest)."""
+    style, dataset = settings["class_names"], settings.get("torchvision")
+    if style == "custom":
+        names = list(settings["custom_names"])
+        if len(names) != len(readable):
+            raise ClassNameError(f"zero-shot task {task!r} has {len(readable)} classes but its class_names list has "
+                                 f"{len(names)}: list one name per class, in label order ({readable[:3]}...)")
+        return names
+    if style == "benchmark":
+        return benchmark_names(dataset, own, readable)
+    return class_names(style, dataset or task, readable)
+
+
+@cache
+def _template_sets() -> dict[str, tuple[str, ...]]:
+    text = resources.files("clipdrift").joinpath("resources", "zeroshot_templates.json").read_text()
+    return {name: tuple(templates) for name, templates in json.loads(text).items() if not name.startswith("_")}
+
+
+def template_texts(choice, benchmark_key: str | None = None) -> list[str]:
+    """The templates of ``choice``: a set name (``benchmark`` - those of CLIP_benchmark dataset
+    ``benchmark_key``) or a list of templates."""
+    if not isinstance(choice, str):
+        return list(choice)
+    if choice == "benchmark":
+        return benchmark_templates(benchmark_key)
+    if choice not in _template_sets():
+        raise ClassNameError(f"zero-shot template set {choice!r} is unknown: use benchmark or one of "
+                             f"{sorted(_template_sets())}")
+    return list(_template_sets()[choice])

@@ -150,3 +150,62 @@ def with_probe(splits: dict[str, ImageSplit], manifest: dict, *, source: str = "
     if "ids" in source_entry:
         entry["ids"] = [source_entry["ids"][i] for i in index.tolist()]
     return {**splits, "probe": probe}, {**manifest, "splits": {**manifest["splits"], "probe": entry}}
+
+
+# ---------------------------------------------------------------------------------------------
+# From a dataset's official partitions to train/val/test
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_VAL_FRACTION = 0.1
+SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}  # drawn from a dataset without an official split
+
+
+def _fraction_sizes(n: int) -> dict[str, int]:
+    val, test = round(SPLIT_FRACTIONS["val"] * n), round(SPLIT_FRACTIONS["test"] * n)
+    return {"train": n - val - test, "val": val, "test": test}
+
+
+def split_plan(labels: dict[str, list[int]], *, sizes: dict[str, int] | None = None, default_sizes=None,
+               val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
+               wanted=("train", "val", "test")) -> dict[str, tuple[str, torch.Tensor]]:
+    """Split name → (official partition it is drawn from, indices into that partition).
+
+    ``labels``: per official partition. Official train/val/test are kept as given; a dataset with
+    train (or trainval) and test gets a stratified val of ``val_fraction`` carved from its train;
+    one without an official split (``all``) is drawn stratified with ``sizes`` (else
+    ``default_sizes``, else 80/10/10 %). ``sizes`` on official splits take a stratified subset of
+    each. Only the ``wanted`` splits are returned (a held-out task wants only its test).
+    """
+    if "all" in labels:
+        chosen = dict(sizes or default_sizes or _fraction_sizes(len(labels["all"])))
+        if set(chosen) != {"train", "val", "test"}:
+            raise SplitError(f"split sizes must name train, val and test, got {sorted(chosen)}")
+        plan = {split: ("all", ix) for split, ix in stratified_split(labels["all"], chosen, seed).items()}
+    else:
+        plan = {split: (split, torch.arange(len(labels[split]))) for split in ("train", "val", "test") if split in labels}
+        if "val" not in plan and {"train", "val"} & set(wanted):
+            plan.update(_carve_val(labels, val_fraction, seed))
+        plan = {split: _subsample(labels, part, index, (sizes or {}).get(split), seed, split)
+                for split, (part, index) in plan.items()}
+    return {split: plan[split] for split in wanted}
+
+
+def _carve_val(labels: dict[str, list[int]], val_fraction: float, seed: int) -> dict[str, tuple[str, torch.Tensor]]:
+    if not 0.0 <= val_fraction < 1.0:
+        raise SplitError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    source = "trainval" if "trainval" in labels else "train"
+    n = len(labels[source])
+    n_val = round(val_fraction * n)
+    carved = stratified_split(labels[source], {"train": n - n_val, "val": n_val}, seed)
+    return {"train": (source, carved["train"]), "val": (source, carved["val"])}
+
+
+def _subsample(labels, part: str, index: torch.Tensor, size: int | None, seed: int,
+               split: str) -> tuple[str, torch.Tensor]:
+    if size is None or size == len(index):
+        return part, index
+    within = torch.as_tensor(labels[part], dtype=torch.long)[index]
+    if size > len(index):
+        raise SplitError(f"split size {split}={size} is more than the {len(index)} images the {split} split has: "
+                         "lower it (or leave it out to keep them all)")
+    return part, index[stratified_split(within, {split: size}, seed)[split]]

@@ -11,6 +11,9 @@
 - ``world-cifar100`` (CIFAR-100-like): 100 colour × shape classes ("red triangle") with the
   other ten colours, drawn from the pretraining distribution; held out for zero-shot transfer,
   never fine-tuned on, and sharing no class with the Pets-like task.
+- ``world-patterns`` (a texture task, DTD-like): 40 pattern × shape classes ("striped star"),
+  colour and terrain free; a second held-out task with another vocabulary (pattern words, which
+  pretraining captions name only sometimes) and attribute mix.
 
 Class names are the text-prompt subjects, so zero-shot code can build "a photo of a {}" prompts.
 """
@@ -27,6 +30,7 @@ from clipdrift.data.split import ImageSplit
 from clipdrift.world.render import (
     COLOURS,
     N_ZEROSHOT_COLOURS,
+    PATTERNS,
     SHAPES,
     TERRAINS,
     Shift,
@@ -98,7 +102,20 @@ def _cifar100_like() -> TaskSpec:
     )
 
 
-TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (_eurosat_like(), _pets_like(), _cifar100_like())}
+def _patterns() -> TaskSpec:
+    combos = list(itertools.product(range(len(PATTERNS)), range(len(SHAPES))))
+    return TaskSpec(
+        name="world-patterns",
+        stands_for="DTD (textures)",
+        label_attributes=("pattern", "shape"),
+        class_values=tuple(combos),
+        class_names=tuple(f"{PATTERNS[p]} {SHAPES[s]}" for p, s in combos),
+        splits=ZEROSHOT_SPLITS,
+    )
+
+
+TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (_eurosat_like(), _pets_like(), _cifar100_like(),
+                                                                _patterns())}
 TASKS = tuple(TASK_SPECS)
 FINETUNE_TASKS = tuple(name for name, spec in TASK_SPECS.items() if "train" in spec.splits)
 ZEROSHOT_TASK = "world-cifar100"
@@ -107,6 +124,7 @@ DEFAULT_SIZES = {
     "world-eurosat": {"train": 2000, "val": 500, "test": 500},
     "world-pets": {"train": 2960, "val": 740, "test": 740},
     "world-cifar100": {"test": 2000},
+    "world-patterns": {"test": 2000},
 }
 
 
@@ -166,6 +184,7 @@ def _manifest(spec: TaskSpec, world: WorldConfig, splits: dict[str, ImageSplit])
             "world_overrides": dict(spec.world_overrides),
         },
         "class_names": list(spec.class_names),
+        "source_class_names": list(spec.class_names),
         "splits": {
             name: {
                 "n": len(split),
