@@ -8,6 +8,7 @@ from snakemake.utils import min_version
 
 from clipdrift.core.errors import UserFacingError
 from clipdrift.pipeline.config_errors import prepare_config
+from clipdrift.pipeline.inputs import check_tasks_on_disk
 from clipdrift.pipeline.plan import jobs_import_from
 
 min_version("9.0")
@@ -37,6 +38,15 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/metrics.smk"
 include: "workflow/rules/zeroshot.smk"
 include: "workflow/rules/report.smk"
+
+
+# Every dataset a job is about to prepare is checked on disk before any job starts (not in a dry
+# run: `snakemake -n` plans a study whose data is not there yet).
+onstart:
+    try:
+        check_tasks_on_disk(config, pending=lambda task: not Path(f"{STUDY}/data/{task}/manifest.json").exists())
+    except UserFacingError as error:
+        sys.exit(f"Data error: {error}")
 
 
 rule all:

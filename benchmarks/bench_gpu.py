@@ -329,11 +329,12 @@ def zeroshot(base, split, sizes: Sizes, device: torch.device, peaks) -> dict:
     """Seconds of text_classifier (random text tower) and images/s of zeroshot.evaluate (fp32)."""
     import open_clip
 
-    from clipdrift.measure.zeroshot import evaluate, load_templates, text_classifier
+    from clipdrift.data.classnames import template_texts
+    from clipdrift.measure.zeroshot import evaluate, text_classifier
     from clipdrift.model.adapters import MethodConfig
 
     base.to(device)
-    templates = load_templates("cifar18")
+    templates = template_texts("cifar18")
     sync(device)
     started = time.perf_counter()
     weights = text_classifier(base.clip, open_clip.get_tokenizer(sizes.backbone), split.class_names, templates)

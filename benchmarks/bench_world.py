@@ -31,11 +31,12 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from clipdrift.analysis.tables import attention_summary  # noqa: E402
+from clipdrift.data.classnames import template_texts  # noqa: E402
 from clipdrift.data.sampling import with_probe  # noqa: E402
 from clipdrift.measure.drift import AttentionConfig, CKAConfig  # noqa: E402
 from clipdrift.measure.extract import extract, probe_reference  # noqa: E402
 from clipdrift.measure.tables import with_run_columns  # noqa: E402
-from clipdrift.measure.zeroshot import evaluate, load_templates, text_classifier  # noqa: E402
+from clipdrift.measure.zeroshot import evaluate, text_classifier  # noqa: E402
 from clipdrift.model.adapters import MethodConfig, apply_method  # noqa: E402
 from clipdrift.model.backbones import BackboneSpec, build_classifier  # noqa: E402
 from clipdrift.train.config import TrainConfig  # noqa: E402
@@ -123,7 +124,7 @@ def run_one(spec, task, splits, zs, method, lr, seed, epochs, threads) -> dict:
 def zeroshot_setup(spec, cifar) -> dict:
     pretrained = build_classifier(spec, 1, seed=0)
     tokenizer = open_clip.get_tokenizer(MODEL)
-    weights = text_classifier(pretrained.clip, tokenizer, cifar.class_names, load_templates("single"))
+    weights = text_classifier(pretrained.clip, tokenizer, cifar.class_names, template_texts("single"))
     return {"weights": weights, "split": cifar, "pretrained": pretrained,
             "pretrained_top1": evaluate(pretrained, weights, cifar, device="cpu")["top1"]}
 

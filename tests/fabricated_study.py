@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from clipdrift.analysis.suite import pretrained_suite, suite_means, zeroshot_table
+
 DATASETS = ("eurosat", "pets")
 METHODS = ("full", "lora")
 LRS = ("1e-06", "5e-06", "1e-05", "5e-05")
@@ -155,8 +157,13 @@ def fabricate_sensitivity(attention: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def zeroshot_means(scores: list[dict], pretrained: dict = PRETRAINED):
+    """The per-run suite means of zero-shot score files (what the run table joins)."""
+    return suite_means(zeroshot_table(scores, pretrained_suite([pretrained])))
+
+
 def fabricate():
-    """(histories, zeroshot, attention, cka) for the fabricated study."""
+    """(histories, zeroshot score files, attention, cka) for the fabricated study."""
     rng = np.random.default_rng(0)
     histories, zeroshot, attention, cka = [], [], [], []
     for dataset, method, i, lr, seed in run_keys():
@@ -166,7 +173,7 @@ def fabricate():
         zs = 0.01 if diverged else float(np.clip(ZEROSHOT[method][i] + rng.normal(0, 0.02), 0, 1))
         drift = 80.0 if diverged else DRIFT[method][i] + rng.normal(0, 0.1)
         histories.append(_history(dataset, method, lr, seed, select, diverged))
-        zeroshot.append(
+        zeroshot.append({"tasks": [
             {
                 **keys,
                 "task": PRETRAINED["task"],
@@ -177,7 +184,7 @@ def fabricate():
                 "top5": min(1.0, zs + 0.2),
                 "balanced_acc": zs,
             }
-        )
+        ]})
         attention += _attention_rows(keys, drift, rng)
         level = 0.99 - 0.02 * i - (0.1 if method == "full" else 0) + rng.normal(0, 0.005)
         cka += _cka_rows(keys, 0.2 if diverged else level)

@@ -13,7 +13,7 @@ from clipdrift.analysis.layergroups import layer_group_of, layer_groups
 from clipdrift.analysis.stats import cohens_d, one_way_anova
 from clipdrift.analysis.tables import run_table
 
-from fabricated_study import DIVERGED, fabricate
+from fabricated_study import DIVERGED, fabricate, zeroshot_means
 
 
 def test_cohens_d_by_hand():
@@ -40,7 +40,8 @@ def test_variants_are_compared_with_their_own_method_and_plain_methods_with_each
 
 
 def test_the_comparisons_carry_cohens_d_of_the_same_arms():
-    runs = run_table(*fabricate()[:2], None, None)
+    histories, zeroshot, _, _ = fabricate()
+    runs = run_table(histories, zeroshot_means(zeroshot), None, None)
     table = comparisons(runs, metrics=["zs_top1"])
     row = table.iloc[0]
     arm = runs[(runs["dataset"] == row["dataset"]) & (runs["lr"] == row["lr"]) & ~runs["diverged"]]
@@ -57,7 +58,7 @@ def test_layer_groups_are_consecutive_thirds():
 
 def test_the_layer_group_table_of_a_study_whose_later_layers_drift_more():
     histories, zeroshot, attention, _ = fabricate()
-    runs = run_table(histories, zeroshot, attention, None)
+    runs = run_table(histories, zeroshot_means(zeroshot), attention, None)
     table = layer_groups(attention, runs)
     # the fabricated layers drift 0.5, 1 and 1.5 times each run's drift
     cell = table[(table["dataset"] == "eurosat") & (table["method"] == "full") & (table["lr"] == "1e-05")

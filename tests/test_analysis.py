@@ -18,7 +18,7 @@ from clipdrift.analysis.stats import bootstrap_ci, holm, permutation, welch
 from clipdrift.analysis.study import build_tables
 from clipdrift.analysis.tables import attention_summary, cell_table, run_table
 
-from fabricated_study import DIVERGED, LRS, MISSING, PRETRAINED, SEEDS, fabricate
+from fabricated_study import DIVERGED, LRS, MISSING, PRETRAINED, SEEDS, fabricate, zeroshot_means
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def study():
 
 @pytest.fixture(scope="module")
 def tables(study):
-    return build_tables(*study)
+    return build_tables(*study, pretrained_zeroshot=[PRETRAINED])
 
 
 def _histories_by_key(histories):
@@ -43,7 +43,7 @@ def _cell(frame, dataset, method, lr):
 
 def _values(histories, zeroshot, dataset, method, lr, key, source="history"):
     """A metric of one cell straight from the artifacts, diverged runs left out."""
-    items = histories if source == "history" else zeroshot
+    items = histories if source == "history" else [z for run in zeroshot for z in run["tasks"]]
     status = {(h["dataset"], h["method"], h["lr"], h["seed"]): h["status"] for h in histories}
     return np.array(
         [
@@ -74,9 +74,11 @@ def test_run_table_has_every_run_once_and_flags_the_diverged_one(study, tables):
 def test_run_table_joins_zero_shot_and_history_numbers(study, tables):
     histories, zeroshot, _, _ = study
     row = _cell(tables["runs"][tables["runs"]["seed"] == 11], "pets", "full", "1e-05")
-    z = next(z for z in zeroshot if (z["dataset"], z["method"], z["lr"], z["seed"]) == ("pets", "full", "1e-05", 11))
+    records = [z for run in zeroshot for z in run["tasks"]]
+    z = next(z for z in records if (z["dataset"], z["method"], z["lr"], z["seed"]) == ("pets", "full", "1e-05", 11))
     h = _histories_by_key(histories)[("pets", "full", "1e-05", 11)]
     assert row["zs_top1"] == z["top1"] and row["zs_top5"] == z["top5"] and row["zs_balanced"] == z["balanced_acc"]
+    assert row["zs_retention"] == pytest.approx(z["top1"] / PRETRAINED["top1"], rel=1e-12)
     assert row["best_select_acc"] == h["best_select_acc"] and row["final_test_acc"] == h["final_test_acc"]
     assert row["trainable_params"] == h["trainable_params"]["total"]
     assert row["zs_task"] == PRETRAINED["task"]
@@ -131,11 +133,11 @@ def test_cka_mean_is_linear_cls_over_the_blocks(study, tables):
 def test_duplicate_runs_are_refused(study):
     histories = study[0]
     with pytest.raises(ValueError, match="twice"):
-        run_table(histories + histories[:1], [], None, None)
+        run_table(histories + histories[:1], None, None, None)
 
 
 def test_runs_without_metrics_get_nan_not_an_error(study):
-    runs = run_table(study[0], [], None, None)
+    runs = run_table(study[0], None, None, None)
     assert runs["zs_top1"].isna().all() and runs["drift_entropy_pct"].isna().all()
     assert runs["best_select_acc"].notna().all()
 
@@ -152,7 +154,8 @@ def test_cell_means_leave_the_diverged_run_out(study, tables):
     assert len(clean) == 2
     assert cell["zs_top1_mean"] == pytest.approx(clean.mean())
     assert cell["zs_top1_sd"] == pytest.approx(clean.std(ddof=1))
-    poisoned = np.array([z["top1"] for z in zeroshot if (z["dataset"], z["method"], z["lr"]) == (dataset, method, lr)])
+    records = [z for run in zeroshot for z in run["tasks"]]
+    poisoned = np.array([z["top1"] for z in records if (z["dataset"], z["method"], z["lr"]) == (dataset, method, lr)])
     assert abs(poisoned.mean() - cell["zs_top1_mean"]) > 0.01  # the garbage run would have moved the mean
     selection = _values(histories, zeroshot, dataset, method, lr, "best_select_acc")
     assert cell["best_select_acc_mean"] == pytest.approx(selection.mean())
@@ -458,10 +461,10 @@ def _reproduction(reference, spread=0.004, seeds=(1, 2, 3, 4, 5), drop=None):
         for seed, offset in zip(seeds, offsets):
             keys = {"dataset": row.dataset, "method": row.method, "lr": row.lr, "seed": seed}
             histories.append({**keys, "status": "completed", "best_select_acc": row.best_select_acc + offset})
-            zeroshot.append(
+            zeroshot.append({"tasks": [
                 {**keys, "task": "cifar100", "top1": row.zs_top1 + offset + (0.05 if row.lr == "5e-05" else 0)}
-            )
-    return run_table(histories, zeroshot, None, None)
+            ]})
+    return run_table(histories, zeroshot_means(zeroshot, {"task": "cifar100", "top1": 0.6}), None, None)
 
 
 def test_paper_comparison_reports_difference_and_spread():

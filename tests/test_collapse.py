@@ -34,7 +34,7 @@ def test_the_run_tables_collapse_columns_come_from_the_trace_in_the_history():
     untraced = collapse_columns({"epochs": [{}]})
     assert math.isnan(untraced["collapse_onset"]) and math.isnan(untraced["trace_min_drift_pct"])
     run = {"dataset": "d", "method": "full", "lr": "1e-04", "seed": 0, **history}
-    table = run_table([run], [], None, None)
+    table = run_table([run], None, None, None)
     assert table.loc[0, "collapse_onset"] == 0.5
 
 

@@ -29,7 +29,7 @@ def _default_with(change: dict) -> dict:
                                      "'training.batch_size'?"),
     ({"training": {"xyz": 8}}, "config key 'training.xyz' is not a setting of this workflow: known keys here: batch_size"),
     # required
-    ({"datasets": [{"epochs": 3}]}, "config key datasets[0] lacks the required key 'name': add it (Dataset name"),
+    ({"datasets": [{"epochs": 3}]}, "config key datasets[0] lacks the required key 'name': add it (The task's name"),
     # enum
     ({"methods": ["full", "bitfit"]},
      "config key methods[1] is 'bitfit', which is not allowed: use one of full, lora, lp-ft."),
@@ -55,7 +55,7 @@ def _default_with(change: dict) -> dict:
     ({"learning_rates": ["fast"]}, "config key learning_rates[0] is 'fast', which is not of the form"),
     ({"zeroshot": {"sizes": {"test": 0}}}, "config key zeroshot.sizes.test is 0 but must be >= 1."),
     ({"zeroshot": {"sizes": [5]}}, "config key zeroshot.sizes is [5], which is none of the allowed forms (Images of "
-                                   "the zero-shot task"),
+                                   "each held-out task's test split"),
 ])
 def test_every_kind_of_schema_violation_gets_a_short_message_with_the_key_and_the_fix(change, message, tmp_path):
     with pytest.raises(StudyConfigError) as refused:
@@ -97,7 +97,7 @@ def test_several_problems_are_counted_and_the_valid_default_study_has_none():
 
 def test_defaults_are_filled_and_cross_key_checks_run():
     config = prepare_config(_default_with({}), SCHEMA)
-    assert config["training"]["eval_amp"] is False and config["zeroshot"]["class_names"] == "readable"
+    assert config["training"]["eval_amp"] is False and config["zeroshot"]["class_names"] == "benchmark"
     with pytest.raises(StudyConfigError, match="world.image_size is 64 but backbone clipdrift-tiny expects 32"):
         prepare_config(_default_with({"world": {"image_size": 64}}), SCHEMA)
 
@@ -189,3 +189,50 @@ def test_a_regularised_variant_trains_with_its_regulariser():
     assert apr.regulariser == RegulariserConfig("apr", 0.01)
     assert floor.regulariser == RegulariserConfig("entropy_floor", 0.1, 2.5)
     assert plan.method_settings(config, "full-apr-0.01") == {"method": "full"}
+
+
+# --- tasks: names that are safe paths, sources that are complete ----------------------------------
+
+@pytest.mark.parametrize("name", ["../up", "a b", "<b>x</b>", "Chest", "a/b", "-lead", ""])
+def test_task_names_that_are_not_safe_folder_names_are_refused_at_parse_time(name, tmp_path):
+    for change in ({"datasets": [{"name": name, "epochs": 1, "source": "imagefolder", "root": "x"}]},
+                   {"zeroshot": {"tasks": [{"name": name, "source": "imagefolder", "root": "x"}]}}):
+        with pytest.raises(StudyConfigError, match="which is not of the form"):
+            prepare_config(_default_with(change), SCHEMA, tmp_path)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"datasets": [{"name": "xray", "epochs": 1}]}, "datasets: 'xray' is neither a torchvision dataset of the list nor "
+                                                    "a synthetic-world task: say where its images are"),
+    ({"datasets": [{"name": "xray", "epochs": 1, "source": "imagefolder"}]}, "'xray' needs root: <folder>"),
+    ({"datasets": [{"name": "dtd", "epochs": 1, "source": "torchvision", "root": "x"}]},
+     "'dtd' sets root, which only source imagefolder reads"),
+    ({"datasets": [{"name": "dtd", "epochs": 1, "classes": {"a": "b"}}]}, "'dtd' sets classes"),
+    ({"datasets": [{"name": "world-x", "epochs": 1, "source": "world"}]}, "'world-x' is not a synthetic-world task"),
+    ({"zeroshot": {"tasks": ["world-cifar100", "world-cifar100"]}}, "zeroshot.tasks: names must be unique"),
+    ({"zeroshot": {"tasks": ["world-eurosat"]}}, "'world-eurosat' is also a fine-tuning dataset"),
+    ({"zeroshot": {"tasks": [{"name": "flowers", "source": "imagefolder", "torchvision": "flowers102", "root": "x"}]}},
+     "'flowers' sets torchvision but its source is imagefolder"),
+    ({"zeroshot": {"tasks": ["world-patterns"], "class_names": "published"}}, "'published' exists only for"),
+    ({"zeroshot": {"tasks": [{"name": "world-patterns", "class_names": ["a", " "]}]}}, "lists an empty class name"),
+    ({"backbone": {"name": "ViT-B-16-SigLIP"}}, "backbone.name 'ViT-B-16-SigLIP' is not supported: its image tower is "
+                                                "built by timm"),
+    ({"backbone": {"name": "RN50"}}, "its image tower is a ResNet"),
+    ({"backbone": {"name": "coca_ViT-B-32"}}, "pools with an attentional pooler"),
+])
+def test_inconsistent_task_and_backbone_settings_are_refused_with_the_fix(change, message, tmp_path):
+    with pytest.raises(StudyConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        prepare_config(_default_with(change), SCHEMA, tmp_path)
+
+
+def test_the_refused_backbones_message_lists_what_is_supported(tmp_path):
+    with pytest.raises(StudyConfigError) as refused:
+        prepare_config(_default_with({"backbone": {"name": "EVA02-B-16"}}), SCHEMA, tmp_path)
+    assert "proven for open_clip ViT image towers that pool the CLS token - ViT-B-32, ViT-B-16" in str(refused.value)
+
+
+def test_the_single_zeroshot_dataset_of_older_configs_is_named_with_its_replacement(tmp_path):
+    config = _default_with({})
+    config["zeroshot"] = {"dataset": "cifar100"}
+    with pytest.raises(StudyConfigError, match=r"zeroshot.dataset is now zeroshot.tasks: write tasks: \[cifar100\]"):
+        prepare_config(config, SCHEMA, tmp_path)

@@ -73,7 +73,8 @@ def _candidates(value, schema_node):
     if isinstance(value, (int, float)):
         return [value * 2, value + 1, 0.1] if value else [1, 0.1]
     if isinstance(value, str):
-        others = [v for v in schema_node.get("enum", []) if v != value]
+        alternatives = [schema_node, *schema_node.get("oneOf", []), *schema_node.get("anyOf", [])]
+        others = [v for node in alternatives for v in node.get("enum", []) if v != value]
         return others + [f"{value}-changed"]
     if isinstance(value, list):
         return [value[:-1]] if len(value) > 1 else [value * 2, []]

@@ -4,15 +4,10 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from clipdrift.data.classnames import template_texts
 from clipdrift.data.split import ImageSplit
 from clipdrift.measure.runtime import model_input
-from clipdrift.measure.zeroshot import (
-    TEMPLATE_SETS,
-    classification_scores,
-    evaluate,
-    load_templates,
-    text_classifier,
-)
+from clipdrift.measure.zeroshot import classification_scores, evaluate, text_classifier
 from clipdrift.model.adapters import trainable_parameters
 from clipdrift.model.backbones import CLIPClassifier
 
@@ -36,14 +31,16 @@ def make_split(n: int, n_classes: int = len(CLASSES), seed: int = 0) -> ImageSpl
 
 
 def test_template_sets_ship_the_paper_prompt_and_clips_18_cifar_templates():
-    assert load_templates("single") == ["a photo of a {}"]
-    cifar = load_templates("cifar18")
+    assert template_texts("single") == ["a photo of a {}"]
+    cifar = template_texts("cifar18")
     assert len(cifar) == len(set(cifar)) == 18
     assert cifar[0] == "a photo of a {}." and "a photo of the big {}." in cifar
     assert all(t.count("{}") == 1 for t in cifar)
-    assert set(TEMPLATE_SETS) == {"single", "cifar18"}
+    # CLIP's 18 CIFAR templates are CLIP_benchmark's CIFAR-100 set, word for word
+    assert template_texts("benchmark", "cifar100") == cifar
+    assert template_texts(["a sketch of a {}"]) == ["a sketch of a {}"]
     with pytest.raises(ValueError, match="template set 'imagenet80'.*cifar18"):
-        load_templates("imagenet80")
+        template_texts("imagenet80")
 
 
 def test_named_fields_and_slotless_templates_are_refused_with_the_fix(tokenizer):
@@ -104,7 +101,7 @@ class TextEchoClassifier(CLIPClassifier):
 
 def test_image_features_equal_to_the_class_text_embeddings_score_100_percent(tokenizer):
     clip = make_tiny().clip
-    weights = text_classifier(clip, tokenizer, CLASSES, load_templates("cifar18"))
+    weights = text_classifier(clip, tokenizer, CLASSES, template_texts("cifar18"))
     labels = torch.tensor([0, 1, 2, 3, 4, 5, 5, 2, 0])
     images = (labels * 10).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous()
     model = TextEchoClassifier(clip, weights.T)

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from clipdrift.pipeline import plan
+from clipdrift.pipeline import inputs, plan
 from clipdrift.pipeline.digest import script_digest
 from clipdrift.analysis.names import PAPER_TABLES, TABLES
 from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRACE_FIGURES, TRAJECTORY_FIGURES
@@ -14,7 +14,7 @@ DATASET_CONFIG = {d["name"]: d for d in config["datasets"]}
 METHODS = plan.method_names(config)
 LRS = [plan.canonical_lr(lr) for lr in config["learning_rates"]]
 SEEDS = [int(s) for s in config["seeds"]]
-ZEROSHOT_DATASET = config["zeroshot"]["dataset"]
+HELDOUT = plan.heldout_names(config)  # the held-out zero-shot suite, in the config's order
 RUN = "{dataset}/{method}/lr{lr}/seed{seed}"
 RUN_DIR = f"{STUDY}/runs/{RUN}"
 BACKBONE = f"{STUDY}/{plan.BACKBONE_DESCRIPTOR}"
@@ -35,7 +35,8 @@ CONDA_ENV_FILE = "../../envs/clipdrift.yaml"
 
 
 wildcard_constraints:
-    dataset="|".join(re.escape(d) for d in DATASETS + [ZEROSHOT_DATASET]),
+    dataset="|".join(re.escape(d) for d in DATASETS + HELDOUT),
+    task="|".join(re.escape(t) for t in HELDOUT),
     method="|".join(re.escape(m) for m in METHODS),
     lr="|".join(re.escape(lr) for lr in LRS),
     seed=r"\d+",

@@ -13,7 +13,7 @@ rule prepare_task:
         dataset="|".join(re.escape(d) for d in DATASETS),
     params:
         dataset=lambda wc: DATASET_CONFIG[wc.dataset],
-        settings=lambda wc: plan.data_settings(config, wc.dataset),
+        settings=lambda wc: inputs.data_settings(config, wc.dataset),
         code=code("prepare_data"),
     conda:
         CONDA_ENV_FILE
@@ -25,19 +25,20 @@ rule prepare_task:
         "../scripts/prepare_data.py"
 
 
+# A held-out task: its test split alone (no probe: nothing is fine-tuned on it).
 rule prepare_zeroshot_task:
     output:
-        test=f"{STUDY}/data/{ZEROSHOT_DATASET}/test.safetensors",
-        manifest=f"{STUDY}/data/{ZEROSHOT_DATASET}/manifest.json",
+        test=f"{STUDY}/data/{{task}}/test.safetensors",
+        manifest=f"{STUDY}/data/{{task}}/manifest.json",
     params:
-        dataset={"name": ZEROSHOT_DATASET, "sizes": config["zeroshot"].get("sizes") or {}},
-        settings=plan.data_settings(config, ZEROSHOT_DATASET),
+        dataset=lambda wc: inputs.heldout_data_entry(config, wc.task),
+        settings=lambda wc: inputs.data_settings(config, wc.task),
         code=code("prepare_data"),
     conda:
         CONDA_ENV_FILE
     log:
-        **job_log(f"data/{ZEROSHOT_DATASET}"),
+        **job_log("data/{task}"),
     benchmark:
-        f"{BENCH}/data/{ZEROSHOT_DATASET}.tsv"
+        f"{BENCH}/data/{{task}}.tsv"
     script:
         "../scripts/prepare_data.py"

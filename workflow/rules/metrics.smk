@@ -5,7 +5,7 @@
 
 DRIFT_SETTINGS = {"attention": plan.attention_settings(config), "cka": plan.cka_settings(config)}
 PROBE = f"{STUDY}/data/{{dataset}}/probe.safetensors"
-SENSITIVITY_INPUT = {"probe_source": f"{STUDY}/data/{{dataset}}/{plan.PROBE_SOURCE_SPLIT}.safetensors"} if PROBE_SENSITIVITY else {}
+SENSITIVITY_INPUT = {"probe_source": f"{STUDY}/data/{{dataset}}/{inputs.PROBE_SOURCE_SPLIT}.safetensors"} if PROBE_SENSITIVITY else {}
 REFERENCE = f"{STUDY}/references/{{dataset}}/probe.safetensors"
 DRIFT_TABLES = {"attention": f"{STUDY}/metrics/attention/{RUN}.parquet", "cka": f"{STUDY}/metrics/cka/{RUN}.parquet",
                 **({"sensitivity": f"{STUDY}/metrics/probe_sensitivity/{RUN}.parquet"} if PROBE_SENSITIVITY else {})}

@@ -6,7 +6,7 @@ rule aggregate:
         attention=expand_runs(DRIFT_TABLES["attention"]),
         cka=expand_runs(DRIFT_TABLES["cka"]),
         zeroshot=expand_runs(f"{STUDY}/zeroshot/{RUN}.json"),
-        pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
+        pretrained_zeroshot=expand(f"{STUDY}/zeroshot/pretrained/{{task}}.json", task=HELDOUT),
         **({"sensitivity": expand_runs(DRIFT_TABLES["sensitivity"])} if PROBE_SENSITIVITY else {}),
         **({"curves": expand_runs(f"{STUDY}/curves/{RUN}.parquet")} if CURVES else {}),
     output:
@@ -31,7 +31,7 @@ rule report:
     input:
         **{name: f"{STUDY}/tables/{name}.parquet" for name in STUDY_TABLES},
         findings=f"{STUDY}/tables/findings.json",
-        pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
+        pretrained_zeroshot=expand(f"{STUDY}/zeroshot/pretrained/{{task}}.json", task=HELDOUT),
         pretrained_indomain=expand(f"{STUDY}/zeroshot/pretrained-indomain/{{dataset}}.json", dataset=DATASETS),
     output:
         html=report(f"{STUDY}/report/index.html", caption="../report/index.rst", category="Report"),
@@ -44,8 +44,8 @@ rule report:
         study={
             "name": config["study"], "preset": config["preset"], "backbone": config["backbone"]["name"],
             "datasets": DATASETS, "methods": METHODS, "learning_rates": LRS, "seeds": SEEDS,
-            "zeroshot": f"{ZEROSHOT_DATASET} ({config['zeroshot']['templates']} templates)",
-            "zeroshot_class_names": config["zeroshot"]["class_names"],
+            "zeroshot": inputs.suite_description(config),
+            "zeroshot_class_names": inputs.suite_class_names(config),
             "zeroshot_checkpoint": config["zeroshot"]["checkpoint"],
             "drift_checkpoint": config["metrics"]["checkpoint"],
             "training_amp": config["training"]["amp"],

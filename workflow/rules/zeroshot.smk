@@ -1,31 +1,40 @@
-# Adapter-aware zero-shot transfer on the held-out task: the fine-tuned image tower (adapters
+# Adapter-aware zero-shot transfer on the held-out suite: the fine-tuned image tower (adapters
 # active, its own projection) of the checkpoint zeroshot.checkpoint names (the best epoch in the
-# paper), against the text classifier of the frozen pretrained text tower, built once per study
-# (zeroshot_classifier, which also scores the pretrained model).
+# paper), against each task's text classifier of the frozen pretrained text tower, built once per
+# study and task (zeroshot_classifier, which also scores the pretrained model on that task).
 
-ZEROSHOT_TEST = f"{STUDY}/data/{ZEROSHOT_DATASET}/test.safetensors"
-ZEROSHOT_CLASSIFIER = f"{STUDY}/references/zeroshot_classifier.safetensors"
+ZEROSHOT_TEST = f"{STUDY}/data/{{task}}/test.safetensors"
+ZEROSHOT_MANIFEST = f"{STUDY}/data/{{task}}/manifest.json"
+ZEROSHOT_CLASSIFIER = f"{STUDY}/references/zeroshot/{{task}}.safetensors"
+PRETRAINED_ZEROSHOT = f"{STUDY}/zeroshot/pretrained/{{task}}.json"
+# Every task of the suite, in the config's order (scripts zip these with params.tasks).
+SUITE = {
+    "zeroshot": expand(ZEROSHOT_TEST, task=HELDOUT),
+    "manifests": expand(ZEROSHOT_MANIFEST, task=HELDOUT),
+    "classifiers": expand(ZEROSHOT_CLASSIFIER, task=HELDOUT),
+}
 
 
 rule zeroshot_classifier:
     input:
         images=ZEROSHOT_TEST,
+        manifest=ZEROSHOT_MANIFEST,
         backbone=BACKBONE,
     output:
         classifier=ZEROSHOT_CLASSIFIER,
-        pretrained=f"{STUDY}/zeroshot/pretrained.json",
+        pretrained=PRETRAINED_ZEROSHOT,
     params:
         run={"dataset": None, "method": "pretrained", "lr": None, "seed": None},
-        task=ZEROSHOT_DATASET,
-        settings=plan.zeroshot_settings(config),
+        task=lambda wc: wc.task,
+        settings=lambda wc: inputs.zeroshot_settings(config, wc.task),
         code=code("zeroshot_classifier"),
     threads: 1
     conda:
         CONDA_ENV_FILE
     log:
-        **job_log("zeroshot/classifier"),
+        **job_log("zeroshot/classifier/{task}"),
     benchmark:
-        f"{BENCH}/zeroshot/classifier.tsv"
+        f"{BENCH}/zeroshot/classifier/{{task}}.tsv"
     script:
         "../scripts/zeroshot_classifier.py"
 
@@ -33,15 +42,14 @@ rule zeroshot_classifier:
 rule zeroshot:
     input:
         checkpoint=run_checkpoint(config["zeroshot"]["checkpoint"]),
-        images=ZEROSHOT_TEST,
-        classifier=ZEROSHOT_CLASSIFIER,
+        **SUITE,
         backbone=BACKBONE,
     output:
         scores=f"{STUDY}/zeroshot/{RUN}.json",
     params:
         run=run_params,
-        task=ZEROSHOT_DATASET,
-        settings=plan.zeroshot_settings(config),
+        tasks=HELDOUT,
+        settings=inputs.suite_settings(config),
         checkpoint=config["zeroshot"]["checkpoint"],
         code=code("zeroshot"),
     threads: 1
@@ -63,6 +71,7 @@ rule zeroshot:
 rule zeroshot_pretrained_indomain:
     input:
         images=f"{STUDY}/data/{{dataset}}/test.safetensors",
+        manifest=f"{STUDY}/data/{{dataset}}/manifest.json",
         backbone=BACKBONE,
     output:
         scores=f"{STUDY}/zeroshot/pretrained-indomain/{{dataset}}.json",
@@ -70,8 +79,8 @@ rule zeroshot_pretrained_indomain:
         dataset="|".join(re.escape(d) for d in DATASETS),
     params:
         run=lambda wc: {"dataset": wc.dataset, "method": "pretrained", "lr": None, "seed": None},
-        task=lambda wc: wc.dataset,
-        settings=plan.zeroshot_settings(config, indomain=True),
+        tasks=lambda wc: [wc.dataset],
+        settings=lambda wc: {wc.dataset: inputs.zeroshot_settings(config, wc.dataset, indomain=True)},
         checkpoint=None,
         code=code("zeroshot"),
     conda:
@@ -95,16 +104,15 @@ if CURVES:
             test=f"{STUDY}/data/{{dataset}}/test.safetensors",
             probe=PROBE,
             reference=REFERENCE,
-            zeroshot=ZEROSHOT_TEST,
-            classifier=ZEROSHOT_CLASSIFIER,
-            pretrained_zeroshot=f"{STUDY}/zeroshot/pretrained.json",
+            **SUITE,
+            pretrained_zeroshot=expand(PRETRAINED_ZEROSHOT, task=HELDOUT),
             backbone=BACKBONE,
             **({"epochs": f"{RUN_DIR}/epochs"} if TRAJECTORIES else {}),
         output:
             table=f"{STUDY}/curves/{RUN}.parquet",
         params:
             run=run_params,
-            task=ZEROSHOT_DATASET,
+            tasks=HELDOUT,
             settings=lambda wc: plan.curve_settings(config, wc.dataset),
             code=code("curves"),
         threads: 1

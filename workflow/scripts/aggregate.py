@@ -14,17 +14,18 @@ from clipdrift.pipeline.jobs.runner import run_script
 def main(smk):
     histories = [read_json(path) for path in smk.input.histories]
     zeroshot = [read_json(path) for path in smk.input.zeroshot]
+    pretrained = [read_json(path) for path in smk.input.pretrained_zeroshot]
     attention = pd.concat([read_table(path) for path in smk.input.attention], ignore_index=True)
     cka = pd.concat([read_table(path) for path in smk.input.cka], ignore_index=True)
     sensitivity, curves = (pd.concat([read_table(path) for path in smk.input[name]], ignore_index=True)
                            if name in smk.input.keys() else None for name in ("sensitivity", "curves"))
     tables = build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper,
-                          sensitivity=sensitivity, curves=curves, variants=smk.params.variants)
+                          sensitivity=sensitivity, curves=curves, variants=smk.params.variants,
+                          pretrained_zeroshot=pretrained)
     for name, frame in tables.items():
         write_table(frame, smk.output[f"{name}_csv"])
         write_table(frame, smk.output[f"{name}_parquet"])
-    write_json(smk.output.findings, study_findings(tables, read_json(smk.input.pretrained_zeroshot),
-                                                   smk.params.variants))
+    write_json(smk.output.findings, study_findings(tables, pretrained, smk.params.variants))
 
 
 run_script(snakemake, main)  # noqa: F821 - injected by Snakemake

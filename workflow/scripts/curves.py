@@ -8,7 +8,7 @@ hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this proce
 from pathlib import Path
 
 from clipdrift.core.io import read_json, read_safetensors, write_table
-from clipdrift.data.classnames import class_names
+from clipdrift.data.classnames import prompt_names
 from clipdrift.data.split import read_image_split
 from clipdrift.measure.curves import CurveInputs, curve_table
 from clipdrift.measure.drift import AttentionConfig
@@ -25,18 +25,22 @@ def main(smk):
     spec = load_backbone_spec(smk.input.backbone)
     finetuned, _ = load_classifier(smk.input.final, base=spec)
     pretrained = build_classifier(spec, finetuned.n_classes, seed=0)
-    held_out = read_image_split(smk.input.zeroshot)
-    names = class_names(zs["class_names"], smk.params.task, held_out.class_names)
-    weights = TextClassifier.from_tensors(*read_safetensors(smk.input.classifier)).require(smk.params.task,
-                                                                                           zs["templates"], names)
+    suite, pretrained_zs = {}, {}
+    for task, images, manifest, classifier, scored in zip(smk.params.tasks, smk.input.zeroshot, smk.input.manifests,
+                                                          smk.input.classifiers, smk.input.pretrained_zeroshot):
+        held_out = read_image_split(images)
+        names = prompt_names(zs[task], task, held_out.class_names, read_json(manifest)["source_class_names"])
+        weights = TextClassifier.from_tensors(*read_safetensors(classifier)).require(task, zs[task]["template_texts"], names)
+        suite[task] = (held_out, weights)
+        pretrained_zs[task] = pretrained_score(read_json(scored), task, zs[task])
+    first = zs[smk.params.tasks[0]]  # batch size and amp are the study's, the same for every task
     inputs = CurveInputs(read_image_split(smk.input.test), read_image_split(smk.input.probe),
-                         reference_from_tensors(*read_safetensors(smk.input.reference)), held_out, weights,
-                         AttentionConfig(**settings["attention"]), settings["eval_batch_size"], zs["batch_size"],
-                         zs["amp"])
+                         reference_from_tensors(*read_safetensors(smk.input.reference)), suite,
+                         AttentionConfig(**settings["attention"]), settings["eval_batch_size"], first["batch_size"],
+                         first["amp"])
     epochs = kept_epoch_loaders(Path(smk.input.get("epochs", "")), settings["epochs"], spec,
                                 diverged=read_json(smk.input.history)["status"] == "diverged")
-    table = curve_table(finetuned, pretrained, inputs, settings["alphas"], epochs,
-                        pretrained_zs_top1=pretrained_score(read_json(smk.input.pretrained_zeroshot), smk.params.task, zs))
+    table = curve_table(finetuned, pretrained, inputs, settings["alphas"], epochs, pretrained_zs_top1=pretrained_zs)
     write_table(with_run_columns(table, smk.params.run), smk.output.table)
 
 

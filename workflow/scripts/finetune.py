@@ -10,8 +10,7 @@ from clipdrift.model.adapters import MethodConfig, apply_method
 from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import load_backbone_spec, save_classifier
 from clipdrift.pipeline.jobs.runner import run_script
-from clipdrift.pipeline.plan import settings_hash
-from clipdrift.train.config import TrainConfig
+from clipdrift.train.config import TrainConfig, settings_hash
 from clipdrift.train.engine import finetune
 from clipdrift.train.snapshots import EpochSnapshots
 

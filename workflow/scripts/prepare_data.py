@@ -14,7 +14,8 @@ from clipdrift.pipeline.jobs.runner import run_script
 
 def main(smk):
     name = smk.params.dataset["name"]
-    splits, manifest = build_dataset(smk.params.dataset, smk.params.settings)
+    wanted = [key for key in smk.output.keys() if key not in ("manifest", "probe")]
+    splits, manifest = build_dataset(smk.params.dataset, smk.params.settings, wanted)
     for split in (key for key in smk.output.keys() if key != "manifest"):
         images = splits.get(split) or _empty_like(next(iter(splits.values())))  # e.g. no val carved (paper Pets)
         write_image_split(smk.output[split], images, dataset=name, split_name=split)

@@ -4,6 +4,7 @@ from clipdrift.pipeline.jobs.warm.client import hand_over
 
 hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this process exits), or it runs here
 
+from clipdrift.analysis.suite import pretrained_suite
 from clipdrift.core.errors import UserFacingError
 from clipdrift.core.io import atomic_output, read_json, read_table, write_figure
 from clipdrift.pipeline.jobs.runner import run_script
@@ -13,8 +14,9 @@ from clipdrift.report.html import render_report
 
 def main(smk):
     tables = {name: read_table(smk.input[name]) for name in smk.params.tables}
-    pretrained = read_json(smk.input.pretrained_zeroshot)
-    pretrained["indomain"] = {s["dataset"]: s["top1"] for s in map(read_json, smk.input.pretrained_indomain)}
+    pretrained = pretrained_suite([read_json(path) for path in smk.input.pretrained_zeroshot])
+    pretrained["indomain"] = {s["dataset"]: s["top1"] for path in smk.input.pretrained_indomain
+                              for s in read_json(path)["tasks"]}
     figures = make_figures(tables, pretrained)
     missing = [name for name in smk.params.figures if name not in figures]
     if missing:

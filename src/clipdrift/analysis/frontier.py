@@ -26,16 +26,16 @@ from clipdrift.analysis.tables import PRIMARY_PAIR, RUN_KEYS, lr_order, method_l
 CURVE_METRICS = ("indomain_acc", "zs_top1", "drift_entropy_pct", "drift_erf_pct")
 
 
-def curve_points(curves: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """All runs' curve points, diverged runs left out, sorted by run, kind and point."""
+def curve_points(curves: pd.DataFrame | None, runs: pd.DataFrame | None = None, extra=()) -> pd.DataFrame:
+    """All runs' curve points, diverged runs left out, sorted by run, kind, point (and ``extra``)."""
     if curves is None or curves.empty:
-        return pd.DataFrame(columns=[*RUN_KEYS, "kind", "point", *CURVE_METRICS])
+        return pd.DataFrame(columns=[*RUN_KEYS, "kind", "point", *extra, *CURVE_METRICS, "zs_retention"])
     frame = normalise_keys(curves)
     if runs is not None:
         bad = normalise_keys(runs.loc[runs["diverged"], RUN_KEYS]).assign(_bad=True)
         frame = frame.merge(bad, on=RUN_KEYS, how="left")
         frame = frame[frame["_bad"].isna()].drop(columns="_bad")
-    return sort_grid(frame, extra=["seed", "kind", "point"])
+    return sort_grid(frame, extra=["seed", "kind", "point", *extra])
 
 
 def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:

@@ -18,6 +18,7 @@ from clipdrift.analysis.reference import (
 )
 from clipdrift.analysis.relations import cka_entropy_relations
 from clipdrift.analysis.sensitivity import probe_sensitivity
+from clipdrift.analysis.suite import pretrained_suite, suite_curves, suite_means, zeroshot_table
 from clipdrift.analysis.tables import cell_table, layer_table, method_table, run_table
 from clipdrift.analysis.traces import entropy_traces
 
@@ -31,16 +32,23 @@ def build_tables(
     sensitivity: pd.DataFrame | None = None,
     curves: pd.DataFrame | None = None,
     variants: dict[str, dict] | None = None,
+    pretrained_zeroshot: list[dict] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the study, keyed by the names in ``TABLES`` (+ ``PAPER_TABLES`` when
-    ``compare_with_paper``: the study is the paper preset). ``sensitivity``: the runs'
+    ``compare_with_paper``: the study is the paper preset). ``zeroshot``: the runs' score files
+    (one record per held-out task); ``pretrained_zeroshot``: the pretrained model's score per
+    task, which retention divides by. ``sensitivity``: the runs'
     probe-sensitivity tables, concatenated (None when the study did not measure it). ``variants``:
     each method or variant name → its ``methods:`` entry (``{"method": ..., ...}``): a variant is
     compared with the method it trains with."""
     bases = {name: entry["method"] for name, entry in (variants or {}).items()}
-    runs = run_table(histories, zeroshot, attention, cka)
+    pretrained = pretrained_suite(pretrained_zeroshot or [])
+    per_task = zeroshot_table(zeroshot, pretrained)
+    runs = run_table(histories, suite_means(per_task), attention, cka)
+    curves, curve_tasks = suite_curves(curves, pretrained)
     tables = {
         "runs": runs,
+        "zeroshot": per_task,
         "cells": cell_table(runs),
         "methods": method_table(runs),
         "layers": layer_table(attention, cka, runs=runs),
@@ -51,6 +59,7 @@ def build_tables(
         "cka_entropy": cka_entropy_relations(runs, attention, cka),
         "probe_sensitivity": probe_sensitivity(sensitivity, runs),
         "curves": curve_points(curves, runs),
+        "curve_tasks": curve_points(curve_tasks, runs, extra=["task"]),
     }
     if compare_with_paper:
         published = load_reference("cells")
@@ -64,9 +73,11 @@ def build_tables(
     return tables
 
 
-def study_findings(tables: dict[str, pd.DataFrame], pretrained_zeroshot, variants: dict[str, dict] | None = None
-                   ) -> list[dict]:
+def study_findings(tables: dict[str, pd.DataFrame], pretrained_zeroshot: list[dict],
+                   variants: dict[str, dict] | None = None) -> list[dict]:
     """The study's findings (:func:`clipdrift.analysis.findings.findings`), then what its
     regularised variants answer (:func:`clipdrift.analysis.ablation.regulariser_findings`)."""
-    found = findings(tables["runs"], pretrained_zeroshot, sensitivity=tables["probe_sensitivity"], curves=tables["curves"])
+    # on the suite means: the pretrained model's suite-mean top-1 against the runs'
+    found = findings(tables["runs"], pretrained_suite(pretrained_zeroshot), sensitivity=tables["probe_sensitivity"],
+                     curves=tables["curves"])
     return found + regulariser_findings(tables["curves"], tables["runs"], variants)

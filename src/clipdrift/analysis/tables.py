@@ -44,6 +44,7 @@ ACCURACY_METRICS = (
     "zs_top1",
     "zs_top5",
     "zs_balanced",
+    "zs_retention",
 )
 DRIFT_METRICS = tuple(f"drift_{m}_pct" for m in ATTENTION_METRICS)
 COST_METRICS = ("trainable_params", "train_time_s", "images_per_s")
@@ -131,25 +132,6 @@ def _history_row(history: dict) -> dict:
     }
 
 
-def _zeroshot_rows(zeroshot: list[dict]) -> pd.DataFrame:
-    columns = RUN_KEYS + ["zs_task", "zs_templates", "zs_top1", "zs_top5", "zs_balanced"]
-    rows = [
-        {
-            "dataset": str(z["dataset"]),
-            "method": str(z["method"]),
-            "lr": str(z["lr"]),
-            "seed": int(z["seed"]),
-            "zs_task": z.get("task"),
-            "zs_templates": z.get("templates"),
-            "zs_top1": _number(z.get("top1")),
-            "zs_top5": _number(z.get("top5")),
-            "zs_balanced": _number(z.get("balanced_acc")),
-        }
-        for z in zeroshot
-    ]
-    return pd.DataFrame(rows, columns=columns)
-
-
 def drift_pct(final, baseline):
     """100 × (final − baseline) / baseline; NaN where the baseline is zero."""
     final, baseline = np.asarray(final, dtype=float), np.asarray(baseline, dtype=float)
@@ -201,13 +183,18 @@ def cka_summary(cka: pd.DataFrame | None) -> pd.DataFrame:
     return chosen.groupby(RUN_KEYS, as_index=False)["value"].mean().rename(columns={"value": "cka_mean"})
 
 
+# The run table's zero-shot columns: suite means over the held-out tasks (clipdrift.analysis.suite).
+ZEROSHOT_RUN_COLUMNS = ["zs_task", "zs_templates", "zs_top1", "zs_top5", "zs_balanced", "zs_retention"]
+
+
 def run_table(
     histories: list[dict],
-    zeroshot: list[dict],
+    zeroshot: pd.DataFrame | None,
     attention: pd.DataFrame | None,
     cka: pd.DataFrame | None,
 ) -> pd.DataFrame:
-    """One row per run: training outcome, zero-shot transfer, attention drift, CKA and cost.
+    """One row per run: training outcome, zero-shot transfer (``zeroshot``: the suite means per run,
+    :func:`clipdrift.analysis.suite.suite_means`), attention drift, CKA and cost.
 
     Runs without zero-shot or metric artifacts (a diverged run the workflow did not score) get
     NaN there; every run in ``histories`` appears exactly once.
@@ -219,7 +206,8 @@ def run_table(
     if not duplicated.empty:
         raise ValueError(f"the same run appears twice among the histories: {duplicated[RUN_KEYS].to_dict('records')}")
     runs.insert(3, "lr_value", runs["lr"].map(float))
-    for part in (_zeroshot_rows(zeroshot), attention_summary(attention), cka_summary(cka)):
+    zeroshot = zeroshot if zeroshot is not None else pd.DataFrame(columns=[*RUN_KEYS, *ZEROSHOT_RUN_COLUMNS])
+    for part in (zeroshot, attention_summary(attention), cka_summary(cka)):
         runs = runs.merge(normalise_keys(part), on=RUN_KEYS, how="left", validate="one_to_one")
     return sort_grid(runs, extra=["seed"])
 

@@ -6,3 +6,7 @@ class UserFacingError(Exception):
 
     The workflow's scripts print these messages as they are (no traceback) and fail the job.
     """
+
+
+class StudyConfigError(UserFacingError, ValueError):
+    """The study config is valid JSON-schema-wise but inconsistent."""

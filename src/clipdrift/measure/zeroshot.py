@@ -6,18 +6,15 @@ template embeddings). Image side: :meth:`CLIPClassifier.image_features`, i.e. th
 image tower with its LoRA adapters active and its own fine-tuned visual projection. Prediction
 is the argmax cosine similarity.
 
-Template sets ship as package data (``resources/zeroshot_templates.json``): ``single`` (the
-published study's ``"a photo of a {}"``) and ``cifar18`` (CLIP's 18 CIFAR templates, which
-open_clip does not ship).
+Which class names and templates a task uses is decided in :mod:`clipdrift.data.classnames`
+(CLIP_benchmark's per-dataset sets, the published study's, or the study's own).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 
 import torch
 import torch.nn.functional as F
@@ -29,21 +26,6 @@ from clipdrift.model.backbones import CLIPClassifier
 from clipdrift.model.openclip import open_clip
 
 Template = str | Callable[[str], str]
-
-
-def _packaged_template_sets() -> dict[str, tuple[str, ...]]:
-    text = resources.files("clipdrift").joinpath("resources/zeroshot_templates.json").read_text()
-    return {name: tuple(templates) for name, templates in json.loads(text).items() if not name.startswith("_")}
-
-
-TEMPLATE_SETS: dict[str, tuple[str, ...]] = _packaged_template_sets()
-
-
-def load_templates(name: str) -> list[str]:
-    """The prompt templates of a named set (``single`` or ``cifar18``)."""
-    if name not in TEMPLATE_SETS:
-        raise ValueError(f"zero-shot template set {name!r} is unknown: use one of {sorted(TEMPLATE_SETS)}")
-    return list(TEMPLATE_SETS[name])
 
 
 def _as_callables(templates: Sequence[Template]) -> list[Callable[[str], str]]:
@@ -187,59 +169,60 @@ class TextClassifier:
     """Zero-shot weights ``(embed_dim, n_classes)`` and what they were built from.
 
     The text tower is frozen in every method (:func:`clipdrift.model.adapters.require_frozen_text_tower`),
-    so one classifier, built from the pretrained model, serves every run of a study.
+    so one classifier per held-out task, built from the pretrained model, serves every run of a study.
     """
 
     weights: torch.Tensor
     task: str
-    templates: str
+    templates: tuple[str, ...]
     class_names: tuple[str, ...]
     style: str
 
     def tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Tensors and metadata for :func:`clipdrift.core.io.write_safetensors`."""
-        metadata = {"kind": CLASSIFIER_KIND, "task": self.task, "templates": self.templates,
+        metadata = {"kind": CLASSIFIER_KIND, "task": self.task, "templates": list(self.templates),
                     "class_names": list(self.class_names), "style": self.style}
         return {"weights": self.weights.detach().float().cpu().contiguous()}, metadata
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict) -> TextClassifier:
-        if metadata.get("kind") != CLASSIFIER_KIND:
-            raise ClassifierMismatchError(f"not a zero-shot classifier (kind {metadata.get('kind')!r}): "
+        if metadata.get("kind") != CLASSIFIER_KIND or not isinstance(metadata.get("templates"), list):
+            raise ClassifierMismatchError(f"not a zero-shot classifier of this version (kind {metadata.get('kind')!r}): "
                                           "rerun the zeroshot_classifier rule")
-        return cls(tensors["weights"], metadata["task"], metadata["templates"], tuple(metadata["class_names"]),
+        return cls(tensors["weights"], metadata["task"], tuple(metadata["templates"]), tuple(metadata["class_names"]),
                    metadata["style"])
 
-    def require(self, task: str, templates: str, class_names: Sequence[str]) -> torch.Tensor:
-        """The weights, after checking they were built for this task, template set and names."""
-        wanted = (task, templates, tuple(class_names))
+    def require(self, task: str, templates: Sequence[str], class_names: Sequence[str]) -> torch.Tensor:
+        """The weights, after checking they were built for this task, these templates and names."""
+        wanted = (task, tuple(templates), tuple(class_names))
         if (self.task, self.templates, self.class_names) != wanted:
             raise ClassifierMismatchError(
-                f"the stored zero-shot classifier is for task {self.task!r}, templates {self.templates!r} and "
-                f"{len(self.class_names)} class names, but scoring asks for {task!r}, {templates!r} and "
-                f"{len(class_names)} names: rerun the zeroshot_classifier rule"
+                f"the stored zero-shot classifier is for task {self.task!r}, {len(self.templates)} templates and "
+                f"{len(self.class_names)} class names, but scoring asks for {task!r}, {len(templates)} templates and "
+                f"{len(class_names)} names (or other words): rerun the zeroshot_classifier rule"
             )
         return self.weights
 
 
-def build_text_classifier(clip: torch.nn.Module, tokenizer, task: str, templates: str, style: str,
-                          names: Sequence[str], amp: bool = False) -> TextClassifier:
-    """The :class:`TextClassifier` of ``names`` (already in ``style``) with the named template set."""
-    weights = text_classifier(clip, tokenizer, names, load_templates(templates), amp=amp)
-    return TextClassifier(weights, task, templates, tuple(names), style)
+def build_text_classifier(clip: torch.nn.Module, tokenizer, task: str, settings: dict,
+                          names: Sequence[str]) -> TextClassifier:
+    """The :class:`TextClassifier` of ``names`` with the templates of ``settings`` (a task's zero-shot settings)."""
+    templates = tuple(settings["template_texts"])
+    weights = text_classifier(clip, tokenizer, names, templates, amp=settings["amp"])
+    return TextClassifier(weights, task, templates, tuple(names), settings["class_names"])
 
 
 def score_record(run: dict, task: str, settings: dict, checkpoint: str | None, scores: dict) -> dict:
-    """What ``zeroshot/<run>.json`` holds (docs/artifacts.md)."""
-    n_templates = len(load_templates(settings["templates"]))
-    return {**run, "task": task, "templates": settings["templates"], "n_templates": n_templates,
+    """One task's scores in ``zeroshot/<run>.json`` (docs/artifacts.md)."""
+    return {**run, "task": task, "templates": settings["templates"], "n_templates": len(settings["template_texts"]),
             "class_names": settings["class_names"], "checkpoint": checkpoint, **scores}
 
 
 def pretrained_score(record: dict, task: str, settings: dict) -> float:
-    """The pretrained model's top-1 from its score record (``zeroshot/pretrained.json``), checked
-    to be a score of ``task`` with these templates and class names."""
-    expected = {"task": task, "templates": settings["templates"], "class_names": settings["class_names"]}
+    """The pretrained model's top-1 from its score record (``zeroshot/pretrained/<task>.json``),
+    checked to be a score of ``task`` with these templates and class names."""
+    expected = {"task": task, "templates": settings["templates"], "n_templates": len(settings["template_texts"]),
+                "class_names": settings["class_names"]}
     found = {key: record.get(key) for key in expected}
     if found != expected or record.get("method") != "pretrained":
         raise UserFacingError(f"the pretrained zero-shot score is of {found}, not of {expected}: "

@@ -82,7 +82,7 @@ def _resolve_ref(schema: dict, ref: str) -> dict:
 def _readable(error, schema: dict) -> str:
     key, value, rule = _key(error.absolute_path), error.instance, error.validator
     if rule == "additionalProperties":
-        return _unknown_keys(error, schema)
+        return _renamed_key(error) or _unknown_keys(error, schema)
     if rule == "required":
         missing = [name for name in error.validator_value if name not in (value or {})]
         described = _described(schema, [*error.absolute_path, missing[0]])
@@ -126,6 +126,19 @@ def _readable(error, schema: dict) -> str:
         return (f"config key {key} is {value!r}, which is none of the allowed forms "
                 f"({_described(schema, error.absolute_path)}).")
     return f"config key {key}: {error.message}."
+
+
+# Keys of older configs that a newer one took over, with what to write instead.
+RENAMED_KEYS = {("zeroshot", "dataset"): lambda value: f"zeroshot.dataset is now zeroshot.tasks: write tasks: [{value}] "
+                                                       "(a list: the held-out suite)."}
+
+
+def _renamed_key(error) -> str | None:
+    for name in error.instance:
+        rename = RENAMED_KEYS.get((*error.absolute_path, name))
+        if rename is not None:
+            return f"config key {_key([*error.absolute_path, name])!r}: " + rename(error.instance[name])
+    return None
 
 
 def _unknown_keys(error, schema: dict) -> str:

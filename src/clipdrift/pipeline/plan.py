@@ -9,28 +9,24 @@ settings reruns exactly that stage. What a job needs at run time is in :mod:`cli
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import json
-from importlib import resources
 from pathlib import Path
 
-from clipdrift.core.errors import UserFacingError
-from clipdrift.data.catalog import REAL_DATASETS
-from clipdrift.data.classnames import check_style
+from clipdrift.core.errors import StudyConfigError
+from clipdrift.pipeline.inputs import (
+    backbone_image_size,
+    check_backbone_family,
+    check_tasks,
+    heldout_names,
+    image_size_key,
+    model_configs,
+    suite_settings,
+)
 
 # Where a study records the pretrained backbone every run starts from (relative to the study).
 BACKBONE_DESCRIPTOR = "backbone/backbone.json"
 
 # The methods a study's methods: entries and variants build on (clipdrift.model.adapters.METHODS; a test keeps them equal).
 BASE_METHODS = ("full", "lora", "lp-ft")
-
-# The split the probe subset is drawn from: the evaluation split, as published.
-PROBE_SOURCE_SPLIT = "test"
-
-
-class StudyConfigError(UserFacingError, ValueError):
-    """The study config is valid JSON-schema-wise but inconsistent."""
 
 
 def canonical_lr(value) -> str:
@@ -44,32 +40,6 @@ def canonical_lr(value) -> str:
     mantissa, exponent = f"{number:.6e}".split("e")
     mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent):+03d}"
-
-
-def dataset_source(name: str) -> str:
-    return "real" if name in REAL_DATASETS else "world"
-
-
-def model_configs() -> dict[str, dict]:
-    """open_clip's model configs by name, plus the ones packaged with clipdrift, read from the JSON
-    files open_clip itself loads them from (``open_clip/model_configs/*.json``).
-
-    The Snakefile checks the config on every start: every ``snakemake -n`` and every SLURM job
-    step. Importing open_clip for that (torch, torchvision, transformers) would cost seconds
-    each time; reading its config files costs milliseconds. A test keeps the two views equal.
-    """
-    found = importlib.util.find_spec("open_clip")  # locates the package without importing it
-    if found is None or not found.submodule_search_locations:
-        raise StudyConfigError("open_clip is not installed: python3 -m pip install -e .")
-    # clipdrift.model.backbones registers the same packaged folder with open_clip (not imported here)
-    packaged = Path(str(resources.files("clipdrift").joinpath("model_configs")))
-    folders = [Path(found.submodule_search_locations[0]) / "model_configs", packaged]
-    return {path.stem: json.loads(path.read_text()) for folder in folders for path in sorted(folder.glob("*.json"))}
-
-
-def backbone_image_size(model_config: dict) -> int:
-    size = model_config.get("vision_cfg", {}).get("image_size", 224)
-    return size if isinstance(size, int) else size[0]
 
 
 def check_study_config(config: dict) -> None:
@@ -86,7 +56,8 @@ def check_study_config(config: dict) -> None:
             f"backbone.name {config['backbone']['name']!r} is not an open_clip model config "
             "(e.g. ViT-B-32-quickgelu, clipdrift-tiny)"
         )
-    check_style(config["zeroshot"]["class_names"], config["zeroshot"]["dataset"])
+    check_backbone_family(config["backbone"]["name"], model_config)
+    check_tasks(config)
     check_curves(config)
     check_methods(config, model_config)
     if "lp-ft" in {entry["method"] for entry in method_entries(config).values()}:
@@ -97,12 +68,12 @@ def check_study_config(config: dict) -> None:
                 "epochs or fewer: LP-FT needs epochs after the probe. Lower lp_ft.probe_epochs or raise their epochs."
             )
     expected = backbone_image_size(model_config)
-    for name in [*names, config["zeroshot"]["dataset"]]:
-        key, size = _image_size_key(config, name)
-        if size != expected:
+    for name in [*names, *heldout_names(config)]:
+        key, size = image_size_key(config, name)
+        if size is not None and size != expected:
             raise StudyConfigError(
                 f"{key} is {size} but backbone {config['backbone']['name']} expects {expected}-pixel "
-                f"images: set {key}: {expected} (dataset {name})."
+                f"images: set {key}: {expected} (dataset {name}), or leave data.image_size out to take the backbone's."
             )
 
 
@@ -136,27 +107,6 @@ def check_methods(config: dict, model_config: dict) -> None:
         if frozen and isinstance(blocks, int) and frozen > blocks:
             raise StudyConfigError(f"methods: variant {name!r} freezes {frozen} blocks but backbone "
                                    f"{config['backbone']['name']} has {blocks}: set freeze_blocks to at most {blocks}")
-
-
-def _image_size_key(config: dict, dataset: str) -> tuple[str, int]:
-    if dataset_source(dataset) == "world":
-        return "world.image_size", config["world"]["image_size"]
-    return "data.image_size", config["data"]["image_size"]
-
-
-def data_settings(config: dict, dataset: str) -> dict:
-    """How to build a dataset's splits and probe (what its cache depends on)."""
-    data = config["data"]
-    settings = {"source": dataset_source(dataset), "probe_size": data["probe_size"], "probe_seed": data["probe_seed"],
-                "probe_source": PROBE_SOURCE_SPLIT}
-    if settings["source"] == "world":
-        settings["world"] = {"seed": config["world"]["seed"], "image_size": config["world"]["image_size"]}
-    else:
-        settings.update(
-            root=data["root"], download=data["download"], image_size=data["image_size"],
-            interpolation=data["interpolation"], split_seed=data["split_seed"],
-        )
-    return settings
 
 
 def method_entries(config: dict) -> dict[str, dict]:
@@ -239,32 +189,12 @@ def cka_settings(config: dict) -> dict:
     return {"token": config["metrics"]["cka_token"], "batch_size": config["metrics"]["batch_size"]}
 
 
-def zeroshot_settings(config: dict, indomain: bool = False) -> dict:
-    """How zero-shot scoring runs. ``indomain``: the pretrained model on a fine-tuning task's
-    own test set, a reference that always uses readable class names (the published spellings
-    exist only for the held-out task)."""
-    zeroshot = config["zeroshot"]
-    return {
-        "templates": zeroshot["templates"],
-        "class_names": "readable" if indomain else zeroshot["class_names"],
-        "amp": zeroshot["amp"],
-        "batch_size": zeroshot["batch_size"],
-    }
-
-
 def probe_sensitivity_settings(config: dict) -> dict | None:
     """Probe seeds of the probe-subset sensitivity, or None when it is off."""
     sensitivity = config["metrics"]["probe_sensitivity"]
     if not sensitivity["enabled"]:
         return None
     return {"seeds": [int(s) for s in sensitivity["seeds"]], "probe_size": config["data"]["probe_size"]}
-
-
-def settings_hash(*settings: dict) -> str:
-    """A short stable hash of settings dicts (recorded in checkpoints as the config hash)."""
-    import json
-
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def backbone_descriptor(config: dict, weights_path: str | None = None) -> dict:
@@ -314,7 +244,7 @@ def curve_settings(config: dict, dataset: str) -> dict:
     """What a curve job measures (the curves rule's params)."""
     return {"alphas": sorted(float(a) for a in config["curves"]["alphas"]), "epochs": curve_epochs(config, dataset),
             "attention": attention_settings(config), "eval_batch_size": config["training"]["eval_batch_size"],
-            "zeroshot": zeroshot_settings(config)}
+            "zeroshot": suite_settings(config)}
 
 
 def _dataset(config: dict, name: str) -> dict:

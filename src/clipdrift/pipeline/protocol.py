@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from clipdrift.pipeline import plan
+from clipdrift.pipeline import inputs, plan
 
 PROTOCOL_FILE = "paper_protocol.yaml"
 README_MARKERS = ("<!-- protocol-differences:start -->", "<!-- protocol-differences:end -->")
@@ -76,7 +76,7 @@ def _training(config: dict, dataset: str, lr: str, seed: int) -> dict:
 def _data(config: dict, dataset: dict) -> dict:
     from clipdrift.data import real as data
 
-    settings = plan.data_settings(config, dataset["name"])
+    settings = inputs.data_settings(config, dataset["name"])
     if dataset["name"] == "eurosat":
         settings["split_sizes"] = dict(dataset.get("sizes") or data.EUROSAT_SPLIT_SIZES)
     if dataset["name"] == "pets":
@@ -86,11 +86,12 @@ def _data(config: dict, dataset: dict) -> dict:
 
 
 def _zeroshot(config: dict) -> dict:
-    from clipdrift.measure.zeroshot import load_templates
-
-    settings = plan.zeroshot_settings(config)
-    return {**settings, "dataset": config["zeroshot"]["dataset"], "sizes": dict(config["zeroshot"].get("sizes") or {}),
-            "template_texts": load_templates(settings["templates"]), "checkpoint": config["zeroshot"]["checkpoint"]}
+    suite = inputs.suite_settings(config)
+    first = next(iter(suite.values()))
+    return {"tasks": list(suite), "amp": first["amp"], "batch_size": first["batch_size"],
+            "checkpoint": config["zeroshot"]["checkpoint"],
+            "task": {task: {**settings, "sizes": dict(inputs.heldout_data_entry(config, task)["sizes"])}
+                     for task, settings in suite.items()}}
 
 
 def _published_correlations() -> list[list[str]]:

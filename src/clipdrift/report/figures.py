@@ -20,6 +20,7 @@ from clipdrift.analysis.findings import pretrained_top1
 from clipdrift.analysis.stats import correlation
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 from clipdrift.report.plotting import canvas, legend, lr_shades, method_color
+from clipdrift.report.suite_figures import SUITE_MEAN, frontier_panels, suite_retention
 from clipdrift.report.trace_figures import collapse_traces
 
 LR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -308,35 +309,50 @@ def _pretrained_origin(ax, zeroshot: float, indomain: float | None) -> None:
 
 
 
-def frontier(curves: pd.DataFrame, pretrained=None) -> Figure | None:
+def frontier(curves: pd.DataFrame, pretrained=None, curve_tasks: pd.DataFrame | None = None) -> Figure | None:
     """Per dataset: in-domain accuracy (x) against held-out zero-shot (y) along each (method,
     learning rate)'s weight interpolation, mean over seeds; alpha = 1 (the run) filled, the
-    pretrained model the origin (star, where its in-domain zero-shot accuracy is known)."""
+    pretrained model the origin (star, where its in-domain zero-shot accuracy is known). With a
+    suite of several held-out tasks: one row per dataset, the suite mean and then each task."""
     points = curves[curves["kind"] == "alpha"] if curves is not None and not curves.empty else None
     if points is None or points.empty:
         return None
     datasets, methods = sorted(points["dataset"].unique()), method_order(points["method"])
-    figure, axes = canvas(1, len(datasets), 4.8, 4.2)
+    tasks = frontier_panels(curve_tasks)
     indomain = (pretrained or {}).get("indomain", {}) if isinstance(pretrained, dict) else {}
-    for ax, dataset in zip(axes[0], datasets):
-        part = points[points["dataset"] == dataset]
-        for method in methods:
-            rows = part[part["method"] == method]
-            shades = lr_shades(method_color(method, methods), lr_order(rows["lr"]))
-            for lr, shade in shades.items():
-                mean = rows[rows["lr"] == lr].groupby("point")[["indomain_acc", "zs_top1"]].mean().sort_index()
-                ax.plot(100 * mean["indomain_acc"], 100 * mean["zs_top1"], color=shade, marker=".", linewidth=1.4,
-                        label=f"{method_label(method)} {lr}")
-                if 1.0 in mean.index:
-                    end = mean.loc[1.0]
-                    ax.scatter([100 * end["indomain_acc"]], [100 * end["zs_top1"]], color=shade, s=46,
-                               edgecolor="black", linewidth=0.6, zorder=4)
-        _pretrained_origin(ax, pretrained_top1(pretrained), indomain.get(dataset))
-        ax.set_title(dataset, fontsize=10)
+    by_task = (pretrained or {}).get("tasks", {}) if isinstance(pretrained, dict) else {}
+    if not tasks:
+        figure, axes = canvas(1, len(datasets), 4.8, 4.2)
+        cells = [(axes[0][i], dataset, points, pretrained_top1(pretrained), dataset) for i, dataset in enumerate(datasets)]
+    else:
+        figure, axes = canvas(len(datasets), 1 + len(tasks), 4.2, 3.8)
+        alpha_tasks = curve_tasks[curve_tasks["kind"] == "alpha"]
+        cells = [(axes[row][0], dataset, points, pretrained_top1(pretrained), f"{dataset} · {SUITE_MEAN}")
+                 for row, dataset in enumerate(datasets)]
+        cells += [(axes[row][1 + column], dataset, alpha_tasks[alpha_tasks["task"] == task], by_task.get(task, np.nan),
+                   f"{dataset} → {task}") for row, dataset in enumerate(datasets) for column, task in enumerate(tasks)]
+    for ax, dataset, frame, reference, title in cells:
+        _frontier_panel(ax, frame[frame["dataset"] == dataset], methods)
+        _pretrained_origin(ax, reference, indomain.get(dataset))
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("in-domain test accuracy (%)")
         ax.set_ylabel("held-out zero-shot top-1 (%)")
     legend(figure, axes)
     return figure
+
+
+def _frontier_panel(ax, part: pd.DataFrame, methods: list[str]) -> None:
+    for method in methods:
+        rows = part[part["method"] == method]
+        shades = lr_shades(method_color(method, methods), lr_order(rows["lr"]))
+        for lr, shade in shades.items():
+            mean = rows[rows["lr"] == lr].groupby("point")[["indomain_acc", "zs_top1"]].mean().sort_index()
+            ax.plot(100 * mean["indomain_acc"], 100 * mean["zs_top1"], color=shade, marker=".", linewidth=1.4,
+                    label=f"{method_label(method)} {lr}")
+            if 1.0 in mean.index:
+                end = mean.loc[1.0]
+                ax.scatter([100 * end["indomain_acc"]], [100 * end["zs_top1"]], color=shade, s=46,
+                           edgecolor="black", linewidth=0.6, zorder=4)
 
 
 def trajectories(curves: pd.DataFrame, pretrained=None) -> Figure | None:
@@ -374,8 +390,9 @@ def make_figures(tables: dict[str, pd.DataFrame], pretrained=None) -> dict[str, 
     """Every report figure that the tables can support, keyed as in ``FIGURES`` (in order).
 
     ``tables`` needs ``runs``, ``cells`` and ``layers`` (as :func:`build_tables` returns or as
-    read back from Parquet); ``pretrained`` is ``zeroshot/pretrained.json``, optionally with
-    ``"indomain": {dataset: accuracy}`` for the origin point of the last figure."""
+    read back from Parquet); ``pretrained`` is the pretrained model over the suite
+    (:func:`clipdrift.analysis.suite.pretrained_suite`), optionally with ``"indomain": {dataset:
+    accuracy}`` for the frontier's origin point."""
     runs, cells = tables["runs"], tables["cells"]
     layers = tables.get("layers")
     layers = (
@@ -390,7 +407,8 @@ def make_figures(tables: dict[str, pd.DataFrame], pretrained=None) -> dict[str, 
         "drift_vs_zeroshot": drift_vs_zeroshot(runs, pretrained),
         "cka_profiles": cka_profiles(layers),
         "indomain_vs_zeroshot": indomain_vs_zeroshot(cells, pretrained),
-        "frontier": frontier(tables.get("curves"), pretrained),
+        "suite_retention": suite_retention(tables.get("zeroshot")),
+        "frontier": frontier(tables.get("curves"), pretrained, tables.get("curve_tasks")),
         "trajectories": trajectories(tables.get("curves"), pretrained),
         "collapse_traces": collapse_traces(tables.get("traces")),
     }

@@ -58,6 +58,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("findings", "Findings", "Findings", lambda r: views.findings_view(r.findings)),
     Section("figures", "Figures", "Figures", lambda r: views.figures_view(r.figures)),
     Section("cells", "Cells", "Cells: dataset × method × learning rate", lambda r: views.cells_view(r.tables["cells"])),
+    Section("suite", "Held-out suite", "Held-out suite: retention per task",
+            lambda r: views.suite_view(r.tables.get("zeroshot"), r.tables["runs"], r.pretrained)),
     Section("stats", "Comparisons", "Method comparisons at matched learning rates",
             lambda r: views.stats_view(r.tables.get("stats"))),
     Section("correlations", "Correlations", "Correlations", lambda r: views.correlations_view(r.tables.get("correlations"))),

@@ -10,6 +10,7 @@ FIGURES = {
     "drift_vs_zeroshot": "Attention drift vs zero-shot accuracy",
     "cka_profiles": "CKA to the pretrained model per layer",
     "indomain_vs_zeroshot": "In-domain vs zero-shot accuracy",
+    "suite_retention": "Held-out suite: retention per task",
 }
 # Figures of the curves (curves.enabled) and of the per-epoch trajectories (curves.epochs).
 CURVE_FIGURES = {"frontier": "Robustness frontier: weight interpolation"}

@@ -18,7 +18,7 @@ import pandas as pd
 from clipdrift.analysis.findings import pct, pretrained_top1, small
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.sensitivity import sensitivity_summary
-from clipdrift.analysis.tables import method_label
+from clipdrift.analysis.tables import drop_diverged, method_label
 from clipdrift.report.cells import (
     METRIC_LABELS,
     format_value,
@@ -58,6 +58,9 @@ FIGURE_CAPTIONS = {
     "± SD over seeds; each method's learning rates are joined in order and labelled. The "
     "pretrained model is the origin point (star) where its in-domain zero-shot accuracy is "
     "known, else the dashed line.",
+    "suite_retention": "Held-out suite: per dataset (rows) and held-out task (columns; with several tasks the suite "
+    "mean last), each method's zero-shot top-1 after fine-tuning divided by the pretrained model's on the same task "
+    "(retention; the dashed line is 100%: nothing lost), against the learning rate, mean ± SD over seeds.",
     "collapse_traces": "Collapse onset: each method's or variant's layer-mean CLS-attention entropy drift through "
     "training (mean over seeds), per dataset and learning rate; the dotted line is the collapse threshold (-1%): a "
     "run's onset is the first traced step at or below it.",
@@ -209,6 +212,27 @@ def relations_view(relations: pd.DataFrame | None) -> dict:
 
 
 SENSITIVITY_VIEW = (("entropy", "mean CLS-attention entropy"), ("rollout_entropy", "rollout entropy"))
+
+
+def suite_view(zeroshot: pd.DataFrame | None, runs: pd.DataFrame, pretrained) -> dict:
+    """Per (dataset, method, lr): each held-out task's retention and the suite mean, mean ± SD over
+    the seeds that did not diverge."""
+    zeroshot = None if zeroshot is None else drop_diverged(zeroshot, runs)
+    if zeroshot is None or zeroshot.empty:
+        return {"table": None, "pretrained": []}
+    tasks = list(dict.fromkeys(zeroshot["task"]))
+    per_run = zeroshot.pivot_table(index=["dataset", "method", "lr", "seed"], columns="task", values="retention",
+                                   dropna=False)
+    per_run = per_run[tasks].assign(**({"suite mean": per_run[tasks].mean(axis=1)} if len(tasks) > 1 else {}))
+    cells = per_run.groupby(level=["dataset", "method", "lr"], sort=False).agg(["mean", "std"])
+    columns = ["dataset", "method", "lr", *(f"{task} retention (%)" for task in per_run.columns)]
+    rows = [[dataset, method_label(method), lr,
+             *(mean_sd("zs_retention", cells.loc[(dataset, method, lr), (task, "mean")],
+                       cells.loc[(dataset, method, lr), (task, "std")]) for task in per_run.columns)]
+            for dataset, method, lr in cells.index]
+    known = (pretrained or {}).get("tasks", {}) if isinstance(pretrained, dict) else {}
+    return {"table": table(columns, rows, text_columns=3),
+            "pretrained": [{"task": task, "top1": pct(known[task])} for task in tasks if task in known]}
 
 
 def sensitivity_view(sensitivity: pd.DataFrame | None) -> dict:

@@ -3,6 +3,8 @@ model, method and data, and the learning-rate schedule they define."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 
@@ -163,3 +165,8 @@ def lr_factor(step: int, total_steps: int, n_warmup: int) -> float:
         return step / max(1, n_warmup)
     progress = (step - n_warmup) / max(1, total_steps - n_warmup)
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def settings_hash(*settings: dict) -> str:
+    """A short stable hash of settings dicts (recorded in checkpoints as the config hash)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
