@@ -100,7 +100,7 @@ def test_every_rule_of_the_paper_preset_runs_on_vit_b32(paper_run):
     assert history["selection_split"] == "test" and history["trainable_params"]["image_tower"] > 80_000_000
     lora = json.loads((study / "runs/eurosat/lora/lr1e-05/seed7/history.json").read_text())
     assert lora["trainable_params"]["adapter"] == 294_912 and lora["trainable_params"]["projection"] == 393_216
-    zeroshot = json.loads((study / "zeroshot/pretrained.json").read_text())
+    zeroshot = json.loads((study / "zeroshot/pretrained/cifar100.json").read_text())
     assert zeroshot["task"] == "cifar100" and zeroshot["templates"] == "single" and zeroshot["n_images"] == 10
     manifest = json.loads((study / "data/eurosat/manifest.json").read_text())
     assert manifest["preprocessing"]["interpolation"] == "bilinear" and manifest["splits"]["train"]["n"] == 20
@@ -117,11 +117,11 @@ def test_the_paper_protocol_fixes_hold_on_the_real_code_path(paper_run):
     # evaluation in fp32; on this CPU training is fp32 too (the preset's fp16 applies on CUDA)
     assert history["eval_precision"] == "fp32" and history["precision"] == "fp32" and history["skipped_steps"] == 0
     # zero-shot read the best checkpoint with the published class names; drift read the final weights
-    scores = json.loads((study / "zeroshot/eurosat/full/lr1e-05/seed7.json").read_text())
-    assert scores["checkpoint"] == "best" and scores["class_names"] == "published"
-    pretrained = json.loads((study / "zeroshot/pretrained.json").read_text())
+    [scores] = json.loads((study / "zeroshot/eurosat/full/lr1e-05/seed7.json").read_text())["tasks"]
+    assert scores["checkpoint"] == "best" and scores["class_names"] == "published" and scores["task"] == "cifar100"
+    pretrained = json.loads((study / "zeroshot/pretrained/cifar100.json").read_text())
     assert pretrained["class_names"] == "published" and pretrained["checkpoint"] is None
-    indomain = json.loads((study / "zeroshot/pretrained-indomain/pets.json").read_text())
+    [indomain] = json.loads((study / "zeroshot/pretrained-indomain/pets.json").read_text())["tasks"]
     assert indomain["class_names"] == "readable"  # in-domain baselines unchanged
     jobs = result.stdout + result.stderr
     assert "runs/eurosat/full/lr1e-05/seed7/best.safetensors, results/paper/data/cifar100/test.safetensors" in jobs
@@ -153,8 +153,13 @@ def test_the_paper_report_compares_with_the_published_numbers(paper_run):
 
 
 def test_offline_paper_run_without_weights_stops_at_the_first_job_with_the_fix(tmp_path):
+    data = tmp_path / "data"  # the datasets are there (the run checks them before any job): the weights are not
+    make_eurosat(data, per_class=1, size=32)
+    make_pets(data, trainval_per_class=1, test_per_class=1)
+    make_cifar100(data, test_per_class=1)
+    (tmp_path / "data.yaml").write_text("data: {root: data}\n")
     env = {"HF_HOME": str(tmp_path / "empty-hf-cache"), "HF_HUB_OFFLINE": "1"}
-    result = snakemake(tmp_path, "--cores", "1", "--configfile", PAPER, env=env)
+    result = snakemake(tmp_path, "--cores", "1", "--configfile", PAPER, str(tmp_path / "data.yaml"), env=env)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Pretrained weights 'ViT-B-32-quickgelu' / 'openai' are not available" in output

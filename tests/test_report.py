@@ -309,3 +309,13 @@ def test_plain_methods_keep_their_colours_and_every_variant_gets_its_own():
     colours = [method_color(m, methods) for m in methods]
     assert colours[:2] == [METHOD_COLORS["full"], METHOD_COLORS["lora"]]
     assert len(set(colours[2:])) == 12
+
+
+def test_the_suite_figure_says_so_when_retention_is_undefined(tables):
+    from clipdrift.report.suite_figures import suite_retention
+
+    zeroshot = tables["zeroshot"].assign(retention=float("nan"), pretrained_top1=0.0)
+    figure = suite_retention(zeroshot)
+    assert "Retention is undefined" in figure.axes[0].texts[0].get_text()
+    drawn = suite_retention(tables["zeroshot"])
+    assert len(drawn.axes) == tables["zeroshot"]["dataset"].nunique() * tables["zeroshot"]["task"].nunique()

@@ -78,8 +78,9 @@ def test_the_study_leaves_sane_outputs(study_dir):
     assert attention["value"].map(math.isfinite).all()
     entropy = attention.query("metric == 'entropy' and head == -1 and layer >= 0")
     assert entropy["value"].between(0, math.log(16)).all()  # 16 patches in the tiny model
-    pretrained = json.loads((study / "zeroshot/pretrained.json").read_text())
-    assert pretrained["task"] == "world-cifar100" and pretrained["n_images"] == 200
+    pretrained = {task: json.loads((study / f"zeroshot/pretrained/{task}.json").read_text())
+                  for task in ("world-cifar100", "world-patterns")}
+    assert all(p["task"] == task and p["n_images"] == 200 for task, p in pretrained.items())
     html = (study / "report/index.html").read_text()
     assert "<img" in html and "world-eurosat" in html and "src=\"http" not in html
     assert (study / "report/lr_panels.png").stat().st_size > 10_000
@@ -89,18 +90,21 @@ def test_the_study_leaves_sane_outputs(study_dir):
     assert "epoch 2/2" in (study / "logs/finetune/world-pets/lora/lr1e-03/seed7.log").read_text()
     # every model-loading job leaves its time and memory (benchmarks/bench_study.py reads them)
     benchmarks = {p.relative_to(study / "benchmarks").as_posix() for p in (study / "benchmarks").rglob("*.tsv")}
-    assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/classifier.tsv", "references/world-pets.tsv",
+    assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/classifier/world-patterns.tsv", "references/world-pets.tsv",
             "zeroshot/pretrained-indomain/world-pets.tsv", "finetune/world-pets/lora/lr1e-03/seed7.tsv",
             "extract/world-pets/lora/lr1e-03/seed7.tsv", "curves/world-pets/lp-ft/lr1e-03/seed7.tsv"} <= benchmarks
-    # backbone, data, zero-shot classifier, in-domain references, probe references, 4 per run, tables + report
-    assert len(benchmarks) == 1 + 3 + 1 + 2 + 2 + 4 * RUNS + 2
+    # backbone, data (2 fine-tuning + 2 held-out tasks), zero-shot classifiers (2), in-domain references,
+    # probe references, 4 per run, tables + report
+    assert len(benchmarks) == 1 + 4 + 2 + 2 + 2 + 4 * RUNS + 2
     # the curves: alpha 1 is the run itself, alpha 0 the pretrained tower; every epoch was kept
     curves = pd.read_parquet(study / "tables/curves.parquet").merge(runs, on=["dataset", "method", "lr", "seed"])
     end = curves.query("kind == 'alpha' and point == 1.0")
     assert (end["indomain_acc"] == end["final_test_acc"]).all() and (end["zs_top1_x"] == end["zs_top1_y"]).all()
     assert np.allclose(end["drift_entropy_pct_x"], end["drift_entropy_pct_y"], rtol=1e-9, atol=1e-12)
     start = curves.query("kind == 'alpha' and point == 0.0")
-    assert (start["zs_top1_x"] == pretrained["top1"]).all() and np.allclose(start["drift_entropy_pct_x"], 0, atol=1e-9)
+    suite_mean = (pretrained["world-cifar100"]["top1"] + pretrained["world-patterns"]["top1"]) / 2
+    assert (start["zs_top1_x"] == suite_mean).all() and np.allclose(start["drift_entropy_pct_x"], 0, atol=1e-9)
+    assert (start["zs_retention_x"] == 1.0).all()
     assert sorted(curves.query("kind == 'epoch'")["point"].unique()) == [1.0, 2.0]
     assert "id='fig-frontier'" in html and "id='fig-trajectories'" in html
     stats = pd.read_parquet(study / "tables/stats.parquet")
@@ -277,7 +281,7 @@ def _edited_package(tmp_path, module: str, text: str) -> dict:
 
 
 DOWNSTREAM = {"aggregate": 1, "report": 1, "all": 1}
-ZEROSHOT_JOBS = {"zeroshot_classifier": 1, "zeroshot": RUNS, "zeroshot_pretrained_indomain": 2}
+ZEROSHOT_JOBS = {"zeroshot_classifier": 2, "zeroshot": RUNS, "zeroshot_pretrained_indomain": 2}
 DRIFT_JOBS = {"probe_reference": 2, "extract": RUNS}
 
 

@@ -62,7 +62,7 @@ def p_text(p: float) -> str:
 
 
 def pretrained_top1(pretrained) -> float:
-    """The pretrained zero-shot top-1 from ``zeroshot/pretrained.json`` (dict), a number, or None."""
+    """The pretrained zero-shot top-1 from a score record or the suite (dict), a number, or None."""
     if pretrained is None:
         return math.nan
     if isinstance(pretrained, dict):
@@ -399,7 +399,7 @@ def findings(
     """All findings for the study, in reading order: per dataset the headline effect, the
     average over rates, ranking flips, underfit cells and best rates; then diverged runs, the
     power caveat and what the probe choice alone could explain. ``pretrained_zeroshot`` is
-    ``zeroshot/pretrained.json`` (or its top-1); ``sensitivity`` the probe-sensitivity table."""
+    the pretrained model over the suite (or its top-1); ``sensitivity`` the probe-sensitivity table."""
     cells = cell_table(runs, ci_metrics=())
     stats = comparisons(
         runs, metrics=[m for m in ("best_select_acc", "zs_top1") if m in runs], pairs=[methods], alpha=alpha

@@ -20,13 +20,13 @@ ZEROSHOT_COLUMNS = [*RUN_KEYS, "task", "templates", "top1", "top5", "balanced_ac
 
 def pretrained_suite(records: list[dict]) -> dict:
     """The pretrained model over the suite: ``tasks`` (task → top-1), the suite-mean ``top1`` and
-    ``task`` (the task's name, or "suite mean of a, b" for several)."""
+    ``task`` (the task's name, or "the held-out suite (mean of a, b)" for several)."""
     tasks = {str(r["task"]): float(r["top1"]) for r in records}
     return {"task": suite_name(list(tasks)), "tasks": tasks, "top1": sum(tasks.values()) / len(tasks) if tasks else math.nan}
 
 
 def suite_name(tasks: list[str]) -> str:
-    return tasks[0] if len(tasks) == 1 else f"suite mean of {', '.join(tasks)}"
+    return tasks[0] if len(tasks) == 1 else f"the held-out suite (mean of {', '.join(tasks)})"
 
 
 def _ratio(value, reference) -> float:

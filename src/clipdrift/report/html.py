@@ -105,7 +105,8 @@ def render_report(
     ``figures``: name -> the PNG file the figure step wrote from
     :func:`clipdrift.report.figures.make_figures` (its path or its bytes), in reading order;
     ``findings``: :func:`clipdrift.analysis.findings`; ``study``: settings to show (name,
-    preset, datasets, rates, seeds…); ``pretrained``: ``zeroshot/pretrained.json``.
+    preset, datasets, rates, seeds…); ``pretrained``: the pretrained model over the held-out
+    suite (:func:`clipdrift.analysis.suite.pretrained_suite`).
     """
     inputs = ReportInputs(tables, figures, findings, study, pretrained)
     shown = [(section, view) for section in SECTIONS if (view := section.build(inputs)) is not None]

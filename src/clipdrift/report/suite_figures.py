@@ -28,6 +28,8 @@ def suite_retention(zeroshot: pd.DataFrame | None) -> Figure | None:
     if zeroshot is None or zeroshot.empty:
         return None
     frame = _with_suite_mean(zeroshot.dropna(subset=["retention"]))
+    if frame.empty:
+        return _undefined()
     datasets, tasks = sorted(frame["dataset"].unique()), list(dict.fromkeys(frame["task"]))
     methods = method_order(frame["method"])
     figure, axes = canvas(len(datasets), len(tasks), 3.6, 3.0)
@@ -50,6 +52,14 @@ def suite_retention(zeroshot: pd.DataFrame | None) -> Figure | None:
             ax.set_xlabel("learning rate")
             ax.set_ylabel("retention (% of pretrained)")
     legend(figure, axes)
+    return figure
+
+
+def _undefined() -> Figure:
+    figure, axes = canvas(1, 1, 6.0, 1.6)
+    axes[0, 0].text(0.5, 0.5, "Retention is undefined: the pretrained model scores 0% zero-shot top-1 on every held-out "
+                    "task\n(see the held-out suite table for the top-1 of each run).", ha="center", va="center")
+    axes[0, 0].set_axis_off()
     return figure
 
 
