@@ -10,7 +10,9 @@ timer around its loop. Runs alternate so machine load hits both alike.
 Run: ``python benchmarks/bench_train.py [--backbone clipdrift-tiny] [--images 512] [--epochs 2]``
 (``--backbone ViT-B-32-quickgelu`` builds the paper's architecture with random weights; on a
 CPU it is slow). Target: engine >= 0.9x the bare loop. Then the cost of each attention
-regulariser (APR, entropy floor) per training step, against the plain engine.
+regulariser (APR, entropy floor) per training step, against the plain engine, and the cost of
+polling for a stop request (the SIGTERM/SIGUSR1/SIGINT handlers of a workflow fine-tune) after
+every step. Target: none measurable.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def main() -> None:
     print(f"bare loop: {bare_rate:9.1f} images/s  (runs: {', '.join(f'{v:.0f}' for v in bare)})")
     print(f"ratio    : {engine_rate / bare_rate:9.2f}x  (target >= 0.9x)")
     regulariser_costs(args, train, select, config, engine_rate)
+    stop_polling_cost(args, train, select, config)
 
 
 def regulariser_costs(args, train: ImageSplit, select: ImageSplit, config: TrainConfig, plain_rate: float) -> None:
@@ -127,6 +130,24 @@ def regulariser_costs(args, train: ImageSplit, select: ImageSplit, config: Train
         extra_ms = (args.batch_size / rate - args.batch_size / plain_rate) * 1000
         print(f"{kind:13s}: {rate:9.1f} images/s  ({plain_rate / rate:.2f}x the time of a plain step, "
               f"{extra_ms:+.1f} ms per step of {args.batch_size}; {steps} steps per run)")
+
+
+def stop_polling_cost(args, train: ImageSplit, select: ImageSplit, config: TrainConfig) -> None:
+    """Steps with the workflow's signal handlers installed and polled after every step, against
+    steps without (alternating runs, medians)."""
+    from clipdrift.pipeline.jobs.signals import stop_on_signals
+
+    plain, polled = [], []
+    for _ in range(args.repeats):
+        plain.append(finetune(make_model(args.backbone, 10, args.method), train, select, config,
+                              progress=False).history["images_per_s"])
+        with stop_on_signals() as stop:
+            polled.append(finetune(make_model(args.backbone, 10, args.method), train, select, config, progress=False,
+                                   stop=stop).history["images_per_s"])
+    plain_rate, polled_rate = statistics.median(plain), statistics.median(polled)
+    spread = (max(plain) - min(plain)) / plain_rate
+    print(f"stop polling : {polled_rate:9.1f} images/s with the signal handlers vs {plain_rate:.1f} without "
+          f"({polled_rate / plain_rate:.3f}x; run-to-run spread of the plain runs {100 * spread:.1f}%)")
 
 
 if __name__ == "__main__":

@@ -392,7 +392,7 @@ def test_the_log_has_one_line_per_epoch_and_the_resume_point(tmp_path, caplog):
     caplog.clear()
     finetune(make_tiny(n_classes=N_CLASSES), TRAIN, VAL, config(), resume=store, progress=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "clipdrift.train.engine"]
-    assert lines[0] == f"resuming from epoch 2 of 3 (step 6 of 9) from {store.directory}"
+    assert lines[0] == f"resuming at epoch 3 of 3, batch 0 (step 6 of 9) from {store.directory}"
     epochs = [line for line in lines if line.startswith("epoch ")]
     assert len(epochs) == 1 and epochs[0].startswith("epoch 3/3: loss ")
     for part in ("train acc", "val acc", "lr 0", "images/s", "elapsed", "ETA 0:00"):

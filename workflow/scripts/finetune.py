@@ -10,8 +10,9 @@ from clipdrift.model.adapters import MethodConfig, apply_method
 from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import load_backbone_spec, save_classifier
 from clipdrift.pipeline.jobs.runner import run_script
+from clipdrift.pipeline.jobs.signals import STOPPED_EXIT, stop_on_signals
 from clipdrift.train.config import TrainConfig, settings_hash
-from clipdrift.train.engine import finetune
+from clipdrift.train.engine import TrainingStopped, finetune
 from clipdrift.train.snapshots import EpochSnapshots
 
 
@@ -30,9 +31,14 @@ def main(smk):
 
     keep = smk.params.snapshots if "epochs" in smk.output.keys() else None  # trajectories on
     kept = EpochSnapshots(keep, f"{smk.params.resume_dir}.epochs", save)
-    # progress goes to the job's log, one line per epoch; no progress bar on the shared terminal
-    result = finetune(model, train, select, config, test=test, resume=smk.params.resume_dir, progress=False,
-                      method=method, snapshot=kept.take)
+    # progress goes to the job's log, one line per epoch; no progress bar on the shared terminal.
+    # A preemption warning, SIGTERM or Ctrl-C stops the run after its current step, state saved.
+    with stop_on_signals() as stop:
+        try:
+            result = finetune(model, train, select, config, test=test, resume=smk.params.resume_dir, progress=False,
+                              method=method, snapshot=kept.take, stop=stop)
+        except TrainingStopped:
+            raise SystemExit(STOPPED_EXIT) from None
     for which in ("best", "final"):
         result.load_into(model, which)
         save(smk.output[which], which)

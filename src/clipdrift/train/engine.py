@@ -12,6 +12,13 @@ Reliability:
   dropout from the seeded global RNG, so the same seed on the CPU gives identical histories and weights.
 - Resume: after every epoch the run's state goes to a :class:`clipdrift.train.resume.ResumeStore`;
   a rerun of a killed run continues from its last completed epoch and ends where an uninterrupted run does.
+- Stopping on request (``stop``, e.g. a signal a cluster sends before preempting the job): the
+  run finishes the optimiser step in progress, saves its state at that step - the position in
+  the epoch's batch order and the epoch's running sums included - and raises
+  :class:`TrainingStopped`; the next attempt continues at the next batch of the same order (a
+  function of seed and epoch), so its final and best weights are bit-identical to an
+  uninterrupted run's. A request during evaluation or while a state is written takes effect
+  after it, at the epoch's end.
 - LP-FT (``method=MethodConfig("lp-ft", ...)``; which parameters each phase trains:
   :mod:`clipdrift.model.adapters`): one optimiser over every parameter the method ever trains; at
   the start of every epoch the phase follows from the epoch number (probe up to ``lp_epochs``:
@@ -64,6 +71,22 @@ from clipdrift.train.trace import TRACE_IMAGES, EntropyTrace
 log = logging.getLogger(__name__)
 
 HISTORY_PARAM_GROUPS = ("adapter", "projection", "head", "image_tower", "total")
+
+
+class TrainingStopped(Exception):
+    """A stop was requested: the run saved its state (when it has a resume store) and stopped;
+    rerunning it continues where it stopped."""
+
+    def __init__(self, epoch: int, step: int, saved: bool):
+        where = f"epoch {epoch}, after step {step}"
+        super().__init__(f"stopped on request in {where}: " + (
+            "its state is saved, and the next attempt continues from there" if saved else
+            "no resume store was given, so the next attempt starts afresh"))
+        self.epoch, self.step, self.saved = epoch, step, saved
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -174,15 +197,19 @@ class _Run:
         correct = (logits.detach().argmax(dim=1) == labels).sum()
         return loss.detach(), correct, norm, penalty.detach()
 
-    def train_epoch(self, epoch: int, progress: Progress, bar) -> dict | None:
-        """Train one epoch; its history entry (without selection accuracy), or None if it diverged."""
+    def train_epoch(self, epoch: int, progress: Progress, bar, stop: Callable[[], bool] = _never) -> dict | None | bool:
+        """Train one epoch from batch ``progress.position``; its history entry (without selection
+        accuracy), None if it diverged, or False if ``stop()`` asked to stop before its last batch
+        (``progress`` then holds the position and the running sums)."""
         phase = self.enter_phase(epoch)
         order, flips = epoch_order(self.config.seed, epoch, self.n_train, self.config.hflip)
         self.model.train()
-        loss_sum, penalty_sum, correct, started = 0.0, 0.0, 0, time.perf_counter()
-        trace = []
+        sums = progress.partial or {"loss": 0.0, "penalty": 0.0, "correct": 0, "seconds": 0.0, "trace": []}
+        loss_sum, penalty_sum, correct, trace = sums["loss"], sums["penalty"], sums["correct"], list(sums["trace"])
+        started = time.perf_counter() - sums["seconds"]
         bar.set_description(f"epoch {epoch}/{self.config.epochs}")
-        for start in range(0, self.n_train, self.config.batch_size):
+        first = progress.position * self.config.batch_size
+        for start in range(first, self.n_train, self.config.batch_size):
             index = order[start:start + self.config.batch_size]
             images, labels = self.data.take(index, None if flips is None else flips[start:start + len(index)])
             for group in self.optimizer.param_groups:
@@ -210,6 +237,12 @@ class _Run:
             bar.update(1)
             bar.set_postfix(step=progress.step, loss=f"{loss_value:.4f}",
                             img_s=f"{seen / (time.perf_counter() - started):.0f}", refresh=False)
+            if seen < self.n_train and stop():
+                progress.position = seen // self.config.batch_size
+                progress.partial = {"loss": loss_sum, "penalty": penalty_sum, "correct": correct,
+                                    "seconds": time.perf_counter() - started, "trace": trace}
+                return False
+        progress.position, progress.partial = 0, None
         seconds = time.perf_counter() - started
         entry = {"epoch": epoch, "train_loss": loss_sum / self.n_train, "train_acc": correct / self.n_train,
                  "lr_end": self.lr_at(progress.step), "train_s": seconds, "images_per_s": self.n_train / seconds}
@@ -229,7 +262,7 @@ class _Run:
 def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, config: TrainConfig, *,
              test: ImageSplit | None = None, resume: ResumeStore | str | None = None, progress: bool = True,
              on_epoch_end: Callable[[dict], None] | None = None, method: MethodConfig | None = None,
-             snapshot: Callable[[int], None] | None = None) -> FinetuneResult:
+             snapshot: Callable[[int], None] | None = None, stop: Callable[[], bool] | None = None) -> FinetuneResult:
     """Fine-tune ``model`` (in place) on ``train``, choosing the best epoch on ``select``.
 
     ``resume``: a :class:`ResumeStore` (or its directory) outside the run's outputs; the run
@@ -245,6 +278,10 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     for ``lp-ft``, whose phases finetune switches (LP-FT in the module docstring). For ``full``
     and ``lora`` the method changes nothing but the resume fingerprint; leaving it out trains
     whatever ``requires_grad`` says, as before.
+
+    ``stop``: asked after every optimiser step but an epoch's last, and after every epoch's
+    evaluation and save but the run's last; when it returns true the run saves its state at that
+    point and raises :class:`TrainingStopped` (the module docstring).
     """
     check_method(model, config, method)
     check_inputs(model, config, {"train": train, "select": select, "test": test})
@@ -256,7 +293,7 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
         fingerprint = run_fingerprint(run, train, select) if store is not None else ""
         state = (restore_resume(store, run, fingerprint) if store is not None else None) or Progress()
         with tqdm(total=run.total_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-            _train_epochs(run, select, state, bar, store, fingerprint, on_epoch_end, snapshot)
+            _train_epochs(run, select, state, bar, store, fingerprint, on_epoch_end, snapshot, stop or _never)
         result = _result(run, select, test, state)
     if store is not None:
         store.clear()
@@ -281,10 +318,11 @@ def _log_epoch(run: _Run, entry: dict, state: Progress, elapsed: float, epochs_t
 
 
 def _train_epochs(run: _Run, select: ImageSplit, state: Progress, bar, store: ResumeStore | None,
-                  fingerprint: str, on_epoch_end, snapshot=None) -> None:
+                  fingerprint: str, on_epoch_end, snapshot=None, stop: Callable[[], bool] = _never) -> None:
     if state.resumed_from_epoch is not None:
-        log.info("resuming from epoch %d of %d (step %d of %d) from %s", state.epoch, run.config.epochs, state.step,
-                 run.total_steps, store.directory if store is not None else "memory")
+        log.info("resuming at epoch %d of %d, batch %d (step %d of %d) from %s", state.epoch + 1,
+                 run.config.epochs, state.position, state.step, run.total_steps,
+                 store.directory if store is not None else "memory")
     log.info("training %d epochs of %d steps (%d images, batch %d) on %s in %s", run.config.epochs,
              run.steps_per_epoch, run.n_train, run.config.batch_size, run.device, run.precision.train)
     run_started = time.perf_counter()
@@ -295,10 +333,12 @@ def _train_epochs(run: _Run, select: ImageSplit, state: Progress, bar, store: Re
                  run.config.epochs)
     for epoch in range(state.epoch + 1, run.config.epochs + 1):
         started = time.perf_counter()
-        if run.lp_ft and epoch == run.method.lp_epochs + 1:
+        if run.lp_ft and epoch == run.method.lp_epochs + 1 and not state.position:
             log.info("epoch %d: the probe phase is over; the image tower trains from step %d at lr %.3g "
                      "(the schedule's value there)", epoch, state.step + 1, run.lr_at(state.step))
-        entry = run.train_epoch(epoch, state, bar)
+        entry = run.train_epoch(epoch, state, bar, stop)
+        if entry is False:
+            _stop_if_asked(lambda: True, run, state, store, fingerprint, save=True)
         if entry is None:
             log.warning("loss or gradient norm is not finite at step %d: the run diverged and stops", state.diverged_at_step)
             return
@@ -316,6 +356,21 @@ def _train_epochs(run: _Run, select: ImageSplit, state: Progress, bar, store: Re
             save_resume(store, run, state, fingerprint, improved)
         if on_epoch_end is not None:
             on_epoch_end(dict(entry))
+        if epoch < run.config.epochs:  # a request during the evaluation or the save: the state is this one
+            _stop_if_asked(stop, run, state, store, fingerprint)
+
+
+def _stop_if_asked(stop: Callable[[], bool], run: _Run, state: Progress, store: ResumeStore | None,
+                   fingerprint: str, save: bool = False) -> None:
+    """Raise :class:`TrainingStopped` when ``stop()`` says so, first saving the state at this
+    step when it is not saved yet (``save``: stopped mid-epoch)."""
+    if not stop():
+        return
+    if save and store is not None:
+        save_resume(store, run, state, fingerprint, improved=False)
+    stopped = TrainingStopped(state.epoch + (1 if state.position else 0), state.step, saved=store is not None)
+    log.warning("%s", stopped)
+    raise stopped
 
 
 def _result(run: _Run, select: ImageSplit, test: ImageSplit | None, state: Progress) -> FinetuneResult:

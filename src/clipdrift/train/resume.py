@@ -1,8 +1,10 @@
-"""Where a killed fine-tune resumes from: its latest training state (weights, optimiser moments,
-step, RNG streams) saved after every epoch in a scratch directory outside the declared outputs.
+"""Where a killed or stopped fine-tune resumes from: its latest training state (weights,
+optimiser moments, loss scaler, step, position in the epoch's batch order, the epoch's running
+sums, RNG streams) saved after every epoch - and at the step where a stop was requested - in a
+scratch directory outside the declared outputs.
 
-A rerun of a killed run continues from its last completed epoch and ends where an uninterrupted
-run does; a state saved by another run configuration (:func:`run_fingerprint`) is discarded.
+A rerun continues from there and ends where an uninterrupted run does, bit for bit; a state
+saved by another run configuration (:func:`run_fingerprint`) is discarded.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ class Progress:
     resumed_from_epoch: int | None = None
     diverged_at_step: int | None = None
     skipped_steps: int = 0  # fp16 steps the GradScaler skipped (inf/NaN gradients)
+    position: int = 0  # batches done of the epoch after ``epoch`` (a run stopped mid-epoch)
+    partial: dict | None = None  # that epoch's running sums (loss, penalty, correct, seconds, trace)
 
 
 class ResumableRun(Protocol):
@@ -173,7 +177,9 @@ def _set_rng_tensors(tensors: dict[str, torch.Tensor], device: torch.device) -> 
 
 
 def save_resume(store: ResumeStore, run: ResumableRun, progress: Progress, fingerprint: str, improved: bool) -> None:
-    """Commit ``run``'s state after an epoch to ``store`` (with the best weights, when ``improved``)."""
+    """Commit ``run``'s state to ``store`` after an epoch or, for a run stopped mid-epoch, after
+    its last optimiser step (with the best weights, when ``improved``). The state file is replaced
+    atomically: until the new one is complete, the previous one stays valid."""
     best_file = f"best-epoch{progress.best_epoch}"
     if improved:  # written before the state that names it, so the state never points at nothing
         store.save(best_file, progress.best_state, {"kind": _RESUME_KIND, "epoch": progress.best_epoch})
@@ -185,6 +191,7 @@ def save_resume(store: ResumeStore, run: ResumableRun, progress: Progress, finge
         "kind": _RESUME_KIND, "fingerprint": fingerprint, "epoch": progress.epoch, "step": progress.step,
         "epochs": progress.epochs, "best_epoch": progress.best_epoch, "best_select_acc": progress.best_select_acc,
         "best_file": best_file, "scaler": run.scaler.state_dict(), "skipped_steps": progress.skipped_steps,
+        "position": progress.position, "partial": progress.partial,
     }
     store.save_state(tensors, metadata)
     store.prune({best_file})
@@ -220,4 +227,5 @@ def restore_resume(store: ResumeStore, run: ResumableRun, fingerprint: str) -> P
     return Progress(epoch=metadata["epoch"], step=metadata["step"], epochs=metadata["epochs"],
                     best_epoch=metadata["best_epoch"], best_select_acc=metadata["best_select_acc"],
                     best_state=best_state, resumed_from_epoch=metadata["epoch"],
-                    skipped_steps=metadata["skipped_steps"])
+                    skipped_steps=metadata["skipped_steps"], position=metadata.get("position", 0),
+                    partial=metadata.get("partial"))
