@@ -59,7 +59,7 @@ def lora_model():
 
 
 def without_timings(history: dict) -> dict:
-    history = {k: v for k, v in history.items() if k not in TIMING_KEYS | {"resumed_from_epoch"}}
+    history = {k: v for k, v in history.items() if k not in TIMING_KEYS | {"resumed_from_epoch", "resumed_at_step"}}
     history["epochs"] = [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in history["epochs"]]
     return history
 

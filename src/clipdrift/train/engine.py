@@ -429,6 +429,7 @@ def _history(run: _Run, state: Progress, final_select_acc: float, final_test_acc
         "loss_scale": run.scaler.get_scale() if run.scaler.is_enabled() else None,
         "flags": _flags(state),
         "resumed_from_epoch": state.resumed_from_epoch,
+        "resumed_at_step": state.resumed_at_step,
         "precision": run.precision.train,
         "eval_precision": run.precision.eval,
         "grad_scaler": run.precision.scaled,

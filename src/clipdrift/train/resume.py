@@ -106,6 +106,7 @@ class Progress:
     best_select_acc: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
     resumed_from_epoch: int | None = None
+    resumed_at_step: int | None = None
     diverged_at_step: int | None = None
     skipped_steps: int = 0  # fp16 steps the GradScaler skipped (inf/NaN gradients)
     position: int = 0  # batches done of the epoch after ``epoch`` (a run stopped mid-epoch)
@@ -180,7 +181,8 @@ def save_resume(store: ResumeStore, run: ResumableRun, progress: Progress, finge
     """Commit ``run``'s state to ``store`` after an epoch or, for a run stopped mid-epoch, after
     its last optimiser step (with the best weights, when ``improved``). The state file is replaced
     atomically: until the new one is complete, the previous one stays valid."""
-    best_file = f"best-epoch{progress.best_epoch}"
+    # before the first epoch ends (a run stopped mid-epoch 1) there are no best weights yet
+    best_file = f"best-epoch{progress.best_epoch}" if progress.best_state is not None else None
     if improved:  # written before the state that names it, so the state never points at nothing
         store.save(best_file, progress.best_state, {"kind": _RESUME_KIND, "epoch": progress.best_epoch})
     tensors = {f"param/{name}": p.detach().to("cpu") for name, p in run.named_params}
@@ -194,7 +196,7 @@ def save_resume(store: ResumeStore, run: ResumableRun, progress: Progress, finge
         "position": progress.position, "partial": progress.partial,
     }
     store.save_state(tensors, metadata)
-    store.prune({best_file})
+    store.prune({best_file} if best_file else set())
 
 
 def restore_resume(store: ResumeStore, run: ResumableRun, fingerprint: str) -> Progress | None:
@@ -208,7 +210,7 @@ def restore_resume(store: ResumeStore, run: ResumableRun, fingerprint: str) -> P
             log.warning("resume state in %s belongs to another run configuration; starting afresh", store.directory)
             store.clear()
             return None
-        best_state, _ = store.load(metadata["best_file"])
+        best_state = store.load(metadata["best_file"])[0] if metadata["best_file"] else None
     except ArtifactError as error:
         log.warning("resume state in %s is unreadable (%s); starting afresh", store.directory, error)
         store.clear()
@@ -226,6 +228,6 @@ def restore_resume(store: ResumeStore, run: ResumableRun, fingerprint: str) -> P
     _set_rng_tensors(tensors, run.device)
     return Progress(epoch=metadata["epoch"], step=metadata["step"], epochs=metadata["epochs"],
                     best_epoch=metadata["best_epoch"], best_select_acc=metadata["best_select_acc"],
-                    best_state=best_state, resumed_from_epoch=metadata["epoch"],
+                    best_state=best_state, resumed_from_epoch=metadata["epoch"], resumed_at_step=metadata["step"],
                     skipped_steps=metadata["skipped_steps"], position=metadata.get("position", 0),
                     partial=metadata.get("partial"))
