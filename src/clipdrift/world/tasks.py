@@ -76,42 +76,32 @@ def _eurosat_like() -> TaskSpec:
     )
 
 
+def _by_shape(name: str, stands_for: str, attribute: str, words: tuple[str, ...], values, splits,
+              n_classes: int | None = None) -> TaskSpec:
+    """A task whose classes are ``attribute`` (one of ``values``, named by ``words``) × shape."""
+    combos = list(itertools.product(values, range(len(SHAPES))))[:n_classes]
+    return TaskSpec(
+        name=name,
+        stands_for=stands_for,
+        label_attributes=(attribute, "shape"),
+        class_values=tuple(combos),
+        class_names=tuple(f"{words[v]} {SHAPES[s]}" for v, s in combos),
+        splits=splits,
+    )
+
+
 def _pets_like() -> TaskSpec:
     # Pets has 37 breeds: the first 37 of the 4 × 10 colour × shape combinations.
-    colours = range(N_ZEROSHOT_COLOURS, len(COLOURS))
-    combos = list(itertools.product(colours, range(len(SHAPES))))[:37]
-    return TaskSpec(
-        name="world-pets",
-        stands_for="Oxford-IIIT Pets",
-        label_attributes=("colour", "shape"),
-        class_values=tuple(combos),
-        class_names=tuple(f"{COLOURS[c]} {SHAPES[s]}" for c, s in combos),
-        splits=FINETUNE_SPLITS,
-    )
+    return _by_shape("world-pets", "Oxford-IIIT Pets", "colour", COLOURS, range(N_ZEROSHOT_COLOURS, len(COLOURS)),
+                     FINETUNE_SPLITS, n_classes=37)
 
 
 def _cifar100_like() -> TaskSpec:
-    combos = list(itertools.product(range(N_ZEROSHOT_COLOURS), range(len(SHAPES))))
-    return TaskSpec(
-        name="world-cifar100",
-        stands_for="CIFAR-100",
-        label_attributes=("colour", "shape"),
-        class_values=tuple(combos),
-        class_names=tuple(f"{COLOURS[c]} {SHAPES[s]}" for c, s in combos),
-        splits=ZEROSHOT_SPLITS,
-    )
+    return _by_shape("world-cifar100", "CIFAR-100", "colour", COLOURS, range(N_ZEROSHOT_COLOURS), ZEROSHOT_SPLITS)
 
 
 def _patterns() -> TaskSpec:
-    combos = list(itertools.product(range(len(PATTERNS)), range(len(SHAPES))))
-    return TaskSpec(
-        name="world-patterns",
-        stands_for="DTD (textures)",
-        label_attributes=("pattern", "shape"),
-        class_values=tuple(combos),
-        class_names=tuple(f"{PATTERNS[p]} {SHAPES[s]}" for p, s in combos),
-        splits=ZEROSHOT_SPLITS,
-    )
+    return _by_shape("world-patterns", "DTD (textures)", "pattern", PATTERNS, range(len(PATTERNS)), ZEROSHOT_SPLITS)
 
 
 TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (_eurosat_like(), _pets_like(), _cifar100_like(),
