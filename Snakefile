@@ -9,6 +9,7 @@ from snakemake.utils import min_version
 from clipdrift.core.errors import UserFacingError
 from clipdrift.pipeline.config_errors import prepare_config
 from clipdrift.pipeline.inputs import check_tasks_on_disk
+from clipdrift.pipeline.jobs.signals import let_jobs_take_the_warning
 from clipdrift.pipeline.plan import jobs_import_from
 
 min_version("9.0")
@@ -17,6 +18,10 @@ min_version("9.0")
 # so they find it in an environment where it is not installed (--use-conda) and never run a
 # different version of the package than the one whose code digests planned them.
 jobs_import_from(Path(workflow.basedir) / "src")
+
+# SLURM's warning signal before a time limit (profiles/slurm) reaches this Snakemake too when it runs
+# a job in a job step: it must wait while a fine-tune saves its state, not die and take the step down.
+let_jobs_take_the_warning()
 
 
 # The default study sits beside this Snakefile, so `--directory elsewhere` still finds it;

@@ -38,6 +38,9 @@ cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=clipdrift-ci
 SlurmctldHost=${host}
 AuthType=auth/munge
+# A requeued job waits cred_expire seconds before it starts again (default 120): 10 keeps the
+# requeue test short.
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SlurmUser=root

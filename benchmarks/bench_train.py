@@ -12,7 +12,9 @@ Run: ``python benchmarks/bench_train.py [--backbone clipdrift-tiny] [--images 51
 CPU it is slow). Target: engine >= 0.9x the bare loop. Then the cost of each attention
 regulariser (APR, entropy floor) per training step, against the plain engine, and the cost of
 polling for a stop request (the SIGTERM/SIGUSR1/SIGINT handlers of a workflow fine-tune) after
-every step. Target: none measurable.
+every step. Target: none measurable. Last, the grace a stop needs (profiles/slurm's warning
+signal comes that long before a time limit): the rest of a step, an evaluation of the selection
+split, and the write of the resume state, with the state's size.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +34,8 @@ from clipdrift.data.split import ImageSplit
 from clipdrift.model.adapters import MethodConfig, apply_method, trainable_parameters
 from clipdrift.model.backbones import BackboneSpec, build_classifier, image_preprocess_config
 from clipdrift.train.config import TrainConfig, lr_factor, warmup_steps
-from clipdrift.train.engine import finetune
+from clipdrift.train.engine import TrainingStopped, finetune
+from clipdrift.train.evaluate import evaluate
 from clipdrift.train.regularisers import RegulariserConfig
 
 
@@ -113,6 +118,7 @@ def main() -> None:
     print(f"ratio    : {engine_rate / bare_rate:9.2f}x  (target >= 0.9x)")
     regulariser_costs(args, train, select, config, engine_rate)
     stop_polling_cost(args, train, select, config)
+    stop_grace(args, train, select, config, engine_rate)
 
 
 def regulariser_costs(args, train: ImageSplit, select: ImageSplit, config: TrainConfig, plain_rate: float) -> None:
@@ -148,6 +154,49 @@ def stop_polling_cost(args, train: ImageSplit, select: ImageSplit, config: Train
     spread = (max(plain) - min(plain)) / plain_rate
     print(f"stop polling : {polled_rate:9.1f} images/s with the signal handlers vs {plain_rate:.1f} without "
           f"({polled_rate / plain_rate:.3f}x; run-to-run spread of the plain runs {100 * spread:.1f}%)")
+
+
+def _stop_at_poll(number: int):
+    """A stop callable that says yes the ``number``-th time it is asked, and the times it was asked."""
+    asked: list[float] = []
+
+    def stop() -> bool:
+        asked.append(time.perf_counter())
+        return len(asked) == number
+
+    return stop, asked
+
+
+def stop_grace(args, train: ImageSplit, select: ImageSplit, config: TrainConfig, rate: float) -> None:
+    """What a stop request costs at worst: it waits for the step in progress, or for the epoch's
+    last step and evaluation, then writes the resume state (weights, optimiser moments) and, after
+    an improving epoch, the best weights. Measured on a stop after step 1 of epoch 2, whose store
+    holds both."""
+    steps = math.ceil(len(train) / config.batch_size)
+    if steps < 2:
+        print("stop grace   : needs >= 2 steps per epoch (--images >= 2 x --batch-size)")
+        return
+    writes, sizes = [], {}
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as store:
+            stop, asked = _stop_at_poll(steps + 1)  # polled after each step but an epoch's last, and each epoch
+            try:
+                finetune(make_model(args.backbone, 10, args.method), train, select, replace(config, epochs=2),
+                         resume=store, progress=False, stop=stop)
+            except TrainingStopped:
+                writes.append(time.perf_counter() - asked[-1])
+            sizes = {f.stem: f.stat().st_size for f in Path(store).glob("*.safetensors")}
+    state, best = sizes.pop("state"), sum(sizes.values())
+    write_s = statistics.median(writes)
+    started = time.perf_counter()
+    evaluate(make_model(args.backbone, 10, args.method), select, device=config.device)
+    per_image_s = (time.perf_counter() - started) / len(select)
+    step_s, worst_write = config.batch_size / rate, write_s * (state + best) / state
+    print(f"stop grace   : resume state {state / 1e6:.1f} MB written in {write_s:.2f} s ({state / 1e6 / write_s:.0f} MB/s; "
+          f"runs: {', '.join(f'{v:.2f}' for v in writes)}), best weights {best / 1e6:.1f} MB; a step {step_s:.2f} s, "
+          f"evaluation {1000 * per_image_s:.2f} ms per selection image")
+    print(f"               worst case: a step + evaluating N selection images + {(state + best) / 1e6:.0f} MB "
+          f"= {step_s + worst_write:.1f} s + N x {1000 * per_image_s:.2f} ms at this disk's speed")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,42 @@ def test_the_handlers_come_back_when_the_block_ends():
     assert {number: signal.getsignal(number) for number in STOP_SIGNALS} == before
 
 
+def test_a_snakemake_process_outlives_the_warning_signal_and_its_jobs_get_the_default_action():
+    import subprocess
+    import sys
+
+    # what the Snakefile does in every Snakemake process, then SLURM's warning to it, then a job it starts
+    program = """if True:
+        import os, signal, subprocess, sys
+        from clipdrift.pipeline.jobs.signals import WARNING_SIGNAL, let_jobs_take_the_warning
+        let_jobs_take_the_warning()
+        os.kill(os.getpid(), WARNING_SIGNAL)
+        print("alive")
+        job = "import signal; print(signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL)"
+        print(subprocess.run([sys.executable, "-c", job], capture_output=True, text=True).stdout.strip())
+    """
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["alive", "True"]
+    assert "SIGUSR1 received: the running job saves its state" in result.stderr
+
+
+def test_the_slurm_profile_asks_for_the_warning_signal_the_fine_tune_stops_on():
+    import re
+
+    import yaml
+
+    from clipdrift.pipeline.jobs.signals import WARNING_SIGNAL
+
+    from workflow_helpers import REPO
+
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    asked = re.fullmatch(r"'--signal=(\w+)@(\d+)'", profile["default-resources"]["slurm_extra"])
+    assert asked, profile["default-resources"]["slurm_extra"]
+    assert signal.Signals[f"SIG{asked.group(1)}"] == WARNING_SIGNAL and WARNING_SIGNAL in STOP_SIGNALS
+    assert int(asked.group(2)) >= 60  # SLURM's own resolution; the grace is argued in README (Preemption)
+
+
 # ---- Ctrl-C on a local Snakemake run -----------------------------------------------------------------
 
 LONGER_RUN = """\
@@ -209,78 +245,168 @@ def test_ctrl_c_saves_the_running_fine_tunes_step_and_the_next_run_ends_where_an
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), which
 
 
-# ---- on a real SLURM cluster: a running fine-tune requeued, as a preemption with requeue does -----------
+# ---- on a real SLURM cluster: the warning signal, a requeue and a time limit while Snakemake watches -------
 
 SLURM_ARGS = ("--jobs", "4", "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-              "--slurm-keep-successful-logs", "--default-resources", "slurm_partition=debug", "runtime=10",
-              "mem_mb=1500", "cpus_per_task=1", "--set-resources", "finetune:gpu=0", "extract:gpu=0", "zeroshot:gpu=0",
+              "--slurm-keep-successful-logs", "--set-resources", "finetune:gpu=0", "extract:gpu=0", "zeroshot:gpu=0",
               "probe_reference:gpu=0", "zeroshot_classifier:gpu=0", "zeroshot_pretrained_indomain:gpu=0",
               "finetune:cpus_per_task=1", "pretrain_backbone:cpus_per_task=2", "--set-threads", "finetune=1",
               "pretrain_backbone=2", "--set-resource-scopes", "cpus_per_task=local", "--resources", "cpus_per_task=2")
 
 
-def _slurm_job_of_the_run(workdir) -> str | None:
-    """The SLURM job id of the run's group job now (the plugin names each submission's log by its id)."""
-    logs = sorted((workdir / ".snakemake/slurm_logs").glob("group_run_*/*.log"), key=lambda p: p.stat().st_mtime)
-    return logs[-1].stem if logs else None
+def _default_resources(**overrides) -> list[str]:
+    """profiles/slurm's default resources on this one-node cluster: its slurm_extra (the warning
+    signal) as the profile has it unless overridden; partition and sizes for the test machine."""
+    import yaml
+
+    from workflow_helpers import REPO
+
+    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    resources = {**profile["default-resources"], "slurm_partition": "debug", "runtime": 10, "mem_mb": 1500,
+                 "cpus_per_task": 1, **overrides}
+    return ["--default-resources", *(f"{name}={value}" for name, value in resources.items())]
+
+
+class _SlurmStudy:
+    """A test study run through profiles/slurm by a watching Snakemake, and what its fine-tune logs."""
+
+    def __init__(self, workdir, study: str, *args: str, targets: tuple[str, ...] = ()):
+        import subprocess
+        import sys
+
+        from workflow_helpers import REPO
+
+        (workdir / "study.yaml").write_text(study)
+        self.workdir, self.log = workdir, workdir / "results/test/logs/finetune" / f"{RUN}.log"
+        command = [sys.executable, "-m", "snakemake", *targets, "--snakefile", str(REPO / "Snakefile"), "--directory",
+                   str(workdir), "--profile", str(REPO / "profiles/slurm"), "--configfile",
+                   str(REPO / "configs/test.yaml"), str(workdir / "study.yaml"), *SLURM_ARGS, *args]
+        self.watcher = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def text(self) -> str:
+        """The current attempt's log (Snakemake removes it when the job starts again)."""
+        try:
+            return self.log.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def stopped_at(self) -> int | None:
+        """The step the current attempt's log says it stopped after."""
+        import re
+
+        found = re.search(r"stopped on request in epoch \d+, after step (\d+): its state is saved", self.text())
+        return int(found.group(1)) if found else None
+
+    def job(self) -> str | None:
+        """The SLURM job id of the fine-tune's submission now (the plugin names each submission's log by its id)."""
+        logs = sorted((self.workdir / ".snakemake/slurm_logs").glob("group_run_*/*.log"), key=lambda p: p.stat().st_mtime)
+        return logs[-1].stem if logs else None
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the watching Snakemake to end; its stderr."""
+        return self.watcher.communicate(timeout=timeout)[1]
+
+    def state(self) -> str:
+        """The fine-tune's log, and the watching Snakemake's stderr if it has ended (for a failed wait)."""
+        return self.text() + ("" if self.watcher.poll() is None else self.watcher.stderr.read()[-5000:])
+
+    def abandon(self) -> None:
+        """Kill the watching Snakemake if it still runs (a failed assertion)."""
+        if self.watcher.poll() is None:
+            self.watcher.kill()
+
+
+def _time_limit(job: str) -> str:
+    """A running SLURM job's time limit, as squeue prints it."""
+    import subprocess
+
+    return subprocess.run(["squeue", "-h", "-o", "%l", "-j", job], capture_output=True, text=True).stdout.strip()
+
+
+def _history(workdir) -> dict:
+    import json
+
+    return json.loads((workdir / "results/test/runs" / RUN / "history.json").read_text())
 
 
 @pytest.mark.slow
-def test_on_slurm_a_requeued_fine_tune_resumes_at_its_step_and_ends_as_an_uninterrupted_run(tmp_path):
-    import re
-    import shutil
+@pytest.mark.slurm
+def test_on_slurm_a_warned_then_requeued_fine_tune_resumes_at_its_steps_and_ends_as_an_uninterrupted_run(tmp_path):
     import subprocess
-    import sys
     import time
 
     from clipdrift.core.io import read_safetensors
 
-    from workflow_helpers import REPO, wait_until
+    from workflow_helpers import require_slurm, wait_until
 
-    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide a SLURM cluster (.ci/run starts one)")
-        pytest.skip("no SLURM cluster here (.ci/start-slurm.sh starts one)")
+    require_slurm()
     reference, cluster = tmp_path / "reference", tmp_path / "cluster"
     for workdir in (reference, cluster):
         workdir.mkdir()
-    longer = LONGER_RUN.replace("epochs: 3, sizes: {train: 1600", "epochs: 4, sizes: {train: 3200")
+    longer = LONGER_RUN.replace("epochs: 3, sizes: {train: 1600", "epochs: 5, sizes: {train: 3200")  # 500 steps
     assert _study(reference, text=longer).returncode == 0
-    (cluster / "longer.yaml").write_text(longer)
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(cluster),
-               "--profile", str(REPO / "profiles/slurm"), "--configfile", str(REPO / "configs/test.yaml"),
-               str(cluster / "longer.yaml"), *SLURM_ARGS]
-    watcher = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    log = cluster / "results/test/logs/finetune" / f"{RUN}.log"
-
-    def text() -> str:  # the current attempt's log (Snakemake removes it when the job starts again)
-        try:
-            return log.read_text()
-        except FileNotFoundError:
-            return ""
-
-    def stopped_at() -> int | None:  # the step the current attempt's log says it stopped after
-        found = re.search(r"stopped on request in epoch \d+, after step (\d+): its state is saved", text())
-        return int(found.group(1)) if found else None
-
+    study = _SlurmStudy(cluster, longer, *_default_resources())
     try:
-        # 1. SLURM requeues the running job (as a preemption with PreemptMode=REQUEUE does): SIGTERM, then requeued
-        assert wait_until(lambda: "epoch 1/4:" in text(), 600)
+        # 1. the warning signal, delivered as SLURM delivers --signal's: to every process of the job's steps
+        #    (the Snakemake running the fine-tune in its step too), not to the batch shell
+        assert wait_until(lambda: "epoch 1/5:" in study.text(), 600), study.state()
         time.sleep(1.0)  # into epoch 2 (an epoch takes ~2.5 s here)
-        job = _slurm_job_of_the_run(cluster)
-        assert subprocess.run(["scontrol", "requeue", job]).returncode == 0
-        assert wait_until(lambda: stopped_at() is not None, 60)
-        step = stopped_at()
-        # 2. the requeued job (same id, after SLURM's requeue delay) resumes at that step and finishes the study
-        assert wait_until(lambda: f"(step {step} of 400)" in text(), 600)
-        _, stderr = watcher.communicate(timeout=900)
+        warned_job = study.job()
+        assert subprocess.run(["scancel", "--signal=USR1", warned_job]).returncode == 0
+        assert wait_until(lambda: study.stopped_at() is not None, 60)
+        warned = study.stopped_at()
+        assert "SIGUSR1 received" in study.text()
+        # 2. the fine-tune exited 75, so its job failed; Snakemake's retry submits it again, and it resumes there
+        assert wait_until(lambda: f"(step {warned} of 500)" in study.text(), 300)
+        retried_job = study.job()
+        assert retried_job != warned_job
+        time.sleep(1.0)
+        # 3. SLURM requeues the running job (as a preemption with PreemptMode=REQUEUE does): SIGTERM, then requeued
+        assert subprocess.run(["scontrol", "requeue", retried_job]).returncode == 0
+        assert wait_until(lambda: study.stopped_at() is not None, 60)
+        requeued = study.stopped_at()
+        assert "SIGTERM received" in study.text() and requeued > warned
+        # 4. the same job, started again after SLURM's requeue delay, resumes at that step and the study finishes
+        assert wait_until(lambda: f"(step {requeued} of 500)" in study.text(), 300)
+        stderr = study.finish(900)
     finally:
-        if watcher.poll() is None:
-            watcher.kill()
-    assert watcher.returncode == 0, stderr[-5000:]
-    assert f"resuming at epoch {step // 100 + 1} of 4, batch {step % 100} (step {step} of 400)" in text()
+        study.abandon()
+    assert study.watcher.returncode == 0, stderr[-5000:]
+    assert study.job() == retried_job
+    warned_log = (cluster / ".snakemake/slurm_logs").glob(f"group_run_*/{warned_job}.log")
+    assert "exit status 75" in next(warned_log).read_text()
+    assert f"resuming at epoch {requeued // 100 + 1} of 5, batch {requeued % 100} (step {requeued} of 500)" in study.text()
+    assert _history(cluster)["resumed_at_step"] == requeued
     for which in ("best", "final"):
         ours, _ = read_safetensors(cluster / "results/test/runs" / RUN / f"{which}.safetensors")
         theirs, _ = read_safetensors(reference / "results/test/runs" / RUN / f"{which}.safetensors")
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), which
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_on_slurm_a_fine_tune_warned_before_its_time_limit_saves_and_its_retry_with_twice_the_time_resumes(tmp_path):
+
+    from workflow_helpers import require_slurm, wait_until
+
+    require_slurm()
+    # a one-minute limit and the warning 30 s ahead (SLURM's own --signal); 1,600 steps take ~40 s of training
+    longer = LONGER_RUN.replace("epochs: 3, sizes: {train: 1600", "epochs: 16, sizes: {train: 3200")
+    longer += "resources: {finetune_runtime: 1}\n"
+    study = _SlurmStudy(tmp_path, longer, *_default_resources(slurm_extra="'--signal=USR1@30'"),
+                        targets=(f"results/test/runs/{RUN}/final.safetensors",))
+    try:
+        assert wait_until(lambda: "epoch 1/16:" in study.text(), 600), study.state()
+        first_limit = _time_limit(study.job())
+        assert wait_until(lambda: study.stopped_at() is not None, 120), study.state()
+        warned = study.stopped_at()
+        assert "SIGUSR1 received" in study.text()  # from SLURM, ~30 s before the limit
+        assert wait_until(lambda: f"(step {warned} of 1600)" in study.text(), 300), study.state()
+        retried_limit = _time_limit(study.job())
+        stderr = study.finish(600)
+    finally:
+        study.abandon()
+    assert study.watcher.returncode == 0, stderr[-5000:]
+    assert (first_limit, retried_limit) == ("1:00", "2:00")
+    assert _history(tmp_path)["resumed_at_step"] == warned

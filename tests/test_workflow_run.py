@@ -15,7 +15,7 @@ import pytest
 import yaml
 from markupsafe import escape
 
-from workflow_helpers import REPO, planned_jobs, server_pids, snakemake, wait_until
+from workflow_helpers import REPO, planned_jobs, require_slurm, server_pids, snakemake, wait_until
 
 pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
 
@@ -353,10 +353,7 @@ def test_a_training_change_reruns_the_affected_finetunes(study_dir):
 
 @pytest.mark.slurm
 def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path):
-    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide a SLURM cluster (.ci/run starts one)")
-        pytest.skip("no SLURM cluster here (.ci/start-slurm.sh starts one)")
+    require_slurm()
     workdir = tmp_path / "slurm"
     workdir.mkdir()
     # every rule of the study, on one of its two datasets: half the fine-tunes, same DAG shape

@@ -56,3 +56,15 @@ def wait_until(condition, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return bool(condition())
+
+
+def require_slurm() -> None:
+    """Skip without a SLURM cluster that answers; on CI, fail instead (.ci/run starts one)."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide a SLURM cluster (.ci/run starts one)")
+        pytest.skip("no SLURM cluster here (.ci/start-slurm.sh starts one)")

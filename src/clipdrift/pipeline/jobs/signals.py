@@ -5,7 +5,9 @@ its time limit ends (``--signal``, profiles/slurm), its SIGTERM, or Ctrl-C on a 
 fine-tune: after each optimiser step), instead of an exception at an arbitrary line; a second
 signal of the same kind ends the job at once (its last saved state stays valid: states are
 replaced atomically). A job that stopped this way exits with :data:`STOPPED_EXIT`, which tells a
-requeue apart from a failure. How a job runs, not what it computes (outside every code digest).
+requeue apart from a failure. :func:`let_jobs_take_the_warning` keeps the Snakemake that runs a
+job from dying of the warning signal first. How a job runs, not what it computes (outside every
+code digest).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from collections.abc import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# The signal profiles/slurm asks SLURM to send ahead of a time limit (sbatch --signal=USR1@<seconds>).
+WARNING_SIGNAL = signal.SIGUSR1
+STOP_SIGNALS = (signal.SIGTERM, WARNING_SIGNAL, signal.SIGINT)
 # EX_TEMPFAIL (sysexits.h): "temporary failure, the user is invited to retry" - the state is saved.
 STOPPED_EXIT = 75
 
@@ -45,3 +49,22 @@ def stop_on_signals(signals=STOP_SIGNALS) -> Iterator[Callable[[], bool]]:
     finally:
         for number, old in previous.items():
             signal.signal(number, old)
+
+
+def let_jobs_take_the_warning() -> None:
+    """Make this Snakemake process outlive SLURM's warning signal, leaving it to the job it runs.
+
+    SLURM sends the warning to every process of a job's steps: the Snakemake that runs the job
+    (the executor plugin starts it with srun) as well as the job. Left at its default, the signal
+    ends that Snakemake first, and SLURM then kills the rest of the step, a fine-tune in the
+    middle of saving its state. With this handler Snakemake logs it and waits: a fine-tune saves
+    and exits :data:`STOPPED_EXIT`, a measurement job ends (the default action) and reruns. A
+    Python handler, not SIG_IGN, so the jobs Snakemake starts get the default disposition back.
+    """
+
+    def note(number, _frame):
+        log.warning("%s received: the running job saves its state and stops (a fine-tune) or ends (any other); "
+                    "Snakemake's retry or SLURM's requeue starts it again", signal.Signals(number).name)
+
+    with contextlib.suppress(ValueError):  # not the main thread (Snakemake's API used from a thread): nothing to do
+        signal.signal(WARNING_SIGNAL, note)
