@@ -20,7 +20,8 @@ min_version("9.0")
 jobs_import_from(Path(workflow.basedir) / "src")
 
 # SLURM's warning signal before a time limit (profiles/slurm) reaches this Snakemake too when it runs
-# a job in a job step: it must wait while a fine-tune saves its state, not die and take the step down.
+# a job in a job step, and the shell it runs a script through: ignored by both, so that they wait
+# while a fine-tune saves its state instead of dying and taking the step down.
 let_jobs_take_the_warning()
 
 

@@ -153,24 +153,38 @@ def test_the_handlers_come_back_when_the_block_ends():
     assert {number: signal.getsignal(number) for number in STOP_SIGNALS} == before
 
 
-def test_a_snakemake_process_outlives_the_warning_signal_and_its_jobs_get_the_default_action():
+# A fine-tune as Snakemake runs it in a SLURM job step: Snakemake (with what the Snakefile sets), a
+# shell that does not exec the script (bash < 5.1 forks for the last command of a list), the script.
+_JOB = """if True:
+    import sys, time
+    from clipdrift.pipeline.jobs.signals import STOPPED_EXIT, stop_on_signals
+    with stop_on_signals() as stop:
+        print("ready", flush=True)
+        while not stop():
+            time.sleep(0.01)
+    sys.exit(STOPPED_EXIT)
+"""
+_SNAKEMAKE = """if True:
+    import os, signal, subprocess, sys
+    from clipdrift.pipeline.jobs.signals import WARNING_SIGNAL, let_jobs_take_the_warning
+    let_jobs_take_the_warning()
+    shell = subprocess.Popen(["bash", "-c", f"set -euo pipefail; {sys.executable} -c '{sys.argv[1]}'; exit $?"],
+                             stdout=subprocess.PIPE, text=True)
+    assert shell.stdout.readline() == "ready\\n"
+    os.killpg(0, WARNING_SIGNAL)  # as SLURM's --signal does: every process of the step
+    print(f"snakemake alive, job exit {shell.wait()}")
+"""
+
+
+def test_the_warning_signal_reaches_the_fine_tune_through_snakemake_and_its_shell():
     import subprocess
     import sys
 
-    # what the Snakefile does in every Snakemake process, then SLURM's warning to it, then a job it starts
-    program = """if True:
-        import os, signal, subprocess, sys
-        from clipdrift.pipeline.jobs.signals import WARNING_SIGNAL, let_jobs_take_the_warning
-        let_jobs_take_the_warning()
-        os.kill(os.getpid(), WARNING_SIGNAL)
-        print("alive")
-        job = "import signal; print(signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL)"
-        print(subprocess.run([sys.executable, "-c", job], capture_output=True, text=True).stdout.strip())
-    """
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", _SNAKEMAKE, _JOB], capture_output=True, text=True, timeout=60,
+                            start_new_session=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["alive", "True"]
-    assert "SIGUSR1 received: the running job saves its state" in result.stderr
+    assert result.stdout.strip() == "snakemake alive, job exit 75"
+    assert "SIGUSR1 received: stopping after the current step" in result.stderr
 
 
 def test_the_slurm_profile_asks_for_the_warning_signal_the_fine_tune_stops_on():

@@ -52,19 +52,17 @@ def stop_on_signals(signals=STOP_SIGNALS) -> Iterator[Callable[[], bool]]:
 
 
 def let_jobs_take_the_warning() -> None:
-    """Make this Snakemake process outlive SLURM's warning signal, leaving it to the job it runs.
+    """Make this Snakemake process, and every process it starts, ignore SLURM's warning signal
+    unless it handles the signal itself (a fine-tune does: :func:`stop_on_signals`).
 
     SLURM sends the warning to every process of a job's steps: the Snakemake that runs the job
-    (the executor plugin starts it with srun) as well as the job. Left at its default, the signal
-    ends that Snakemake first, and SLURM then kills the rest of the step, a fine-tune in the
-    middle of saving its state. With this handler Snakemake logs it and waits: a fine-tune saves
-    and exits :data:`STOPPED_EXIT`, a measurement job ends (the default action) and reruns. A
-    Python handler, not SIG_IGN, so the jobs Snakemake starts get the default disposition back.
+    (the executor plugin starts it with srun), the shell Snakemake runs the script through, and
+    the job. Left at its default, the signal ends that Snakemake or that shell first (bash before
+    5.1 does not exec the last command of ``set -euo pipefail; python …``), and SLURM then kills
+    the rest of the step, a fine-tune in the middle of saving its state. Ignored, it reaches the
+    fine-tune alone: it saves and exits :data:`STOPPED_EXIT`; a measurement job carries on, and
+    reruns if the time limit ends it. SIG_IGN rather than a handler because a handler would not
+    survive the shell's exec, and a disposition ignored on entry is one a shell keeps.
     """
-
-    def note(number, _frame):
-        log.warning("%s received: the running job saves its state and stops (a fine-tune) or ends (any other); "
-                    "Snakemake's retry or SLURM's requeue starts it again", signal.Signals(number).name)
-
     with contextlib.suppress(ValueError):  # not the main thread (Snakemake's API used from a thread): nothing to do
-        signal.signal(WARNING_SIGNAL, note)
+        signal.signal(WARNING_SIGNAL, signal.SIG_IGN)
