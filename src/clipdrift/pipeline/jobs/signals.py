@@ -5,9 +5,9 @@ its time limit ends (``--signal``, profiles/slurm), its SIGTERM, or Ctrl-C on a 
 fine-tune: after each optimiser step), instead of an exception at an arbitrary line; a second
 signal of the same kind ends the job at once (its last saved state stays valid: states are
 replaced atomically). A job that stopped this way exits with :data:`STOPPED_EXIT`, which tells a
-requeue apart from a failure. :func:`let_jobs_take_the_warning` keeps the Snakemake that runs a
-job from dying of the warning signal first. How a job runs, not what it computes (outside every
-code digest).
+requeue apart from a failure. :func:`let_jobs_take_the_warning` makes Snakemake, and what it
+starts, ignore the warning signal, so that only the fine-tune acts on it. How a job runs, not
+what it computes (outside every code digest).
 """
 
 from __future__ import annotations
