@@ -36,6 +36,22 @@ def device_for_the_test(request, monkeypatch):
 
 
 @pytest.fixture(autouse=True, scope="session")
+def private_runtime_folder(tmp_path_factory):
+    """The warm job servers the tests start keep their folders under this session's temporary
+    folder, not in the user's real runtime folder or /tmp (XDG_RUNTIME_DIR is where they look
+    first)."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    yield runtime
+    if previous is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def no_job_server_left_running(tmp_path_factory):
     """The suite leaves no warm job server behind: each exits once its workflow has ended or its
     test stops it; one still running a few seconds after the last test is an error (and is

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from clipdrift.pipeline.digest import script_closure
-from clipdrift.pipeline.jobs.warm import client, protocol, server
-from clipdrift.pipeline.jobs.warm.protocol import LOG_FILE, PID_FILE, SOCKET, STATE_DIR
+from clipdrift.pipeline.jobs.warm import client, freshness, protocol, server
+from clipdrift.pipeline.jobs.warm.state import LOG_FILE, PID_FILE, SOCKET, location
 
 from workflow_helpers import server_pids, wait_until
 
@@ -67,6 +67,7 @@ class Workdir:
         self.root = root
         self.scripts = root / "scripts"
         self.env = {**os.environ, **TEST_ENV}
+        self.state = location(root, self.env)  # the server's folder
 
     def job(self, name: str, body: str, config: dict | None = None) -> Path:
         return write_job(self.scripts, name, body, config)
@@ -81,12 +82,12 @@ class Workdir:
 
     def server(self) -> dict | None:
         try:
-            return json.loads((self.root / PID_FILE).read_text())
+            return json.loads((self.state / PID_FILE).read_text())
         except (OSError, ValueError):
             return None
 
     def log(self) -> str:
-        path = self.root / LOG_FILE
+        path = self.state / LOG_FILE
         return path.read_text() if path.exists() else ""
 
     def stop_servers(self) -> None:
@@ -149,7 +150,7 @@ def test_cold_when_switched_off_or_under_slurm_with_the_reason(workdir, setting,
     result = workdir.run(workdir.job("cold", report(), config=config), env=setting)
     seen = reported(result)
     assert seen["mode"] == "cold" and expected in seen["detail"]
-    assert not (workdir.root / SOCKET).exists() and not server_pids(workdir.root)
+    assert not (workdir.state / SOCKET).exists() and not server_pids(workdir.root)
 
 
 class Job:
@@ -197,10 +198,10 @@ def test_an_edited_package_starts_a_fresh_server_and_the_job_sees_the_new_code(w
 
 
 def test_the_fingerprint_follows_the_environment_not_the_jobs_thread_count(monkeypatch):
-    base = protocol.fingerprint({"PATH": "/bin"})
-    assert protocol.fingerprint({"PATH": "/bin", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}) == base
-    assert protocol.fingerprint({"PATH": "/bin", "HF_HUB_OFFLINE": "1"}) != base
-    assert protocol.fingerprint({"PATH": "/bin", "PYTHONHASHSEED": "0"}) != base
+    base = freshness.fingerprint({"PATH": "/bin"})
+    assert freshness.fingerprint({"PATH": "/bin", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}) == base
+    assert freshness.fingerprint({"PATH": "/bin", "HF_HUB_OFFLINE": "1"}) != base
+    assert freshness.fingerprint({"PATH": "/bin", "PYTHONHASHSEED": "0"}) != base
 
 
 # --- signals and crashes --------------------------------------------------------------------
@@ -263,11 +264,11 @@ def test_a_child_killed_like_the_oom_killer_does_fails_its_job_and_the_server_su
 
 
 def test_a_stale_socket_and_pid_file_from_a_killed_server_are_replaced(workdir):
-    (workdir.root / STATE_DIR).mkdir(parents=True, mode=0o700)
+    workdir.state.mkdir(parents=True, mode=0o700)
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(str(workdir.root / SOCKET))
+    stale.bind(str(workdir.state / SOCKET))
     stale.close()  # the file stays, nothing listens: connecting is refused
-    (workdir.root / PID_FILE).write_text(json.dumps({"pid": 999999, "ticks": 1, "fingerprint": "0" * 16}))
+    (workdir.state / PID_FILE).write_text(json.dumps({"pid": 999999, "ticks": 1, "fingerprint": "0" * 16}))
     seen = reported(workdir.run(workdir.job("fresh", report())))
     assert seen["mode"] == "warm" and workdir.server()["pid"] == seen["ppid"]
 
@@ -282,31 +283,32 @@ def test_the_server_is_detached_and_holds_no_descriptor_of_its_clients(workdir):
     targets = [os.readlink(f"/proc/{server_pid}/fd/{fd}") for fd in os.listdir(f"/proc/{server_pid}/fd")]
     assert not [target for target in targets if target.startswith("pipe:")], targets
     assert os.readlink(f"/proc/{server_pid}/fd/0") == os.devnull
-    assert Path(os.readlink(f"/proc/{server_pid}/fd/2")) == (workdir.root / LOG_FILE).resolve()
+    assert Path(os.readlink(f"/proc/{server_pid}/fd/2")) == (workdir.state / LOG_FILE).resolve()
 
 
 def test_the_state_folder_is_private_to_its_user(workdir):
     reported(workdir.run(workdir.job("probe", report())))
-    folder = workdir.root / STATE_DIR
-    assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
+    for folder in (workdir.state, workdir.state.parent):
+        assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
+    assert not (workdir.root / ".snakemake").exists()  # nothing of the server under the working directory
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
 def test_a_connection_from_another_user_is_refused(workdir):
     reported(workdir.run(workdir.job("probe", report())))
-    os.chmod(workdir.root / STATE_DIR, 0o711)  # let another user reach the socket at all
-    os.chmod(workdir.root / SOCKET, 0o777)
+    os.chmod(workdir.state, 0o711)  # let another user reach the socket at all
+    os.chmod(workdir.state / SOCKET, 0o777)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # as user 65534 (the interpreter's own folder may be closed to that user: no exec)
         answer = "error"
         try:
-            folder = os.open(workdir.root / STATE_DIR, os.O_RDONLY)  # reached as root: pytest's tmp is 0700
+            folder = os.open(workdir.state, os.O_RDONLY)  # reached as root: its parents are 0700
             os.setgid(65534)
             os.setuid(65534)
             os.fchdir(folder)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(SOCKET.name)
+            sock.connect(SOCKET)
             protocol.send(sock, {"fingerprint": "x"})
             answer = repr(protocol.receive(sock)[0])
         except BaseException as error:  # noqa: BLE001 - reported to the test
@@ -324,7 +326,7 @@ def test_a_connection_from_another_user_is_refused(workdir):
 def test_the_server_exits_when_idle(workdir):
     seen = reported(workdir.run(workdir.job("probe", report()), env={"CLIPDRIFT_WARM_IDLE": "1"}))
     assert wait_until(lambda: not alive(seen["ppid"]), 10) and "idle for 1 s" in workdir.log()
-    assert not (workdir.root / SOCKET).exists() and not (workdir.root / PID_FILE).exists()
+    assert not (workdir.state / SOCKET).exists() and not (workdir.state / PID_FILE).exists()
 
 
 def test_the_server_exits_once_the_workflow_it_served_has_ended(workdir):

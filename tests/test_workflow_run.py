@@ -15,6 +15,8 @@ import pytest
 import yaml
 from markupsafe import escape
 
+from clipdrift.pipeline.jobs.warm.state import LOG_FILE, location
+
 from workflow_helpers import REPO, planned_jobs, require_slurm, server_pids, snakemake, wait_until
 
 pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
@@ -195,7 +197,7 @@ def test_warm_and_cold_jobs_give_bit_identical_results(study_dir, cold_study_dir
 
 def test_the_warm_study_left_no_server_and_accounted_for_every_job(study_dir):
     assert wait_until(lambda: not server_pids(study_dir), 10), "the server exits once its workflow has ended"
-    log = (study_dir / ".snakemake/clipdrift-warm/server.log").read_text()
+    log = (location(study_dir) / LOG_FILE).read_text()
     assert "every workflow it served has ended" in log and log.count(" ended: ") == len(_usage(study_dir / STUDY))
     for record in _usage(study_dir / STUDY):
         assert record["ok"] and 0 < record["startup_s"] < record["s"] and record["cpu_s"] > 0
@@ -210,7 +212,7 @@ def test_ctrl_c_on_snakemake_fails_the_running_jobs_and_a_rerun_completes_the_st
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.Popen(command, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
-    log = workdir / ".snakemake/clipdrift-warm/server.log"
+    log = location(workdir) / LOG_FILE
     # interrupt while fine-tunes run in the server's children, as Ctrl-C does: the whole group
     assert wait_until(lambda: log.exists() and "rule finetune, client" in log.read_text(), 600), run.stderr.read()
     os.killpg(run.pid, signal.SIGINT)

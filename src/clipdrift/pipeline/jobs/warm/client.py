@@ -14,45 +14,50 @@ runs cold in this process exactly as without a server. :func:`job_start` says wh
 
 Jobs run cold when ``CLIPDRIFT_WARM`` is ``0``/``false``/``off``, when the study config says
 ``warm: false``, on a host that is not Linux, under SLURM (each job is its own allocation
-there), or when the server cannot start or refuses to fork (see :mod:`clipdrift.pipeline.jobs.warm.server`).
+there), when the working directory is writable by others than its user, or when the server
+cannot be verified, cannot start, misses a deadline or refuses to fork (see
+:mod:`clipdrift.pipeline.jobs.warm.connect` and :mod:`clipdrift.pipeline.jobs.warm.server`).
 
 While the child runs, this process forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and
-SIGUSR2 to the child's process group, and when the child ends it exits the same way: with the
-child's exit status, or killed by the child's signal. If this process dies, the server kills the
-child. Stdlib only: everything here runs before the job imports anything heavy.
+SIGUSR2 to the server, which signals its child's process group; when the child ends this
+process exits the same way: with the child's exit status, or killed by the child's signal. If
+this process dies, the server kills the child; if the server dies, this process kills the child
+it verified as the server's (never a pid it was only told). Stdlib only: everything here runs
+before the job imports anything heavy.
 """
 
 from __future__ import annotations
 
 import base64
-import fcntl
 import os
 import pickle
+import select
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipdrift.pipeline.jobs.warm.connect import (
+    REPLY_TIMEOUT_ENV,
+    Process,
+    WarmUnavailable,
+    child_of,
+    connect,
+    deadline,
+)
+from clipdrift.pipeline.jobs.warm.freshness import fingerprint
 from clipdrift.pipeline.jobs.warm.protocol import (
-    LOG_FILE,
     PROTOCOL,
-    SOCKET,
-    START_LOCK,
     ProtocolError,
-    fingerprint,
-    is_running,
     process_start_time,
     receive,
     send,
-    start_ticks,
-    state_dir,
     workflow_process,
 )
+from clipdrift.pipeline.jobs.warm.state import LOG_FILE, StateFolder, StateRefused, open_state_folder, shared_workdir
 
 SWITCH_ENV = "CLIPDRIFT_WARM"  # 0 / false / off / no: every job runs cold
-START_TIMEOUT_ENV = "CLIPDRIFT_WARM_START_TIMEOUT"  # seconds a job waits for a new server (default 300)
 CONTAINER_ENV = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")  # set inside Apptainer/Singularity
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _OFF = ("0", "false", "off", "no")
@@ -70,10 +75,6 @@ class JobStart:
 
     def describe(self) -> str:
         return f"{self.mode} job: {self.detail}"
-
-
-class WarmUnavailable(Exception):
-    """The job server cannot run this job; the message says why, and the job runs cold."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,9 @@ def cold_reason(snakemake, environ, platform: str) -> str | None:
     container = next((environ[name] for name in CONTAINER_ENV if environ.get(name)), None)
     if container:
         return f"the job runs in a container ({container}) that ends with it"
+    shared = shared_workdir_reason()
+    if shared:
+        return shared
     workflow = workflow_process()
     if workflow is not None and workflow.mode == "remote":
         return "this is a cluster job (snakemake --mode remote): each job is its own allocation"
@@ -136,6 +140,15 @@ def cold_reason(snakemake, environ, platform: str) -> str | None:
     if script is None or not Path(script).is_file():
         return f"the script is not a local file ({script})"
     return None
+
+
+def shared_workdir_reason(workdir: str | None = None) -> str | None:
+    """Why the job server is off for a working directory others can write to, or None."""
+    shared = shared_workdir(workdir or os.getcwd())
+    if shared is None:
+        return None
+    return (f"{shared}: Snakemake runs the code it generates from there, and a job server would too, so the job "
+            "server is off; a folder only you can write to (chmod go-w) runs jobs warm")
 
 
 def _own_start() -> float:
@@ -155,41 +168,55 @@ def _script_path() -> str | None:
 
 def _run_warm(snakemake, process_start: float, handed_over: float) -> _Ending:
     try:
-        state_dir()
-    except OSError as error:
+        folder = open_state_folder(os.getcwd())
+    except (StateRefused, OSError) as error:
         raise WarmUnavailable(f"the job server's folder cannot be used: {error}") from None
-    job = _job_message(snakemake, process_start, handed_over)
-    with _Forwarding() as forwarding:
-        for _ in range(2):
-            with _connect(job) as sock:
-                if sock is None:
+    with folder:
+        job = _job_message(snakemake, process_start, handed_over)
+        with _Forwarding() as forwarding:
+            for _ in range(2):
+                connection = connect(folder, job)
+                if connection is None:
                     continue
-                try:
-                    send(sock, job, fds=job["stdio"])
-                    reply, _ = receive(sock)
-                except (OSError, ProtocolError):
-                    reply = None
-                if reply is None or reply.get("status") == "stale":
-                    continue  # the server went away or is older than this code: a fresh one next
-                if reply.get("status") != "forked":
-                    raise WarmUnavailable(f"the job server refused this job: {reply.get('reason', reply)}")
-                forwarding.child = int(reply["pid"])
-                return _wait_for_child(sock, forwarding)
+                sock, server = connection
+                with sock:
+                    reply = _hand_over_job(sock, job)
+                    if reply is None or reply.get("status") == "stale":
+                        continue  # the server went away or is older than this code: a fresh one next
+                    if reply.get("status") != "forked":
+                        raise WarmUnavailable(f"the job server refused this job: {reply.get('reason', reply)}")
+                    forwarding.attach(sock, server, reply.get("pid"))
+                    return _wait_for_child(sock, forwarding, folder)
     raise WarmUnavailable("the job server went away twice before starting this job")
 
 
+def _hand_over_job(sock, job: dict) -> dict | None:
+    """Send the job; the server's answer (None if it went away)."""
+    try:
+        send(sock, job, fds=job["stdio"])
+        return receive(sock)[0]
+    except TimeoutError:
+        raise WarmUnavailable(f"the job server did not answer within {sock.gettimeout():g} s "
+                              f"({REPLY_TIMEOUT_ENV})") from None
+    except (OSError, ProtocolError):
+        return None
+
+
 class _Forwarding:
-    """While the job is handed over, signals to this process go to the child's process group.
+    """While the job is handed over, signals to this process go to the child's process group,
+    through the server (it signals its own child).
 
     Installed before the job is sent, so no signal falls between the child's start and this
-    process learning its pid. One that comes before the child exists does what it would have
+    process learning of it. One that comes before the child exists does what it would have
     done without a server (the previous disposition, re-raised here: a KeyboardInterrupt, or the
     end of this process, whose connection closing tells the server to drop the job). A signal
     this process ignored is not forwarded: a cold job would have ignored it too.
     """
 
     def __init__(self):
-        self.child: int | None = None
+        self.sock = None
+        self.child: Process | None = None  # the server's child, verified as such by this process
+        self.child_pid = None  # what the server said
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> _Forwarding:
@@ -201,18 +228,30 @@ class _Forwarding:
         for signum, disposition in self.previous.items():
             signal.signal(signum, disposition)
 
+    def attach(self, sock, server: Process, child_pid) -> None:
+        self.child, self.child_pid, self.sock = child_of(server, child_pid), child_pid, sock
+
     def _on_signal(self, signum, _frame) -> None:
         if self.previous[signum] == signal.SIG_IGN:
             return
-        if self.child is None:
+        if self.sock is None:
             signal.signal(signum, self.previous[signum])
             os.kill(os.getpid(), signum)
             return
-        self.send(signum)
-
-    def send(self, signum: int) -> None:
         try:
-            os.killpg(self.child, signum)
+            send(self.sock, {"signal": int(signum)})
+        except OSError:  # the server has gone: waiting for the child says so
+            pass
+
+    def kill_child(self) -> None:
+        """The server has gone: end the child it left, if this process verified it as its child."""
+        if self.child is None or not self.child.running():
+            return
+        try:
+            if os.getpgid(self.child.pid) == self.child.pid:
+                os.killpg(self.child.pid, signal.SIGKILL)
+            else:
+                os.kill(self.child.pid, signal.SIGKILL)
         except ProcessLookupError:  # it has ended already
             pass
 
@@ -255,122 +294,33 @@ def _open_stdio() -> list[int]:
     return present
 
 
-class _connect:
-    """A connection to this working directory's server, started first if there is none."""
-
-    def __init__(self, job: dict):
-        self.job = job
-        self.sock: socket.socket | None = None
-
-    def __enter__(self) -> socket.socket | None:
+def _wait_for_child(sock, forwarding: _Forwarding, folder: StateFolder) -> _Ending:
+    """The child's ending, as the server reports it. A server that ends, or stays silent for
+    longer than the reply deadline after the child has ended, fails the job (and its child)."""
+    reply = None
+    if _report_comes(sock, forwarding):
         try:
-            self.sock = _try_connect() or _start_server(self.job)
-        except ConnectionError:  # a server that went away between being seen and being reached
-            self.sock = None
-        except OSError as error:
-            raise WarmUnavailable(f"the job server cannot be reached: {error}") from None
-        return self.sock
-
-    def __exit__(self, *exc) -> None:
-        if self.sock is not None:
-            self.sock.close()
-
-
-def _try_connect() -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(SOCKET))
-    except (FileNotFoundError, ConnectionRefusedError):  # none, or a stale socket of a dead one
-        sock.close()
-        return None
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def _start_server(job: dict) -> socket.socket:
-    """Start a server (one client at a time: the others wait on the lock, then connect to it)."""
-    with open(START_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        sock = _try_connect()
-        if sock is not None:
-            return sock  # another job started one meanwhile
-        return _wait_until_ready(_spawn_server(job["fingerprint"], str(Path(job["script"]).parent)))
-
-
-def _spawn_server(expected_fingerprint: str, scripts_dir: str) -> tuple[int, int]:
-    """Start the server as a grandchild in its own session, so that it is never in this job's
-    process tree (Snakemake's benchmark of this job would count it), holds no terminal and no
-    descriptor of this process but its log; its (pid, start ticks)."""
-    argv = [sys.executable, "-P", "-m", "clipdrift.pipeline.jobs.warm.server", "--fingerprint", expected_fingerprint,
-            "--scripts", scripts_dir]
-    log = os.open(LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    read_end, write_end = os.pipe()
-    intermediate = os.fork()
-    if intermediate == 0:
-        status = 1
-        try:
-            os.close(read_end)
-            os.setsid()
-            server = os.fork()
-            if server == 0:
-                status = 127
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(devnull, 0)
-                os.dup2(log, 1)
-                os.dup2(log, 2)
-                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                os.execv(sys.executable, argv)
-            os.write(write_end, f"{server} {start_ticks(server)}".encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    os.close(log)
-    try:
-        reported = os.read(read_end, 64).decode().split()
-    finally:
-        os.close(read_end)
-    os.waitpid(intermediate, 0)
-    if len(reported) != 2:
-        raise WarmUnavailable("the job server could not be started (fork failed)")
-    return int(reported[0]), int(reported[1])
-
-
-def _wait_until_ready(server: tuple[int, int]) -> socket.socket:
-    timeout = float(os.environ.get(START_TIMEOUT_ENV, "300"))
-    started, delay = time.monotonic(), 0.01
-    while time.monotonic() - started < timeout:
-        sock = _try_connect()
-        if sock is not None:
-            return sock
-        if not is_running(*server):
-            raise WarmUnavailable(f"the job server exited while starting: {_last_line(LOG_FILE)} (see {LOG_FILE})")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
-    raise WarmUnavailable(f"the job server did not start within {timeout:.0f} s ({START_TIMEOUT_ENV}); see {LOG_FILE}")
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1] if lines else "no log"
-
-
-def _wait_for_child(sock: socket.socket, forwarding: _Forwarding) -> _Ending:
-    try:
-        reply, _ = receive(sock)
-    except (OSError, ProtocolError):
-        reply = None
+            reply, _ = receive(sock)
+        except (OSError, ProtocolError):
+            pass
     if reply is None or reply.get("status") != "exited":
-        forwarding.send(signal.SIGKILL)
-        print(f"clipdrift: the job server went away while job {forwarding.child} ran; the job was stopped "
-              f"(see {LOG_FILE})", file=sys.stderr)
+        forwarding.kill_child()
+        print(f"clipdrift: the job server went away or stopped answering while job {forwarding.child_pid} ran; "
+              f"the job was stopped (see {folder.shown(LOG_FILE)})", file=sys.stderr)
         return _Ending(1)
     return _Ending(int(reply["returncode"]), reply.get("signal"))
+
+
+def _report_comes(sock, forwarding: _Forwarding) -> bool:
+    """Wait until the server says something (or closes); False if it stays silent too long after
+    the child it forked has ended."""
+    silent_since = None
+    while not select.select([sock], [], [], 1.0)[0]:
+        if forwarding.child is not None and not forwarding.child.running():
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > deadline(REPLY_TIMEOUT_ENV, 30):
+                return False
+    return True
 
 
 def _exit_as(ending: _Ending) -> None:

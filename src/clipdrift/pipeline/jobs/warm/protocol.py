@@ -1,71 +1,33 @@
-"""What the warm client and server share: where the server lives, how they talk, what makes a
-server fit a client, and the process facts both read from ``/proc``. Stdlib only.
-
-**Where.** One server per working directory and user: its files are in ``.snakemake/clipdrift-
-warm/`` under the working directory, a folder of mode 0700 owned by the user. Both sides use
-paths relative to the working directory (a Unix socket path is limited to 107 bytes).
+"""What the warm client and server share: how they talk, who is at the other end, and the process
+facts both read from ``/proc``. Stdlib only.
 
 **Messages.** A message is a 4-byte big-endian length and that many bytes of UTF-8 JSON. The
 client's job message carries its standard input, output and error as file descriptors
 (``SCM_RIGHTS``) with its first bytes. The first key of every job message is ``fingerprint``,
 which every version of the server reads; a server that does not recognise it answers
-``stale``.
+``stale``. While its job runs, the client sends ``{"signal": N}`` for each signal it forwards;
+the server signals its own child's process group (the client never signals a pid it was told).
 
-**Fingerprint.** A hash of everything a server's imports depend on: the package's files (every
-byte: a server never outlives an edit of the package), the interpreter, the listing of every
-site directory (the installed distributions and their versions) and the environment variables
-that libraries read when they are imported. Variables Snakemake sets per job (thread counts) are
-left out; the child sets the job's thread count itself.
+**Who.** Each side checks the other's user id (``SO_PEERCRED``) before it trusts a byte: the
+server before it reads a job, the client before it sends one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import site
 import socket
-import stat
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-PROTOCOL = 1
-STATE_DIR = Path(".snakemake") / "clipdrift-warm"
-SOCKET = STATE_DIR / "server.sock"
-PID_FILE = STATE_DIR / "server.pid"
-LOG_FILE = STATE_DIR / "server.log"
-START_LOCK = STATE_DIR / "start.lock"
+PROTOCOL = 2
+IDLE_ENV = "CLIPDRIFT_WARM_IDLE"  # seconds a server waits without a job before it exits (default 120)
 MAX_MESSAGE = 64 * 1024 * 1024  # a job message holds the pickled job, its config and environment
-
-# Read by libraries when they are imported (a server keeps what it imported with): part of the
-# fingerprint. Thread counts are set per job by Snakemake and again by the job itself.
-IMPORT_ENV_PREFIXES = ("PYTHON", "LD_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "CUDA_",
-                       "CUBLAS_", "OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "JE_", "MALLOC_", "ARROW_", "MPL",
-                       "TOKENIZERS_")
-PER_JOB_THREADS = frozenset({"OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"})  # as Snakemake sets them
-PER_JOB_ENV = PER_JOB_THREADS | {"CUDA_VISIBLE_DEVICES"}
 
 
 class ProtocolError(Exception):
     """The other side sent something that is not a message of this protocol."""
-
-
-# --- the state directory ---------------------------------------------------------------------
-
-
-def state_dir() -> Path:
-    """``.snakemake/clipdrift-warm`` under the working directory: created 0700, and refused if
-    another user owns it or others can enter it."""
-    STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = STATE_DIR.stat()
-    if info.st_uid != os.getuid():
-        raise PermissionError(f"{STATE_DIR} belongs to uid {info.st_uid}, not to this user")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(STATE_DIR, 0o700)
-    return STATE_DIR
 
 
 # --- messages ----------------------------------------------------------------------------------
@@ -128,56 +90,17 @@ def _close_all(fds: list[int]) -> None:
         os.close(fd)
 
 
-def peer_uid(sock: socket.socket) -> int:
-    """The user id of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
-    credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", credentials)[1]
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
 
 
-# --- the fingerprint ---------------------------------------------------------------------------
-
-
-def package_dir() -> Path:
-    """The folder of the clipdrift package this process imported."""
-    return Path(sys.modules["clipdrift"].__file__).resolve().parent
-
-
-def fingerprint(environ: dict[str, str] | None = None) -> str:
-    """16 hex digits naming the package code and the Python environment a server would import."""
-    environ = os.environ if environ is None else environ
-    digest = hashlib.sha256()
-    digest.update(f"{PROTOCOL}\0{sys.executable}\0{sys.version}\0{package_dir()}\n".encode())
-    for name in sorted(import_environment(environ)):
-        digest.update(f"env {name}={environ[name]}\n".encode())
-    for relative, content in _package_files(package_dir()):
-        digest.update(f"file {relative} {hashlib.sha256(content).hexdigest()}\n".encode())
-    for folder in _site_dirs(environ):
-        try:
-            entries = sorted(os.listdir(folder))
-        except OSError:
-            continue
-        digest.update(f"site {folder}: {' '.join(entries)}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def import_environment(environ: dict[str, str]) -> list[str]:
-    """Names of the environment variables that are part of the fingerprint."""
-    return [name for name in environ if name.startswith(IMPORT_ENV_PREFIXES) and name not in PER_JOB_ENV]
-
-
-def _package_files(root: Path):
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".") and name != "__pycache__")
-        for name in sorted(files):
-            if not name.startswith(".") and not name.endswith((".pyc", ".pyo")):
-                path = Path(folder) / name
-                yield path.relative_to(root).as_posix(), path.read_bytes()
-
-
-def _site_dirs(environ: dict[str, str]) -> list[str]:
-    folders = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
-    folders += [entry for entry in environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    return list(dict.fromkeys(os.path.abspath(folder) for folder in folders))
+def peer(sock: socket.socket) -> Peer:
+    """The process at the other end of a Unix socket (``SO_PEERCRED``): for a listening server,
+    the process that bound it."""
+    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return Peer(pid, uid)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -186,6 +109,14 @@ def _site_dirs(environ: dict[str, str]) -> list[str]:
 def _stat_fields(pid: int | str) -> list[str]:
     text = Path(f"/proc/{pid}/stat").read_text()
     return text[text.rindex(")") + 2:].split()  # fields 3 onwards (the name may hold spaces)
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of process ``pid``; None if there is no such process."""
+    try:
+        return int(_stat_fields(pid)[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def start_ticks(pid: int | str = "self") -> int:

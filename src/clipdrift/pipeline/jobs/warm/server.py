@@ -3,8 +3,9 @@
 Started by the first job of a working directory (``python -P -m clipdrift.pipeline.jobs.warm.server``, in its
 own session, with no terminal and no inherited descriptor but its log), it:
 
-1. writes ``server.pid`` and checks that its own fingerprint is the one the client expected
-   (else it exits, and the client runs its job cold, naming the reason);
+1. checks the folder it was handed (:mod:`clipdrift.pipeline.jobs.warm.state`) and that its own
+   fingerprint is the one the client expected (else it exits, and the client runs its job cold,
+   naming the reason);
 2. imports what Snakemake's job preamble needs, every module outside the package that the
    workflow scripts' code imports and every package module the scripts reach (all derived from
    their import closures, :mod:`clipdrift.pipeline.digest`). The package's import-time code makes no
@@ -14,22 +15,25 @@ own session, with no terminal and no inherited descriptor but its log), it:
    background_thread:false`` (pyarrow's jemalloc background thread) and
    ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (a CUDA check that does not initialise CUDA) the process
    then has one thread and no CUDA context. These settings are the server's own: every child
-   takes the job's environment;
-3. listens on ``server.sock`` and, for each job: checks the peer's user id, reads the job, and
-   forks if it is safe to: the fingerprints match, the process has exactly one thread (a fork
-   copies only the calling thread: a child of a process that ran a libgomp pool hangs at its
-   first parallel region, measured) and CUDA is not initialised. Otherwise it answers
-   ``stale`` (the client starts a fresh server; this one retires) or ``refused`` with the
-   reason (the job runs cold);
-4. reports each child's exit status to its client, and kills the child's process group if the
-   client dies; a child's crash is only that job's failure;
+   takes the job's environment. It notes every file it imported from outside the standard
+   library (:class:`~clipdrift.pipeline.jobs.warm.freshness.ImportedCode`);
+3. listens on ``server.sock``, writes ``server.pid`` and, for each job: checks the peer's user
+   id, reads the job, and forks if it is safe to: the fingerprints match, no file it imported
+   has changed, the process has exactly one thread (a fork copies only the calling thread: a
+   child of a process that ran a libgomp pool hangs at its first parallel region, measured) and
+   CUDA is not initialised. Otherwise it answers ``stale`` (the client starts a fresh server;
+   this one retires) or ``refused`` with the reason (the job runs cold);
+4. passes each signal a client forwards to its child's process group, reports each child's exit
+   status to its client, and kills the child's process group if the client dies; a child's
+   crash is only that job's failure;
 5. exits when every workflow it served has ended and no job runs, after
    ``CLIPDRIFT_WARM_IDLE`` seconds without a job (default 120), when a newer server has taken its
    socket, or on SIGTERM/SIGINT/SIGHUP once its running jobs have ended.
 
 It runs no tensor computation, sets no thread count and never initialises CUDA: each child
-does all of that for its own job (:mod:`clipdrift.pipeline.jobs.warm.child`). Its log is
-``.snakemake/clipdrift-warm/server.log``.
+does all of that for its own job (:mod:`clipdrift.pipeline.jobs.warm.child`). Its process starts
+with a minimal environment (:func:`clipdrift.pipeline.jobs.warm.connect.server_environment`);
+its log is ``server.log`` in its folder.
 """
 
 from __future__ import annotations
@@ -49,25 +53,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipdrift.pipeline.jobs.warm import child
-from clipdrift.pipeline.jobs.warm.protocol import (
-    PER_JOB_THREADS,
-    PID_FILE,
-    PROTOCOL,
-    SOCKET,
-    STATE_DIR,
-    ProtocolError,
-    fingerprint,
-    is_running,
-    peer_uid,
-    receive,
-    send,
-    start_ticks,
-    state_dir,
-)
+from clipdrift.pipeline.jobs.warm.freshness import PER_JOB_THREADS, ImportedCode, fingerprint
+from clipdrift.pipeline.jobs.warm.protocol import IDLE_ENV, PROTOCOL, ProtocolError, is_running, peer, receive, send, start_ticks
+from clipdrift.pipeline.jobs.warm.state import PID_FILE, SOCKET, StateFolder, StateRefused
 
-IDLE_ENV = "CLIPDRIFT_WARM_IDLE"
 TICK_S = 0.5  # how often lifetime rules are checked
-RECEIVE_TIMEOUT_S = 10.0  # a client sends its whole job at once
+RECEIVE_TIMEOUT_S = 10.0  # a client sends its whole job (or a signal) at once
+FORWARDABLE = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2})
 # The server's own settings for its imports (children take the job's environment instead).
 # Without them, measured on this stack, the imports leave idle native threads behind: torch's
 # import one OpenMP worker, peft's one more (its import-time tensor code runs an OpenMP region),
@@ -157,7 +149,8 @@ class RunningJob:
 
 
 class Server:
-    def __init__(self, expected_fingerprint: str, scripts_dir: Path, idle_s: float):
+    def __init__(self, folder: StateFolder, expected_fingerprint: str, scripts_dir: Path, idle_s: float):
+        self.folder = folder
         self.fingerprint = expected_fingerprint
         self.scripts_dir = scripts_dir
         self.idle_s = idle_s
@@ -171,18 +164,18 @@ class Server:
         self.refusal: str | None = None
         self.served = 0
         self.ticks = start_ticks()
+        self.code: ImportedCode | None = None
 
     # lifetime
 
     def run(self) -> int:
-        state_dir()
-        self._write_pid_file()
         own = fingerprint()
         if own != self.fingerprint:
             say(f"exiting: this environment's fingerprint is {own}, the client expected {self.fingerprint}")
             return 1
         self._import_stack()
         self._listen()
+        self._write_pid_file()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_stop_signal)
         try:
@@ -194,24 +187,26 @@ class Server:
 
     def _import_stack(self) -> None:
         os.environ.update(IMPORT_SETTINGS)
-        started = time.perf_counter()
+        began, started = time.time(), time.perf_counter()
         names = preload_names(self.scripts_dir)
         failed = preload(names)
+        self.code = ImportedCode(began)
         say(f"imported {len(names)} modules in {time.perf_counter() - started:.1f} s"
-            + (f"; failed: {'; '.join(failed)}" if failed else ""))
+            + (f"; failed: {'; '.join(failed)}" if failed else "")
+            + f"; {len(self.code.files)} files from outside the standard library checked before each fork")
         hazards = fork_hazards()
         if hazards:
             self.refusal = "unsafe to fork after the imports: " + "; ".join(hazards)
             say(f"refusing every job: {self.refusal}")
 
     def _listen(self) -> None:
-        temporary = STATE_DIR / f"server.{os.getpid()}.sock"
-        temporary.unlink(missing_ok=True)
+        temporary = f"server.{os.getpid()}.sock"
+        self.folder.unlink(temporary)
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(temporary))
+        self.listener.bind(self.folder.at(temporary))
         self.listener.listen(64)
-        os.replace(temporary, SOCKET)  # atomic: a client sees the old socket or this one, never none
-        self.socket_inode = SOCKET.stat().st_ino
+        self.folder.rename(temporary, SOCKET)  # atomic: a client sees the old socket or this one, never none
+        self.socket_inode = self.folder.inode(SOCKET)
         self.selector.register(self.listener, selectors.EVENT_READ, ("accept", None))
         self.last_activity = time.monotonic()
         say(f"serving {Path.cwd()} (fingerprint {self.fingerprint})")
@@ -233,10 +228,7 @@ class Server:
         return self.listener is not None and bool(select.select([self.listener], [], [], 0)[0])
 
     def _owns_socket(self) -> bool:
-        try:
-            return SOCKET.stat().st_ino == self.socket_inode
-        except FileNotFoundError:
-            return False
+        return self.socket_inode is not None and self.folder.inode(SOCKET) == self.socket_inode
 
     def _on_stop_signal(self, signum, _frame) -> None:
         say(f"signal {signal.Signals(signum).name}: no new jobs; exiting once {len(self.jobs)} running jobs end")
@@ -247,7 +239,7 @@ class Server:
         self.retiring = True
         if self.listener is not None:
             if self._owns_socket():
-                SOCKET.unlink(missing_ok=True)
+                self.folder.unlink(SOCKET)
             self.selector.unregister(self.listener)
             self.listener.close()
             self.listener = None
@@ -255,16 +247,17 @@ class Server:
     def _close(self) -> None:
         self._retire()
         try:
-            if json.loads(PID_FILE.read_text()).get("pid") == os.getpid():
-                PID_FILE.unlink()
-        except (OSError, ValueError):
+            if json.loads(self.folder.read_text(PID_FILE) or "{}").get("pid") == os.getpid():
+                self.folder.unlink(PID_FILE)
+        except (OSError, ValueError, AttributeError):
             pass
         say("exit")
 
     def _write_pid_file(self) -> None:
-        temporary = PID_FILE.with_name(f"server.pid.{os.getpid()}")
-        temporary.write_text(json.dumps({"pid": os.getpid(), "ticks": self.ticks, "fingerprint": self.fingerprint}))
-        os.replace(temporary, PID_FILE)
+        """The record clients check the socket's owner against (written once the socket is this
+        server's): pid, start and fingerprint."""
+        record = {"pid": os.getpid(), "ticks": self.ticks, "fingerprint": self.fingerprint}
+        self.folder.write_text(PID_FILE, json.dumps(record))
 
     # events
 
@@ -288,7 +281,7 @@ class Server:
         self.last_activity = time.monotonic()
         conn.settimeout(RECEIVE_TIMEOUT_S)
         try:
-            uid = peer_uid(conn)
+            uid = peer(conn).uid
             if uid != os.getuid():
                 say(f"refused a connection from uid {uid}")
                 conn.close()
@@ -317,6 +310,7 @@ class Server:
             pid = os.fork()
             if pid == 0:
                 child.run(job, fds, lambda: self._release_in_child(conn))  # never returns
+            _own_group(pid)
             self._register(job, pid, conn)
             self._send(conn, {"status": "forked", "pid": pid})
         finally:
@@ -330,6 +324,11 @@ class Server:
             return {"status": "stale", "reason": f"this server's fingerprint is {self.fingerprint}"}
         if self.retiring:
             return {"status": "stale", "reason": "this server is retiring"}
+        changed = self.code.changed() if self.code is not None else []
+        if changed:
+            say(f"{len(changed)} imported files changed since the imports ({', '.join(changed[:3])}): retiring")
+            self._retire()
+            return {"status": "stale", "reason": f"{changed[0]} changed since this server imported it"}
         hazards = fork_hazards() if self.refusal is None else [self.refusal]
         if hazards:
             self.refusal = self.refusal or "unsafe to fork: " + "; ".join(hazards)
@@ -347,6 +346,7 @@ class Server:
         if self.listener is not None:
             self.listener.close()
         self.selector.close()
+        self.folder.close()
 
     def _register(self, job: dict, pid: int, conn: socket.socket) -> None:
         try:
@@ -364,16 +364,27 @@ class Server:
 
     def _client_event(self, job: RunningJob) -> None:
         try:
-            data = job.conn.recv(4096)
-        except OSError:
-            data = b""
-        if data:
-            return  # a client sends nothing after its job; ignore
+            message, _ = receive(job.conn)
+        except (OSError, ProtocolError):
+            message = None
+        if message is not None:
+            self._forward(job, message.get("signal"))
+            return
         say(f"job {job.pid}: its client is gone; killing the job")
         self._drop_connection(job)
         try:
             os.killpg(job.pid, signal.SIGKILL)
         except ProcessLookupError:
+            pass
+
+    def _forward(self, job: RunningJob, signum) -> None:
+        """A signal the client received, to its child's process group (its own child only)."""
+        if signum not in FORWARDABLE:
+            say(f"job {job.pid}: ignored a client message asking for signal {signum!r}")
+            return
+        try:
+            os.killpg(job.pid, signum)
+        except ProcessLookupError:  # it has ended: its ending is on its way to the client
             pass
 
     def _reap_finished(self) -> None:
@@ -412,14 +423,30 @@ class Server:
             say(f"could not answer a client: {error}")
 
 
+def _own_group(pid: int) -> None:
+    """The child's own process group, set from this side too: a signal forwarded before the child
+    has run its first line still reaches it (the child sets it as well)."""
+    try:
+        os.setpgid(pid, pid)
+    except OSError:  # the child set it already, or has ended
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="clipdrift's warm job server (started by the jobs themselves)")
     parser.add_argument("--fingerprint", required=True, help="the fingerprint the starting client computed")
     parser.add_argument("--scripts", type=Path, required=True, help="the workflow's scripts folder")
+    parser.add_argument("--state-fd", type=int, required=True, help="the descriptor of the checked server folder")
+    parser.add_argument("--state-dir", type=Path, required=True, help="where that folder is (for messages)")
     args = parser.parse_args(argv)
     idle_s = float(os.environ.get(IDLE_ENV, "120"))
     say(f"starting in {Path.cwd()} with {sys.executable}")
-    return Server(args.fingerprint, args.scripts, idle_s).run()
+    try:
+        folder = StateFolder.adopt(args.state_fd, args.state_dir)
+    except (OSError, StateRefused) as error:
+        say(f"exiting: the server folder cannot be used: {error}")
+        return 1
+    return Server(folder, args.fingerprint, args.scripts, idle_s).run()
 
 
 if __name__ == "__main__":
