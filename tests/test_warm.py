@@ -14,100 +14,17 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from clipdrift.pipeline.digest import script_closure
-from clipdrift.pipeline.jobs.warm import client, freshness, protocol, server
-from clipdrift.pipeline.jobs.warm.state import LOG_FILE, PID_FILE, SOCKET, location
+from clipdrift.pipeline.jobs.warm import client, freshness, protocol, stack
+from clipdrift.pipeline.jobs.warm.state import LOG_FILE, PID_FILE, SOCKET
 
+from warm_helpers import PACKAGE, REPO, Workdir, alive, report, reported
 from workflow_helpers import server_pids, wait_until
-
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = REPO / "src" / "clipdrift"
-# A server left by a failed test exits on its own soon; tests stop theirs at the end anyway.
-TEST_ENV = {"CLIPDRIFT_WARM_IDLE": "60", "PYTHONUNBUFFERED": "1"}
-
-JOB = """\
-import json, os, sys, time
-from types import SimpleNamespace
-
-snakemake = globals().get("snakemake") or SimpleNamespace(config={config}, rule={rule!r})
-
-from clipdrift.pipeline.jobs.warm.client import hand_over, job_start
-
-hand_over(snakemake)
-
-"""
-
-
-def write_job(folder: Path, name: str, body: str, config: dict | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.py"
-    path.write_text(JOB.format(config=config or {}, rule=name) + textwrap.dedent(body))
-    return path
-
-
-def report(fields: str = "") -> str:
-    """Job body: print how it started, where it runs and what it was given, as one JSON line."""
-    return ("start = job_start()\n"
-            "umask = os.umask(0); os.umask(umask)\n"
-            "print(json.dumps({'mode': start.mode, 'detail': start.detail, 'pid': os.getpid(), 'ppid': os.getppid(),"
-            " 'cwd': os.getcwd(), 'umask': umask, 'argv': sys.argv, 'env': os.environ.get('PROBE'),"
-            f" 'pgid': os.getpgid(0){fields}}}), flush=True)\n")
-
-
-class Workdir:
-    """A working directory, its job scripts and the servers started there (stopped at the end)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.scripts = root / "scripts"
-        self.env = {**os.environ, **TEST_ENV}
-        self.state = location(root, self.env)  # the server's folder
-
-    def job(self, name: str, body: str, config: dict | None = None) -> Path:
-        return write_job(self.scripts, name, body, config)
-
-    def run(self, script: Path, env: dict | None = None, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(script)], cwd=self.root, env={**self.env, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout, **kwargs)
-
-    def start(self, script: Path, env: dict | None = None) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(script)], cwd=self.root, env={**self.env, **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def server(self) -> dict | None:
-        try:
-            return json.loads((self.state / PID_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def log(self) -> str:
-        path = self.state / LOG_FILE
-        return path.read_text() if path.exists() else ""
-
-    def stop_servers(self) -> None:
-        for pid in server_pids(self.root):
-            os.kill(pid, signal.SIGTERM)
-        assert wait_until(lambda: not server_pids(self.root), 15), self.log()
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def reported(result) -> dict:
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    assert lines, result.stdout + result.stderr
-    return json.loads(lines[-1])
 
 
 @pytest.fixture
@@ -195,6 +112,68 @@ def test_an_edited_package_starts_a_fresh_server_and_the_job_sees_the_new_code(w
     assert second["mode"] == "warm" and second["probe"] == "second"
     assert second["ppid"] != first["ppid"]  # a fresh server for the new fingerprint
     assert wait_until(lambda: not alive(first["ppid"]), 10), "the old server must exit"
+
+
+def user_site(userbase: Path) -> Path:
+    """Where ``pip install --user`` puts packages with PYTHONUSERBASE=userbase."""
+    return userbase / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def test_edited_code_outside_the_package_reaches_the_next_job(workdir, tmp_path):
+    # a module on PYTHONPATH and a package installed in the user's site folder, both imported by
+    # the job's script (so preloaded by the server), each edited in place between two jobs
+    modules, userbase = tmp_path / "modules", tmp_path / "userbase"
+    modules.mkdir()
+    helper = modules / "helper.py"
+    helper.write_text("VALUE = 'first'\n")
+    installed = user_site(userbase) / "installedpkg"
+    installed.mkdir(parents=True)
+    (installed / "__init__.py").write_text("VALUE = 'first'\n")
+    (user_site(userbase) / "installedpkg-1.0.dist-info").mkdir()
+    env = {"PYTHONPATH": str(modules), "PYTHONUSERBASE": str(userbase)}
+    script = workdir.job("outside", "import helper, installedpkg\n"
+                         + report(", 'helper': helper.VALUE, 'installed': installedpkg.VALUE"))
+    first = reported(workdir.run(script, env=env))
+    assert (first["mode"], first["helper"], first["installed"]) == ("warm", "first", "first"), first
+    for edited, key in ((helper, "helper"), (installed / "__init__.py", "installed")):
+        edited.write_text(edited.read_text().replace("first", "second"))
+        seen = reported(workdir.run(script, env=env))
+        assert seen["mode"] == "warm" and seen[key] == "second", (key, seen)
+    assert workdir.log().count("imported files changed since the imports") == 2
+    assert reported(workdir.run(script, env=env))["ppid"] == seen["ppid"]  # unchanged: the same server
+
+
+FINGERPRINT = "from clipdrift.pipeline.jobs.warm.freshness import fingerprint; print(fingerprint())"
+
+
+def test_the_fingerprint_holds_the_files_python_runs_at_start_up(tmp_path):
+    site_dir = user_site(tmp_path)
+    site_dir.mkdir(parents=True)
+
+    def fingerprint() -> str:
+        return subprocess.run([sys.executable, "-c", FINGERPRINT], env={**os.environ, "PYTHONUSERBASE": str(tmp_path)},
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    seen = [fingerprint()]
+    for name, contents in (("extra.pth", ("import os\n", "import sys\n")),
+                           ("usercustomize.py", ("X = 1\n", "X = 2\n"))):
+        for content in contents:  # a new file, then the same file edited in place
+            (site_dir / name).write_text(content)
+            seen.append(fingerprint())
+    assert len(set(seen)) == len(seen), seen
+
+
+def test_a_warm_child_holds_its_own_environment_and_no_other_jobs(workdir):
+    script = workdir.job("secret", report(", 'secret': os.environ.get('SECRET'),"
+                                          " 'proc': open('/proc/self/environ', 'rb').read().decode(errors='replace')"))
+    first = reported(workdir.run(script, env={"SECRET": "the first job's token"}))  # this job starts the server
+    second = reported(workdir.run(script, env={"SECRET": "the second job's token"}))
+    assert first["mode"] == second["mode"] == "warm" and second["ppid"] == first["ppid"]
+    assert second["secret"] == "the second job's token"
+    # the kernel's copy of the environment is the server's: minimal, holding no job's own settings
+    server_environ = Path(f"/proc/{second['ppid']}/environ").read_bytes().decode(errors="replace")
+    for shown in (second["proc"], server_environ):
+        assert "SECRET" not in shown and "PATH=" in shown
 
 
 def test_the_fingerprint_follows_the_environment_not_the_jobs_thread_count(monkeypatch):
@@ -374,7 +353,7 @@ def test_a_server_with_other_threads_refuses_to_fork_and_jobs_run_cold(workdir, 
 
 
 def test_fork_hazards_name_threads_and_cuda():
-    code = ("import threading, time; from clipdrift.pipeline.jobs.warm.server import fork_hazards;"
+    code = ("import threading, time; from clipdrift.pipeline.jobs.warm.stack import fork_hazards;"
             "print(fork_hazards()); threading.Thread(target=time.sleep, args=(5,), name='extra', daemon=True).start();"
             "time.sleep(0.1); print(fork_hazards())")
     lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -392,7 +371,7 @@ def test_fork_hazards_include_an_initialised_cuda(monkeypatch):
         cuda = Cuda
 
     monkeypatch.setitem(sys.modules, "torch", Torch)
-    assert "CUDA is initialised" in server.fork_hazards()
+    assert "CUDA is initialised" in stack.fork_hazards()
 
 
 # --- the real stack -------------------------------------------------------------------------
@@ -445,7 +424,7 @@ IMPORT_TIME_OPS = """import importlib, json, sys
 from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from clipdrift.pipeline.jobs.warm.server import preload, preload_names
+from clipdrift.pipeline.jobs.warm.stack import preload, preload_names
 
 names = preload_names(Path(sys.argv[1]))
 external = [name for name in names if not name.startswith("clipdrift")]
@@ -480,7 +459,7 @@ def module_file(name: str) -> str:
 
 
 def test_the_server_preloads_what_the_scripts_import(real_stack):
-    names = server.preload_names(real_stack.scripts)
+    names = stack.preload_names(real_stack.scripts)
     assert {"torch", "pandas", "open_clip", "peft", "safetensors.torch", "snakemake.iocontainers"} <= set(names)
     assert {"clipdrift.train.engine", "clipdrift.measure.extract", "clipdrift.report.figures"} <= set(names)
     assert "timm" not in names and "clipdrift.pipeline.jobs.warm.server" not in names

@@ -11,18 +11,26 @@ benchmarks and rerun behaviour.
   script. Stdlib only, so the process Snakemake starts stays a thin client. It runs the job
   through the server and exits with the job's status, or returns (the job then runs cold in
   this process, exactly as without a server) and says why in the job's log.
-- :mod:`clipdrift.pipeline.jobs.warm.server`: the server. It imports what the workflow scripts' code imports
-  (derived from their import closures), starts no thread, runs no tensor computation, sets no
-  thread count and never initialises CUDA before it forks.
+- :mod:`clipdrift.pipeline.jobs.warm.connect`: reaching this user's server, verified before a
+  byte is sent, or starting one; a deadline on every wait.
+- :mod:`clipdrift.pipeline.jobs.warm.state`: where a server keeps its files: a folder only its
+  user controls, outside the working directory, reached through one checked descriptor.
+- :mod:`clipdrift.pipeline.jobs.warm.server`: the server. It starts no thread, runs no tensor
+  computation, sets no thread count and never initialises CUDA before it forks.
+- :mod:`clipdrift.pipeline.jobs.warm.stack`: what the server imports (derived from the workflow
+  scripts' import closures) and when it is safe to fork.
 - :mod:`clipdrift.pipeline.jobs.warm.child`: what a forked child does before it runs the script: the job's
   working directory, environment, umask, standard streams, signal dispositions and random
   seeds, then the script itself, read from disk.
-- :mod:`clipdrift.pipeline.jobs.warm.protocol`: the socket directory, the framing of messages, the code and
-  environment fingerprint, and the process facts both sides read from ``/proc``.
+- :mod:`clipdrift.pipeline.jobs.warm.freshness`: never old code: the fingerprint of the package and the
+  Python environment, and the files the server imported, checked before each fork.
+- :mod:`clipdrift.pipeline.jobs.warm.protocol`: the framing of messages, the peer's credentials and the
+  process facts both sides read from ``/proc``.
 
 The server also imports the package modules the scripts reach, so a child starts with nothing
 left to import. The fingerprint (every byte of the package's files, the interpreter, the
-installed distributions, the import-relevant environment) ties a server to what it imported: a
-client whose fingerprint differs retires the old server and starts a fresh one, so a job never
-runs code older than the files on disk.
+installed distributions, the files Python runs at start-up, the import-relevant environment)
+ties a server to what it imported: a client whose fingerprint differs retires the old server and
+starts a fresh one; a server that finds a file it imported changed retires too. A job never runs
+code older than the files on disk.
 """

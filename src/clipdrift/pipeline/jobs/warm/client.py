@@ -48,6 +48,7 @@ from clipdrift.pipeline.jobs.warm.connect import (
 )
 from clipdrift.pipeline.jobs.warm.freshness import fingerprint
 from clipdrift.pipeline.jobs.warm.protocol import (
+    FORWARDED_SIGNALS,
     PROTOCOL,
     ProtocolError,
     process_start_time,
@@ -59,7 +60,6 @@ from clipdrift.pipeline.jobs.warm.state import LOG_FILE, StateFolder, StateRefus
 
 SWITCH_ENV = "CLIPDRIFT_WARM"  # 0 / false / off / no: every job runs cold
 CONTAINER_ENV = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")  # set inside Apptainer/Singularity
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _OFF = ("0", "false", "off", "no")
 
 
@@ -191,10 +191,16 @@ def _run_warm(snakemake, process_start: float, handed_over: float) -> _Ending:
 
 
 def _hand_over_job(sock, job: dict) -> dict | None:
-    """Send the job; the server's answer (None if it went away)."""
+    """Send the job, then its standard descriptors once the server is ready to fork for it (a
+    server that stops answering never holds them); the server's last answer (None if it went
+    away)."""
     try:
-        send(sock, job, fds=job["stdio"])
-        return receive(sock)[0]
+        send(sock, job)
+        reply = receive(sock)[0]
+        if reply is not None and reply.get("status") == "ready":
+            send(sock, {"stdio": job["stdio"]}, fds=job["stdio"])
+            reply = receive(sock)[0]
+        return reply
     except TimeoutError:
         raise WarmUnavailable(f"the job server did not answer within {sock.gettimeout():g} s "
                               f"({REPLY_TIMEOUT_ENV})") from None

@@ -1,12 +1,15 @@
 """What the warm client and server share: how they talk, who is at the other end, and the process
 facts both read from ``/proc``. Stdlib only.
 
-**Messages.** A message is a 4-byte big-endian length and that many bytes of UTF-8 JSON. The
-client's job message carries its standard input, output and error as file descriptors
-(``SCM_RIGHTS``) with its first bytes. The first key of every job message is ``fingerprint``,
-which every version of the server reads; a server that does not recognise it answers
-``stale``. While its job runs, the client sends ``{"signal": N}`` for each signal it forwards;
-the server signals its own child's process group (the client never signals a pid it was told).
+**Messages.** A message is a 4-byte big-endian length and that many bytes of UTF-8 JSON,
+descriptors (``SCM_RIGHTS``) riding on its first bytes. The first key of every job message is
+``fingerprint``, which every version of the server reads; a server that does not recognise it
+answers ``stale``, one that will not fork ``refused``, one ready to fork ``ready``: only then
+does the client send its standard input, output and error as descriptors (a server that stops
+answering never holds them), and the server answers ``forked`` with its child's pid. While the
+job runs, the client sends ``{"signal": N}`` for each signal it forwards, and the server signals
+its own child's process group (the client never signals a pid it was told); the server's last
+message is ``exited``.
 
 **Who.** Each side checks the other's user id (``SO_PEERCRED``) before it trusts a byte: the
 server before it reads a job, the client before it sends one.
@@ -16,12 +19,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 PROTOCOL = 2
+# What a client forwards to its job (through the server, which signals its own child's group).
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 IDLE_ENV = "CLIPDRIFT_WARM_IDLE"  # seconds a server waits without a job before it exits (default 120)
 MAX_MESSAGE = 64 * 1024 * 1024  # a job message holds the pickled job, its config and environment
 

@@ -39,7 +39,6 @@ its log is ``server.log`` in its folder.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import select
@@ -47,93 +46,32 @@ import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipdrift.pipeline.jobs.warm import child
-from clipdrift.pipeline.jobs.warm.freshness import PER_JOB_THREADS, ImportedCode, fingerprint
-from clipdrift.pipeline.jobs.warm.protocol import IDLE_ENV, PROTOCOL, ProtocolError, is_running, peer, receive, send, start_ticks
+from clipdrift.pipeline.jobs.warm.freshness import ImportedCode, fingerprint
+from clipdrift.pipeline.jobs.warm.protocol import (
+    FORWARDED_SIGNALS,
+    IDLE_ENV,
+    PROTOCOL,
+    ProtocolError,
+    is_running,
+    peer,
+    receive,
+    send,
+    start_ticks,
+)
+from clipdrift.pipeline.jobs.warm.stack import IMPORT_SETTINGS, fork_hazards, preload, preload_names
 from clipdrift.pipeline.jobs.warm.state import PID_FILE, SOCKET, StateFolder, StateRefused
 
 TICK_S = 0.5  # how often lifetime rules are checked
 RECEIVE_TIMEOUT_S = 10.0  # a client sends its whole job (or a signal) at once
-FORWARDABLE = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2})
-# The server's own settings for its imports (children take the job's environment instead).
-# Without them, measured on this stack, the imports leave idle native threads behind: torch's
-# import one OpenMP worker, peft's one more (its import-time tensor code runs an OpenMP region),
-# OpenBLAS threads-1 workers when Snakemake set OPENBLAS_NUM_THREADS to the first job's thread
-# count, and pyarrow (through pandas) jemalloc's background thread "jemalloc_bg_thd". With one
-# thread per threading library and no jemalloc background thread there are none; the CUDA
-# availability check goes through NVML, which does not initialise CUDA.
-IMPORT_SETTINGS = {**dict.fromkeys(sorted(PER_JOB_THREADS), "1"), "JE_ARROW_MALLOC_CONF": "background_thread:false",
-                   "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
-# What Snakemake's script preamble imports, and the job's pickled ``snakemake`` object needs.
-JOB_PREAMBLE = ("snakemake.iocontainers", "snakemake.logging")
 
 
 def say(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {message}", file=sys.stderr, flush=True)
-
-
-# --- what it imports and when it may fork ------------------------------------------------------
-
-
-def preload_names(scripts_dir: Path) -> list[str]:
-    """The modules to import, derived from the workflow scripts' import closures: what Snakemake's
-    job preamble needs, every module outside the package that the scripts' code imports, then
-    every package module the scripts reach."""
-    from clipdrift.pipeline.digest import external_imports, script_closure
-
-    scripts = sorted(scripts_dir.glob("*.py"))
-    external = {name for script in scripts for name in external_imports(script)}
-    package = {_module_name(path) for script in scripts for path in script_closure(script) if path.endswith(".py")}
-    return [*JOB_PREAMBLE, *sorted(external - set(JOB_PREAMBLE)), *sorted(package)]
-
-
-def _module_name(relative: str) -> str:
-    """``metrics/cka.py`` -> ``clipdrift.measure.cka``; ``metrics/__init__.py`` -> ``clipdrift.measure``."""
-    parts = relative.removesuffix(".py").split("/")
-    return ".".join(["clipdrift", *parts[:-1], *([] if parts[-1] == "__init__" else parts[-1:])])
-
-
-def preload(names: list[str]) -> list[str]:
-    """Import ``names``, open_clip first through clipdrift.model.openclip (without timm, as in a job);
-    the failures."""
-    failed = []
-    for name in (["clipdrift.model.openclip"] if "open_clip" in names else []) + names:
-        try:
-            importlib.import_module(name)
-        except Exception as error:  # noqa: BLE001 - a job that needs it imports it itself, and fails there
-            failed.append(f"{name} ({type(error).__name__}: {error})")
-    return failed
-
-
-def native_threads() -> list[str]:
-    """Names of this process's threads other than the main one (from ``/proc/self/task``)."""
-    names = []
-    for task in sorted(os.listdir("/proc/self/task"), key=int):
-        if int(task) != os.getpid():
-            try:
-                names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
-            except OSError:
-                continue  # it ended meanwhile
-    return names
-
-
-def fork_hazards() -> list[str]:
-    """What makes a fork unsafe right now (empty: safe)."""
-    hazards = []
-    others = native_threads()
-    if others:
-        hazards.append(f"{len(others)} threads besides the main one ({', '.join(others)})")
-    if threading.active_count() != 1:
-        hazards.append(f"Python threads {[thread.name for thread in threading.enumerate()]}")
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        hazards.append("CUDA is initialised")
-    return hazards
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -286,7 +224,7 @@ class Server:
                 say(f"refused a connection from uid {uid}")
                 conn.close()
                 return
-            job, fds = receive(conn, max_fds=3)
+            job, _ = receive(conn)
         except (OSError, ProtocolError) as error:
             say(f"dropped a connection: {error}")
             conn.close()
@@ -294,17 +232,22 @@ class Server:
         if job is None:
             conn.close()
             return
-        self._start(job, fds, conn)
+        self._start(job, conn)
 
-    def _start(self, job: dict, fds: list[int], conn: socket.socket) -> None:
+    def _start(self, job: dict, conn: socket.socket) -> None:
+        answer = self._answer(job)
+        if answer is not None:
+            if answer["status"] == "stale":
+                self._retire()  # first: the client's next connection must not reach this server
+            self._send(conn, answer)
+            conn.close()
+            return
+        fds = self._take_stdio(conn)
+        if fds is None:  # it gave up waiting (its deadline) and runs the job cold: no second copy
+            say(f"dropped a job of rule {job.get('rule')}: its client has gone")
+            conn.close()
+            return
         try:
-            answer = self._answer(job)
-            if answer is not None:
-                if answer["status"] == "stale":
-                    self._retire()  # first: the client's next connection must not reach this server
-                self._send(conn, answer)
-                conn.close()
-                return
             self.served += 1
             job["served"] = self.served  # the child says which job of this server it is
             pid = os.fork()
@@ -316,6 +259,20 @@ class Server:
         finally:
             for fd in fds:  # the client's terminal or pipes: never held by the server
                 os.close(fd)
+
+    def _take_stdio(self, conn: socket.socket) -> list[int] | None:
+        """The client's standard descriptors, asked for once the job is accepted (so that a server
+        that stops answering never holds a client's output open); None if the client has gone."""
+        self._send(conn, {"status": "ready"})
+        try:
+            message, fds = receive(conn, max_fds=3)
+        except (OSError, ProtocolError):
+            return None
+        if message is None or "stdio" not in message:
+            for fd in fds:
+                os.close(fd)
+            return None
+        return fds
 
     def _answer(self, job: dict) -> dict | None:
         """Why not to fork for this job (a reply), or None."""
@@ -379,7 +336,7 @@ class Server:
 
     def _forward(self, job: RunningJob, signum) -> None:
         """A signal the client received, to its child's process group (its own child only)."""
-        if signum not in FORWARDABLE:
+        if signum not in FORWARDED_SIGNALS:
             say(f"job {job.pid}: ignored a client message asking for signal {signum!r}")
             return
         try:

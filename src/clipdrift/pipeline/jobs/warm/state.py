@@ -139,28 +139,30 @@ class StateFolder:
 
     def open_file(self, name: str, flags: int, exclusive: bool = False) -> int:
         """A regular file ``name`` opened with ``flags`` (created 0600 if missing), never through a
-        link: a link or other odd entry there is removed and the file created. ``exclusive``:
-        always a new file."""
-        if exclusive:
+        link: a link, a FIFO or another odd entry there is removed and the file created.
+        ``exclusive``: always a new file."""
+        flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a planted FIFO must not block
+        fd = None if exclusive else self._open_regular(name, flags)
+        if fd is None:
             self.unlink(name)
-        base = flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a planted FIFO must not block
-        for fresh in (exclusive, True):
-            try:
-                fd = os.open(name, base | (os.O_EXCL if fresh else 0), 0o600, dir_fd=self.fd)
-            except OSError as error:
-                if fresh or error.errno != errno.ELOOP:
-                    raise
-                self.unlink(name)
-                continue
-            info = os.fstat(fd)
-            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
-                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-                return fd
-            os.close(fd)
-            if fresh:
-                break
-            self.unlink(name)
-        raise StateRefused(f"{self.shown(name)} cannot be created as a regular file of this user")
+            fd = os.open(name, flags | os.O_EXCL, 0o600, dir_fd=self.fd)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return fd
+
+    def _open_regular(self, name: str, flags: int) -> int | None:
+        """``name`` opened if it is (or is created as) a regular file of this user; None if
+        something else is there."""
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=self.fd)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.ENXIO):  # a link; a FIFO nobody reads
+                return None
+            raise
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+            return fd
+        os.close(fd)
+        return None
 
     def read_text(self, name: str) -> str | None:
         """The text of regular file ``name``; None if it is missing or not a regular file."""
