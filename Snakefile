@@ -10,6 +10,7 @@ from clipdrift.core.errors import UserFacingError
 from clipdrift.pipeline.config_errors import prepare_config
 from clipdrift.pipeline.inputs import check_tasks_on_disk
 from clipdrift.pipeline.jobs.signals import let_jobs_take_the_warning
+from clipdrift.pipeline.jobs.warm.client import run_notice
 from clipdrift.pipeline.plan import jobs_import_from
 
 min_version("9.0")
@@ -47,12 +48,15 @@ include: "workflow/rules/report.smk"
 
 
 # Every dataset a job is about to prepare is checked on disk before any job starts (not in a dry
-# run: `snakemake -n` plans a study whose data is not there yet).
+# run: `snakemake -n` plans a study whose data is not there yet). A local run in a folder others
+# can write to says once that its jobs run cold.
 onstart:
     try:
         check_tasks_on_disk(config, pending=lambda task: not Path(f"{STUDY}/data/{task}/manifest.json").exists())
     except UserFacingError as error:
         sys.exit(f"Data error: {error}")
+    if workflow.local_exec and (notice := run_notice(config)):
+        print(notice, file=sys.stderr)
 
 
 rule all:

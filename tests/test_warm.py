@@ -9,6 +9,7 @@ the workflow's real stack.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -181,6 +182,23 @@ def test_the_fingerprint_follows_the_environment_not_the_jobs_thread_count(monke
     assert freshness.fingerprint({"PATH": "/bin", "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4"}) == base
     assert freshness.fingerprint({"PATH": "/bin", "HF_HUB_OFFLINE": "1"}) != base
     assert freshness.fingerprint({"PATH": "/bin", "PYTHONHASHSEED": "0"}) != base
+
+
+def test_the_readme_command_shows_where_the_server_keeps_its_files_and_its_pid(workdir):
+    command = re.search(r"`(python -m clipdrift\.pipeline\.jobs\.warm)`", (REPO / "README.md").read_text()).group(1)
+
+    def shown() -> str:
+        path = f"{Path(sys.executable).parent}{os.pathsep}{workdir.env['PATH']}"  # `python` is this interpreter
+        result = subprocess.run(["bash", "-c", command], cwd=workdir.root, env={**workdir.env, "PATH": path},
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert f"server folder: {workdir.state}\n" in shown() and "no server has run" in shown()
+    server = reported(workdir.run(workdir.job("probe", report())))["ppid"]
+    assert f"log: {workdir.state / LOG_FILE}\nrunning: pid {server} (fingerprint " in shown()
+    workdir.stop_servers()
+    assert "no server running" in shown()
 
 
 # --- signals and crashes --------------------------------------------------------------------

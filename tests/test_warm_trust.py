@@ -32,8 +32,8 @@ from clipdrift.pipeline.jobs.warm import connect, protocol
 from clipdrift.pipeline.jobs.warm.connect import REPLY_TIMEOUT_ENV, START_TIMEOUT_ENV, WarmUnavailable
 from clipdrift.pipeline.jobs.warm.state import PID_FILE, SOCKET, StateFolder, open_state_folder
 
-from warm_helpers import Workdir, alive, report, reported
-from workflow_helpers import wait_until
+from warm_helpers import REPO, Workdir, alive, report, reported
+from workflow_helpers import snakemake, wait_until
 
 ATTACKER, LAB = "clipdrift-attacker", "clipdrift-lab"
 SECRET = "hf_victims_own_token_5f3c"
@@ -486,3 +486,18 @@ def test_the_client_signals_through_its_server_never_a_pid_it_was_told(bystander
     assert job.returncode == 1 and "went away or stopped answering" in stderr  # the job failed, nothing else
     assert any('"signal": 15' in chunk["text"] for chunk in received(record))  # the signal went to the server
     assert alive(bystander.pid)
+
+
+def test_a_run_in_a_folder_the_group_can_write_says_once_that_its_jobs_run_cold(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    os.chmod(study, 0o2775)
+    target = "results/test/data/world-eurosat/manifest.json"
+    result = snakemake(study, target, "--cores", "1", f"--configfile={REPO / 'configs/test.yaml'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    notice = f"clipdrift: every job runs cold: {study} is writable by its group (mode 2775)"
+    assert result.stderr.count(notice) == 1, result.stderr[-3000:]
+    log = (study / "results/test/logs/data/world-eurosat.log").read_text()
+    assert log.splitlines()[0].endswith(f"cold job: {study} is writable by its group (mode 2775): Snakemake runs the code "
+                                        "it generates from there, and a job server would too, so the job server is off; "
+                                        "a folder only you can write to (chmod go-w) runs jobs warm")

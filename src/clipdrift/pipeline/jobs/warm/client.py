@@ -151,6 +151,16 @@ def shared_workdir_reason(workdir: str | None = None) -> str | None:
             "server is off; a folder only you can write to (chmod go-w) runs jobs warm")
 
 
+def run_notice(config: dict, environ=None) -> str | None:
+    """The line a local run prints once at its start when the working directory turns the job
+    server off (each job's log says it too); None when it does not, or the server is off anyway."""
+    environ = os.environ if environ is None else environ
+    if environ.get(SWITCH_ENV, "").strip().lower() in _OFF or config.get("warm", True) is False:
+        return None
+    reason = shared_workdir_reason()
+    return f"clipdrift: every job runs cold: {reason}" if reason else None
+
+
 def _own_start() -> float:
     try:
         return process_start_time()

@@ -128,10 +128,13 @@ class Server:
         began, started = time.time(), time.perf_counter()
         names = preload_names(self.scripts_dir)
         failed = preload(names)
+        imported = time.perf_counter() - started
         self.code = ImportedCode(began)
-        say(f"imported {len(names)} modules in {time.perf_counter() - started:.1f} s"
-            + (f"; failed: {'; '.join(failed)}" if failed else "")
-            + f"; {len(self.code.files)} files from outside the standard library checked before each fork")
+        checking = time.perf_counter()
+        self.code.changed()
+        say(f"imported {len(names)} modules in {imported:.1f} s" + (f"; failed: {'; '.join(failed)}" if failed else "")
+            + f"; checks {len(self.code.files)} imported files before each fork "
+              f"({(time.perf_counter() - checking) * 1000:.1f} ms)")
         hazards = fork_hazards()
         if hazards:
             self.refusal = "unsafe to fork after the imports: " + "; ".join(hazards)
