@@ -7,7 +7,9 @@ and prints each job's start-up from the account it keeps of itself: from the sta
 process Snakemake started (Snakemake's script preamble included) to the first line of the
 script's ``main``, split into the preamble, the hand-over to the server (to its child's first
 line) and the script's own imports. The first warm job of a run starts the server and waits
-for its imports; it is shown apart. Target: a warm job starts in <= 0.5 s.
+for its imports; it is shown apart. Targets: a warm job starts in <= 0.2 s (median) and <= 0.5 s
+(max). The server's own account of what its check of the imported files costs per job is
+printed from its log.
 
     python benchmarks/bench_warm.py                    # scratch study in /tmp/clipdrift-bench-warm
     python benchmarks/bench_warm.py --repeats 3        # three runs per mode
@@ -24,10 +26,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipdrift.pipeline.jobs.warm.state import LOG_FILE, location
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "test.yaml"
 STUDY = Path("results/test")
-TARGET_S = 0.5
+TARGET_MEDIAN_S, TARGET_S = 0.2, 0.5
 PARTS = ["startup_s", "preamble_s", "hand_over_s", "script_imports_s"]
 
 
@@ -75,13 +79,16 @@ def main() -> None:
         "cold": cold[PARTS].median(),
     }).T.round(3)
     print(summary.to_string())
-    met = steady["startup_s"].max() <= TARGET_S
     warm_median, cold_median = steady["startup_s"].median(), cold["startup_s"].median()
+    met = warm_median <= TARGET_MEDIAN_S and steady["startup_s"].max() <= TARGET_S
     print(f"\nwarm start-up: median {warm_median:.3f} s, max {steady['startup_s'].max():.3f} s over {len(steady)} jobs "
-          f"(target <= {TARGET_S} s: {'met' if met else 'NOT met'}); cold: median {cold_median:.2f} s "
-          f"({cold_median / warm_median:.0f}x)")
+          f"(target: median <= {TARGET_MEDIAN_S} s, max <= {TARGET_S} s: {'met' if met else 'NOT met'}); "
+          f"cold: median {cold_median:.2f} s ({cold_median / warm_median:.0f}x)")
     print(f"compute of the same jobs: warm median {steady['compute_s'].median():.2f} s, "
           f"cold {cold['compute_s'].median():.2f} s")
+    checks = [line for line in (location(args.workdir) / LOG_FILE).read_text().splitlines() if "imported files" in line]
+    print(f"the server's check of its imported files, as it measured it: {checks[-1].split('; ')[-1] if checks else '?'}")
+
 
 if __name__ == "__main__":
     main()
