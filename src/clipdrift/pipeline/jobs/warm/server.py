@@ -39,6 +39,7 @@ its log is ``server.log`` in its folder.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import select
@@ -64,7 +65,7 @@ from clipdrift.pipeline.jobs.warm.protocol import (
     start_ticks,
 )
 from clipdrift.pipeline.jobs.warm.stack import IMPORT_SETTINGS, fork_hazards, preload, preload_names
-from clipdrift.pipeline.jobs.warm.state import PID_FILE, SOCKET, StateFolder, StateRefused
+from clipdrift.pipeline.jobs.warm.state import PID_FILE, SOCKET, START_LOCK, StateFolder, StateRefused
 
 TICK_S = 0.5  # how often lifetime rules are checked
 RECEIVE_TIMEOUT_S = 10.0  # a client sends its whole job (or a signal) at once
@@ -187,12 +188,25 @@ class Server:
 
     def _close(self) -> None:
         self._retire()
+        self._remove_pid_file()
+        say("exit")
+
+    def _remove_pid_file(self) -> None:
+        """Remove the pid record if it is still this server's, and no client is starting a new
+        server (which writes its own record while its client holds the start lock): a record
+        left behind names a dead process, which no client takes for a server."""
         try:
+            lock = self.folder.open_file(START_LOCK, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if json.loads(self.folder.read_text(PID_FILE) or "{}").get("pid") == os.getpid():
                 self.folder.unlink(PID_FILE)
         except (OSError, ValueError, AttributeError):
             pass
-        say("exit")
+        finally:
+            os.close(lock)
 
     def _write_pid_file(self) -> None:
         """The record clients check the socket's owner against (written once the socket is this
