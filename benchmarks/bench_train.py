@@ -131,7 +131,7 @@ def regulariser_costs(args, train: ImageSplit, select: ImageSplit, config: Train
     for kind in ("apr", "entropy_floor"):
         regularised = replace(config, regulariser=RegulariserConfig(kind, 0.1))
         rates = [finetune(make_model(args.backbone, 10, args.method), train, select, regularised,
-                          progress=False).history["images_per_s"] for _ in range(args.repeats)]
+                          progress=False, probe=select).history["images_per_s"] for _ in range(args.repeats)]
         rate = statistics.median(rates)
         extra_ms = (args.batch_size / rate - args.batch_size / plain_rate) * 1000
         print(f"{kind:13s}: {rate:9.1f} images/s  ({plain_rate / rate:.2f}x the time of a plain step, "

@@ -193,27 +193,30 @@ VIT_B32_EMBEDDING = 768 * 3 * 32 * 32 + 768 + 50 * 768 + 2 * 768  # conv1 (no bi
 
 
 @pytest.mark.parametrize("frozen", [3, 6, 9])
-def test_vit_b32_freeze_blocks_freezes_the_embedding_stage_and_the_first_blocks(frozen):
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_vit_b32_freeze_blocks_freezes_the_first_blocks_and_the_embedding_stage_only_when_asked(frozen, embeddings):
+    # published: requires_grad False on encoder layers 0..k-1 only; the embedding stage trains
     full = trainable_parameter_counts(
         apply_method(build_classifier(BackboneSpec("ViT-B-32-quickgelu"), 37, seed=0), MethodConfig("full")))
     model = apply_method(build_classifier(BackboneSpec("ViT-B-32-quickgelu"), 37, seed=0),
-                         MethodConfig("full", freeze_blocks=frozen))
+                         MethodConfig("full", freeze_blocks=frozen, freeze_embeddings=embeddings))
     counts = trainable_parameter_counts(model)
     assert full["image_tower"] == VIT_B32_EMBEDDING + 12 * VIT_B32_BLOCK + 2 * 768  # + ln_post
-    assert full["image_tower"] - counts["image_tower"] == VIT_B32_EMBEDDING + frozen * VIT_B32_BLOCK
+    assert full["image_tower"] - counts["image_tower"] == frozen * VIT_B32_BLOCK + embeddings * VIT_B32_EMBEDDING
     assert counts["projection"] == full["projection"] == 393_216 and counts["head"] == full["head"]
     blocks = model.clip.visual.transformer.resblocks
     assert not any(p.requires_grad for block in blocks[:frozen] for p in block.parameters())
     assert all(p.requires_grad for block in blocks[frozen:] for p in block.parameters())
-    assert not model.clip.visual.conv1.weight.requires_grad and model.clip.visual.ln_post.weight.requires_grad
+    visual = model.clip.visual
+    embedding = [visual.conv1.weight, visual.class_embedding, visual.positional_embedding, visual.ln_pre.weight]
+    assert all(p.requires_grad != embeddings for p in embedding) and visual.ln_post.weight.requires_grad
 
 
 def test_frozen_blocks_stay_frozen_through_both_lp_ft_phases_and_never_change(tiny_images):
     config = MethodConfig("lp-ft", lp_epochs=1, freeze_blocks=2)
     model = make_tiny("lp-ft", lp_epochs=1, freeze_blocks=2)
     frozen = {name: p.detach().clone() for name, p in model.named_parameters()
-              if name.startswith(("clip.visual.transformer.resblocks.0.", "clip.visual.transformer.resblocks.1.",
-                                  "clip.visual.conv1", "clip.visual.positional_embedding"))}
+              if name.startswith(("clip.visual.transformer.resblocks.0.", "clip.visual.transformer.resblocks.1."))}
     set_lp_ft_phase(model, config, probing=False)
     assert trainable_parameter_counts(model) == trainable_parameter_counts(make_tiny("full", freeze_blocks=2))
     _train_steps(model, tiny_images)
@@ -225,6 +228,8 @@ def test_frozen_blocks_stay_frozen_through_both_lp_ft_phases_and_never_change(ti
 def test_freeze_blocks_is_refused_for_lora_and_beyond_the_tower():
     with pytest.raises(ValueError, match="LoRA already freezes every base weight"):
         MethodConfig("lora", freeze_blocks=3)
+    with pytest.raises(ValueError, match="LoRA already freezes every base weight"):
+        MethodConfig("lora", freeze_embeddings=True)
     with pytest.raises(ValueError, match="freeze_blocks must be an integer >= 0"):
         MethodConfig("full", freeze_blocks=-1)
     with pytest.raises(ValueError, match="freeze_blocks is 4 but the image tower has 3 blocks"):

@@ -145,7 +145,16 @@ def test_a_bad_variant_is_refused_naming_the_variant_and_the_key(variant, messag
      "variant 'full-r4' sets lora but its method is full: move the lora settings to a variant of method lora"),
     (["full", {**LORA_R4, "freeze_blocks": 2}], "variant 'lora-r4' sets freeze_blocks but LoRA already freezes"),
     (["full", {"name": "full-apr", "method": "full", "regulariser": {"kind": "apr", "weight": 1, "floor": 2}}],
-     "variant 'full-apr' gives its apr regulariser a floor: only entropy_floor has one; remove regulariser.floor"),
+     "variant 'full-apr' gives its apr regulariser floor: it is the entropy_floor regulariser's option; remove "
+     "regulariser.floor"),
+    (["full", {"name": "full-floor", "method": "full",
+               "regulariser": {"kind": "entropy_floor", "weight": 1, "direction": "pretrained_first"}}],
+     "variant 'full-floor' gives its entropy_floor regulariser direction: it is the apr regulariser's option"),
+    (["full", {"name": "full-floor", "method": "full",
+               "regulariser": {"kind": "entropy_floor", "weight": 1, "floor": 2.0, "ratio": 0.5}}],
+     "gives its entropy floor both an absolute floor and a ratio of the pretrained entropy: keep one"),
+    (["lora", {"name": "lora-frozen", "method": "lora", "freeze_embeddings": True}],
+     "variant 'lora-frozen' sets freeze_embeddings but LoRA already freezes every base weight"),
     (["full", {"name": "full-freeze6", "method": "full", "freeze_blocks": 6}],
      "variant 'full-freeze6' freezes 6 blocks but backbone clipdrift-tiny has 3: set freeze_blocks to at most 3"),
 ])

@@ -33,7 +33,7 @@ def _settings(method):
 @pytest.fixture(scope="module")
 def uninterrupted():
     """Each method's run without a stop: what every interrupted run must end with."""
-    return {method: finetune(_model(method), TRAIN, VAL, _settings(method), test=TEST, progress=False,
+    return {method: finetune(_model(method), TRAIN, VAL, _settings(method), test=TEST, progress=False, probe=VAL,
                              method=_method_config(method))
             for method in ("full", "lora", "lp-ft")}
 
@@ -55,7 +55,7 @@ def _after_steps(n: int):
 
 
 def _resume_to_the_end(method, store, tmp_path):
-    return finetune(_model(method), TRAIN, VAL, _settings(method), test=TEST, resume=store, progress=False,
+    return finetune(_model(method), TRAIN, VAL, _settings(method), test=TEST, resume=store, progress=False, probe=VAL,
                     method=_method_config(method))
 
 
@@ -73,7 +73,7 @@ def _assert_same_run(resumed, reference):
 def test_a_run_stopped_mid_epoch_resumes_at_that_step_to_the_same_weights(method, steps, uninterrupted, tmp_path):
     store = ResumeStore(tmp_path / "resume")
     with pytest.raises(TrainingStopped, match=f"after step {steps}: its state is saved") as stopped:
-        finetune(_model(method), TRAIN, VAL, _settings(method), test=TEST, resume=store, progress=False,
+        finetune(_model(method), TRAIN, VAL, _settings(method), test=TEST, resume=store, progress=False, probe=VAL,
                  method=_method_config(method), stop=_after_steps(steps))
     _, saved = store.load_state()
     assert saved["step"] == steps and saved["position"] == steps % STEPS_PER_EPOCH and stopped.value.saved
@@ -86,7 +86,7 @@ def test_a_run_stopped_mid_epoch_resumes_at_that_step_to_the_same_weights(method
 def test_a_stop_at_an_epochs_last_step_takes_effect_after_its_evaluation_and_save(uninterrupted, tmp_path):
     store = ResumeStore(tmp_path / "resume")
     with pytest.raises(TrainingStopped, match="epoch 1, after step 3"):
-        finetune(_model("full"), TRAIN, VAL, _settings("full"), test=TEST, resume=store, progress=False,
+        finetune(_model("full"), TRAIN, VAL, _settings("full"), test=TEST, resume=store, progress=False, probe=VAL,
                  method=_method_config("full"), stop=_after_steps(STEPS_PER_EPOCH))
     _, saved = store.load_state()
     assert (saved["epoch"], saved["step"], saved["position"]) == (1, 3, 0) and len(saved["epochs"]) == 1
@@ -108,7 +108,7 @@ def test_a_signal_during_evaluation_stops_the_run_at_the_epochs_end(number, unin
 
     monkeypatch.setattr(engine, "top1_accuracy", signalled)
     with stop_on_signals() as stop, pytest.raises(TrainingStopped, match="epoch 2, after step 6"):
-        finetune(_model("full"), TRAIN, VAL, _settings("full"), test=TEST, resume=store, progress=False,
+        finetune(_model("full"), TRAIN, VAL, _settings("full"), test=TEST, resume=store, progress=False, probe=VAL,
                  method=_method_config("full"), stop=stop)
     monkeypatch.setattr(engine, "top1_accuracy", accuracy)
     assert store.load_state()[1]["epoch"] == 2 and signal.getsignal(number) is not None
@@ -129,7 +129,7 @@ def test_a_signal_while_the_state_is_written_leaves_a_complete_state(uninterrupt
 
     monkeypatch.setattr(ResumeStore, "save_state", signalled)
     with stop_on_signals() as stop, pytest.raises(TrainingStopped, match="epoch 1, after step 3"):
-        finetune(_model("full"), TRAIN, VAL, _settings("full"), test=TEST, resume=store, progress=False,
+        finetune(_model("full"), TRAIN, VAL, _settings("full"), test=TEST, resume=store, progress=False, probe=VAL,
                  method=_method_config("full"), stop=stop)
     monkeypatch.setattr(ResumeStore, "save_state", save_state)
     assert writes == [3] and store.load_state()[1]["step"] == 3

@@ -13,6 +13,8 @@ import yaml
 
 from clipdrift.core.errors import UserFacingError
 from clipdrift.pipeline.protocol import (
+    ABLATION_PROTOCOL_FILE,
+    PROTOCOL_FILE,
     check_conformance,
     differences_markdown,
     load_protocol,
@@ -145,7 +147,10 @@ def _test_names(path: str) -> set[str]:
     return {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
 
 
-@pytest.mark.parametrize("row", load_protocol()["rows"], ids=lambda row: row["id"])
+ROWS = [row for name in (PROTOCOL_FILE, ABLATION_PROTOCOL_FILE) for row in load_protocol(name)["rows"]]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: row["id"])
 def test_every_row_names_a_setting_or_the_code_and_test_that_pin_it(row):
     assert {"id", "topic", "published"} <= row.keys()
     assert "setting" in row or "code" in row, "a row must name the setting or the code that implements it"
@@ -155,6 +160,9 @@ def test_every_row_names_a_setting_or_the_code_and_test_that_pin_it(row):
         module, attribute = row["code"].split(":")
         assert hasattr(importlib.import_module(module), attribute), row["code"]
         assert "tested_by" in row, "code rows name the test that pins the behaviour"
+        if "value" in row:  # a constant: the row holds its value
+            assert getattr(importlib.import_module(module), attribute) == type(getattr(
+                importlib.import_module(module), attribute))(row["value"]), row["code"]
     if "tested_by" in row:
         path, name = row["tested_by"].split("::")
         assert name in _test_names(path), row["tested_by"]
@@ -163,8 +171,9 @@ def test_every_row_names_a_setting_or_the_code_and_test_that_pin_it(row):
 
 
 def test_row_ids_are_unique():
-    ids = [row["id"] for row in load_protocol()["rows"]]
-    assert len(ids) == len(set(ids))
+    for name in (PROTOCOL_FILE, ABLATION_PROTOCOL_FILE):
+        ids = [row["id"] for row in load_protocol(name)["rows"]]
+        assert len(ids) == len(set(ids)), name
 
 
 def test_the_readme_lists_every_deliberate_difference_from_the_protocol_file():

@@ -113,7 +113,7 @@ def test_the_paper_ablations_preset_is_the_paper_preset_but_for_its_methods_and_
     paper = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
     ablations = yaml.safe_load((REPO / "configs/paper-ablations.yaml").read_text())
     assert ablations["methods"][:2] == paper["methods"] == ["full", "lora"]
-    assert len(ablations["methods"]) == 15 and ablations["training"].pop("entropy_trace_every") == 25
+    assert len(ablations["methods"]) == 15 and ablations["training"].pop("entropy_trace_per_epoch") == 5
     for key in ("study", "methods"):
         paper.pop(key), ablations.pop(key)
     assert ablations == paper

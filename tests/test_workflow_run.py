@@ -394,8 +394,8 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
                                        local.set_index(key)[column].sort_index(), atol=1e-6)
 
 
-VARIANTS = ("methods:\n  - full\n  - {name: full-apr-0.1, method: full, regulariser: {kind: apr, weight: 0.1}}\n"
-            "  - {name: lora-r4, method: lora, lora: {r: 4}}\ntraining:\n  entropy_trace_every: 2\n")
+VARIANTS = ("methods:\n  - full\n  - {name: full-floor-0.1, method: full, regulariser: {kind: entropy_floor, weight: 0.1}}\n"
+            "  - {name: lora-r4, method: lora, lora: {r: 4}}\ntraining:\n  entropy_trace_per_epoch: 2\n")
 
 
 @pytest.fixture(scope="module")
@@ -410,20 +410,20 @@ def variants_dir(tmp_path_factory):
 
 def test_a_study_with_variants_runs_end_to_end_with_the_variants_as_methods(variants_dir):
     runs = pd.read_csv(variants_dir / STUDY / "tables/runs.csv")
-    assert sorted(runs["method"].unique()) == ["full", "full-apr-0.1", "lora-r4"]
+    assert sorted(runs["method"].unique()) == ["full", "full-floor-0.1", "lora-r4"]
     assert runs["zs_top1"].notna().all() and runs["drift_entropy_pct"].notna().all()
     assert runs["trace_min_drift_pct"].notna().all()  # every run traced its entropy
-    history = json.loads((variants_dir / STUDY / "runs/world-eurosat/full-apr-0.1/lr1e-03/seed7/history.json").read_text())
+    history = json.loads((variants_dir / STUDY / "runs/world-eurosat/full-floor-0.1/lr1e-03/seed7/history.json").read_text())
     assert all(epoch["train_penalty"] >= 0 for epoch in history["epochs"])
     lora = json.loads((variants_dir / STUDY / "runs/world-eurosat/lora-r4/lr1e-03/seed7/history.json").read_text())
     assert lora["trainable_params"]["adapter"] == 3 * 2 * 4 * (96 + 96)  # 3 blocks x (q, v) x r 4 x (in + out, width 96)
     page = (variants_dir / STUDY / "report/index.html").read_text()
-    assert "full-apr-0.1" in page and "Is drift causal?" in page and "Collapse onset" in page
+    assert "full-floor-0.1" in page and "Is drift causal?" in page and "Collapse onset" in page
     assert (variants_dir / STUDY / "report/collapse_traces.png").stat().st_size > 0
     traces = pd.read_csv(variants_dir / STUDY / "tables/traces.csv")
-    assert set(traces["method"]) == {"full", "full-apr-0.1", "lora-r4"} and traces["step"].min() == 2
+    assert set(traces["method"]) == {"full", "full-floor-0.1", "lora-r4"} and traces["step"].min() == 1
     stats = pd.read_csv(variants_dir / STUDY / "tables/stats.csv")
-    assert set(zip(stats["method_a"], stats["method_b"])) == {("full", "full-apr-0.1")}  # lora-r4's method is absent
+    assert set(zip(stats["method_a"], stats["method_b"])) == {("full", "full-floor-0.1")}  # lora-r4's method is absent
     assert "cohens_d" in stats  # NaN here: one seed per cell gives no spread (the unit tests check its values)
 
 

@@ -22,11 +22,12 @@ LOGS = f"{STUDY}/logs"
 BENCH = f"{STUDY}/benchmarks"
 SCRATCH = f"{STUDY}/.resume"
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+PROBE = f"{STUDY}/data/{{dataset}}/probe.safetensors"  # every drift metric, the trace and the entropy floor read it
 PROBE_SENSITIVITY = plan.probe_sensitivity_settings(config)
 CURVES = config["curves"]["enabled"]
 TRAJECTORIES = CURVES and bool(config["curves"]["epochs"])
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
-TRACED = config["training"]["entropy_trace_every"] > 0
+TRACED = plan.traces(config)
 STUDY_FIGURES = {**FIGURES, **(CURVE_FIGURES if CURVES else {}), **(TRAJECTORY_FIGURES if TRAJECTORIES else {}),
                  **(TRACE_FIGURES if TRACED else {})}
 # With --use-conda (--software-deployment-method conda) every job runs in an environment built from

@@ -9,6 +9,8 @@ rule finetune:
         train=f"{STUDY}/data/{{dataset}}/train.safetensors",
         val=f"{STUDY}/data/{{dataset}}/val.safetensors",
         test=f"{STUDY}/data/{{dataset}}/test.safetensors",
+        # what the entropy trace and the entropy floor's baseline measure (unread otherwise)
+        probe=PROBE,
         backbone=BACKBONE,
     output:
         best=f"{RUN_DIR}/best.safetensors",

@@ -4,7 +4,6 @@
 # and (with metrics.probe_sensitivity on) probe-subset sensitivity tables.
 
 DRIFT_SETTINGS = {"attention": plan.attention_settings(config), "cka": plan.cka_settings(config)}
-PROBE = f"{STUDY}/data/{{dataset}}/probe.safetensors"
 SENSITIVITY_INPUT = {"probe_source": f"{STUDY}/data/{{dataset}}/{inputs.PROBE_SOURCE_SPLIT}.safetensors"} if PROBE_SENSITIVITY else {}
 REFERENCE = f"{STUDY}/references/{{dataset}}/probe.safetensors"
 DRIFT_TABLES = {"attention": f"{STUDY}/metrics/attention/{RUN}.parquet", "cka": f"{STUDY}/metrics/cka/{RUN}.parquet",

@@ -18,7 +18,7 @@ from clipdrift.train.snapshots import EpochSnapshots
 
 def main(smk):
     spec = load_backbone_spec(smk.input.backbone)
-    train, val, test = (read_image_split(smk.input[split]) for split in ("train", "val", "test"))
+    train, val, test, probe = (read_image_split(smk.input[split]) for split in ("train", "val", "test", "probe"))
     config = TrainConfig(**smk.params.training, num_threads=smk.threads)
     method = MethodConfig(**smk.params.method)
     model = apply_method(build_classifier(spec, len(train.class_names), seed=config.seed), method, seed=config.seed)
@@ -36,7 +36,7 @@ def main(smk):
     with stop_on_signals() as stop:
         try:
             result = finetune(model, train, select, config, test=test, resume=smk.params.resume_dir, progress=False,
-                              method=method, snapshot=kept.take, stop=stop)
+                              method=method, snapshot=kept.take, stop=stop, probe=probe)
         except TrainingStopped:
             raise SystemExit(STOPPED_EXIT) from None
     for which in ("best", "final"):

@@ -27,7 +27,7 @@ from clipdrift.model.backbones import CLIPClassifier, image_tower_blocks
 METHODS = ("full", "lora", "lp-ft")
 LP_FT_PHASES = ("probe", "finetune")
 LORA_TARGET_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj")
-# What an open_clip ViT image tower computes before its first block (frozen with any frozen block).
+# What an open_clip ViT image tower computes before its first block (frozen with freeze_embeddings).
 EMBEDDING_STAGE = ("conv1", "class_embedding", "positional_embedding", "ln_pre")
 
 
@@ -39,9 +39,11 @@ class MethodConfig:
     must have more epochs than that. ``lp_train_projection``: the visual projection trains in
     the probe phase too (it always trains in the fine-tune phase, as in Full FT).
     ``train_projection`` is LoRA's switch; Full FT and lp-ft's fine-tune phase ignore it.
-    ``freeze_blocks`` (Full FT and lp-ft): the embedding stage (patch embedding, class and
-    position embeddings, pre-norm) and the first ``freeze_blocks`` residual blocks of the image
-    tower stay frozen; 0 trains the whole tower.
+    ``freeze_blocks`` (Full FT and lp-ft): the first ``freeze_blocks`` residual blocks of the
+    image tower stay frozen, as the published ablation froze encoder layers 0..k-1 (the embedding
+    stage still trains); 0 trains the whole tower. ``freeze_embeddings``: the embedding stage
+    (patch embedding, class and position embeddings, pre-norm) stays frozen too (clipdrift's
+    earlier freezing, not the published one).
     """
 
     method: str = "full"
@@ -53,6 +55,7 @@ class MethodConfig:
     lp_epochs: int | None = None
     lp_train_projection: bool = False
     freeze_blocks: int = 0
+    freeze_embeddings: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -70,9 +73,11 @@ class MethodConfig:
                              "before the fine-tune phase")
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int) or self.freeze_blocks < 0:
             raise ValueError(f"freeze_blocks must be an integer >= 0, got {self.freeze_blocks!r}")
-        if self.freeze_blocks and self.method == "lora":
-            raise ValueError("freeze_blocks is for methods that train the tower (full, lp-ft): LoRA already "
-                             "freezes every base weight; choose its blocks with lora targets instead")
+        if (self.freeze_blocks or self.freeze_embeddings) and self.method == "lora":
+            raise ValueError("freeze_blocks and freeze_embeddings are for methods that train the tower (full, lp-ft): "
+                             "LoRA already freezes every base weight; choose its blocks with lora targets instead")
+        if not isinstance(self.freeze_embeddings, bool):
+            raise ValueError(f"freeze_embeddings must be true or false, got {self.freeze_embeddings!r}")
         if not isinstance(self.lp_train_projection, bool):
             raise ValueError(f"lp_train_projection must be true or false, got {self.lp_train_projection!r}")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -115,7 +120,7 @@ def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> 
         with seeded(seed):
             _inject_lora(model, config)
     else:
-        train_image_tower(model, config.freeze_blocks)
+        train_image_tower(model, config.freeze_blocks, config.freeze_embeddings)
     model.head.requires_grad_(True)
     model.clipdrift_method = config
     return require_frozen_text_tower(model)
@@ -135,26 +140,26 @@ def set_lp_ft_phase(model: CLIPClassifier, config: MethodConfig, probing: bool) 
     if probing:
         model.clip.visual.proj.requires_grad_(config.lp_train_projection)
     else:
-        train_image_tower(model, config.freeze_blocks)
+        train_image_tower(model, config.freeze_blocks, config.freeze_embeddings)
     model.head.requires_grad_(True)
     return require_frozen_text_tower(model)
 
 
-def train_image_tower(model: CLIPClassifier, freeze_blocks: int = 0) -> None:
-    """Let the image tower and projection train, except its embedding stage and first
-    ``freeze_blocks`` blocks when ``freeze_blocks`` > 0 (in place)."""
+def train_image_tower(model: CLIPClassifier, freeze_blocks: int = 0, freeze_embeddings: bool = False) -> None:
+    """Let the image tower and projection train, except its first ``freeze_blocks`` blocks and,
+    with ``freeze_embeddings``, its embedding stage (in place)."""
     visual = model.clip.visual
     blocks = image_tower_blocks(model.clip)
     if freeze_blocks > len(blocks):
         raise ValueError(f"freeze_blocks is {freeze_blocks} but the image tower has {len(blocks)} blocks: "
                          f"freeze at most {len(blocks)}")
     visual.requires_grad_(True)
-    if freeze_blocks:
+    if freeze_embeddings:
         for name, param in visual.named_parameters():
             if name.split(".")[0] in EMBEDDING_STAGE:
                 param.requires_grad_(False)
-        for block in blocks[:freeze_blocks]:
-            block.requires_grad_(False)
+    for block in blocks[:freeze_blocks]:
+        block.requires_grad_(False)
 
 
 def require_frozen_text_tower(model: nn.Module) -> nn.Module:

@@ -162,6 +162,7 @@ _METHOD_OPTIONAL_FIELD_TYPES = {
     "lp_epochs": (int, type(None)),
     "lp_train_projection": bool,
     "freeze_blocks": int,
+    "freeze_embeddings": bool,
 }
 
 

@@ -96,17 +96,31 @@ def check_methods(config: dict, model_config: dict) -> None:
         if "lora" in entry and method != "lora":
             raise StudyConfigError(f"methods: variant {name!r} sets lora but its method is {method}: "
                                    "move the lora settings to a variant of method lora")
-        regulariser = entry.get("regulariser", {})
-        if "floor" in regulariser and regulariser["kind"] != "entropy_floor":
-            raise StudyConfigError(f"methods: variant {name!r} gives its {regulariser['kind']} regulariser a floor: "
-                                   "only entropy_floor has one; remove regulariser.floor")
+        _check_regulariser(name, entry.get("regulariser", {}))
         frozen = entry.get("freeze_blocks", 0)
-        if frozen and method == "lora":
-            raise StudyConfigError(f"methods: variant {name!r} sets freeze_blocks but LoRA already freezes every base "
-                                   "weight: use it with full or lp-ft (choose LoRA's blocks with lora.targets)")
+        for key in ("freeze_blocks", "freeze_embeddings"):
+            if entry.get(key) and method == "lora":
+                raise StudyConfigError(f"methods: variant {name!r} sets {key} but LoRA already freezes every base "
+                                       "weight: use it with full or lp-ft (choose LoRA's blocks with lora.targets)")
         if frozen and isinstance(blocks, int) and frozen > blocks:
             raise StudyConfigError(f"methods: variant {name!r} freezes {frozen} blocks but backbone "
                                    f"{config['backbone']['name']} has {blocks}: set freeze_blocks to at most {blocks}")
+
+
+# Each regulariser's own options (clipdrift.train.regularisers.OPTIONS, where their values are checked).
+REGULARISER_OPTIONS = {"apr": ("direction",), "entropy_floor": ("floor", "ratio", "hinge", "layers")}
+
+
+def _check_regulariser(name: str, regulariser: dict) -> None:
+    kind = regulariser.get("kind")
+    for other, options in REGULARISER_OPTIONS.items():
+        for option in options:
+            if other != kind and option in regulariser:
+                raise StudyConfigError(f"methods: variant {name!r} gives its {kind} regulariser {option}: it is the "
+                                       f"{other} regulariser's option; remove regulariser.{option}")
+    if "floor" in regulariser and "ratio" in regulariser:
+        raise StudyConfigError(f"methods: variant {name!r} gives its entropy floor both an absolute floor and a ratio "
+                               "of the pretrained entropy: keep one")
 
 
 def method_entries(config: dict) -> dict[str, dict]:
@@ -148,8 +162,24 @@ def method_settings(config: dict, name: str) -> dict:
             "method": "lora", "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
             "lora_targets": list(lora["targets"]), "train_projection": lora["train_projection"],
         }
-    if entry.get("freeze_blocks"):  # absent when 0: a plain method's settings (and digest) stay as they were
-        settings["freeze_blocks"] = entry["freeze_blocks"]
+    for key in ("freeze_blocks", "freeze_embeddings"):  # absent when off: a plain method's settings stay as they were
+        if entry.get(key):
+            settings[key] = entry[key]
+    return settings
+
+
+def traces(config: dict) -> bool:
+    """Whether the study's fine-tunes trace their CLS-attention entropy (the collapse onsets)."""
+    return bool(config["training"]["entropy_trace_every"] or config["training"]["entropy_trace_per_epoch"])
+
+
+def regulariser_settings(config: dict, regulariser: dict) -> dict:
+    """A variant's regulariser as the run takes it: an entropy floor measures its baseline on the
+    probe as the drift metrics aggregate it (``aggregation: paper`` - the mean of the per-batch
+    means, as published)."""
+    settings = {"floor": None, **regulariser}
+    if settings["kind"] == "entropy_floor" and settings["floor"] is None and config["metrics"]["aggregation"] == "paper":
+        settings["base_batch_size"] = config["metrics"]["batch_size"]
     return settings
 
 
@@ -160,9 +190,10 @@ def training_settings(config: dict, dataset: str, lr: str, seed: int, method: st
     training = {**config["training"], **entry.get("training", {})}
     dataset_config = next(d for d in config["datasets"] if d["name"] == dataset)
     # absent when unused, so that the settings (and digest) of a study without them stay as they were
-    optional = {"regulariser": {"floor": None, **entry["regulariser"]}} if "regulariser" in entry else {}
-    if training["entropy_trace_every"]:
-        optional["entropy_trace_every"] = training["entropy_trace_every"]
+    optional = {"regulariser": regulariser_settings(config, entry["regulariser"])} if "regulariser" in entry else {}
+    for trace in ("entropy_trace_every", "entropy_trace_per_epoch"):
+        if training.get(trace):
+            optional[trace] = training[trace]
     return {
         **optional,
         "epochs": dataset_config["epochs"],

@@ -1,6 +1,9 @@
-"""The published study's protocol as data, and the `paper` preset checked against it.
+"""The published study's protocol as data, and the `paper` presets checked against it.
 
-``resources/paper_protocol.yaml`` lists every setting the published study fixed. Each row is
+``resources/paper_protocol.yaml`` lists every setting the published study fixed;
+``resources/paper_ablation_protocol.yaml`` every setting of the authors' ablations (regulariser
+formulas and constants, freezing, the LoRA alpha rule, the trace and the collapse onset), which
+the ``paper-ablations`` preset adds to it. Each row is
 pinned either to a value of :func:`resolved_settings` — what a study config resolves to through
 the very settings code the workflow runs (``clipdrift.pipeline.plan`` → ``TrainConfig``,
 ``MethodConfig``, ``AttentionConfig``, …) — or to the package object that implements it and the
@@ -26,14 +29,15 @@ import yaml
 from clipdrift.pipeline import inputs, plan
 
 PROTOCOL_FILE = "paper_protocol.yaml"
+ABLATION_PROTOCOL_FILE = "paper_ablation_protocol.yaml"
 README_MARKERS = ("<!-- protocol-differences:start -->", "<!-- protocol-differences:end -->")
 WILDCARD = "*"
 
 
 @cache
-def load_protocol() -> dict:
-    """The protocol file: ``source``, ``free_settings`` (key → why it changes no number), ``rows``."""
-    text = resources.files("clipdrift").joinpath("resources", PROTOCOL_FILE).read_text()
+def load_protocol(name: str = PROTOCOL_FILE) -> dict:
+    """A protocol file: ``source``, ``free_settings`` (key → why it changes no number), ``rows``."""
+    text = resources.files("clipdrift").joinpath("resources", name).read_text()
     return yaml.safe_load(text)
 
 
@@ -103,6 +107,20 @@ def _published_correlations() -> list[list[str]]:
     return [[x, y] for x, y in published.itertuples(index=False) if (x, y) in CORRELATION_PAIRS]
 
 
+def _variant_training(config: dict, lr: str, seed: int) -> dict:
+    """Per method, what its own settings change of a run's training (the regulariser with every
+    default filled in, the weight decay) and the entropy trace every run shares."""
+    from clipdrift.train.config import TrainConfig
+
+    dataset = config["datasets"][0]["name"]
+    resolved = {}
+    for method in plan.method_names(config):
+        settings = TrainConfig(**plan.training_settings(config, dataset, lr, seed, method)).to_dict()
+        resolved[method] = {key: settings[key] for key in ("regulariser", "weight_decay", "entropy_trace_every",
+                                                           "entropy_trace_per_epoch")}
+    return resolved
+
+
 def resolved_settings(config: dict) -> dict:
     """Everything a validated study config resolves to, through the workflow's settings code."""
     from dataclasses import asdict
@@ -122,6 +140,7 @@ def resolved_settings(config: dict) -> dict:
         "data": {d["name"]: _data(config, d) for d in config["datasets"]},
         "method": {m: MethodConfig(**plan.method_settings(config, m)).to_dict() for m in plan.method_names(config)},
         "training": {d["name"]: _training(config, d["name"], lrs[0], first_seed) for d in config["datasets"]},
+        "variant_training": _variant_training(config, lrs[0], first_seed),
         "optimizer": {"betas": list(ADAMW_BETAS), "eps": ADAMW_EPS},
         "schedule": _schedule_shape(),
         "attention": {k: v for k, v in asdict(AttentionConfig(**plan.attention_settings(config))).items() if k != "device"},
@@ -139,16 +158,26 @@ _MISSING = object()
 
 
 def lookup(settings: dict, path: str) -> dict[str, object]:
-    """Values at a dotted ``path``; ``*`` matches every key at its level. Keys → values."""
-    found = {"": settings}
-    for part in path.split("."):
-        step = {}
-        for prefix, value in found.items():
-            keys = list(value) if part == WILDCARD and isinstance(value, dict) else [part]
-            for key in keys:
-                child = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
-                step[f"{prefix}.{key}".lstrip(".")] = child
-        found = step
+    """Values at a dotted ``path``; ``*`` matches every key at its level, and a key may hold dots
+    itself (a variant such as ``full-apr-0.01``: the longest key that matches is taken). Keys → values."""
+    found = {}
+
+    def walk(value, parts: list[str], prefix: str) -> None:
+        if not parts:
+            found[prefix] = value
+            return
+        if parts[0] == WILDCARD and isinstance(value, dict):
+            for key, child in value.items():
+                walk(child, parts[1:], f"{prefix}.{key}".lstrip("."))
+            return
+        for end in range(len(parts), 0, -1):
+            key = ".".join(parts[:end])
+            if isinstance(value, dict) and key in value:
+                walk(value[key], parts[end:], f"{prefix}.{key}".lstrip("."))
+                return
+        found[f"{prefix}.{'.'.join(parts)}".lstrip(".")] = _MISSING
+
+    walk(settings, path.split("."), "")
     return found
 
 
@@ -180,7 +209,8 @@ class Mismatch:
 
 
 def check_conformance(config: dict, protocol: dict | None = None) -> list[Mismatch]:
-    """Every row's ``setting`` against the resolved settings of ``config``; [] when it conforms."""
+    """Every row's ``setting`` against the resolved settings of ``config``; [] when it conforms.
+    ``protocol``: a loaded protocol file (default: the study's)."""
     protocol = protocol or load_protocol()
     settings = resolved_settings(config)
     mismatches = []

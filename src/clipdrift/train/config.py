@@ -38,8 +38,9 @@ class TrainConfig:
     ``device``: ``auto`` = CUDA when available. ``num_threads``: CPU threads for this run
     (``None`` keeps torch's setting; bitwise CPU determinism needs the same thread count).
     ``regulariser``: an attention regulariser added to the loss (:mod:`clipdrift.train.regularisers`).
-    ``entropy_trace_every``: trace the CLS-attention entropy every that many steps (0: off;
-    :mod:`clipdrift.train.trace`).
+    ``entropy_trace_every``: trace the CLS-attention entropy on the probe every that many steps;
+    ``entropy_trace_per_epoch``: about that many times per epoch, every ``steps_per_epoch // N``
+    steps, as published (5); both 0: off (:mod:`clipdrift.train.trace`).
     ``data_on_device``: keep the uint8 training images on the GPU (``None`` = when they take
     under a quarter of its free memory). ``deterministic``: deterministic kernels
     (:func:`clipdrift.core.device.deterministic`), so that the same seed gives the same numbers and a
@@ -69,6 +70,7 @@ class TrainConfig:
     deterministic: bool = False
     regulariser: RegulariserConfig | None = None
     entropy_trace_every: int = 0
+    entropy_trace_per_epoch: int = 0
 
     def __post_init__(self):
         if isinstance(self.regulariser, dict):  # as the workflow's params and to_dict() write it
@@ -89,6 +91,10 @@ class TrainConfig:
              f"selection_split {self.selection_split!r} is unknown: use one of {SELECTION_SPLITS}"),
             (self.num_threads is None or self.num_threads >= 1, f"num_threads must be >= 1, got {self.num_threads}"),
             (self.entropy_trace_every >= 0, f"entropy_trace_every must be >= 0 (0: off), got {self.entropy_trace_every}"),
+            (self.entropy_trace_per_epoch >= 0,
+             f"entropy_trace_per_epoch must be >= 0 (0: off), got {self.entropy_trace_per_epoch}"),
+            (not (self.entropy_trace_every and self.entropy_trace_per_epoch),
+             "give entropy_trace_every or entropy_trace_per_epoch, not both"),
         ]
         for ok, message in checks:
             if not ok:
@@ -96,6 +102,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def traces(self) -> bool:
+        return bool(self.entropy_trace_every or self.entropy_trace_per_epoch)
+
+    @property
+    def measures_the_probe(self) -> bool:
+        """Whether the run needs the study's probe: to trace, or for the entropy floor's baseline."""
+        regulariser = self.regulariser
+        return self.traces or (regulariser is not None and regulariser.kind == "entropy_floor" and regulariser.floor is None)
+
+    def trace_interval(self, steps_per_epoch: int) -> int:
+        """Optimiser steps between two trace points."""
+        return self.entropy_trace_every or max(1, steps_per_epoch // self.entropy_trace_per_epoch)
 
 
 # ---------------------------------------------------------------------------------------------

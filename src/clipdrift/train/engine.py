@@ -66,7 +66,7 @@ from clipdrift.train.evaluate import top1_accuracy
 from clipdrift.train.precision import resolve_precision
 from clipdrift.train.regularisers import AttentionRegulariser, cls_attention
 from clipdrift.train.resume import Progress, ResumeStore, load_params, restore_resume, run_fingerprint, save_resume
-from clipdrift.train.trace import TRACE_IMAGES, EntropyTrace
+from clipdrift.train.trace import EntropyTrace
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class _Run:
     """One fine-tuning run: model, optimiser, data and precision, resolved from the config."""
 
     def __init__(self, model: CLIPClassifier, train: ImageSplit, config: TrainConfig, method: MethodConfig | None = None,
-                 select: ImageSplit | None = None):
+                 probe: ImageSplit | None = None):
         self.model, self.config, self.method = model, config, method
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.amp, self.device, eval_amp=config.eval_amp,
@@ -148,17 +148,24 @@ class _Run:
         on_device = keeps_data_on_device(train.images.numel(), free_gpu_memory(self.device), config.data_on_device)
         self.data = CachedBatches(train, self.device, on_device, self.mean, self.std, config.batch_size)
         self.n_train = len(train)
+        self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
+        probe_images = self._probe_input(probe) if config.measures_the_probe else None
         self.regulariser = None
         if config.regulariser is not None:  # from the weights as they are now: before any step or resumed state
-            reference = to_model_input(train.images[:config.batch_size].to(self.device), self.mean, self.std)
-            self.regulariser = AttentionRegulariser(config.regulariser, model, reference)
+            self.regulariser = AttentionRegulariser(config.regulariser, model, probe_images)
         self.trace = None
-        if config.entropy_trace_every:
-            probe = to_model_input(select.images[:TRACE_IMAGES].to(self.device), self.mean, self.std)
-            self.trace = EntropyTrace(model, probe, config.entropy_trace_every, self.precision.eval_autocast)
-        self.steps_per_epoch = math.ceil(self.n_train / config.batch_size)
+        if config.traces:
+            self.trace = EntropyTrace(model, probe_images, config.trace_interval(self.steps_per_epoch),
+                                      self.precision.eval_autocast)
+        self.reference_identity = {"probe": probe.labels.tolist()} if probe_images is not None else {}  # resume
         self.total_steps = self.steps_per_epoch * config.epochs
         self.n_warmup = warmup_steps(self.total_steps, config.warmup_fraction)
+
+    def _probe_input(self, probe: ImageSplit | None) -> torch.Tensor:
+        if probe is None:
+            raise TrainConfigError("the entropy trace and the attention regularisers measure against the study's "
+                                   "probe: pass finetune(..., probe=...)")
+        return to_model_input(probe.images.to(self.device), self.mean, self.std)
 
     @property
     def lp_ft(self) -> bool:
@@ -262,7 +269,8 @@ class _Run:
 def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, config: TrainConfig, *,
              test: ImageSplit | None = None, resume: ResumeStore | str | None = None, progress: bool = True,
              on_epoch_end: Callable[[dict], None] | None = None, method: MethodConfig | None = None,
-             snapshot: Callable[[int], None] | None = None, stop: Callable[[], bool] | None = None) -> FinetuneResult:
+             snapshot: Callable[[int], None] | None = None, stop: Callable[[], bool] | None = None,
+             probe: ImageSplit | None = None) -> FinetuneResult:
     """Fine-tune ``model`` (in place) on ``train``, choosing the best epoch on ``select``.
 
     ``resume``: a :class:`ResumeStore` (or its directory) outside the run's outputs; the run
@@ -279,6 +287,9 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     and ``lora`` the method changes nothing but the resume fingerprint; leaving it out trains
     whatever ``requires_grad`` says, as before.
 
+    ``probe``: the study's probe (the class-balanced, seeded subset of the evaluation split every
+    drift metric reads), which the entropy trace and the entropy floor's baseline measure.
+
     ``stop``: asked after every optimiser step but an epoch's last, and after every epoch's
     evaluation and save but the run's last; when it returns true the run saves its state at that
     point and raises :class:`TrainingStopped` (the module docstring).
@@ -289,7 +300,7 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     # Seeding inside the run must not change the caller's random streams (CPU and the run's device).
     with _torch_threads(config.num_threads), seeded(config.seed, resolve_device(config.device)), \
             deterministic(config.deterministic):
-        run = _Run(model, train, config, method, select)
+        run = _Run(model, train, config, method, probe)
         fingerprint = run_fingerprint(run, train, select) if store is not None else ""
         state = (restore_resume(store, run, fingerprint) if store is not None else None) or Progress()
         with tqdm(total=run.total_steps, initial=state.step, unit="step", disable=not progress, dynamic_ncols=True) as bar:

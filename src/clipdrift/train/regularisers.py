@@ -4,26 +4,35 @@ Both act on the CLS→patch attention of the image tower: for layer ``l``, head 
 ``b``, ``p[l,h,b]`` is the CLS query's softmax row over the patch keys, CLS→CLS dropped and the
 row renormalised (the distribution every attention metric of the study measures,
 :func:`clipdrift.measure.attention.cls_patch_distribution`). With ``L`` layers, ``H`` heads and a
-batch of ``B`` images the loss is ``cross-entropy + weight · R`` with
+batch of ``B`` images the loss is ``cross-entropy + weight · R``. By default each is the authors'
+definition, as their code computes it; each other definition is a named option.
 
 - **APR** (attention-preservation regulariser), ``kind: apr``::
 
-      R = 1/(L·H·B) · Σ_{l,h,b} KL(q[l,h,b] ‖ p[l,h,b]),   KL(q ‖ p) = Σ_j q_j · log(q_j / p_j)
+      R = 1/L · Σ_l 1/(H·B) · Σ_{h,b} KL(p[l,h,b] ‖ q[l,h,b]),   KL(p ‖ q) = Σ_j p_j · log(p_j / q_j)
 
-  where ``q`` is the attention of the frozen pretrained tower on the same (augmented) batch:
-  the tower as it was when the run started, run once more per step without gradients.
+  the *current* distribution ``p`` first (``direction: current_first``, published), where ``q``
+  is the attention of the frozen pretrained tower on the same (augmented) batch: the tower as it
+  was when the run started, run once more per step without gradients, in eval mode.
+  ``direction: pretrained_first`` is clipdrift's earlier form, ``KL(q ‖ p)``.
 
 - **Entropy floor**, ``kind: entropy_floor``::
 
-      R = 1/L · Σ_l max(0, f_l − H_l),   H_l = 1/(H·B) · Σ_{h,b} −Σ_j p[l,h,b]_j · log p[l,h,b]_j
+      R = Σ_l 1/(H·B) · Σ_{h,b} max(0, ratio · base_l − H(p[l,h,b])),   H(p) = −Σ_j p_j · log p_j
 
-  a hinge on each layer's mean CLS-attention entropy (nats) below its floor ``f_l``: ``floor``
-  when given (one value for every layer), else the layer's pretrained value, measured once when
-  the run starts on the first ``batch_size`` training images in their stored order (no flips).
+  a hinge on every (image, head) row's entropy (nats) below ``ratio`` (published 0.7) times the
+  layer's pretrained entropy ``base_l``, the mean over rows, **summed** over layers: published as
+  ``hinge: row``, ``layers: sum``. ``base_l`` is the pretrained model's layer-mean CLS-attention
+  entropy on the study's probe (the class-balanced, seeded subset of the evaluation split every
+  drift metric is measured on; the published 200 images of seed 42 in the paper preset), as the
+  probe reference holds it; ``floor`` gives one absolute threshold for every layer instead.
+  ``hinge: layer_mean`` puts the hinge on the layer's mean entropy, ``layers: mean`` averages
+  over layers (with ``ratio: 1`` both are clipdrift's earlier form).
 
 Both read the attention of the training forward pass itself (no second capture pass; APR's
 pretrained attention needs the pretrained tower's own forward). Arithmetic in float32 whatever
-the autocast, for stable logs.
+the autocast, with ``0 · log 0 = 0`` exactly where the authors add 1e-10 inside each log
+(a difference below 1e-7 relative on rows without exact zeros; tests/test_regularisers.py).
 """
 
 from __future__ import annotations
@@ -39,17 +48,28 @@ from torch import nn
 from clipdrift.model.backbones import CLIPClassifier, attention_hooks, explicit_attention_modules
 
 REGULARISERS = ("apr", "entropy_floor")
+# Each kind's options and their values; the first is the published definition, the default.
+OPTIONS = {"apr": {"direction": ("current_first", "pretrained_first")},
+           "entropy_floor": {"hinge": ("row", "layer_mean"), "layers": ("sum", "mean")}}
+PUBLISHED_FLOOR_RATIO = 0.7
 
 
 @dataclass(frozen=True)
 class RegulariserConfig:
-    """A regulariser of the fine-tuning loss: ``kind`` (apr or entropy_floor), its ``weight``
-    (λ) and, for the entropy floor, one ``floor`` in nats for every layer (None: each layer's
-    pretrained value)."""
+    """A regulariser of the fine-tuning loss: ``kind`` (apr or entropy_floor) and its ``weight``
+    (λ); APR's ``direction``; the entropy floor's ``ratio`` of the pretrained entropy (or one
+    absolute ``floor`` in nats for every layer), ``hinge`` and ``layers`` (the module docstring),
+    and how its baseline averages the probe (``base_batch_size``: :func:`layer_entropies`). An
+    option of the other kind must keep its default."""
 
     kind: str
     weight: float
     floor: float | None = None
+    ratio: float = PUBLISHED_FLOOR_RATIO
+    direction: str = "current_first"
+    hinge: str = "row"
+    layers: str = "sum"
+    base_batch_size: int | None = None
 
     def __post_init__(self):
         if self.kind not in REGULARISERS:
@@ -58,6 +78,17 @@ class RegulariserConfig:
             raise ValueError(f"regulariser weight must be > 0, got {self.weight!r}")
         if self.floor is not None and (self.kind != "entropy_floor" or not self.floor >= 0):
             raise ValueError(f"floor is the entropy floor's (>= 0 nats), got {self.floor!r} for {self.kind}")
+        if not self.ratio > 0 or (self.kind != "entropy_floor" and self.ratio != PUBLISHED_FLOOR_RATIO):
+            raise ValueError(f"ratio is the entropy floor's (> 0), got {self.ratio!r} for {self.kind}")
+        if self.base_batch_size is not None and not self.base_batch_size >= 1:
+            raise ValueError(f"base_batch_size must be >= 1 (or None), got {self.base_batch_size!r}")
+        for kind, options in OPTIONS.items():
+            for option, values in options.items():
+                value = getattr(self, option)
+                if value not in values:
+                    raise ValueError(f"{option} {value!r} is unknown: use one of {values}")
+                if kind != self.kind and value != values[0]:
+                    raise ValueError(f"{option} is the {kind} regulariser's option, not {self.kind}'s: remove it")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,9 +101,9 @@ def cls_patch_rows(probs: torch.Tensor) -> torch.Tensor:
     return rows / rows.sum(dim=-1, keepdim=True)
 
 
-def kl_divergence(target: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """``KL(target ‖ current)`` over the last dimension (0·log 0 = 0), per row."""
-    return (torch.special.xlogy(target, target) - torch.special.xlogy(target, current)).sum(dim=-1)
+def kl_divergence(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``KL(first ‖ second)`` over the last dimension (0·log 0 = 0), per row."""
+    return (torch.special.xlogy(first, first) - torch.special.xlogy(first, second)).sum(dim=-1)
 
 
 def row_entropy(rows: torch.Tensor) -> torch.Tensor:
@@ -80,15 +111,27 @@ def row_entropy(rows: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(rows).sum(dim=-1)
 
 
-def apr_penalty(current: list[torch.Tensor], pretrained: list[torch.Tensor]) -> torch.Tensor:
-    """Mean over layers, heads and images of ``KL(pretrained ‖ current)`` of CLS→patch rows."""
-    return torch.stack([kl_divergence(q, p).mean() for p, q in zip(current, pretrained)]).mean()
+def apr_penalty(current: list[torch.Tensor], pretrained: list[torch.Tensor],
+                direction: str = "current_first") -> torch.Tensor:
+    """Mean over layers of each layer's mean over heads and images of ``KL(current ‖ pretrained)``
+    (``pretrained_first``: ``KL(pretrained ‖ current)``) of CLS→patch rows."""
+    pairs = zip(current, pretrained) if direction == "current_first" else zip(pretrained, current)
+    return torch.stack([kl_divergence(first, second).mean() for first, second in pairs]).mean()
 
 
-def entropy_floor_penalty(current: list[torch.Tensor], floors: torch.Tensor) -> torch.Tensor:
-    """Mean over layers of ``max(0, floor − the layer's mean CLS-attention entropy)``."""
-    entropies = torch.stack([row_entropy(rows).mean() for rows in current])
-    return torch.relu(floors.to(entropies) - entropies).mean()
+def entropy_floor_penalty(current: list[torch.Tensor], thresholds: torch.Tensor, hinge: str = "row",
+                          layers: str = "sum") -> torch.Tensor:
+    """The hinge ``max(0, threshold_l − entropy)`` on every row's entropy, averaged over the
+    layer's rows (``hinge: layer_mean``: on the layer's mean entropy), summed over layers
+    (``layers: mean``: averaged)."""
+    thresholds = thresholds.float()
+    per_layer = []
+    for rows, threshold in zip(current, thresholds.to(current[0].device)):
+        entropies = row_entropy(rows)
+        per_layer.append(torch.relu(threshold - entropies).mean() if hinge == "row"
+                         else torch.relu(threshold - entropies.mean()))
+    stacked = torch.stack(per_layer)
+    return stacked.sum() if layers == "sum" else stacked.mean()
 
 
 @contextlib.contextmanager
@@ -118,6 +161,17 @@ def eval_cls_rows(clip: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
         clip.train(was_training)
 
 
+def layer_entropies(clip: nn.Module, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Each layer's mean CLS-attention entropy (nats) of ``clip`` on ``images``, eval mode: over
+    every (image, head) row alike, or with ``batch_size`` the mean of the per-batch means of
+    batches of that many images in order (how the published code averaged its 200-image subset in
+    batches of 32, and the drift metrics' ``aggregation: paper``)."""
+    batches = [images] if batch_size is None else images.split(batch_size)
+    means = torch.stack([torch.stack([row_entropy(rows).mean() for rows in eval_cls_rows(clip, batch)])
+                         for batch in batches])
+    return means.mean(dim=0).cpu()
+
+
 class ImageTower(nn.Module):
     """A CLIP image tower on its own, where the attention helpers look for it (``.visual``)."""
 
@@ -131,22 +185,26 @@ class ImageTower(nn.Module):
 
 class AttentionRegulariser:
     """One run's regulariser: what it needs from the pretrained tower, taken when the run starts
-    (before any step or resumed state), and the penalty of each training batch."""
+    (before any step or resumed state), and the penalty of each training batch.
 
-    def __init__(self, config: RegulariserConfig, model: CLIPClassifier, reference_images: torch.Tensor):
+    ``probe``: the study's probe (normalised model input), on which the entropy floor measures
+    its ``base_l``, needed unless the config gives an absolute ``floor``."""
+
+    def __init__(self, config: RegulariserConfig, model: CLIPClassifier, probe: torch.Tensor | None = None):
         self.config = config
         self.pretrained = None
-        self.floors = None
+        self.thresholds = None
         if config.kind == "apr":  # the image tower alone: the text tower never trains
             self.pretrained = ImageTower(copy.deepcopy(model.clip.visual)).eval().requires_grad_(False)
         elif config.floor is not None:
-            self.floors = torch.full((len(explicit_attention_modules(model.clip)),), float(config.floor))
+            self.thresholds = torch.full((len(explicit_attention_modules(model.clip)),), float(config.floor))
         else:
-            pretrained = eval_cls_rows(model.clip, reference_images)
-            self.floors = torch.stack([row_entropy(rows).mean() for rows in pretrained])
+            if probe is None:
+                raise ValueError("the entropy floor measures its baseline on the study's probe: none was given")
+            self.thresholds = config.ratio * layer_entropies(model.clip, probe, config.base_batch_size)
 
     def penalty(self, current: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         """``R`` of the batch ``images`` whose training forward left ``current`` (see the module)."""
         if self.pretrained is not None:
-            return apr_penalty(current, eval_cls_rows(self.pretrained, images))
-        return entropy_floor_penalty(current, self.floors)
+            return apr_penalty(current, eval_cls_rows(self.pretrained, images), self.config.direction)
+        return entropy_floor_penalty(current, self.thresholds, self.config.hinge, self.config.layers)

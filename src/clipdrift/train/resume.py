@@ -151,6 +151,8 @@ def run_fingerprint(run: ResumableRun, train: ImageSplit, select: ImageSplit) ->
                 "n_select": len(select)}
     if run.method is not None:
         identity["method"] = run.method.to_dict()
+    if getattr(run, "reference_identity", None):  # the trace's probe, the entropy floor's base
+        identity["references"] = run.reference_identity
     digest.update(json.dumps(identity, sort_keys=True).encode())
     for labels in (train.labels, select.labels):
         digest.update(labels.numpy().tobytes())
