@@ -13,7 +13,7 @@ import pytest
 from markupsafe import escape
 
 from clipdrift.analysis.findings import findings
-from clipdrift.analysis.reference import load_reference, paper_comparison
+from clipdrift.analysis.reference import ablation_comparison, load_reference, paper_comparison
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.study import build_tables
 from clipdrift.core.io import read_table, write_figure, write_table
@@ -181,12 +181,16 @@ def test_paper_section_only_for_the_paper_preset(page, tables, figures, found):
     assert ">15.9<" in row  # the published 15.90% for that cell
     assert "published 60.2%" in with_paper
     assert "The authors' ablations" not in with_paper  # no ablation table given
-    ablations = paper_comparison(tables["cells"], load_reference("ablations"))
-    paper["paper_ablations"] = ablations[ablations["published"].notna()]
+    paper["paper_ablations"] = ablation_comparison(tables["cells"], load_reference("ablations"), {"full": True})
     with_ablations = render_report(paper, {}, found, {"name": "paper", "preset": "paper"}, PRETRAINED)
     assert "The authors' ablations" in with_ablations
     ablation_part = with_ablations.split("The authors' ablations", 1)[1]
-    assert ">12.7<" in _row(ablation_part, "eurosat", "Full FT", "1e-05", "zero-shot top-1 (%)")
+    assert ">12.7<" in _row(ablation_part, "eurosat", "Full FT", "1e-05", "published", "zero-shot top-1 (%)")
+    paper["paper_ablations"] = ablation_comparison(tables["cells"], load_reference("ablations"), {"full": False})
+    other = render_report(paper, {}, found, {"name": "paper", "preset": "paper"}, PRETRAINED)
+    other_row = _row(other.split("The authors' ablations", 1)[1], "eurosat", "Full FT", "1e-05",
+                     "not the published definition", "zero-shot top-1 (%)")
+    assert ">12.7<" in other_row and "±" not in other_row  # the published value alone: nothing set beside it
 
 
 def test_tables_read_back_from_parquet_render_the_same(tables, found, tmp_path):

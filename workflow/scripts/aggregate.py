@@ -9,6 +9,7 @@ import pandas as pd
 from clipdrift.analysis.study import build_tables, study_findings
 from clipdrift.core.io import read_json, read_table, write_json, write_table
 from clipdrift.pipeline.jobs.runner import run_script
+from clipdrift.pipeline.protocol import published_ablation_definitions
 
 
 def main(smk):
@@ -19,9 +20,11 @@ def main(smk):
     cka = pd.concat([read_table(path) for path in smk.input.cka], ignore_index=True)
     sensitivity, curves = (pd.concat([read_table(path) for path in smk.input[name]], ignore_index=True)
                            if name in smk.input.keys() else None for name in ("sensitivity", "curves"))
-    tables = build_tables(histories, zeroshot, attention, cka, compare_with_paper=smk.params.compare_with_paper,
+    compare = smk.params.compare_with_paper
+    tables = build_tables(histories, zeroshot, attention, cka, compare_with_paper=compare,
                           sensitivity=sensitivity, curves=curves, variants=smk.params.variants,
-                          pretrained_zeroshot=pretrained)
+                          pretrained_zeroshot=pretrained,
+                          published_definitions=published_ablation_definitions(smk.config) if compare else None)
     for name, frame in tables.items():
         write_table(frame, smk.output[f"{name}_csv"])
         write_table(frame, smk.output[f"{name}_parquet"])

@@ -12,6 +12,7 @@ from clipdrift.analysis.layergroups import layer_groups
 from clipdrift.analysis.reference import (
     PUBLISHED_METRICS,
     PUBLISHED_SD_DDOF,
+    ablation_comparison,
     load_reference,
     paper_comparison,
     paper_correlations,
@@ -33,6 +34,7 @@ def build_tables(
     curves: pd.DataFrame | None = None,
     variants: dict[str, dict] | None = None,
     pretrained_zeroshot: list[dict] | None = None,
+    published_definitions: dict[str, bool] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the study, keyed by the names in ``TABLES`` (+ ``PAPER_TABLES`` when
     ``compare_with_paper``: the study is the paper preset). ``zeroshot``: the runs' score files
@@ -40,7 +42,9 @@ def build_tables(
     task, which retention divides by. ``sensitivity``: the runs'
     probe-sensitivity tables, concatenated (None when the study did not measure it). ``variants``:
     each method or variant name → its ``methods:`` entry (``{"method": ..., ...}``): a variant is
-    compared with the method it trains with."""
+    compared with the method it trains with. ``published_definitions``: which methods the study
+    trains with the published ablations' definitions (only those are set beside the authors'
+    ablation numbers)."""
     bases = {name: entry["method"] for name, entry in (variants or {}).items()}
     pretrained = pretrained_suite(pretrained_zeroshot or [])
     per_task = zeroshot_table(zeroshot, pretrained)
@@ -68,8 +72,8 @@ def build_tables(
         tables["paper_cells"] = paper_comparison(like_published, published)
         tables["paper_methods"] = paper_comparison(tables["methods"], load_reference("methods"))
         tables["paper_correlations"] = paper_correlations(tables["correlations"], load_reference("correlations"))
-        ablations = paper_comparison(like_published, load_reference("ablations"))
-        tables["paper_ablations"] = ablations[ablations["published"].notna()].reset_index(drop=True)
+        tables["paper_ablations"] = ablation_comparison(like_published, load_reference("ablations"),
+                                                        published_definitions or {})
     return tables
 
 

@@ -223,6 +223,26 @@ def check_conformance(config: dict, protocol: dict | None = None) -> list[Mismat
     return mismatches
 
 
+def published_ablation_definitions(config: dict) -> dict[str, bool]:
+    """Each method of the study that the ablation protocol defines → whether the study trains it
+    with the published definition: every row that names it (its regulariser, freezing, LoRA rank,
+    weight decay) holds. The trace rows do not count: they change no trained weight."""
+    protocol = load_protocol(ABLATION_PROTOCOL_FILE)
+    settings, methods = resolved_settings(config), set(plan.method_names(config))
+    verdicts: dict[str, bool] = {}
+    for row in protocol["rows"]:
+        if "setting" not in row or row["topic"] == "trace":
+            continue
+        for path, actual in lookup(settings, row["setting"]).items():
+            section, _, rest = path.partition(".")
+            named = [name for name in methods if rest == name or rest.startswith(f"{name}.")]
+            method = max(named, key=len, default=None)  # full-wd0.1, not full-wd0
+            if section in ("method", "variant_training") and method is not None:
+                holds = actual is not _MISSING and same(actual, row["value"])
+                verdicts[method] = verdicts.get(method, True) and holds
+    return verdicts
+
+
 # ------------------------------------------------------------------------- README
 
 

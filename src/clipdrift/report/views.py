@@ -253,10 +253,12 @@ PAPER_COLUMNS = ("metric", "published", "reproduced mean ± SD", "n", "differenc
 
 def _paper_table(frame: pd.DataFrame, keys: list[str], highlight: bool):
     rows, classes = [], []
+    definitions = "definition" in frame
     for _, r in frame.iterrows():
         m = r["metric"]
         rows.append(
             [r[k] if k != "method" else method_label(r[k]) for k in keys]
+            + ([r["definition"]] if definitions else [])
             + [
                 metric_label(m),
                 format_value(m, r["published"]),
@@ -268,7 +270,8 @@ def _paper_table(frame: pd.DataFrame, keys: list[str], highlight: bool):
             ]
         )
         classes.append("" if not highlight or is_missing(r["within_sd"]) or r["within_sd"] else "flag")
-    return table([*keys, *PAPER_COLUMNS], rows, classes, text_columns=len(keys) + 1)
+    columns = [*keys, *(["definition"] if definitions else []), *PAPER_COLUMNS]
+    return table(columns, rows, classes, text_columns=len(keys) + 1 + definitions)
 
 
 def paper_correlations_table(frame: pd.DataFrame):
@@ -291,7 +294,7 @@ def paper_view(tables: dict, study: dict, pretrained) -> dict:
     names = study.get("zeroshot_class_names")
     optional = {name: tables.get(name) for name in ("paper_methods", "paper_correlations", "paper_ablations")}
     ablations = optional["paper_ablations"]
-    ablations = None if ablations is None or not (ablations["reproduced_n"] > 0).any() else ablations
+    ablations = None if ablations is None or not (ablations["definition"] != "not run").any() else ablations
     return {
         "applies": True,
         "class_names": str(names) if names else None,
