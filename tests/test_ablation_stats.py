@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from clipdrift.analysis.compare import comparison_pairs, comparisons
-from clipdrift.analysis.layergroups import layer_group_of, layer_groups
-from clipdrift.analysis.stats import cohens_d, one_way_anova
+from clipdrift.analysis.layergroups import UNITS, _cell_rows, layer_group_of, layer_groups
+from clipdrift.analysis.stats import cohens_d, one_way_anova, repeated_measures_anova
 from clipdrift.analysis.tables import run_table
 
 from fabricated_study import DIVERGED, fabricate, zeroshot_means
@@ -60,21 +60,54 @@ def test_the_layer_group_table_of_a_study_whose_later_layers_drift_more():
     histories, zeroshot, attention, _ = fabricate()
     runs = run_table(histories, zeroshot_means(zeroshot), attention, None)
     table = layer_groups(attention, runs)
-    # the fabricated layers drift 0.5, 1 and 1.5 times each run's drift
+    # the fabricated layers (3: one per group) drift 0.5, 1 and 1.5 times each run's drift
     cell = table[(table["dataset"] == "eurosat") & (table["method"] == "full") & (table["lr"] == "1e-05")
-                 & (table["metric"] == "entropy")].iloc[0]
+                 & (table["metric"] == "entropy")]
     drifts = runs.loc[(runs["dataset"] == "eurosat") & (runs["method"] == "full") & (runs["lr"] == "1e-05"),
                       "drift_entropy_pct"].to_numpy()
-    assert cell["early_mean"] == pytest.approx(0.5 * drifts.mean(), rel=1e-6)
-    assert cell["late_mean"] == pytest.approx(1.5 * drifts.mean(), rel=1e-6)
-    assert cell["p_anova"] == pytest.approx(scipy_stats.f_oneway(0.5 * drifts, drifts, 1.5 * drifts).pvalue, rel=1e-6)
+    assert list(cell["unit"]) == [*UNITS[:2], *[UNITS[2]] * len(drifts)] and list(cell["seed"].dropna()) == [7, 11, 19]
+    means, repeated = cell.iloc[0], cell.iloc[1]
+    assert means["early_mean"] == pytest.approx(0.5 * drifts.mean(), rel=1e-6)
+    assert means["late_mean"] == pytest.approx(1.5 * drifts.mean(), rel=1e-6)
+    assert math.isnan(means["p_anova"]) and means["n_per_group"] == 1  # one layer per group: no test by layers
+    expected = repeated_measures_anova(np.outer(drifts, [0.5, 1.0, 1.5]))  # seeds as subjects
+    assert repeated["p_anova"] == pytest.approx(expected["p_anova"]) and repeated["n_per_group"] == 3
     diverged_cell = table[(table["dataset"] == DIVERGED[0]) & (table["method"] == DIVERGED[1])
-                          & (table["lr"] == DIVERGED[2]) & (table["metric"] == "entropy")].iloc[0]
-    assert diverged_cell["n_per_group"] == 2  # the diverged seed is left out
+                          & (table["lr"] == DIVERGED[2]) & (table["metric"] == "entropy")]
+    assert diverged_cell.iloc[1]["n_per_group"] == 2 and len(diverged_cell) == 2 + 2  # the diverged seed is left out
     assert set(table["metric"]) == {"entropy", "erf95"}
-    assert layer_groups(None).empty and list(layer_groups(pd.DataFrame()).columns)[:4] == ["dataset", "method", "lr",
-                                                                                            "metric"]
-    assert np.isfinite(table["f"]).all()
+    assert layer_groups(None).empty and list(layer_groups(pd.DataFrame()).columns)[:6] == [
+        "dataset", "method", "lr", "metric", "unit", "seed"]
+
+
+def test_the_repeated_measures_anova_by_hand_and_as_a_paired_t_test():
+    # subjects × levels [[2, 4, 6], [3, 5, 10], [1, 3, 5]]: SS levels 38, subjects 14, total 56, error 4
+    result = repeated_measures_anova([[2, 4, 6], [3, 5, 10], [1, 3, 5]])
+    assert result["f"] == pytest.approx((38 / 2) / (4 / 4)) and result["p_anova"] == pytest.approx(
+        scipy_stats.f.sf(19.0, 2, 4))
+    a, b = np.array([1.0, 2.5, 2.0, 4.0]), np.array([1.5, 3.5, 2.2, 5.0])
+    two_levels = repeated_measures_anova(np.column_stack([a, b]))
+    paired = scipy_stats.ttest_rel(b, a)
+    assert two_levels["f"] == pytest.approx(paired.statistic ** 2) and two_levels["p_anova"] == pytest.approx(paired.pvalue)
+    assert math.isnan(repeated_measures_anova([[1, 2, 3]])["f"])  # one subject
+
+
+def test_layers_as_the_unit_need_seed_means_first_pooling_seeds_shrinks_p():
+    # 3 seeds × 6 layers (2 per group) that barely differ between seeds
+    layers, offsets = np.array([1.0, 1.4, 1.3, 1.9, 1.7, 2.2]), (-0.02, 0.0, 0.03)
+    per_seed = pd.DataFrame([layers + offset for offset in offsets], index=[7, 11, 19], columns=range(6))
+    rows = _cell_rows(per_seed, pd.Series(layer_group_of(list(range(6)))))
+    means = layers + np.mean(offsets)
+    by_layers = rows[0]
+    assert by_layers["unit"] == UNITS[0] and by_layers["p_anova"] == pytest.approx(
+        scipy_stats.f_oneway(means[[0, 1]], means[[2, 3]], means[[4, 5]]).pvalue, rel=1e-6)
+    pooled = scipy_stats.f_oneway(*[per_seed[[2 * g, 2 * g + 1]].to_numpy().ravel() for g in range(3)]).pvalue
+    assert by_layers["p_anova"] > 0.2 and pooled < 0.002  # each layer counted once per seed: 6 "samples" a group
+    one_run = [row for row in rows if row["unit"] == UNITS[2]]
+    assert [row["seed"] for row in one_run] == [7, 11, 19]
+    first = layers + offsets[0]
+    assert one_run[0]["p_anova"] == pytest.approx(
+        scipy_stats.f_oneway(first[[0, 1]], first[[2, 3]], first[[4, 5]]).pvalue)
 
 
 def test_the_paper_preset_sets_the_authors_single_seed_ablations_beside_its_cells_of_the_same_definition_only():
@@ -105,3 +138,30 @@ def test_the_paper_preset_sets_the_authors_single_seed_ablations_beside_its_cell
     row = other[(other["method"] == "full") & (other["metric"] == "zs_top1")].iloc[0]
     assert row["definition"] == OTHER_DEFINITION and row["reproduced_n"] == 0
     assert math.isnan(row["reproduced_mean"]) and math.isnan(row["difference"]) and pd.isna(row["within_sd"])
+
+
+def test_the_published_regulariser_test_pairs_two_runs_of_a_seed_over_their_layers():
+    from clipdrift.analysis.layergroups import layer_pair_tests
+    from clipdrift.analysis.stats import paired_over_layers
+    from clipdrift.analysis.tables import layer_quantities
+
+    a, b = [2.0, 2.5, 3.0, 3.1], [2.1, 2.4, 3.4, 3.6]
+    result = paired_over_layers(a, b)
+    assert result["t_paired"] == pytest.approx(scipy_stats.ttest_rel(b, a).statistic)
+    assert result["p_paired"] == pytest.approx(scipy_stats.ttest_rel(b, a).pvalue)
+    assert result["cohens_d_layers"] == pytest.approx(cohens_d(a, b)) and result["n_layers"] == 4
+    histories, zeroshot, attention, _ = fabricate()
+    runs = run_table(histories, zeroshot_means(zeroshot), attention, None)
+    table = layer_pair_tests(attention, runs, [("full", "lora")])  # lora as the "variant" of the fabricated study
+    finals = layer_quantities(attention, None).query("quantity == 'entropy_final'")
+    row = table[(table["dataset"] == "eurosat") & (table["lr"] == "1e-05") & (table["seed"] == 7)].iloc[0]
+
+    def layers(method):
+        return finals.query("dataset == 'eurosat' and lr == '1e-05' and seed == 7 and method == @method") \
+            .sort_values("layer")["value"].to_numpy()
+
+    assert row["p_paired"] == pytest.approx(scipy_stats.ttest_rel(layers("lora"), layers("full")).pvalue)
+    assert row["n_layers"] == len(layers("full")) and (row["method_a"], row["method_b"]) == ("full", "lora")
+    same_cell = (table["dataset"] == DIVERGED[0]) & (table["lr"] == DIVERGED[2]) & (table["method_a"] == DIVERGED[1])
+    assert same_cell.sum() == 2 and not (same_cell & (table["seed"] == DIVERGED[3])).any()  # a diverged run pairs with nothing
+    assert layer_pair_tests(attention, runs, []).empty

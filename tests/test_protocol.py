@@ -180,6 +180,9 @@ def test_the_readme_lists_every_deliberate_difference_from_the_protocol_file():
     readme = (REPO / "README.md").read_text()
     assert readme_section(readme) == "\n" + differences_markdown(), (
         "README.md's paper section is stale: run python -m clipdrift.pipeline.protocol README.md")
+    ablations = load_protocol(ABLATION_PROTOCOL_FILE)
+    assert readme_section(readme, ABLATION_PROTOCOL_FILE) == "\n" + differences_markdown(ablations), (
+        "README.md's ablation differences are stale: run python -m clipdrift.pipeline.protocol README.md")
     n_differences = sum("difference" in row for row in load_protocol()["rows"])
     assert differences_markdown().count("\n- ") + 1 == n_differences >= 8
 

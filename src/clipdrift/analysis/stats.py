@@ -1,5 +1,6 @@
 """Small-sample statistics on plain arrays: bootstrap intervals, Welch and exact permutation
-tests, Holm's step-down correction, correlations with intervals.
+tests, Holm's step-down correction, correlations with intervals, one-way and repeated-measures
+ANOVA, and the published per-layer paired test.
 
 Cells hold a handful of seeds (5 in the published study), so every function reports n and
 returns NaN instead of a number where the sample cannot support one.
@@ -106,6 +107,40 @@ def one_way_anova(groups: list) -> dict:
         return {"f": math.nan, "p_anova": math.nan, "n_groups": len(groups)}
     result = stats.f_oneway(*groups)
     return {"f": float(result.statistic), "p_anova": float(result.pvalue), "n_groups": len(groups)}
+
+
+def repeated_measures_anova(values) -> dict:
+    """One-factor repeated-measures ANOVA of ``values`` (subjects × levels, e.g. seeds × layer
+    groups): F = MS_levels / MS_error with (k − 1, (k − 1)(n − 1)) degrees of freedom, so each
+    subject is compared with itself. NaN with fewer than two subjects, a missing value or no
+    error variance. With two levels F is the paired t statistic squared."""
+    table = np.asarray(values, dtype=float)
+    n, k = table.shape if table.ndim == 2 else (0, 0)
+    if n < 2 or k < 2 or not np.isfinite(table).all():
+        return {"f": math.nan, "p_anova": math.nan, "n_groups": k}
+    grand = table.mean()
+    ss_levels = n * ((table.mean(axis=0) - grand) ** 2).sum()
+    ss_subjects = k * ((table.mean(axis=1) - grand) ** 2).sum()
+    ss_error = ((table - grand) ** 2).sum() - ss_levels - ss_subjects
+    df_levels, df_error = k - 1, (k - 1) * (n - 1)
+    if not ss_error > 1e-12 * max(1.0, ss_levels):
+        return {"f": math.nan, "p_anova": math.nan, "n_groups": k}
+    f = (ss_levels / df_levels) / (ss_error / df_error)
+    return {"f": float(f), "p_anova": float(stats.f.sf(f, df_levels, df_error)), "n_groups": k}
+
+
+def paired_over_layers(a, b) -> dict:
+    """The published regulariser test: paired t over matched per-layer values of two runs
+    (scipy's ttest_rel) and Cohen's d of the two sets of layer values (pooled SD, ddof 1).
+    NaN with fewer than two pairs or no variation."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if len(a) < 2 or np.ptp(b - a) == 0:
+        return {"t_paired": math.nan, "p_paired": math.nan, "cohens_d_layers": cohens_d(a, b), "n_layers": len(a)}
+    result = stats.ttest_rel(b, a)
+    return {"t_paired": float(result.statistic), "p_paired": float(result.pvalue), "cohens_d_layers": cohens_d(a, b),
+            "n_layers": len(a)}
 
 
 def _mean_difference(b, a, axis):

@@ -8,7 +8,7 @@ from clipdrift.analysis.ablation import regulariser_findings
 from clipdrift.analysis.compare import comparison_pairs, comparisons, correlations
 from clipdrift.analysis.findings import findings
 from clipdrift.analysis.frontier import curve_points
-from clipdrift.analysis.layergroups import layer_groups
+from clipdrift.analysis.layergroups import layer_groups, layer_pair_tests
 from clipdrift.analysis.reference import (
     PUBLISHED_METRICS,
     PUBLISHED_SD_DDOF,
@@ -50,14 +50,16 @@ def build_tables(
     per_task = zeroshot_table(zeroshot, pretrained)
     runs = run_table(histories, suite_means(per_task), attention, cka)
     curves, curve_tasks = suite_curves(curves, pretrained)
+    pairs = comparison_pairs(runs["method"].unique(), bases)
     tables = {
         "runs": runs,
         "zeroshot": per_task,
         "cells": cell_table(runs),
         "methods": method_table(runs),
         "layers": layer_table(attention, cka, runs=runs),
-        "stats": comparisons(runs, pairs=comparison_pairs(runs["method"].unique(), bases)),
+        "stats": comparisons(runs, pairs=pairs),
         "layer_groups": layer_groups(attention, runs),
+        "layer_tests": layer_pair_tests(attention, runs, [(a, b) for a, b in pairs if bases.get(b, b) != b]),
         "traces": entropy_traces(histories, runs),
         "correlations": correlations(runs),
         "cka_entropy": cka_entropy_relations(runs, attention, cka),

@@ -30,7 +30,8 @@ from clipdrift.pipeline import inputs, plan
 
 PROTOCOL_FILE = "paper_protocol.yaml"
 ABLATION_PROTOCOL_FILE = "paper_ablation_protocol.yaml"
-README_MARKERS = ("<!-- protocol-differences:start -->", "<!-- protocol-differences:end -->")
+# Where the README shows each protocol file's deliberate differences.
+README_SECTIONS = {PROTOCOL_FILE: "protocol-differences", ABLATION_PROTOCOL_FILE: "ablation-differences"}
 WILDCARD = "*"
 
 
@@ -264,20 +265,26 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def readme_section(readme_text: str) -> str:
-    """The text between the README's protocol markers."""
-    start, end = README_MARKERS
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {README_SECTIONS[name]}:start -->", f"<!-- {README_SECTIONS[name]}:end -->"
+
+
+def readme_section(readme_text: str, name: str = PROTOCOL_FILE) -> str:
+    """The text between the README's markers for protocol file ``name``."""
+    start, end = _markers(name)
     if start not in readme_text or end not in readme_text:
         raise ValueError(f"the README lacks the markers {start} … {end}")
     return readme_text.split(start, 1)[1].split(end, 1)[0]
 
 
 def render_readme(readme_text: str) -> str:
-    """``readme_text`` with the differences section regenerated from the protocol file."""
-    start, end = README_MARKERS
-    before = readme_text.split(start, 1)[0]
-    after = readme_text.split(end, 1)[1]
-    return f"{before}{start}\n{differences_markdown()}{end}{after}"
+    """``readme_text`` with every protocol file's differences section regenerated from it."""
+    for name in README_SECTIONS:
+        start, end = _markers(name)
+        before = readme_text.split(start, 1)[0]
+        after = readme_text.split(end, 1)[1]
+        readme_text = f"{before}{start}\n{differences_markdown(load_protocol(name))}{end}{after}"
+    return readme_text
 
 
 if __name__ == "__main__":  # python -m clipdrift.pipeline.protocol README.md: regenerate the README section
