@@ -163,5 +163,6 @@ def test_the_published_regulariser_test_pairs_two_runs_of_a_seed_over_their_laye
     assert row["p_paired"] == pytest.approx(scipy_stats.ttest_rel(layers("lora"), layers("full")).pvalue)
     assert row["n_layers"] == len(layers("full")) and (row["method_a"], row["method_b"]) == ("full", "lora")
     same_cell = (table["dataset"] == DIVERGED[0]) & (table["lr"] == DIVERGED[2]) & (table["method_a"] == DIVERGED[1])
-    assert same_cell.sum() == 2 and not (same_cell & (table["seed"] == DIVERGED[3])).any()  # a diverged run pairs with nothing
+    # a diverged run pairs with nothing
+    assert same_cell.sum() == 2 and not (same_cell & (table["seed"] == DIVERGED[3])).any()
     assert layer_pair_tests(attention, runs, []).empty
