@@ -54,7 +54,7 @@ def test_a_regulariser_that_pins_only_the_attention_is_called_so():
 def test_a_regulariser_that_does_not_change_the_drift_is_called_so():
     finding = regulariser_findings(curves(), runs((-5.1, -5.0)), VARIANTS)[0]
     assert finding["sentence"].endswith(f"So {VARIANT} did not measurably pin the attention (no rate with a smaller "
-                                        "entropy drift, Welch p < 0.05).")
+                                        "entropy drift, Holm-adjusted Welch p < 0.05).")
 
 
 def test_no_finding_without_curves_or_without_plain_full_ft():

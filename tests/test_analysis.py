@@ -361,7 +361,9 @@ def test_headline_sentence_states_the_effect_with_its_numbers(found, tables):
         widest = max(diffs, key=lambda lr: abs(diffs[lr]))
         sentence = finding["sentence"]
         assert "kept more zero-shot top-1 accuracy on world-cifar100 than Full FT at 4 of 4 matched" in sentence
-        assert "(Holm-adjusted Welch p < 0.05 at 4 of them; pretrained: 60.0%)" in sentence
+        assert "(Welch p < 0.05 at 4 of them after Holm's correction over 8 comparisons; pretrained: 60.0%)" in sentence
+        test = tables["stats"].query("dataset == @dataset and lr == @widest and metric == 'zs_top1'").iloc[0]
+        assert finding["values"]["widest"]["p_welch_holm"] == pytest.approx(test["p_welch_holm"])  # the table's own
         assert f"The gap is widest at {widest}: " in sentence
         assert _kept_text(_cell(cells, dataset, "lora", widest), _cell(cells, dataset, "full", widest)) in sentence
         assert finding["values"]["widest"]["diff"] == pytest.approx(diffs[widest])

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from clipdrift.analysis.compare import comparisons
 from clipdrift.analysis.frontier import frontier_findings, trajectory_findings
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import PRIMARY_PAIR, cell_table, lr_order, method_label
+from clipdrift.analysis.wording import drift_sd, finding, p_text, pct, pct_sd, points, pretrained_top1, small
 
 METRIC_NAMES = {
     "best_select_acc": "selection accuracy",
@@ -24,67 +24,6 @@ METRIC_NAMES = {
     "drift_entropy_pct": "CLS-attention entropy drift",
 }
 FLIP_METRICS = ("best_select_acc", "zs_top1")
-
-
-# ------------------------------------------------------------------------------ formatting
-
-
-def pct(value: float) -> str:
-    return "n/a" if pd.isna(value) else f"{100 * value:.1f}%"
-
-
-def points(value: float, signed: bool = True) -> str:
-    return "n/a" if pd.isna(value) else (f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}")
-
-
-def pct_sd(mean: float, sd: float) -> str:
-    """An accuracy as "61.2% ± 3.1" (SD in percentage points), or with "(one seed)"."""
-    if pd.isna(mean):
-        return "n/a"
-    return f"{pct(mean)} ± {small(100 * sd, 1)}" if not pd.isna(sd) else f"{pct(mean)} (one seed)"
-
-
-def drift_sd(mean: float, sd: float) -> str:
-    if pd.isna(mean):
-        return "n/a"
-    return f"{mean:+.2f}% ± {small(sd)}" if not pd.isna(sd) else f"{mean:+.2f}% (one seed)"
-
-
-def small(value: float, places: int = 2) -> str:
-    """A spread to ``places`` decimals, or to one significant digit where that would read as 0."""
-    return f"{value:.{places}f}" if value == 0 or abs(value) >= 0.5 * 10**-places else f"{value:.1g}"
-
-
-def p_text(p: float) -> str:
-    if pd.isna(p):
-        return "p not computable (fewer than two seeds per method)"
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
-
-
-def pretrained_top1(pretrained) -> float:
-    """The pretrained zero-shot top-1 from a score record or the suite (dict), a number, or None."""
-    if pretrained is None:
-        return math.nan
-    if isinstance(pretrained, dict):
-        return float(pretrained.get("top1", math.nan))
-    return float(pretrained)
-
-
-def _plain(value):
-    """JSON-ready: numpy scalars to Python, NaN to None (JSON has no NaN), recursively."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
-def _finding(kind: str, dataset: str | None, sentence: str, **values) -> dict:
-    return {"kind": kind, "dataset": dataset, "sentence": sentence, "values": _plain(values)}
 
 
 def _cell(cells: pd.DataFrame, dataset: str, method: str, lr: str) -> pd.Series | None:
@@ -97,6 +36,10 @@ def _stat(frame: pd.DataFrame, dataset: str, lr: str, metric: str) -> pd.Series 
         return None
     match = frame[(frame["dataset"] == dataset) & (frame["lr"] == lr) & (frame["metric"] == metric)]
     return None if match.empty else match.iloc[0]
+
+
+def _family_size(stats: pd.DataFrame, metric: str = "zs_top1") -> int:
+    return int(stats.loc[stats["metric"] == metric, "family_size"].max()) if not stats.empty else 0
 
 
 def _matched_lrs(cells: pd.DataFrame, dataset: str, methods, metric: str) -> list[str]:
@@ -115,13 +58,14 @@ def _at_rate(cells, stats, dataset, methods, lr) -> tuple[str, dict]:
     ca, cb = _cell(cells, dataset, a, lr), _cell(cells, dataset, b, lr)
     test = _stat(stats, dataset, lr, "zs_top1")
     diff = cb["zs_top1_mean"] - ca["zs_top1_mean"]
-    low, high, p = (test["diff_ci_low"], test["diff_ci_high"], test["p_welch"]) if test is not None else (math.nan,) * 3
+    # the p-value quoted is the comparisons table's, Holm-adjusted within its family (the metric's comparisons)
+    low, high, p = (test["diff_ci_low"], test["diff_ci_high"], test["p_welch_holm"]) if test is not None else (math.nan,) * 3
     interval = f"95% CI {points(low)} to {points(high)}, " if not pd.isna(low) else ""
     text = (
         f"{method_label(b)} kept {pct_sd(cb['zs_top1_mean'], cb['zs_top1_sd'])} vs "
         f"{pct_sd(ca['zs_top1_mean'], ca['zs_top1_sd'])} for {method_label(a)} "
         f"(mean ± SD over {cb['zs_top1_n']} and {ca['zs_top1_n']} seeds), "
-        f"a difference of {points(diff)} points ({interval}Welch {p_text(p)})."
+        f"a difference of {points(diff)} points ({interval}Holm-adjusted Welch {p_text(p)})."
     )
     if "drift_entropy_pct_mean" in cells and not pd.isna(ca["drift_entropy_pct_mean"]):
         text += (
@@ -137,7 +81,7 @@ def _at_rate(cells, stats, dataset, methods, lr) -> tuple[str, dict]:
         "diff": diff,
         "diff_ci_low": low,
         "diff_ci_high": high,
-        "p_welch": p,
+        "p_welch_holm": p,
     }
     return text, values
 
@@ -159,10 +103,11 @@ def headline(cells, stats, dataset, methods, pretrained, task, alpha) -> dict | 
     text, values = _at_rate(cells, stats, dataset, methods, widest)
     sentence = (
         f"After fine-tuning on {dataset}, {method_label(b)} kept more zero-shot top-1 accuracy on {task} than "
-        f"{method_label(a)} at {len(ahead)} of {len(lrs)} matched learning rates (Holm-adjusted Welch p < {alpha} "
-        f"at {len(held)} of them; pretrained: {pct(pretrained)}). The gap is widest at {widest}: {text}"
+        f"{method_label(a)} at {len(ahead)} of {len(lrs)} matched learning rates (Welch p < {alpha} at {len(held)} of them "
+        f"after Holm's correction over {_family_size(stats)} comparisons; pretrained: {pct(pretrained)}). The gap is "
+        f"widest at {widest}: {text}"
     )
-    return _finding(
+    return finding(
         "headline",
         dataset,
         sentence,
@@ -186,7 +131,7 @@ def highest_rate(cells, stats, dataset, methods, pretrained, task) -> dict | Non
         f"At the highest matched learning rate ({lrs[-1]}) on {dataset}, zero-shot top-1 on {task} "
         f"(pretrained: {pct(pretrained)}): {text}"
     )
-    return _finding("highest_rate", dataset, sentence, task=task, pretrained_zs_top1=pretrained, **values)
+    return finding("highest_rate", dataset, sentence, task=task, pretrained_zs_top1=pretrained, **values)
 
 
 def average_transfer(cells, dataset, methods, pretrained, task) -> dict | None:
@@ -208,7 +153,7 @@ def average_transfer(cells, dataset, methods, pretrained, task) -> dict | None:
         f"{pct(means[b])} zero-shot top-1 on {task} and {method_label(a)} {pct(means[a])}{share}. "
         f"The average hides how both depend on the rate (see the learning-rate panels)."
     )
-    return _finding(
+    return finding(
         "average_transfer",
         dataset,
         sentence,
@@ -248,7 +193,7 @@ def ranking_flips(cells, stats, dataset, methods, metric) -> dict | None:
         f"({method_label(b)} − {method_label(a)}: {listed} points; Welch 95% interval excludes zero at "
         f"{', '.join(resolved) if resolved else 'none of them'}). A method-only average hides this reversal."
     )
-    return _finding(
+    return finding(
         "ranking_flip",
         dataset,
         sentence,
@@ -276,7 +221,7 @@ def underfit_cells(cells, dataset, methods, gap: float) -> list[dict]:
                 f"n = {cb['best_select_acc_n']} and {ca['best_select_acc_n']})."
             )
             found.append(
-                _finding(
+                finding(
                     "underfit",
                     dataset,
                     sentence,
@@ -328,13 +273,13 @@ def best_rates(cells, dataset, methods) -> dict | None:
             f"{points(values[b]['zs_top1'] - values[a]['zs_top1'])} points of zero-shot accuracy "
             f"relative to {method_label(a)}."
         )
-    return _finding("best_rate", dataset, sentence, best=values)
+    return finding("best_rate", dataset, sentence, best=values)
 
 
 def diverged_runs(runs: pd.DataFrame) -> dict:
     bad = runs[runs["diverged"]]
     if bad.empty:
-        return _finding("diverged", None, "No run diverged; every run enters the means.", n=0, runs=[])
+        return finding("diverged", None, "No run diverged; every run enters the means.", n=0, runs=[])
     described = [
         f"{r.dataset} · {method_label(r.method)} · {r.lr} · seed {r.seed}"
         + ("" if pd.isna(r.diverged_at_step) else f" (at step {int(r.diverged_at_step)})")
@@ -342,7 +287,7 @@ def diverged_runs(runs: pd.DataFrame) -> dict:
     ]
     verb = "run diverged and is" if len(bad) == 1 else "runs diverged and are"
     sentence = f"{len(bad)} {verb} shown in the run table but left out of every mean: {'; '.join(described)}."
-    return _finding(
+    return finding(
         "diverged", None, sentence, n=len(bad), runs=bad[["dataset", "method", "lr", "seed"]].to_dict("records")
     )
 
@@ -360,7 +305,7 @@ def permutation_power(stats: pd.DataFrame, alpha: float) -> dict | None:
         f"comparisons per metric no permutation result can reach {alpha}. Read the Welch tests and the intervals "
         f"together with the effect sizes."
     )
-    return _finding(
+    return finding(
         "permutation_power",
         None,
         sentence,
@@ -383,7 +328,7 @@ def probe_choice(summary: pd.DataFrame) -> list[dict]:
             f"{row.n_judged} runs (|drift| within 2 SD across subsets)."
         )
         values = {k: v for k, v in row._asdict().items() if k != "dataset"}
-        out.append(_finding("probe_sensitivity", row.dataset, sentence, **values))
+        out.append(finding("probe_sensitivity", row.dataset, sentence, **values))
     return out
 
 
@@ -395,15 +340,18 @@ def findings(
     alpha: float = 0.05,
     sensitivity: pd.DataFrame | None = None,
     curves: pd.DataFrame | None = None,
+    family: pd.DataFrame | None = None,
 ) -> list[dict]:
     """All findings for the study, in reading order: per dataset the headline effect, the
     average over rates, ranking flips, underfit cells and best rates; then diverged runs, the
     power caveat and what the probe choice alone could explain. ``pretrained_zeroshot`` is
-    the pretrained model over the suite (or its top-1); ``sensitivity`` the probe-sensitivity table."""
+    the pretrained model over the suite (or its top-1); ``sensitivity`` the probe-sensitivity table.
+    ``family``: the study's comparisons table, whose Holm correction (within each metric, over every
+    comparison the study makes) every quoted p-value takes; without it, the pair's own comparisons."""
     cells = cell_table(runs, ci_metrics=())
-    stats = comparisons(
-        runs, metrics=[m for m in ("best_select_acc", "zs_top1") if m in runs], pairs=[methods], alpha=alpha
-    )
+    family = comparisons(runs, metrics=[m for m in ("best_select_acc", "zs_top1") if m in runs], pairs=[methods],
+                         alpha=alpha) if family is None else family
+    stats = family if family.empty else family[(family["method_a"] == methods[0]) & (family["method_b"] == methods[1])]
     pretrained = pretrained_top1(pretrained_zeroshot)
     task = _task_name(runs, pretrained_zeroshot)
     out: list[dict] = []
@@ -429,7 +377,7 @@ def _dataset_findings(cells, stats, dataset, methods, pretrained, task, underfit
         out += [effect, top, average_transfer(cells, dataset, methods, pretrained, task)]
     out += [ranking_flips(cells, stats, dataset, methods, m) for m in FLIP_METRICS if f"{m}_mean" in cells]
     a, b = methods
-    no_underfit = _finding(
+    no_underfit = finding(
         "underfit",
         dataset,
         f"On {dataset}, {method_label(b)}'s selection accuracy is never more than "

@@ -22,6 +22,7 @@ import pandas as pd
 
 from clipdrift.analysis.stats import welch
 from clipdrift.analysis.tables import PRIMARY_PAIR, RUN_KEYS, lr_order, method_label, normalise_keys, sort_grid
+from clipdrift.analysis.wording import finding, pct
 
 CURVE_METRICS = ("indomain_acc", "zs_top1", "drift_entropy_pct", "drift_erf_pct")
 
@@ -91,10 +92,6 @@ def half_pretrained_epochs(points: pd.DataFrame, pretrained_zs: float, method: s
     return pd.DataFrame(rows)
 
 
-def _pct(value: float) -> str:
-    return "n/a" if pd.isna(value) else f"{100 * value:.1f}%"
-
-
 def frontier_findings(points: pd.DataFrame, methods: tuple[str, str] = PRIMARY_PAIR) -> list[dict]:
     """One finding per dataset: at matched in-domain accuracy, which method keeps more zero-shot."""
     a, b = methods
@@ -110,15 +107,14 @@ def frontier_findings(points: pd.DataFrame, methods: tuple[str, str] = PRIMARY_P
             f"On {dataset}, at the in-domain accuracy where {method_label(b)} ends, interpolating "
             f"{method_label(a)} back towards the pretrained weights keeps at least {method_label(b)}'s zero-shot "
             f"at {reaches} of {len(group)} matched learning rates. At {widest['lr']}: {method_label(b)} ends at "
-            f"{_pct(widest['indomain_acc'])} in-domain with {_pct(widest['zs_b_end'])} zero-shot; "
-            f"{method_label(a)}'s interpolation at that accuracy keeps {_pct(widest['zs_a_at_match'])} "
+            f"{pct(widest['indomain_acc'])} in-domain with {pct(widest['zs_b_end'])} zero-shot; "
+            f"{method_label(a)}'s interpolation at that accuracy keeps {pct(widest['zs_a_at_match'])} "
             f"({widest['n_a_reaching']} of {widest['n_a']} seeds reach it), a difference of "
             f"{100 * widest['diff']:+.1f} points for {method_label(b)}{interval}."
         )
-        findings.append({"kind": "frontier", "dataset": dataset, "sentence": sentence,
-                         "values": {"reaches": reaches, "n_lrs": len(group), "lr": widest["lr"],
-                                    "indomain_acc": widest["indomain_acc"], "zs_b_end": widest["zs_b_end"],
-                                    "zs_a_at_match": widest["zs_a_at_match"], "diff": widest["diff"]}})
+        findings.append(finding("frontier", dataset, sentence, reaches=reaches, n_lrs=len(group), lr=widest["lr"],
+                                indomain_acc=widest["indomain_acc"], zs_b_end=widest["zs_b_end"],
+                                zs_a_at_match=widest["zs_a_at_match"], diff=widest["diff"]))
     return findings
 
 
@@ -135,11 +131,10 @@ def trajectory_findings(points: pd.DataFrame, pretrained_zs: float, method: str 
         never = [r.lr for r in group.itertuples() if pd.isna(r.epoch)]
         sentence = (
             f"On {dataset}, {method_label(method)}'s zero-shot top-1 (mean over seeds) falls below half the "
-            f"pretrained {_pct(pretrained_zs)} " + ("; ".join(parts) if parts else "at no learning rate")
+            f"pretrained {pct(pretrained_zs)} " + ("; ".join(parts) if parts else "at no learning rate")
             + (f"; it stays above at {', '.join(never)} through epoch {int(group['last_epoch'].max())}" if never else "")
             + "."
         )
-        findings.append({"kind": "trajectory", "dataset": dataset, "sentence": sentence,
-                         "values": {"epochs": {r.lr: (None if pd.isna(r.epoch) else int(r.epoch))
-                                               for r in group.itertuples()}}})
+        findings.append(finding("trajectory", dataset, sentence,
+                                epochs={r.lr: (None if pd.isna(r.epoch) else int(r.epoch)) for r in group.itertuples()}))
     return findings

@@ -85,5 +85,6 @@ def study_findings(tables: dict[str, pd.DataFrame], pretrained_zeroshot: list[di
     regularised variants answer (:func:`clipdrift.analysis.ablation.regulariser_findings`)."""
     # on the suite means: the pretrained model's suite-mean top-1 against the runs'
     found = findings(tables["runs"], pretrained_suite(pretrained_zeroshot), sensitivity=tables["probe_sensitivity"],
+                     family=tables["stats"],
                      curves=tables["curves"])
-    return found + regulariser_findings(tables["curves"], tables["runs"], variants)
+    return found + regulariser_findings(tables["curves"], tables["runs"], variants, family=tables["stats"])

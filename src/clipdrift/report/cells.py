@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from clipdrift.analysis.findings import small
 from clipdrift.analysis.tables import ACCURACY_METRICS
+from clipdrift.analysis.wording import small
 
 METRIC_LABELS = {
     "best_select_acc": "selection acc. (%)",

@@ -16,9 +16,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from clipdrift.analysis.findings import pretrained_top1
 from clipdrift.analysis.stats import correlation
 from clipdrift.analysis.tables import lr_order, method_label, method_order
+from clipdrift.analysis.wording import pretrained_top1
 from clipdrift.report.plotting import canvas, legend, lr_shades, method_color
 from clipdrift.report.suite_figures import SUITE_MEAN, frontier_panels, suite_retention
 from clipdrift.report.trace_figures import collapse_traces

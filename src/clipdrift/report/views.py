@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipdrift.analysis.findings import pct, pretrained_top1, small
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import drop_diverged, method_label
+from clipdrift.analysis.wording import pct, pretrained_top1, small
 from clipdrift.report.cells import (
     METRIC_LABELS,
     format_value,
