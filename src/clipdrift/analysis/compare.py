@@ -10,7 +10,8 @@ import pandas as pd
 from clipdrift.analysis.stats import cohens_d, correlation, holm, permutation, welch
 from clipdrift.analysis.tables import method_order, present, sort_grid
 
-TEST_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_erf95_pct", "cka_mean")
+TEST_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_entropy_layers_pct",
+                "drift_erf95_pct", "cka_mean")
 CORRELATION_PAIRS = (
     ("drift_entropy_pct", "zs_top1"),
     ("drift_erf95_pct", "zs_top1"),

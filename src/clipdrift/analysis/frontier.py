@@ -60,15 +60,16 @@ def matched_accuracy(points: pd.DataFrame, methods: tuple[str, str] = PRIMARY_PA
         if ends.empty or curves.empty:
             continue
         target = float(ends["indomain_acc"].mean())
-        reached = [first_crossing(run["indomain_acc"].to_numpy(), run["zs_top1"].to_numpy(), target)
-                   for _, run in curves.sort_values("point").groupby("seed")]
-        reached = np.array(reached, dtype=float)
+        seeds = curves.sort_values("point").groupby("seed")
+        reached = np.array([first_crossing(run["indomain_acc"].to_numpy(), run["zs_top1"].to_numpy(), target)
+                            for _, run in seeds], dtype=float)
+        reaching = " ".join(str(seed) for (seed, _), value in zip(seeds, reached) if np.isfinite(value))
         test = welch(reached[np.isfinite(reached)], ends["zs_top1"])  # b's end minus a at b's accuracy
         rows.append({
             "dataset": dataset, "lr": lr, "method_a": a, "method_b": b, "indomain_acc": target,
             "zs_b_end": float(ends["zs_top1"].mean()), "n_b": len(ends),
             "zs_a_at_match": float(np.nanmean(reached)) if np.isfinite(reached).any() else math.nan,
-            "n_a_reaching": int(np.isfinite(reached).sum()), "n_a": len(reached),
+            "n_a_reaching": int(np.isfinite(reached).sum()), "n_a": len(reached), "seeds_a_reaching": reaching,
             "diff": test["diff"], "diff_ci_low": test["diff_ci_low"], "diff_ci_high": test["diff_ci_high"],
             "p_welch": test["p_welch"],
         })

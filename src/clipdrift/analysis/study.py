@@ -87,4 +87,5 @@ def study_findings(tables: dict[str, pd.DataFrame], pretrained_zeroshot: list[di
     found = findings(tables["runs"], pretrained_suite(pretrained_zeroshot), sensitivity=tables["probe_sensitivity"],
                      family=tables["stats"],
                      curves=tables["curves"])
-    return found + regulariser_findings(tables["curves"], tables["runs"], variants, family=tables["stats"])
+    return found + regulariser_findings(tables["curves"], tables["runs"], variants, family=tables["stats"],
+                                        correlations=tables["correlations"])

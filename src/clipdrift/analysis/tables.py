@@ -47,8 +47,11 @@ ACCURACY_METRICS = (
     "zs_retention",
 )
 DRIFT_METRICS = tuple(f"drift_{m}_pct" for m in ATTENTION_METRICS)
+# How far the layers moved whatever the sign: the root mean square over blocks of the per-layer entropy
+# drift (%), which a layer-mean drift can hide (+33 / -27 / +36 averages to +14)
+LAYER_DRIFT_METRIC = "drift_entropy_layers_pct"
 COST_METRICS = ("trainable_params", "train_time_s", "images_per_s")
-CELL_METRICS = ACCURACY_METRICS + DRIFT_METRICS + ("cka_mean",) + COST_METRICS
+CELL_METRICS = ACCURACY_METRICS + DRIFT_METRICS + (LAYER_DRIFT_METRIC, "cka_mean") + COST_METRICS
 # Metrics that get bootstrap intervals in the cell table: the ones the report's story rests on.
 CI_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_erf95_pct", "cka_mean")
 
@@ -151,17 +154,30 @@ def per_layer_attention(attention: pd.DataFrame) -> pd.DataFrame:
 def attention_summary(attention: pd.DataFrame | None) -> pd.DataFrame:
     """Per run and metric: the layer-mean baseline, final and drift (whole-network metrics have
     only layer −1, so the same mean is their single value)."""
-    columns = RUN_KEYS + [f"{m}_{s}" for m in ATTENTION_METRICS for s in ("baseline", "final")] + list(DRIFT_METRICS)
+    columns = (RUN_KEYS + [f"{m}_{s}" for m in ATTENTION_METRICS for s in ("baseline", "final")] + list(DRIFT_METRICS)
+               + [LAYER_DRIFT_METRIC])
     if attention is None or attention.empty:
         return pd.DataFrame(columns=columns)
-    layer_means = per_layer_attention(attention).groupby(RUN_KEYS + ["metric", "state"])["value"].mean()
+    per_layer = per_layer_attention(attention)
+    layer_means = per_layer.groupby(RUN_KEYS + ["metric", "state"])["value"].mean()
     states = layer_means.unstack("state").reindex(columns=["baseline", "final"])
     states["drift"] = drift_pct(states["final"], states["baseline"])
     wide = states.unstack("metric")
     wide.columns = [f"drift_{m}_pct" if s == "drift" else f"{m}_{s}" for s, m in wide.columns]
+    wide[LAYER_DRIFT_METRIC] = _layer_drift_rms(per_layer)
     # the known metrics always (NaN if absent), then any others the metrics stage wrote (e.g. erf90)
     extra = [c for c in wide.columns if c not in columns]
     return wide.reset_index().reindex(columns=columns + extra)
+
+
+def _layer_drift_rms(per_layer: pd.DataFrame, metric: str = "entropy") -> pd.Series:
+    """Per run: the root mean square over blocks of ``metric``'s per-layer drift (%)."""
+    blocks = per_layer[(per_layer["metric"] == metric) & (per_layer["layer"] >= 0)]
+    states = blocks.pivot_table(index=RUN_KEYS + ["layer"], columns="state", values="value")
+    if states.empty or not {"baseline", "final"} <= set(states.columns):
+        return pd.Series(dtype=float)
+    drift = pd.Series(drift_pct(states["final"], states["baseline"]), index=states.index)
+    return (drift ** 2).groupby(RUN_KEYS).mean() ** 0.5
 
 
 def _cka_rows(cka: pd.DataFrame) -> pd.DataFrame:

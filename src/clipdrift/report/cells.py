@@ -20,6 +20,7 @@ METRIC_LABELS = {
     "final_test_acc": "test acc. (%)",
     "zs_top1": "zero-shot top-1 (%)",
     "drift_entropy_pct": "entropy drift (%)",
+    "drift_entropy_layers_pct": "per-layer entropy drift, RMS (%)",
     "drift_erf95_pct": "ERF drift (%)",
     "cka_mean": "mean CKA",
 }

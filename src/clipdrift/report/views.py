@@ -70,7 +70,7 @@ FINDING_GROUPS = (
     ("The effect", ("headline", "highest_rate", "average_transfer")),
     ("Regimes that averages hide", ("ranking_flip", "underfit", "best_rate")),
     ("Beyond the end points: interpolation and trajectories", ("frontier", "trajectory")),
-    ("Is drift causal? Regularised Full FT at matched in-domain accuracy", ("regulariser",)),
+    ("Is drift causal? Regularised Full FT at matched in-domain accuracy", ("causal", "regulariser")),
     ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
 )
 
