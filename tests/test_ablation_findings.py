@@ -105,3 +105,36 @@ def test_the_overall_answer_counts_the_conclusive_cells_and_says_what_zero_shot_
                                         "CKA r = +0.62, entropy drift r = +0.41).")
     undecided = regulariser_findings(curves(), runs((-5.1, -5.0), (8.0, 8.1)), VARIANTS)
     assert "so this study cannot say" in [f for f in undecided if f["kind"] == "causal"][0]["sentence"]
+
+
+# ---- every variant family gets its finding ------------------------------------------------------
+
+
+def test_every_variant_family_gets_a_finding_with_the_comparisons_tables_own_numbers():
+    from clipdrift.analysis.compare import comparison_pairs, comparisons
+    from clipdrift.analysis.variants import FAMILIES, family_findings, variant_family
+
+    variants = {"full": {"method": "full"}, "lora": {"method": "lora"},
+                "full-apr-0.1": {"method": "full", "regulariser": {"kind": "apr", "weight": 0.1}},
+                "full-freeze2": {"method": "full", "freeze_blocks": 2},
+                "lora-r4": {"method": "lora", "lora": {"r": 4, "alpha": 8}},
+                "full-wd0": {"method": "full", "training": {"weight_decay": 0.0}}}
+    assert [variant_family(variants[name]) for name in ("full-apr-0.1", "full-freeze2", "lora-r4", "full-wd0")] == \
+        list(FAMILIES[:4])
+    rows = []
+    for method, zs in (("full", (0.10, 0.12, 0.11)), ("lora", (0.5, 0.52, 0.51)), ("full-apr-0.1", (0.11, 0.12, 0.10)),
+                       ("full-freeze2", (0.45, 0.47, 0.46)), ("lora-r4", (0.5, 0.5, 0.52)), ("full-wd0", (0.1, 0.11, 0.12))):
+        for seed, value in zip((1, 2, 3), zs):
+            rows.append({"dataset": "d", "method": method, "lr": "1e-03", "seed": seed, "diverged": False,
+                         "best_select_acc": 0.9, "zs_top1": value, "drift_entropy_pct": -5.0 + seed})
+    runs = pd.DataFrame(rows)
+    stats = comparisons(runs, pairs=comparison_pairs(runs["method"].unique(), {k: v["method"] for k, v in variants.items()}))
+    found = family_findings(stats, variants)
+    assert [f["values"]["family"] for f in found] == list(FAMILIES[:4])  # every family, in order
+    (frozen,) = [f for f in found if f["values"]["family"] == "frozen blocks"]
+    test = stats.query("method_b == 'full-freeze2' and metric == 'zs_top1'").iloc[0]
+    assert frozen["values"]["variants"]["full-freeze2"]["1e-03"]["zs_top1"]["p_welch_holm"] == pytest.approx(
+        test["p_welch_holm"])  # the comparisons table's own number, not another family's
+    assert "full-freeze2 against Full FT: at 1e-03 selection accuracy +0.0 points" in frozen["sentence"]
+    assert "zero-shot +35.0 points (p " in frozen["sentence"] and "*" in frozen["sentence"]
+    assert family_findings(stats, {"full": {"method": "full"}}) == []

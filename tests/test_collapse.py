@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -128,7 +129,7 @@ def test_a_high_learning_rate_collapses_the_attention_and_a_low_one_does_not():
 
 
 def test_the_traces_table_and_the_collapse_figure():
-    from clipdrift.analysis.traces import entropy_traces
+    from clipdrift.analysis.traces import entropy_traces, trace_onsets
     from clipdrift.report.trace_figures import collapse_traces
 
     history = {"dataset": "d", "method": "full", "lr": "1e-03", "seed": 1,
@@ -140,4 +141,9 @@ def test_the_traces_table_and_the_collapse_figure():
     figure = collapse_traces(traces)
     assert len(figure.axes) == 1 and figure.axes[0].get_title() == "d · lr 1e-03"
     assert list(figure.axes[0].lines[0].get_ydata()) == pytest.approx([-5.0, -25.0])
+    # the onset marker: where the entropy first fell 1% below pretrained (half-way), on the threshold
+    marker = figure.axes[0].lines[1]
+    assert list(marker.get_xdata()) == pytest.approx([50.0]) and list(marker.get_ydata()) == pytest.approx([-1.0])
+    onsets = trace_onsets(pd.concat([traces, traces.assign(seed=2, drift_pct=-0.5)]))
+    assert onsets[["onset", "n_collapsed", "n_seeds"]].values.tolist() == [[0.5, 1, 2]]  # seed 2 never fell 1%
     assert collapse_traces(entropy_traces([])) is None

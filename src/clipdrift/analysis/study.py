@@ -22,6 +22,7 @@ from clipdrift.analysis.sensitivity import probe_sensitivity
 from clipdrift.analysis.suite import pretrained_suite, suite_curves, suite_means, zeroshot_table
 from clipdrift.analysis.tables import cell_table, layer_table, method_table, run_table
 from clipdrift.analysis.traces import entropy_traces
+from clipdrift.analysis.variants import family_findings
 
 
 def build_tables(
@@ -82,10 +83,12 @@ def build_tables(
 def study_findings(tables: dict[str, pd.DataFrame], pretrained_zeroshot: list[dict],
                    variants: dict[str, dict] | None = None) -> list[dict]:
     """The study's findings (:func:`clipdrift.analysis.findings.findings`), then what its
-    regularised variants answer (:func:`clipdrift.analysis.ablation.regulariser_findings`)."""
+    regularised variants answer (:func:`clipdrift.analysis.ablation.regulariser_findings`) and what
+    every variant family changes (:func:`clipdrift.analysis.variants.family_findings`)."""
     # on the suite means: the pretrained model's suite-mean top-1 against the runs'
     found = findings(tables["runs"], pretrained_suite(pretrained_zeroshot), sensitivity=tables["probe_sensitivity"],
                      family=tables["stats"],
                      curves=tables["curves"])
-    return found + regulariser_findings(tables["curves"], tables["runs"], variants, family=tables["stats"],
-                                        correlations=tables["correlations"])
+    return (found + regulariser_findings(tables["curves"], tables["runs"], variants, family=tables["stats"],
+                                         correlations=tables["correlations"])
+            + family_findings(tables["stats"], variants))

@@ -51,7 +51,10 @@ DRIFT_METRICS = tuple(f"drift_{m}_pct" for m in ATTENTION_METRICS)
 # drift (%), which a layer-mean drift can hide (+33 / -27 / +36 averages to +14)
 LAYER_DRIFT_METRIC = "drift_entropy_layers_pct"
 COST_METRICS = ("trainable_params", "train_time_s", "images_per_s")
-CELL_METRICS = ACCURACY_METRICS + DRIFT_METRICS + (LAYER_DRIFT_METRIC, "cka_mean") + COST_METRICS
+# The collapse onsets at 1% (clipdrift's fraction of steps, the published fraction of the trace): a cell's
+# mean over the seeds whose entropy fell that far, n counting them (a seed that never did is not a number)
+ONSET_METRICS = ("collapse_onset", "collapse_onset_1_published")
+CELL_METRICS = ACCURACY_METRICS + DRIFT_METRICS + (LAYER_DRIFT_METRIC, "cka_mean") + COST_METRICS + ONSET_METRICS
 # Metrics that get bootstrap intervals in the cell table: the ones the report's story rests on.
 CI_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_erf95_pct", "cka_mean")
 

@@ -71,6 +71,7 @@ FINDING_GROUPS = (
     ("Regimes that averages hide", ("ranking_flip", "underfit", "best_rate")),
     ("Beyond the end points: interpolation and trajectories", ("frontier", "trajectory")),
     ("Is drift causal? Regularised Full FT at matched in-domain accuracy", ("causal", "regulariser")),
+    ("Every ablation against its method", ("variant_family",)),
     ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
 )
 
