@@ -24,7 +24,7 @@ from clipdrift.train.resume import ResumeStore
 
 from conftest import make_tiny
 from test_regularisers import run_config
-from test_train import TRAIN, VAL, assert_same_states, without_timings
+from test_train import TRAIN, VAL, assert_same_states, colour_split, without_timings
 
 
 def test_onset_is_the_first_point_one_percent_below_pretrained_as_a_fraction_of_training():
@@ -147,3 +147,20 @@ def test_the_traces_table_and_the_collapse_figure():
     onsets = trace_onsets(pd.concat([traces, traces.assign(seed=2, drift_pct=-0.5)]))
     assert onsets[["onset", "n_collapsed", "n_seeds"]].values.tolist() == [[0.5, 1, 2]]  # seed 2 never fell 1%
     assert collapse_traces(entropy_traces([])) is None
+
+
+def test_on_a_dataset_stored_class_by_class_the_trace_and_the_floor_measure_a_class_balanced_probe():
+    from clipdrift.data.sampling import with_probe
+    from clipdrift.train.regularisers import AttentionRegulariser, RegulariserConfig, layer_entropies
+
+    stored = colour_split(12, 500)  # 48 images, class 0 first, then class 1, ... (the order splits are stored in)
+    assert stored.labels[:16].unique().tolist() == [0, 1]  # the first 16 images: two classes of four
+    splits, _ = with_probe({"train": TRAIN, "val": VAL, "test": stored}, {"splits": {}}, source="test", n=16, seed=42)
+    probe = splits["probe"]
+    assert torch.bincount(probe.labels, minlength=4).tolist() == [4, 4, 4, 4]  # drawn, class-balanced
+    traced = finetune(make_tiny("full", n_classes=4), TRAIN, VAL, run_config(entropy_trace_every=4), progress=False,
+                      probe=probe)
+    assert traced.history["entropy_trace"]["images"] == 16
+    model = make_tiny("full", n_classes=4)
+    floor = AttentionRegulariser(RegulariserConfig("entropy_floor", 1.0), model, model_input(model, probe.images))
+    torch.testing.assert_close(floor.thresholds, 0.7 * layer_entropies(model.clip, model_input(model, probe.images)))
