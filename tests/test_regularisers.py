@@ -211,3 +211,22 @@ def test_on_a_tiny_model_both_penalties_equal_the_study_measured_attention_by_ha
     assert apr.penalty(rows, images).item() == pytest.approx(float(sum(kl) / len(kl)), rel=1e-4)
     shortfall = [float(torch.relu(2.9 - entropy(p)).mean()) for p in after]  # every row, summed over layers
     assert floor.penalty(rows, images).item() == pytest.approx(sum(shortfall), rel=1e-4, abs=1e-6)
+
+
+def test_the_planners_regulariser_options_are_the_configs_and_the_schemas():
+    import dataclasses
+
+    import yaml
+
+    from clipdrift.pipeline.plan import REGULARISER_OPTIONS
+    from clipdrift.train.regularisers import OPTIONS
+
+    from workflow_helpers import REPO
+
+    planned = {option for options in REGULARISER_OPTIONS.values() for option in options}
+    fields = {field.name for field in dataclasses.fields(RegulariserConfig)}
+    assert planned == fields - {"kind", "weight", "base_batch_size"}  # base_batch_size: set by the planner itself
+    assert all(set(options) <= set(REGULARISER_OPTIONS[kind]) for kind, options in OPTIONS.items())
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    keys = set(schema["definitions"]["variant"]["properties"]["regulariser"]["properties"])
+    assert keys == planned | {"kind", "weight"}
