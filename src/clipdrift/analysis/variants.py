@@ -68,7 +68,7 @@ def _variant_text(rows: pd.DataFrame, alpha: float) -> tuple[str, dict]:
             if test.empty:
                 continue
             test = test.iloc[0]
-            diff = points(test["diff"]) + " points" if share else f"{test['diff']:+.2f} % points"
+            diff = points(test["diff"]) + " points" if share else f"{test['diff']:+.2f} points"  # both in % points
             mark = "*" if test["p_welch_holm"] < alpha else ""
             measures.append(f"{name} {diff} ({p_text(test['p_welch_holm'])}){mark}")
             values.setdefault(lr, {})[metric] = {"diff": test["diff"], "p_welch_holm": test["p_welch_holm"]}
