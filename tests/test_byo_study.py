@@ -58,16 +58,28 @@ def test_missing_data_stops_the_run_before_any_job_naming_every_missing_task(tmp
 
 # ---- the test study on an image folder written here, with the two-task held-out suite ------------
 
+HELDOUT = ("world-cifar100", "holdout-flat", "holdout-split")
+
+
 @pytest.fixture(scope="module")
 def folder_study(tmp_path_factory):
+    """An image folder as the fine-tuning task, and a held-out suite of a world task and two image
+    folders, one in each documented layout: root/<class>/ and root/test/<class>/ beside train/."""
     workdir = tmp_path_factory.mktemp("folder-study")
     root = make_imagefolder(workdir / "my-images", classes=("red_ones", "green_ones", "blue_ones"), per_class=30)
+    flat = make_imagefolder(workdir / "holdout-flat", classes=("cyan-ish", "magenta_ish"), per_class=12)
+    split = make_imagefolder(workdir / "holdout-split", classes=("dark_red", "light-green"), splits={"train": 3, "test": 9})
     override = workdir / "folder.yaml"
     override.write_text(
         "datasets:\n"
         f"  - {{name: colours, source: imagefolder, root: {root}, epochs: 2,\n"
         "     classes: {red_ones: red, green_ones: green, blue_ones: blue}}\n"
-        "methods: [full, lora]\n")
+        "methods: [full, lora]\n"
+        "zeroshot:\n"
+        "  tasks:\n"
+        "    - world-cifar100\n"
+        f"    - {{name: holdout-flat, root: {flat}, templates: ['a photo of a {{}}', 'a {{}} square']}}\n"
+        f"    - {{name: holdout-split, root: {split}, templates: ['a photo of a {{}}']}}\n")
     result = snakemake(workdir, "--cores", "2", "--configfile", TEST_CONFIG, str(override))
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return workdir
@@ -81,15 +93,21 @@ def test_an_image_folder_study_runs_end_to_end_and_reports_each_tasks_retention(
     assert sum(entry["n"] for name, entry in manifest["splits"].items() if name != "probe") == 90
     assert "red_ones/0.png" in {i for entry in manifest["splits"].values() for i in entry.get("ids", [])}
     zeroshot = pd.read_csv(study / "tables/zeroshot.csv")
-    assert set(zeroshot["task"]) == {"world-cifar100", "world-patterns"} and len(zeroshot) == 2 * 2 * 2
+    assert set(zeroshot["task"]) == set(HELDOUT) and len(zeroshot) == 2 * 2 * 3
     assert zeroshot["retention"].notna().all()
+    flat = json.loads((study / "data/holdout-flat/manifest.json").read_text())
+    assert flat["split_rule"] == "all of its images (a held-out task)" and list(flat["splits"]) == ["test"]
+    assert flat["splits"]["test"]["n"] == 24 and flat["class_names"] == ["cyan ish", "magenta ish"]
+    split = json.loads((study / "data/holdout-split/manifest.json").read_text())
+    assert split["split_rule"] == "the official test split (a held-out task)" and split["splits"]["test"]["n"] == 18
+    assert all(i.startswith("test/") for i in split["splits"]["test"]["ids"])  # train/ beside it is never read
     runs = pd.read_csv(study / "tables/runs.csv").set_index(["method", "lr"])
     suite = zeroshot.groupby(["method", "lr"])["retention"].mean()
     for key, mean in suite.items():
         assert runs.loc[key, "zs_retention"] == pytest.approx(mean)
     page = (study / "report/index.html").read_text()
-    for text in ("Held-out suite", "world-cifar100 retention (%)", "world-patterns retention (%)",
-                 "suite mean retention (%)", "fig-suite_retention"):
+    for text in ("Held-out suite", "world-cifar100 retention (%)", "holdout-flat retention (%)",
+                 "holdout-split retention (%)", "suite mean retention (%)", "fig-suite_retention"):
         assert text in page, text
     assert (study / "report/suite_retention.png").stat().st_size > 0
-    assert len(pd.read_csv(study / "tables/curve_tasks.csv")["task"].unique()) == 2
+    assert len(pd.read_csv(study / "tables/curve_tasks.csv")["task"].unique()) == 3

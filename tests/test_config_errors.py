@@ -245,3 +245,15 @@ def test_the_single_zeroshot_dataset_of_older_configs_is_named_with_its_replacem
     config["zeroshot"] = {"dataset": "cifar100"}
     with pytest.raises(StudyConfigError, match=r"zeroshot.dataset is now zeroshot.tasks: write tasks: \[cifar100\]"):
         prepare_config(config, SCHEMA, tmp_path)
+
+
+@pytest.mark.parametrize("zeroshot, message", [
+    ({"sizes": {"train": 50, "test": 100}}, "zeroshot.sizes names ['test', 'train'], but a held-out task is only ever "
+                                            "tested: give {test: N}"),
+    ({"tasks": ["world-cifar100", {"name": "mine", "root": "/data/mine", "sizes": {"val": 10}}]},
+     "zeroshot.tasks: 'mine': sizes names ['val'], but a held-out task is only ever tested"),
+])
+def test_held_out_sizes_other_than_test_are_refused_at_parse_time_naming_the_key(zeroshot, message):
+    with pytest.raises(StudyConfigError) as refused:
+        prepare_config(_default_with({"zeroshot": zeroshot}), SCHEMA)
+    assert str(refused.value).startswith(message), str(refused.value)

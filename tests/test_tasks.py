@@ -196,3 +196,50 @@ def test_grayscale_and_rgba_images_come_out_rgb(tmp_path):
     Image.open(root / "b" / "0.png").convert("RGBA").save(root / "b" / "0.png")
     splits, _ = prepare_imagefolder("modes", root, image_size=32)
     assert all(split.images.shape[1] == 3 for split in splits.values())
+
+
+# ---- an image folder as a held-out task -----------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["flat", "test only", "beside train and val"])
+def test_a_held_out_image_folder_is_all_test_in_either_layout_and_never_needs_train(tmp_path, layout):
+    root = tmp_path / "holdout"
+    if layout == "flat":
+        make_imagefolder(root, per_class=10)  # root/<class>/: all of it is the test set
+    else:
+        make_imagefolder(root, splits={"test": 10, **({"train": 4, "val": 2} if layout != "test only" else {})})
+    splits, manifest = prepare_imagefolder("holdout", root, image_size=32, wanted=("test",),
+                                           split_sizes={"test": 2000})  # the default cap: larger than the folder
+    assert list(splits) == ["test"] and len(splits["test"]) == 30 and _labels_match_pixels(splits["test"])
+    whole = "all of its images" if layout == "flat" else "the official test split"
+    assert manifest["split_rule"] == f"{whole} (a held-out task)"
+    capped, manifest = prepare_imagefolder("holdout", root, image_size=32, wanted=("test",), split_sizes={"test": 6},
+                                           seed=3)
+    assert capped["test"].labels.bincount().tolist() == [2, 2, 2]  # a stratified, seeded cap
+    assert manifest["split_rule"].endswith("a stratified subset of 6 of its 30 drawn with the seed")
+
+
+def test_a_held_out_folder_with_split_folders_but_no_test_is_refused_naming_test(tmp_path):
+    root = make_imagefolder(tmp_path / "holdout", splits={"train": 2, "val": 2})
+    with pytest.raises(DatasetUnavailableError, match=r"has split folders \['train', 'val'\] but no test/: a held-out "
+                                                      "task is only tested"):
+        imagefolder_partitions("holdout", root, wanted=("test",))
+
+
+def test_class_names_from_folders_read_as_a_prompt_would_and_the_manifest_keeps_the_folders(tmp_path):
+    root = make_imagefolder(tmp_path / "data", classes=("golden-retriever", "tabby_cat", "sea__lion"), per_class=10)
+    splits, manifest = prepare_imagefolder("pets", root, image_size=32, wanted=("test",))
+    assert splits["test"].class_names == ["golden retriever", "sea lion", "tabby cat"]
+    assert manifest["source_class_names"] == ["golden-retriever", "sea__lion", "tabby_cat"]
+
+
+def test_sizes_that_do_not_fit_an_unsplit_fine_tuning_folder_are_refused_before_any_job(tmp_path):
+    from clipdrift.data.layout import check_dataset_on_disk
+
+    root = make_imagefolder(tmp_path / "mine", per_class=10)
+    settings = {"source": "imagefolder", "root": str(root)}
+    with pytest.raises(DatasetUnavailableError, match=r"datasets\[0\]\.sizes of task 'mine' names \['test'\], but its "
+                                                      r"image folder .* has no split folders.*sizes: \{train: N, val: N, "
+                                                      r"test: N\}"):
+        check_dataset_on_disk(settings, "mine", sizes={"test": 5}, sizes_key="datasets[0].sizes")
+    check_dataset_on_disk(settings, "mine", sizes={"train": 5, "val": 2, "test": 3})
+    check_dataset_on_disk(settings, "mine", wanted=("test",), sizes={"test": 5})  # a held-out task: a cap

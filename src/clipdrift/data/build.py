@@ -21,7 +21,7 @@ def build_dataset(dataset: dict, settings: dict, wanted=("train", "val", "test")
 
         splits, manifest = task_splits(name, WorldConfig(**settings["world"]), sizes or DEFAULT_SIZES[name])
     else:
-        check_dataset_on_disk(settings, name)
+        check_dataset_on_disk(settings, name, wanted, sizes)
         fraction = dataset.get("val_fraction")
         common = {"image_size": settings["image_size"], "interpolation": settings["interpolation"], "split_sizes": sizes,
                   "seed": settings["split_seed"], "wanted": tuple(wanted),

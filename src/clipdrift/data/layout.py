@@ -60,19 +60,26 @@ def _imagefolder_error(task: str, root: Path, problem: str) -> DatasetUnavailabl
                                    f"Expected layout: {IMAGEFOLDER_LAYOUT.format(root=root)}")
 
 
-def imagefolder_partitions(task: str, root) -> dict[str, Path]:
+def imagefolder_partitions(task: str, root, wanted=("train", "val", "test")) -> dict[str, Path]:
     """The folders an image folder's classes sit in: ``{"all": root}`` or its split folders.
 
-    Refuses (:class:`DatasetUnavailableError`, with the layout expected) a missing root, split
-    folders without ``train`` and ``test``, split folders whose class folders differ, fewer than
-    two classes, and a class folder without images.
+    A held-out task (``wanted`` only ``test``) reads ``root/test/`` where there are split folders
+    (train and val beside it are never read) and all of ``root`` otherwise; a fine-tuning task
+    needs ``train`` and ``test`` split folders, or none. Refuses (:class:`DatasetUnavailableError`,
+    with the layout expected) a missing root, missing split folders, split folders whose class
+    folders differ, fewer than two classes, and a class folder without images.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise _imagefolder_error(task, root, "does not exist")
     folders = _subfolders(root)
     given = [name for name in SPLIT_FOLDERS if name in folders]
-    if given and {"train", "test"} - set(given):
+    if tuple(wanted) == ("test",) and given:
+        if "test" not in given:
+            raise _imagefolder_error(task, root, f"has split folders {given} but no test/: a held-out task is only "
+                                     "tested - put its images in test/<class>/, or the class folders directly in the root")
+        given = ["test"]
+    elif given and {"train", "test"} - set(given):
         raise _imagefolder_error(task, root, f"has split folders {given} but not {sorted({'train', 'test'} - set(given))}: "
                                  "give train and test (val is optional), or put the class folders directly in the root")
     partitions = {name: root / name for name in given} if given else {"all": root}
@@ -94,15 +101,24 @@ def imagefolder_partitions(task: str, root) -> dict[str, Path]:
     return partitions
 
 
-def imagefolder_classes(task: str, root) -> list[str]:
+def imagefolder_classes(task: str, root, wanted=("train", "val", "test")) -> list[str]:
     """The class folder names of an image folder, sorted (the label order)."""
-    partitions = imagefolder_partitions(task, root)
+    partitions = imagefolder_partitions(task, root, wanted)
     return _subfolders(next(iter(partitions.values())))
 
 
-def check_dataset_on_disk(settings: dict, task: str) -> None:
-    """Refuse a task whose data is missing or malformed (``settings``: its data settings)."""
+def check_dataset_on_disk(settings: dict, task: str, wanted=("train", "val", "test"), sizes: dict | None = None,
+                          sizes_key: str = "sizes") -> None:
+    """Refuse a task whose data is missing or malformed (``settings``: its data settings;
+    ``wanted``: its splits, only ``test`` for a held-out task), or whose ``sizes`` (config key
+    ``sizes_key``) do not fit the layout on disk."""
     if settings["source"] == "imagefolder":
-        imagefolder_partitions(task, settings["root"])
+        partitions = imagefolder_partitions(task, settings["root"], wanted)
+        drawn = "all" in partitions and tuple(wanted) != ("test",)
+        if drawn and sizes and set(sizes) != set(SPLIT_FOLDERS):
+            raise DatasetUnavailableError(
+                f"{sizes_key} of task {task!r} names {sorted(sizes)}, but its image folder {settings['root']} has no "
+                "split folders, so train, val and test are all drawn from it: give all three sizes "
+                "(sizes: {train: N, val: N, test: N}) or leave sizes out (80/10/10 %)")
     elif settings["source"] == "real" and not settings["download"]:
         check_torchvision_present(settings.get("torchvision", task), Path(settings["root"]).expanduser())

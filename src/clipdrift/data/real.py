@@ -131,11 +131,15 @@ def torchvision_class_names(name: str, dataset, n_classes: int) -> tuple[list[st
     return own, readable
 
 
-def _split_rule(partitions, wanted) -> str:
+def _split_rule(partitions, wanted, plan=None, labels=None) -> str:
+    if tuple(wanted) == ("test",):
+        part, index = plan["test"] if plan else ("test", None)
+        whole = "all of its images" if part == "all" else "the official test split"
+        capped = index is not None and labels is not None and len(index) < len(labels[part])
+        return (f"{whole} (a held-out task)" + (f", a stratified subset of {len(index)} of its {len(labels[part])} "
+                                                 "drawn with the seed" if capped else ""))
     if "all" in partitions:
         return "stratified train/val/test drawn with the seed (no official split)"
-    if wanted == ("test",):
-        return "the official test split (a held-out task)"
     if "val" in partitions:
         return "the official train/val/test splits"
     source = next(iter(partitions))
@@ -178,7 +182,7 @@ def prepare_real_dataset(name: str, root, *, download: bool = False, image_size:
         "dataset": task or name,
         "source": f"torchvision.datasets.{source.torchvision_class}",
         "seed": seed,
-        "split_rule": _split_rule(source.partitions, wanted),
+        "split_rule": _split_rule(source.partitions, wanted, plan, labels),
         "class_names": list(readable),
         "source_class_names": own,
         "preprocessing": _preprocessing(image_size, interpolation),
@@ -212,10 +216,11 @@ def _decode_plan(parts, plan, ids, class_names, image_size, interpolation, num_w
 # ---------------------------------------------------------------------------------------------
 
 def imagefolder_class_names(task: str, folders: list[str], mapping) -> list[str]:
-    """Readable class names: the folder names, or ``mapping`` (folder → name; a dict or the path of
-    a JSON file) which must name every folder and no other."""
+    """Class names a prompt can use: the folder names with underscores and hyphens as spaces (as
+    CLIP_benchmark's names are written), or ``mapping`` (folder → name; a dict or the path of a
+    JSON file) which must name every folder and no other. The manifest keeps the folder names."""
     if mapping is None:
-        return [folder.replace("_", " ") for folder in folders]
+        return [" ".join(folder.replace("_", " ").replace("-", " ").split()) for folder in folders]
     if isinstance(mapping, str):
         path = Path(mapping).expanduser()
         try:
@@ -241,7 +246,7 @@ def prepare_imagefolder(task: str, root, *, image_size: int = 224, interpolation
 
     preprocess_transform(image_size, interpolation)
     root = Path(root).expanduser()
-    partitions = imagefolder_partitions(task, root)
+    partitions = imagefolder_partitions(task, root, wanted)
     parts = {part: ImageFolder(str(folder)) for part, folder in partitions.items()}
     folders = list(next(iter(parts.values())).classes)
     readable = imagefolder_class_names(task, folders, class_names)
@@ -250,7 +255,7 @@ def prepare_imagefolder(task: str, root, *, image_size: int = 224, interpolation
     plan = split_plan(labels, sizes=split_sizes, val_fraction=val_fraction, seed=seed, wanted=tuple(wanted))
     splits, entries = _decode_plan(parts, plan, ids, readable, image_size, interpolation, num_workers, progress, task)
     manifest = {"dataset": task, "source": f"image folder {root}", "seed": seed,
-                "split_rule": _split_rule(partitions, tuple(wanted)), "class_names": readable,
+                "split_rule": _split_rule(partitions, tuple(wanted), plan, labels), "class_names": readable,
                 "source_class_names": folders, "preprocessing": _preprocessing(image_size, interpolation),
                 "splits": entries}
     return splits, manifest

@@ -174,8 +174,16 @@ def split_plan(labels: dict[str, list[int]], *, sizes: dict[str, int] | None = N
     train (or trainval) and test gets a stratified val of ``val_fraction`` carved from its train;
     one without an official split (``all``) is drawn stratified with ``sizes`` (else
     ``default_sizes``, else 80/10/10 %). ``sizes`` on official splits take a stratified subset of
-    each. Only the ``wanted`` splits are returned (a held-out task wants only its test).
+    each. Only the ``wanted`` splits are returned. A held-out task wants only its test: all of an
+    unsplit source, or its official test, with ``sizes["test"]`` a cap (a stratified subset of at
+    most that many; a smaller source is used whole).
     """
+    if tuple(wanted) == ("test",):
+        part = "all" if "all" in labels else "test"
+        available = len(labels[part])
+        cap = (sizes or {}).get("test")
+        return {"test": _subsample(labels, part, torch.arange(available), None if cap is None else min(cap, available),
+                                   seed, "test")}
     if "all" in labels:
         chosen = dict(sizes or default_sizes or _fraction_sizes(len(labels["all"])))
         if set(chosen) != {"train", "val", "test"}:

@@ -77,6 +77,11 @@ def check_tasks(config: dict) -> None:
         for entry in entries:
             _check_task_source(key, entry)
     for entry in heldout_entries(config).values():
+        sizes, key = (entry["sizes"], f"zeroshot.tasks: {entry['name']!r}: sizes") if "sizes" in entry else \
+            (config["zeroshot"].get("sizes"), "zeroshot.sizes")
+        if set(sizes or {}) - {"test"}:
+            raise StudyConfigError(f"{key} names {sorted(sizes)}, but a held-out task is only ever tested: give "
+                                   "{test: N} (a cap on its test images; leave it out to use them all)")
         style = entry.get("class_names", config["zeroshot"]["class_names"])
         if isinstance(style, str):
             try:
@@ -225,10 +230,14 @@ def check_tasks_on_disk(config: dict, pending) -> None:
     from clipdrift.data.layout import DatasetUnavailableError, check_dataset_on_disk
 
     problems = []
-    for name in [*(d["name"] for d in config["datasets"]), *heldout_names(config)]:
+    tasks = [(entry["name"], ("train", "val", "test"), entry.get("sizes"), f"datasets[{index}].sizes")
+             for index, entry in enumerate(config["datasets"])]
+    tasks += [(name, ("test",), heldout_data_entry(config, name)["sizes"], f"the sizes of held-out task {name!r}")
+              for name in heldout_names(config)]
+    for name, wanted, sizes, key in tasks:
         if pending(name):
             try:
-                check_dataset_on_disk(data_settings(config, name), name)
+                check_dataset_on_disk(data_settings(config, name), name, wanted, sizes, key)
             except DatasetUnavailableError as error:
                 problems.append(f"[{name}] {error}")
     if problems:
