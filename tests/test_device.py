@@ -322,3 +322,41 @@ def test_older_torch_without_the_fp32_precision_api_gets_its_allow_tf32_flags_sw
     with full_fp32():
         assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
     assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+
+
+@pytest.mark.parametrize("failure, expected", [
+    (OSError(28, "No space left on device", "/lab/results/x.safetensors.tmp"),
+     "rule finetune could not write /lab/results/x.safetensors.tmp: the disk is full (No space left on device); free "
+     "space there, or point results_dir at a disk with room, and rerun. Nothing half-written was kept."),
+    (RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on "
+                  "device\" }) No space left on device (os error 28)"),
+     "rule finetune could not write results/test/runs/r: the disk is full"),
+    (PermissionError(13, "Permission denied", "/lab/results/x.json"),
+     "rule finetune could not write /lab/results/x.json: permission denied (Permission denied); give this user write"),
+])
+def test_a_full_disk_or_a_folder_without_write_permission_is_one_line_naming_the_path_and_the_fix(
+        tmp_path, capsys, failure, expected):
+    from clipdrift.pipeline.jobs.runner import run_script
+
+    def fail(smk):
+        raise failure
+
+    job = SimpleNamespace(log=[str(tmp_path / "job.log")], threads=1, rule="finetune", resources={},
+                          output=["results/test/runs/r/best.safetensors"])
+    with pytest.raises(SystemExit) as ended:
+        run_script(job, fail)
+    logging.getLogger().handlers.clear()
+    assert ended.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].split(" ERROR clipdrift: ", 1)[1].startswith(expected), lines
+    assert "Traceback" not in (tmp_path / "job.log").read_text()
+
+
+def test_any_other_error_still_raises_with_its_traceback(tmp_path):
+    from clipdrift.pipeline.jobs.runner import run_script
+
+    job = SimpleNamespace(log=[str(tmp_path / "job.log")], threads=1, rule="finetune", resources={})
+    with pytest.raises(ZeroDivisionError):
+        run_script(job, lambda smk: 1 / 0)
+    logging.getLogger().handlers.clear()
+    assert "unexpected error in rule finetune" in (tmp_path / "job.log").read_text()

@@ -4,7 +4,10 @@ every code digest, see :mod:`clipdrift.pipeline.digest`)."""
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import resource
 import sys
 import time
@@ -44,11 +47,53 @@ def run_script(snakemake, main: Callable, uses_gpu: bool = False) -> None:
     except UserFacingError as error:
         log.error("%s", error)
         sys.exit(1)
-    except Exception:
-        log.exception("unexpected error in rule %s", getattr(snakemake, "rule", "?"))
-        raise
+    except Exception as error:
+        refusal = machine_refusal(error, snakemake)
+        if refusal is None:
+            log.exception("unexpected error in rule %s", getattr(snakemake, "rule", "?"))
+            raise
+        log.error("%s", refusal)  # the terminal gets errors too
+        sys.exit(1)
     finally:
         _write_usage(snakemake, usage_record(getattr(snakemake, "rule", "?"), start, main_started, time.time(), ok))
+
+
+# What the machine refused, and what the user can do about it (an OSError's errno, or the
+# "(os error N)" a library written in Rust, safetensors among them, puts in its message).
+REFUSALS = {
+    errno.ENOSPC: ("the disk is full", "free space there, or point results_dir at a disk with room, and rerun"),
+    errno.EDQUOT: ("the disk quota is used up", "free space in your quota, or point results_dir elsewhere, and rerun"),
+    errno.EACCES: ("permission denied", "give this user write access there, or point results_dir at a folder you "
+                   "can write, and rerun"),
+    errno.EPERM: ("operation not permitted", "give this user write access there, or point results_dir at a folder you "
+                  "can write, and rerun"),
+    errno.EROFS: ("the file system is read-only", "point results_dir at a writable disk and rerun"),
+}
+
+
+def machine_refusal(error: BaseException, snakemake) -> str | None:
+    """One line for a job the machine refused to let write (a full disk, no permission): the rule,
+    the path, what failed and what to do; None for any other error. Outputs are written
+    atomically, so nothing half-written is left behind."""
+    for cause in _chain(error):
+        number = cause.errno if isinstance(cause, OSError) else None
+        found = re.search(r"\(os error (\d+)\)", str(cause))
+        number = number if number in REFUSALS else int(found.group(1)) if found else None
+        if number in REFUSALS:
+            what, fix = REFUSALS[number]
+            outputs = list(getattr(snakemake, "output", []) or [])
+            path = getattr(cause, "filename", None) or (os.path.dirname(str(outputs[0])) if outputs else os.getcwd())
+            return (f"rule {getattr(snakemake, 'rule', '?')} could not write {path}: {what} "
+                    f"({os.strerror(number)}); {fix}. Nothing half-written was kept.")
+    return None
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def usage_record(rule: str, start: JobStart, main_started: float, ended: float, ok: bool) -> dict:
