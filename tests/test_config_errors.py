@@ -56,6 +56,13 @@ def _default_with(change: dict) -> dict:
     ({"zeroshot": {"sizes": {"test": 0}}}, "config key zeroshot.sizes.test is 0 but must be >= 1."),
     ({"zeroshot": {"sizes": [5]}}, "config key zeroshot.sizes is [5], which is none of the allowed forms (Images of "
                                    "each held-out task's test split"),
+    # near misses: a shape many would first write, answered with the right spelling
+    ({"zeroshot": ["cifar100", "flowers102"]}, "config key zeroshot is a list (['cifar100', 'flowers102']): the held-out "
+                                               "suite is zeroshot.tasks - write zeroshot: {tasks: [cifar100, flowers102]}."),
+    ({"datasets": ["/data/Chest_XRay/"]}, "config key datasets[0] is the path '/data/Chest_XRay/': a dataset is a mapping "
+                                          "with a name - write {name: chest_xray, root: /data/Chest_XRay/, epochs: 10}."),
+    ({"datasets": ["eurosat"]}, "config key datasets[0] is 'eurosat': a dataset is a mapping - write "
+                                "{name: eurosat, epochs: 10}."),
 ])
 def test_every_kind_of_schema_violation_gets_a_short_message_with_the_key_and_the_fix(change, message, tmp_path):
     with pytest.raises(StudyConfigError) as refused:

@@ -169,6 +169,13 @@ def test_class_names_come_from_a_json_file_that_must_name_every_folder(tmp_path)
      "different class folders in train/ and test/"),
     (lambda root: make_imagefolder(root, splits={"train": 2, "val": 2}),
      "has split folders ['train', 'val'] but not ['test']"),
+    # a level off: a class folder as root, or the folder above the split or class folders
+    (lambda root: (make_imagefolder(root.parent / "all", per_class=2), (root.parent / "all" / "cat_a").rename(root)),
+     "holds 2 image file(s) directly: it looks like one class folder, one level too deep - point root at"),
+    (lambda root: make_imagefolder(root / "xray", splits={"train": 2, "test": 2}),
+     "holds one folder, xray/, which holds the split folders: root is one level too high - point it at"),
+    (lambda root: make_imagefolder(root / "photos", per_class=2),
+     "holds one folder, photos/, which holds the class folders: root is one level too high"),
 ])
 def test_malformed_image_folders_are_refused_with_the_layout_expected(tmp_path, arrange, problem):
     root = tmp_path / "mine"

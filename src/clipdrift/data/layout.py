@@ -73,6 +73,7 @@ def imagefolder_partitions(task: str, root, wanted=("train", "val", "test")) -> 
     if not root.is_dir():
         raise _imagefolder_error(task, root, "does not exist")
     folders = _subfolders(root)
+    _refuse_a_level_off(task, root, folders)
     given = [name for name in SPLIT_FOLDERS if name in folders]
     if tuple(wanted) == ("test",) and given:
         if "test" not in given:
@@ -99,6 +100,23 @@ def imagefolder_partitions(task: str, root, wanted=("train", "val", "test")) -> 
         raise _imagefolder_error(task, root, f"has class folders without images ({', '.join(empty[:10])}; "
                                  f"{len(empty)} in all); image files end in {', '.join(IMAGE_EXTENSIONS)}")
     return partitions
+
+
+def _refuse_a_level_off(task: str, root: Path, folders: list[str]) -> None:
+    """A root one level too deep (a class folder: images and no class folders in it) or one level
+    too high (a single folder that holds the split or class folders), named with the right root."""
+    images = [path for path in root.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS]
+    if images and len(folders) < 2:
+        raise _imagefolder_error(task, root, f"holds {len(images)} image file(s) directly: it looks like one class "
+                                 f"folder, one level too deep - point root at {root.parent}, the folder that holds "
+                                 "the class folders")
+    if len(folders) == 1 and folders[0] not in SPLIT_FOLDERS:
+        inner = root / folders[0]
+        below = _subfolders(inner)
+        if set(below) & set(SPLIT_FOLDERS) or (len(below) >= 2 and all(_has_images(inner / name) for name in below)):
+            raise _imagefolder_error(task, root, f"holds one folder, {folders[0]}/, which holds the "
+                                     f"{'split' if set(below) & set(SPLIT_FOLDERS) else 'class'} folders: root is one "
+                                     f"level too high - point it at {inner}")
 
 
 def imagefolder_classes(task: str, root, wanted=("train", "val", "test")) -> list[str]:

@@ -4,6 +4,7 @@ account in a file beside it. Parse time: no torch."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from clipdrift.pipeline.plan import StudyConfigError, check_study_config
@@ -91,6 +92,9 @@ def _readable(error, schema: dict) -> str:
         allowed = ", ".join(map(str, error.validator_value))
         return f"config key {key} is {value!r}, which is not allowed: use one of {allowed}."
     if rule == "type":
+        near = _near_miss(list(error.absolute_path), value)
+        if near:
+            return near
         allowed = _subschema(schema, error.absolute_path).get("enum")
         if allowed:  # e.g. a bare `off` that YAML reads as false
             choices = ", ".join(f"'{v}'" if isinstance(v, str) else str(v) for v in allowed)
@@ -126,6 +130,21 @@ def _readable(error, schema: dict) -> str:
         return (f"config key {key} is {value!r}, which is none of the allowed forms "
                 f"({_described(schema, error.absolute_path)}).")
     return f"config key {key}: {error.message}."
+
+
+def _near_miss(path: list, value) -> str | None:
+    """The right spelling for a value written in a shape many would first write it in."""
+    if path == ["zeroshot"] and isinstance(value, list):
+        return (f"config key zeroshot is a list ({value!r}): the held-out suite is zeroshot.tasks - write "
+                f"zeroshot: {{tasks: [{', '.join(map(str, value))}]}}.")
+    if len(path) == 2 and path[0] == "datasets" and isinstance(value, str):
+        if "/" in value or "\\" in value:
+            name = re.sub(r"[^a-z0-9._-]+", "-", Path(value.rstrip("/\\")).name.lower()).strip("-._") or "mine"
+            return (f"config key datasets[{path[1]}] is the path {value!r}: a dataset is a mapping with a name - write "
+                    f"{{name: {name}, root: {value}, epochs: 10}}.")
+        return (f"config key datasets[{path[1]}] is {value!r}: a dataset is a mapping - write "
+                f"{{name: {value}, epochs: 10}}.")
+    return None
 
 
 # Keys of older configs that a newer one took over, with what to write instead.
