@@ -250,3 +250,21 @@ def test_sizes_that_do_not_fit_an_unsplit_fine_tuning_folder_are_refused_before_
         check_dataset_on_disk(settings, "mine", sizes={"test": 5}, sizes_key="datasets[0].sizes")
     check_dataset_on_disk(settings, "mine", sizes={"train": 5, "val": 2, "test": 3})
     check_dataset_on_disk(settings, "mine", wanted=("test",), sizes={"test": 5})  # a held-out task: a cap
+
+
+def test_a_cluttered_folder_reads_its_images_and_says_what_it_skipped(tmp_path):
+    root = make_imagefolder(tmp_path / "clutter", classes=("a", "b"), per_class=6)
+    (root / "a" / "0.png").rename(root / "a" / "0.PNG")  # extensions in any case
+    Image.open(root / "a" / "1.png").convert("L").resize((20, 70)).save(root / "a" / "1.Jpg")  # another size and mode
+    (root / "a" / "1.png").unlink()
+    (root / "b" / "more").mkdir()
+    (root / "b" / "2.png").rename(root / "b" / "more" / "2.png")  # a sub-folder inside a class: read as that class
+    (root / "b" / "linked.png").symlink_to(root / "b" / "3.png")  # a link to an image: read
+    for clutter in ("a/Thumbs.db", "a/.DS_Store", "b/notes.txt", "a/._0.PNG"):  # ._x: macOS metadata, not an image
+        (root / clutter).write_bytes(b"\x00\x05clutter")
+    (root / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class
+    splits, manifest = prepare_imagefolder("clutter", root, image_size=32, wanted=("test",))
+    assert len(splits["test"]) == 13 and splits["test"].class_names == ["a", "b"] and _labels_match_pixels(splits["test"])
+    files = manifest["files"]
+    assert (files["skipped"], files["in_subfolders"], files["through_links"]) == (4, 1, 1)
+    assert files["skipped_examples"] == sorted(["a/._0.PNG", "a/.DS_Store", "a/Thumbs.db", "b/notes.txt"])

@@ -47,7 +47,8 @@ def check_torchvision_present(name: str, root: Path) -> None:
         raise torchvision_unavailable(name, root, f"is missing ({', '.join(missing)} not found)")
 
 
-def _subfolders(folder: Path) -> list[str]:
+def subfolders(folder: Path) -> list[str]:
+    """The folders in ``folder`` a class or split can be: sorted, hidden ones (``.ipynb_checkpoints``) left out."""
     return sorted(entry.name for entry in folder.iterdir() if entry.is_dir() and not entry.name.startswith("."))
 
 
@@ -72,7 +73,7 @@ def imagefolder_partitions(task: str, root, wanted=("train", "val", "test")) -> 
     root = Path(root).expanduser()
     if not root.is_dir():
         raise _imagefolder_error(task, root, "does not exist")
-    folders = _subfolders(root)
+    folders = subfolders(root)
     _refuse_a_level_off(task, root, folders)
     given = [name for name in SPLIT_FOLDERS if name in folders]
     if tuple(wanted) == ("test",) and given:
@@ -84,7 +85,7 @@ def imagefolder_partitions(task: str, root, wanted=("train", "val", "test")) -> 
         raise _imagefolder_error(task, root, f"has split folders {given} but not {sorted({'train', 'test'} - set(given))}: "
                                  "give train and test (val is optional), or put the class folders directly in the root")
     partitions = {name: root / name for name in given} if given else {"all": root}
-    classes = {name: _subfolders(folder) for name, folder in partitions.items()}
+    classes = {name: subfolders(folder) for name, folder in partitions.items()}
     first, reference = next(iter(classes.items()))
     for name, found in classes.items():
         if found != reference:
@@ -112,7 +113,7 @@ def _refuse_a_level_off(task: str, root: Path, folders: list[str]) -> None:
                                  "the class folders")
     if len(folders) == 1 and folders[0] not in SPLIT_FOLDERS:
         inner = root / folders[0]
-        below = _subfolders(inner)
+        below = subfolders(inner)
         if set(below) & set(SPLIT_FOLDERS) or (len(below) >= 2 and all(_has_images(inner / name) for name in below)):
             raise _imagefolder_error(task, root, f"holds one folder, {folders[0]}/, which holds the "
                                      f"{'split' if set(below) & set(SPLIT_FOLDERS) else 'class'} folders: root is one "
@@ -122,7 +123,7 @@ def _refuse_a_level_off(task: str, root: Path, folders: list[str]) -> None:
 def imagefolder_classes(task: str, root, wanted=("train", "val", "test")) -> list[str]:
     """The class folder names of an image folder, sorted (the label order)."""
     partitions = imagefolder_partitions(task, root, wanted)
-    return _subfolders(next(iter(partitions.values())))
+    return subfolders(next(iter(partitions.values())))
 
 
 def check_dataset_on_disk(settings: dict, task: str, wanted=("train", "val", "test"), sizes: dict | None = None,

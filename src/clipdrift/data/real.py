@@ -15,9 +15,11 @@ from clipdrift.data.benchmark import benchmark_class_names
 from clipdrift.data.catalog import TORCHVISION_DATASETS
 from clipdrift.data.decode import decode_images, preprocess_transform, refuse_unreadable
 from clipdrift.data.layout import (
+    IMAGE_EXTENSIONS,
     DatasetUnavailableError,
     check_torchvision_present,
     imagefolder_partitions,
+    subfolders,
     torchvision_unavailable,
 )
 from clipdrift.data.sampling import DEFAULT_VAL_FRACTION, class_counts, split_plan
@@ -242,12 +244,10 @@ def prepare_imagefolder(task: str, root, *, image_size: int = 224, interpolation
                         progress: bool = False, wanted=("train", "val", "test")) -> tuple[dict[str, ImageSplit], dict]:
     """Read an image folder (:func:`clipdrift.data.layout.imagefolder_partitions`), split it like a
     torchvision dataset (its own split folders kept) and decode it; ids are paths under ``root``."""
-    from torchvision.datasets import ImageFolder
-
     preprocess_transform(image_size, interpolation)
     root = Path(root).expanduser()
     partitions = imagefolder_partitions(task, root, wanted)
-    parts = {part: ImageFolder(str(folder)) for part, folder in partitions.items()}
+    parts = {part: _image_folder(folder) for part, folder in partitions.items()}
     folders = list(next(iter(parts.values())).classes)
     readable = imagefolder_class_names(task, folders, class_names)
     labels = {part: dataset_labels(dataset) for part, dataset in parts.items()}
@@ -257,5 +257,44 @@ def prepare_imagefolder(task: str, root, *, image_size: int = 224, interpolation
     manifest = {"dataset": task, "source": f"image folder {root}", "seed": seed,
                 "split_rule": _split_rule(partitions, tuple(wanted), plan, labels), "class_names": readable,
                 "source_class_names": folders, "preprocessing": _preprocessing(image_size, interpolation),
-                "splits": entries}
+                "files": folder_census(partitions.values(), root), "splits": entries}
     return splits, manifest
+
+
+def _is_image(path: str) -> bool:
+    """An image file to read: an image extension in any case, not hidden (``._x.jpg`` is macOS clutter)."""
+    name = Path(path).name
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _image_folder(folder: Path):
+    """torchvision's ImageFolder, but hidden folders (``.ipynb_checkpoints``) are no class and
+    hidden or non-image files are skipped; images in sub-folders of a class folder are read as that
+    class (torchvision walks them, following links)."""
+    from torchvision.datasets import ImageFolder
+
+    class Folder(ImageFolder):
+        def find_classes(self, directory):
+            classes = subfolders(Path(directory))
+            return classes, {name: index for index, name in enumerate(classes)}
+
+    return Folder(str(folder), is_valid_file=_is_image)
+
+
+def folder_census(folders, root: Path) -> dict:
+    """What a manifest says of an image folder's files besides the images read: the files skipped
+    (hidden, or not images: ``Thumbs.db``, notes) with a few examples, the images found in
+    sub-folders of a class folder (read as that class), and those reached through a link."""
+    skipped, nested, linked = [], 0, 0
+    for folder in folders:
+        for class_folder in (Path(folder) / name for name in subfolders(Path(folder))):
+            for path in class_folder.rglob("*"):
+                if not path.is_file():
+                    continue
+                if not _is_image(str(path)):
+                    skipped.append(path.relative_to(root).as_posix())
+                    continue
+                nested += path.parent != class_folder
+                linked += path.is_symlink()
+    return {"skipped": len(skipped), "skipped_examples": sorted(skipped)[:5], "in_subfolders": nested,
+            "through_links": linked}
