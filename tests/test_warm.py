@@ -340,6 +340,22 @@ def test_a_server_with_other_threads_refuses_to_fork_and_jobs_run_cold(workdir, 
     assert "refusing every job" in workdir.log()
 
 
+def test_a_server_that_refuses_every_job_exits_once_the_workflow_that_asked_has_ended(workdir, tmp_path):
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "starts_a_thread.py").write_text(
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n")
+    launcher = workdir.root / "bin" / "snakemake"  # the job's workflow, as in the test above
+    launcher.parent.mkdir()
+    job = workdir.job("threaded", report() + "import starts_a_thread\n")
+    launcher.write_text(f"import subprocess, sys\nsubprocess.run([sys.executable, {str(job)!r}])\n")
+    result = subprocess.run([sys.executable, str(launcher)], cwd=workdir.root, capture_output=True, text=True,
+                            env={**workdir.env, "PYTHONPATH": str(modules)}, timeout=120)
+    assert reported(result)["mode"] == "cold"
+    assert wait_until(lambda: not server_pids(workdir.root), 10), workdir.log()  # long before idle (60 s)
+    assert "refusing every job" in workdir.log() and "every workflow it served has ended" in workdir.log()
+
+
 def test_fork_hazards_name_threads_and_cuda():
     code = ("import threading, time; from clipdrift.pipeline.jobs.warm.stack import fork_hazards;"
             "print(fork_hazards()); threading.Thread(target=time.sleep, args=(5,), name='extra', daemon=True).start();"

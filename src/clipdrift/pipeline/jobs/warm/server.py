@@ -252,6 +252,8 @@ class Server:
         self._start(job, conn)
 
     def _start(self, job: dict, conn: socket.socket) -> None:
+        if job.get("workflow"):  # a refused job's workflow too: a refusing server exits with it
+            self.workflows.add(tuple(job["workflow"]))
         answer = self._answer(job)
         if answer is not None:
             if answer["status"] == "stale":
@@ -332,8 +334,6 @@ class Server:
         if pidfd is not None:
             self.selector.register(pidfd, selectors.EVENT_READ, ("exit", running))
         self.selector.register(conn, selectors.EVENT_READ, ("client", running))
-        if job.get("workflow"):
-            self.workflows.add(tuple(job["workflow"]))
         say(f"job {pid}: rule {running.rule}, client {job.get('client', {}).get('pid')}")
 
     def _client_event(self, job: RunningJob) -> None:
