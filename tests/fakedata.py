@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import os
 import pickle
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def make_cifar100(root, test_per_class: int = 4, train_per_class: int = 2) -> Pa
     """``root/cifar-100-python/{train,test,meta}`` pickles with the real keys.
 
     torchvision checks these files against the real archive's MD5 sums; tests accept the
-    fabricated ones through :func:`accept_fabricated_cifar100`.
+    fabricated ones through :func:`accept_fabricated`.
     """
     base = Path(root) / "cifar-100-python"
     base.mkdir(parents=True, exist_ok=True)
@@ -131,19 +132,62 @@ def make_cifar100(root, test_per_class: int = 4, train_per_class: int = 2) -> Pa
     return Path(root)
 
 
-def accept_fabricated_cifar100(monkeypatch, root) -> None:
-    """Point torchvision's CIFAR-100 integrity check at the fabricated files' MD5 sums.
+def fabricated_checksums(root) -> dict[tuple[type, str], object]:
+    """(torchvision dataset class, attribute) → the value under which torchvision's own integrity
+    check accepts the fabricated files under ``root`` (CIFAR-100, Flowers-102; those present).
 
     The real check (``check_integrity`` → MD5 of each file) still runs; only the expected sums
-    change, because fabricated files cannot have the real archive's sums.
+    change, because fabricated files cannot have the real archives' sums.
     """
-    from torchvision.datasets import CIFAR100
+    from torchvision.datasets import CIFAR100, Flowers102
 
-    base = Path(root) / "cifar-100-python"
+    def md5(path: Path) -> str:
+        return hashlib.md5(path.read_bytes()).hexdigest()
 
-    def md5(name: str) -> str:
-        return hashlib.md5((base / name).read_bytes()).hexdigest()
+    accepted = {}
+    cifar = Path(root) / "cifar-100-python"
+    if cifar.is_dir():
+        accepted[CIFAR100, "train_list"] = [["train", md5(cifar / "train")]]
+        accepted[CIFAR100, "test_list"] = [["test", md5(cifar / "test")]]
+        accepted[CIFAR100, "meta"] = {**CIFAR100.meta, "md5": md5(cifar / "meta")}
+    flowers = Path(root) / "flowers-102"
+    if flowers.is_dir():
+        files = dict(Flowers102._file_dict)
+        for key in ("label", "setid"):
+            files[key] = (files[key][0], md5(flowers / files[key][0]))
+        accepted[Flowers102, "_file_dict"] = files
+    return accepted
 
-    monkeypatch.setattr(CIFAR100, "train_list", [["train", md5("train")]])
-    monkeypatch.setattr(CIFAR100, "test_list", [["test", md5("test")]])
-    monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": md5("meta")})
+
+def accept_fabricated(monkeypatch, root) -> None:
+    """In this process: torchvision accepts the fabricated datasets under ``root``."""
+    for (dataset, attribute), value in fabricated_checksums(root).items():
+        monkeypatch.setattr(dataset, attribute, value)
+
+
+# Imported by every Python process of a workflow run through PYTHONPATH: Snakemake's jobs, and
+# the warm job server, which keeps PYTHONPATH but no test variable (its environment is minimal).
+# It imports as the server does (one thread per threading library), or the server would refuse
+# to fork and every job would run cold.
+_SITECUSTOMIZE = """\
+import os, sys
+from clipdrift.pipeline.jobs.warm.stack import IMPORT_SETTINGS
+sys.path.append({tests!r})
+_saved = {{name: os.environ.get(name) for name in IMPORT_SETTINGS}}
+os.environ.update(IMPORT_SETTINGS)
+import fakedata
+for (dataset, attribute), value in fakedata.fabricated_checksums({root!r}).items():
+    setattr(dataset, attribute, value)
+for name, value in _saved.items():
+    os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+"""
+
+
+def accepting_environment(workdir: Path, root) -> dict[str, str]:
+    """Environment for a workflow run in which torchvision accepts the fabricated datasets under
+    ``root`` in every process (a ``sitecustomize`` ahead of the caller's PYTHONPATH)."""
+    site = Path(workdir) / "site"
+    site.mkdir(exist_ok=True)
+    code = _SITECUSTOMIZE.format(tests=str(Path(__file__).parent), root=str(root))
+    (site / "sitecustomize.py").write_text(code)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}

@@ -1,5 +1,5 @@
 """More fabricated datasets in torchvision's real on-disk layouts (DTD, Country211, GTSRB,
-FGVC-Aircraft, Food-101, SUN397, Caltech-101) and researchers' image folders.
+FGVC-Aircraft, Food-101, SUN397, Caltech-101, Flowers-102) and researchers' image folders.
 
 Every image is its class's solid colour (``fakedata.class_image``), so a test can tell from the
 pixels which class an image was filed under. Each maker returns the class names in label order.
@@ -112,6 +112,28 @@ def make_caltech101(root, per_class: int = 10) -> list[str]:
     (base / "BACKGROUND_Google").mkdir(parents=True, exist_ok=True)  # not a class: torchvision drops it
     _save(base / "BACKGROUND_Google" / "image_0001.jpg", 0, 1, 0)
     return categories
+
+
+def make_flowers102(root, per_split: int = 1, n_classes: int = 102) -> int:
+    """``root/flowers-102/jpg/image_<nnnnn>.jpg`` with ``imagelabels.mat`` (labels 1..102) and
+    ``setid.mat`` (1-based image ids of each split), as the real archive has them.
+
+    torchvision checks both ``.mat`` files against the real MD5 sums; tests accept these through
+    ``fakedata.accept_fabricated`` or ``fakedata.accepting_environment``.
+    """
+    from scipy.io import savemat
+
+    base = Path(root) / "flowers-102"
+    labels, ids = [], {"trnid": [], "valid": [], "tstid": []}
+    for split in ids:
+        for label in range(n_classes):
+            for item in range(per_split):
+                labels.append(label + 1)
+                ids[split].append(len(labels))
+                _save(base / "jpg" / f"image_{len(labels):05d}.jpg", label, n_classes, item)
+    savemat(base / "imagelabels.mat", {"labels": [labels]})
+    savemat(base / "setid.mat", {split: [image_ids] for split, image_ids in ids.items()})
+    return n_classes
 
 
 def make_imagefolder(root, classes=("cat_a", "cat_b", "cat_c"), per_class: int = 10, splits=None, size: int = 40) -> Path:

@@ -15,7 +15,7 @@ from fakedata import (
     CIFAR100_FINE_LABEL_NAMES,
     EUROSAT_CLASSES,
     PETS_BREEDS,
-    accept_fabricated_cifar100,
+    accept_fabricated,
     cifar100_test_pixels,
     make_cifar100,
     make_eurosat,
@@ -202,7 +202,7 @@ def test_pets_without_val_trains_on_all_of_trainval(data_root):
 # ---- CIFAR-100 --------------------------------------------------------------------------------
 
 def test_cifar100_gives_the_test_set_with_readable_class_names(data_root, monkeypatch):
-    accept_fabricated_cifar100(monkeypatch, data_root)
+    accept_fabricated(monkeypatch, data_root)
     splits, manifest = prepare_real_dataset("cifar100", data_root, image_size=32)
     assert list(splits) == ["test"] and len(splits["test"]) == 4 * len(CIFAR100_CLASSES)
     assert splits["test"].class_names[1] == "aquarium fish" and manifest["source_class_names"] == CIFAR100_FINE_LABEL_NAMES

@@ -12,15 +12,19 @@
   replaced by the same architecture's random ones; numbers its comments state are checked.
 """
 
+import json
 import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
-from fakefolders import make_imagefolder
+from clipdrift.core.io import read_safetensors
+from fakedata import accepting_environment, make_cifar100
+from fakefolders import make_dtd, make_flowers102, make_imagefolder
 
 from workflow_helpers import REPO, planned_jobs, snakemake
 
@@ -50,19 +54,30 @@ def test_the_documents_hold_examples_of_each_kind():
 # ---- configs -----------------------------------------------------------------------------------
 
 
-def fabricate_paths(config, workdir: Path, key: str = ""):
-    """The config with each absolute path replaced by fabricated data in the layout its key expects."""
+def fabricate_paths(config, workdir: Path, per_class: int = 4, task: dict | None = None):
+    """The config with each absolute path replaced by a fabricated folder; a task's ``root:``
+    becomes an image folder ``root/<class>/<images>`` with the classes the task names."""
     if isinstance(config, dict):
-        return {name: fabricate_paths(value, workdir, name) for name, value in config.items()}
+        entry = config if {"name", "root"} <= config.keys() else None
+        return {key: fabricate_paths(value, workdir, per_class, entry if key == "root" else None)
+                for key, value in config.items()}
     if isinstance(config, list):
-        return [fabricate_paths(value, workdir, key) for value in config]
+        return [fabricate_paths(value, workdir, per_class) for value in config]
     if isinstance(config, str) and config.startswith("/"):
         target = workdir / "fabricated" / config.strip("/").replace("/", "_")
-        if key == "root" and not target.exists():
-            make_imagefolder(target, classes=("class_a", "class_b"), per_class=4)
+        if task is not None and not target.exists():
+            make_imagefolder(target, classes=_folder_classes(task), per_class=per_class)
         target.mkdir(parents=True, exist_ok=True)
         return str(target)
     return config
+
+
+def _folder_classes(task: dict) -> list[str]:
+    """Class folders for a task entry: the folder names its ``classes:`` maps, else as many as its
+    ``class_names:`` lists (names in sorted order, as folders are read), else two."""
+    if isinstance(task.get("classes"), dict):
+        return list(task["classes"])
+    return [f"class_{index:02d}" for index in range(len(task.get("class_names") or [0, 0]))]
 
 
 @pytest.mark.parametrize("block", blocks("yaml"), ids=_id)
@@ -86,6 +101,58 @@ def test_an_example_edited_into_one_that_does_not_plan_fails(tmp_path):
     example.write_text(yaml.safe_dump(broken))
     result = snakemake(tmp_path, "-n", f"--configfile={example}")
     assert result.returncode != 0 and "methods[1] is 'bitfit'" in result.stdout + result.stderr
+
+
+def example_under(heading: str) -> str:
+    """The first YAML block of README.md under ``heading``."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index(f"\n{heading}")
+    return next(text for document, line, text in blocks("yaml")
+                if document == "README.md" and line > readme[:start].count("\n") + 1)
+
+
+@pytest.mark.slow
+def test_the_bring_your_own_study_example_runs_end_to_end(tmp_path):
+    """README's own example, read from README: its image folders and torchvision datasets fabricated
+    in their layouts; changed only to what runs here in a minute (a tiny open_clip backbone with
+    random weights, one epoch, the last learning rate and the first seed, a small probe)."""
+    config = fabricate_paths(yaml.safe_load(example_under("## Bring your own study")), tmp_path, per_class=12)
+    torchvision_root = Path(config["data"]["root"])
+    make_dtd(torchvision_root, per_split=4)
+    make_flowers102(torchvision_root)
+    make_cifar100(torchvision_root, test_per_class=4)
+    config |= {"backbone": {"source": "open_clip", "name": "clipdrift-tiny", "pretrained": None},
+               "learning_rates": config["learning_rates"][-1:], "seeds": config["seeds"][:1]}
+    config["data"]["probe_size"] = 8
+    for dataset in config["datasets"]:
+        dataset["epochs"] = 1
+    example = tmp_path / "my-study.yaml"
+    example.write_text(yaml.safe_dump(config))
+    env = accepting_environment(tmp_path, torchvision_root)  # torchvision's MD5 checks accept fabricated files
+    result = snakemake(tmp_path, "--cores", "2", "--configfile", str(example), env=env)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+    study = tmp_path / "results" / config["study"]
+    tasks = [task if isinstance(task, str) else task["name"] for task in config["zeroshot"]["tasks"]]
+    zeroshot = pd.read_csv(study / "tables/zeroshot.csv")
+    assert sorted(zeroshot["task"].unique()) == sorted(tasks)
+    # random weights: retention is undefined exactly where the pretrained model scored nothing
+    assert (zeroshot["retention"].isna() == (zeroshot["pretrained_top1"] == 0)).all()
+    assert len(zeroshot) == len(config["datasets"]) * len(config["methods"]) * len(tasks)
+    [folder] = [entry for entry in config["datasets"] if "root" in entry]
+    manifest = json.loads((study / f"data/{folder['name']}/manifest.json").read_text())
+    assert manifest["class_names"] == list(folder["classes"].values())
+    assert manifest["splits"]["train"]["n"] + manifest["splits"]["val"]["n"] + manifest["splits"]["test"]["n"] == 24
+    [holdout] = [task for task in config["zeroshot"]["tasks"] if isinstance(task, dict) and "root" in task]
+    held = json.loads((study / f"data/{holdout['name']}/manifest.json").read_text())
+    assert held["split_rule"] == "all of its images (a held-out task)" and held["splits"]["test"]["n"] == 24
+    _, prompts = read_safetensors(study / f"references/zeroshot/{holdout['name']}.safetensors")  # what it was told
+    assert prompts["class_names"] == holdout["class_names"] and prompts["templates"] == holdout["templates"]
+    flowers = json.loads((study / "data/flowers/manifest.json").read_text())
+    assert flowers["splits"]["test"]["n"] == 102 and len(flowers["class_names"]) == 102
+    page = (study / "report/index.html").read_text()
+    for task in tasks:
+        assert f"{task} retention (%)" in page, task
 
 
 # ---- commands ----------------------------------------------------------------------------------

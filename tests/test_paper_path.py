@@ -4,14 +4,12 @@ short epoch. Every rule of the paper preset runs. And offline without cached wei
 preset stops at its first job with the backbone loader's message."""
 
 import json
-import os
-import textwrap
 
 import pandas as pd
 import pytest
 import yaml
 
-from fakedata import PETS_BREEDS, make_cifar100, make_eurosat, make_pets
+from fakedata import PETS_BREEDS, accepting_environment, make_cifar100, make_eurosat, make_pets
 from workflow_helpers import REPO, snakemake
 
 pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
@@ -22,26 +20,6 @@ PAPER_RULES = {
     "zeroshot_classifier", "zeroshot_pretrained_indomain", "curves", "aggregate", "report",
 }
 
-# torchvision checks CIFAR-100 files against the real archive's MD5 sums, which fabricated files
-# cannot have. Every Python process of the test run (Snakemake's scripts too) imports this
-# sitecustomize, which points that check at the fabricated files' sums; the check still runs.
-SITECUSTOMIZE = textwrap.dedent(
-    """
-    import hashlib, os
-    from pathlib import Path
-
-    _base = Path(os.environ["CLIPDRIFT_TEST_CIFAR_ROOT"]) / "cifar-100-python"
-    if _base.is_dir():
-        from torchvision.datasets import CIFAR100
-
-        def _md5(name):
-            return hashlib.md5((_base / name).read_bytes()).hexdigest()
-
-        CIFAR100.train_list = [["train", _md5("train")]]
-        CIFAR100.test_list = [["test", _md5("test")]]
-        CIFAR100.meta = {**CIFAR100.meta, "md5": _md5("meta")}
-    """
-)
 
 def _tiny_datasets() -> list[dict]:
     """The preset's own dataset entries (Pets keeps its val_fraction), one epoch each, EuroSAT
@@ -75,12 +53,8 @@ def paper_run(tmp_path_factory):
     make_eurosat(data, per_class=4, size=64)
     make_pets(data, trainval_per_class=4, test_per_class=2)
     make_cifar100(data, test_per_class=2)
-    site = workdir / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     (workdir / "override.yaml").write_text(OVERRIDE)
-    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))  # keep a caller's source tree
-    env = {"PYTHONPATH": path, "CLIPDRIFT_TEST_CIFAR_ROOT": str(data)}
+    env = accepting_environment(workdir, data)  # torchvision's MD5 check accepts the fabricated CIFAR-100
     result = snakemake(workdir, "--cores", "2", "--configfile", PAPER, str(workdir / "override.yaml"), env=env)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-6000:]
     return workdir, result

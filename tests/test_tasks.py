@@ -162,7 +162,8 @@ def test_class_names_come_from_a_json_file_that_must_name_every_folder(tmp_path)
 
 @pytest.mark.parametrize("arrange, problem", [
     (lambda root: None, "does not exist"),
-    (lambda root: make_imagefolder(root, classes=("only",), per_class=3), "has 1 class folder"),
+    (lambda root: make_imagefolder(root, classes=("only",), per_class=3),
+     "has one class folder, only/: a classification task needs at least two classes"),
     (lambda root: (make_imagefolder(root, splits={"train": 2, "test": 2}), (root / "test" / "cat_c" / "0.png").unlink(),
                    (root / "test" / "cat_c" / "1.png").unlink()), "class folders without images (test/cat_c"),
     (lambda root: (make_imagefolder(root, splits={"train": 2}), (root / "test" / "x").mkdir(parents=True)),

@@ -93,8 +93,9 @@ def imagefolder_partitions(task: str, root, wanted=("train", "val", "test")) -> 
             raise _imagefolder_error(task, root, f"has different class folders in {first}/ and {name}/ "
                                      f"({', '.join(differ[:10])}): every split needs the same class folders")
     if len(reference) < 2:
-        raise _imagefolder_error(task, root, f"has {len(reference)} class folder(s): a classification task needs at "
-                                 "least two")
+        found = f"one class folder, {reference[0]}/" if reference else "no class folder"
+        raise _imagefolder_error(task, root, f"has {found}: a classification task needs at least two classes, the "
+                                 "images of each in a folder of its own")
     empty = [f"{name}/{cls}" if name != "all" else cls for name, folder in partitions.items()
              for cls in reference if not _has_images(folder / cls)]
     if empty:
