@@ -232,7 +232,7 @@ def test_ctrl_c_saves_the_running_fine_tunes_step_and_the_next_run_ends_where_an
 
     from clipdrift.core.io import read_safetensors
 
-    from workflow_helpers import REPO, wait_until
+    from workflow_helpers import REPO, default_sigint, wait_until
 
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     for workdir in (reference, interrupted):
@@ -242,7 +242,7 @@ def test_ctrl_c_saves_the_running_fine_tunes_step_and_the_next_run_ends_where_an
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(interrupted),
                "--cores", "2", "--configfile", str(REPO / "configs/test.yaml"), str(interrupted / "longer.yaml")]
     run = subprocess.Popen(command, start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     log = interrupted / "results/test/logs/finetune" / f"{RUN}.log"
     assert wait_until(lambda: log.exists() and "epoch 1/3:" in log.read_text(), 600), run.stderr.read()
     os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C does: the whole foreground group

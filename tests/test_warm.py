@@ -25,7 +25,7 @@ from clipdrift.pipeline.jobs.warm import client, freshness, protocol, stack
 from clipdrift.pipeline.jobs.warm.state import LOG_FILE, PID_FILE, SOCKET
 
 from warm_helpers import PACKAGE, REPO, Workdir, alive, report, reported
-from workflow_helpers import server_pids, wait_until
+from workflow_helpers import default_sigint, server_pids, wait_until
 
 
 @pytest.fixture
@@ -235,7 +235,8 @@ print("not reached")
 
 @pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
 def test_a_signal_before_the_child_exists_does_what_it_would_do_without_a_server(name):
-    result = subprocess.run([sys.executable, "-c", BEFORE_THE_CHILD, name], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([sys.executable, "-c", BEFORE_THE_CHILD, name], capture_output=True, text=True, timeout=30,
+                            preexec_fn=default_sigint)
     assert result.returncode == -getattr(signal, name) and result.stdout == "alive\n", result.stderr
     assert ("KeyboardInterrupt" in result.stderr) == (name == "SIGINT")
 

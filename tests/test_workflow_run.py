@@ -17,7 +17,7 @@ from markupsafe import escape
 
 from clipdrift.pipeline.jobs.warm.state import LOG_FILE, location
 
-from workflow_helpers import REPO, planned_jobs, require_slurm, server_pids, snakemake, wait_until
+from workflow_helpers import REPO, default_sigint, planned_jobs, require_slurm, server_pids, snakemake, wait_until
 
 pytestmark = pytest.mark.slow  # end-to-end workflow runs (minutes)
 
@@ -211,7 +211,7 @@ def test_ctrl_c_on_snakemake_fails_the_running_jobs_and_a_rerun_completes_the_st
                str(workdir), "--cores", "2", "--configfile", TEST_CONFIG]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = subprocess.Popen(command, start_new_session=True, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     log = location(workdir) / LOG_FILE
     # interrupt while fine-tunes run in the server's children, as Ctrl-C does: the whole group
     assert wait_until(lambda: log.exists() and "rule finetune, client" in log.read_text(), 600), run.stderr.read()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clipdrift.pipeline.jobs.warm.state import LOG_FILE, PID_FILE, location
 
-from workflow_helpers import server_pids, wait_until
+from workflow_helpers import default_sigint, server_pids, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "clipdrift"
@@ -66,7 +66,7 @@ class Workdir:
 
     def start(self, script: Path, env: dict | None = None) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, str(script)], cwd=self.root, env={**self.env, **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
     def server(self) -> dict | None:
         try:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a process a test interrupts: SIGINT back to its default. A suite started
+    with SIGINT ignored (``nohup``, or ``&`` in a non-interactive shell) passes that to every
+    process it starts (exec keeps an ignored signal), and Ctrl-C would then do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def snakemake(workdir: Path, *args: str, env: dict | None = None, timeout: int = 1800) -> subprocess.CompletedProcess:
