@@ -38,11 +38,17 @@ def study_dir(tmp_path_factory):
     return workdir
 
 
+COLD_LR = "1e-03"  # the cold study runs the test study's runs at this rate only (half its jobs)
+
+
 @pytest.fixture(scope="module")
 def cold_study_dir(tmp_path_factory):
-    """The same study with the warm job server switched off: every job its own fresh process."""
+    """The test study's runs at one learning rate with the warm job server switched off: every
+    job its own fresh process. Each run's settings are the full study's, so its files must be too."""
     workdir = tmp_path_factory.mktemp("cold-study")
-    result = snakemake(workdir, "--cores", "2", "--configfile", TEST_CONFIG, env={"CLIPDRIFT_WARM": "0"})
+    (workdir / "one-rate.yaml").write_text(f"learning_rates: [{float(COLD_LR)!r}]\n")
+    result = snakemake(workdir, "--cores", "2", "--configfile", TEST_CONFIG, str(workdir / "one-rate.yaml"),
+                       env={"CLIPDRIFT_WARM": "0"})
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return workdir
 
@@ -169,10 +175,13 @@ def test_warm_and_cold_jobs_give_bit_identical_results(study_dir, cold_study_dir
     assert {record["mode"] for record in _usage(warm)} == {"warm"}, "every job of the warm study ran warm"
     assert {record["mode"] for record in _usage(cold)} == {"cold"}
     assert all("CLIPDRIFT_WARM=0" in record["detail"] for record in _usage(cold))
-    files = sorted(path.relative_to(warm) for path in warm.rglob("*") if path.is_file()
-                   and path.parts[len(warm.parts)] not in ("logs", "benchmarks", "report"))
-    assert files == sorted(path.relative_to(cold) for path in cold.rglob("*") if path.is_file()
-                           and path.parts[len(cold.parts)] not in ("logs", "benchmarks", "report"))
+    # every file but the study-wide summaries (tables, report: the grids differ) and the timings
+    files = sorted(path.relative_to(cold) for path in cold.rglob("*") if path.is_file()
+                   and path.parts[len(cold.parts)] not in ("logs", "benchmarks", "report", "tables"))
+    assert {str(path) for path in files} >= {f"runs/{dataset}/{method}/lr{COLD_LR}/seed7/history.json"
+                                            for dataset in ("world-eurosat", "world-pets")
+                                            for method in ("full", "lora", "lp-ft")}
+    assert not any("lr1e-04" in str(path) for path in files)
     compared = {".safetensors": 0, ".parquet": 0, ".json": 0, ".csv": 0}
     for relative in files:
         a, b = warm / relative, cold / relative
@@ -192,7 +201,7 @@ def test_warm_and_cold_jobs_give_bit_identical_results(study_dir, cold_study_dir
         else:
             continue
         compared[relative.suffix] += 1
-    assert compared[".safetensors"] >= 5 * RUNS and compared[".parquet"] > 3 * RUNS, compared
+    assert compared[".safetensors"] >= 5 * RUNS // 2 and compared[".parquet"] > 3 * RUNS // 2, compared
 
 
 def test_the_warm_study_left_no_server_and_accounted_for_every_job(study_dir):
