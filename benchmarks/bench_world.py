@@ -42,8 +42,8 @@ from clipdrift.model.backbones import BackboneSpec, build_classifier  # noqa: E4
 from clipdrift.train.config import TrainConfig  # noqa: E402
 from clipdrift.train.engine import finetune  # noqa: E402
 from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone  # noqa: E402
-from clipdrift.world.render import WorldConfig  # noqa: E402
-from clipdrift.world.tasks import ZEROSHOT_TASK, task_splits  # noqa: E402
+from clipdrift.data.world.render import WorldConfig  # noqa: E402
+from clipdrift.data.world.tasks import ZEROSHOT_TASK, task_splits  # noqa: E402
 
 MODEL = "clipdrift-tiny"
 DEFAULT_LRS = ("1e-04", "5e-04", "1e-03", "5e-03")

@@ -274,7 +274,7 @@ def test_a_metric_or_zeroshot_edit_never_reruns_a_finetune():
 
 
 def test_data_preparation_reaches_the_data_and_the_world_but_not_pretraining():
-    world = {module for module in MODULES if module.startswith("world/")}
+    world = {module for module in MODULES if module.startswith("data/world/")}
     assert world and {"data/build.py", "data/real.py", "data/sampling.py", *world} <= _closure("prepare_data.py")
     assert "train/pretrain.py" not in _closure("prepare_data.py")  # a pretraining edit reruns no data job
 
@@ -479,7 +479,7 @@ def test_a_module_is_named_dotted_or_as_a_path(name):
 
 
 def test_a_package_is_its_init_and_a_data_file_its_path():
-    assert package_file("clipdrift.world") == "world/__init__.py"
+    assert package_file("clipdrift.data.world") == "data/world/__init__.py"
     assert package_file("resources/zeroshot_templates.json") == "resources/zeroshot_templates.json"
 
 

@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "clipdrift"
-# The layers, bottom to top: a module may import from its own layer and the ones below. world/
-# (the synthetic world's data) shares the data layer.
+# The layers, bottom to top: a module may import from its own layer and the ones below.
 LAYERS = ("core", "data", "model", "train", "measure", "analysis", "report", "pipeline")
-SHARES = {"world": "data"}
 MAX_LINES = 450
 
 
@@ -27,7 +25,7 @@ def layer(module: str) -> int:
     parts = module.split(".")
     if len(parts) == 1:
         return 0  # the package face imports nothing
-    return LAYERS.index(SHARES.get(parts[1], parts[1]))
+    return LAYERS.index(parts[1])
 
 
 def imports(module: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -51,7 +49,7 @@ def edges(module: str) -> set[str]:
 
 
 def test_every_module_belongs_to_a_layer():
-    assert {module.split(".")[1] for module in MODULES if "." in module} <= {*LAYERS, *SHARES}
+    assert {module.split(".")[1] for module in MODULES if "." in module} <= set(LAYERS)
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -99,6 +97,6 @@ def test_every_module_says_what_it_is_for(module):
 
 def test_a_layer_violation_would_be_found():
     # the reader of imports sees a lazy import inside a function, and the layer order ranks it
-    assert "clipdrift.world.render" in edges("clipdrift.data.build")  # imported inside build_dataset
+    assert "clipdrift.data.world.render" in edges("clipdrift.data.build")  # imported inside build_dataset
     assert layer("clipdrift.report.html") > layer("clipdrift.analysis.study") > layer("clipdrift.core.io")
-    assert layer("clipdrift.world.render") == layer("clipdrift.data.split")
+    assert layer("clipdrift.train.pretrain") > layer("clipdrift.data.world.render") == layer("clipdrift.data.split")

@@ -16,7 +16,7 @@ from clipdrift.model.backbones import BackboneSpec, build_classifier, create_cli
 from clipdrift.train.config import TrainConfig
 from clipdrift.train.engine import finetune
 from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone, world_pairs
-from clipdrift.world.render import (
+from clipdrift.data.world.render import (
     COLOURS,
     SHAPES,
     TERRAINS,
@@ -28,7 +28,7 @@ from clipdrift.world.render import (
     sample_attributes,
     stream_generator,
 )
-from clipdrift.world.tasks import TASKS, task_splits
+from clipdrift.data.world.tasks import TASK_SPECS, task_splits
 
 WORLD = WorldConfig(seed=3)
 SIZES = {"train": 120, "val": 40, "test": 100}
@@ -141,7 +141,7 @@ def test_zero_shot_task_refuses_training_splits():
         task_splits("world-imagenet", WORLD, {"test": 100})
     with pytest.raises(UserFacingError, match="below its 37 classes"):
         task_splits("world-pets", WORLD, {"train": 20})
-    assert set(TASKS) == {"world-eurosat", "world-pets", "world-cifar100", "world-patterns"}
+    assert set(TASK_SPECS) == {"world-eurosat", "world-pets", "world-cifar100", "world-patterns"}
     with pytest.raises(UserFacingError, match="world-patterns has splits"):
         task_splits("world-patterns", WORLD, {"train": 100})
 

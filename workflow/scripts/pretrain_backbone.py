@@ -9,7 +9,7 @@ import sys
 from clipdrift.core.io import write_json, write_safetensors
 from clipdrift.pipeline.jobs.runner import run_script
 from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone
-from clipdrift.world.render import WorldConfig
+from clipdrift.data.world.render import WorldConfig
 
 
 def main(smk):

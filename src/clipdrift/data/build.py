@@ -5,6 +5,7 @@ dataset or an image folder, with the probe drawn for a fine-tuning task.
 
 from __future__ import annotations
 
+from clipdrift.data.catalog import WORLD_TASKS
 from clipdrift.data.layout import check_dataset_on_disk
 from clipdrift.data.real import prepare_imagefolder, prepare_real_dataset
 from clipdrift.data.sampling import DEFAULT_VAL_FRACTION, with_probe
@@ -16,10 +17,10 @@ def build_dataset(dataset: dict, settings: dict, wanted=("train", "val", "test")
     want a train split - also get their probe, drawn from ``settings["probe_source"]``)."""
     name, sizes = dataset["name"], dataset.get("sizes") or None
     if settings["source"] == "world":
-        from clipdrift.world.render import WorldConfig
-        from clipdrift.world.tasks import DEFAULT_SIZES, task_splits
+        from clipdrift.data.world.render import WorldConfig
+        from clipdrift.data.world.tasks import task_splits
 
-        splits, manifest = task_splits(name, WorldConfig(**settings["world"]), sizes or DEFAULT_SIZES[name])
+        splits, manifest = task_splits(name, WorldConfig(**settings["world"]), sizes or WORLD_TASKS[name].default_sizes)
     else:
         check_dataset_on_disk(settings, name, wanted, sizes)
         fraction = dataset.get("val_fraction")

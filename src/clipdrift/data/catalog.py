@@ -6,7 +6,7 @@ A fine-tuning or held-out task comes from one of three sources:
 - ``torchvision``: a classification dataset torchvision reads offline from its standard on-disk
   layout (:data:`TORCHVISION_DATASETS`), split as its authors published it where they did;
 - ``imagefolder``: a researcher's own ``root/<class>/<images>`` (or ``root/{train,val,test}/<class>/...``);
-- ``world``: a task of the offline synthetic world (:mod:`clipdrift.world.tasks`).
+- ``world``: a task of the offline synthetic world (:mod:`clipdrift.data.world.tasks`).
 
 Each torchvision entry records how torchvision opens each official partition, what must exist
 on disk, the layout in words, how to fetch it, and where CLIP_benchmark's class names for it
@@ -163,6 +163,27 @@ TORCHVISION_DATASETS: dict[str, TorchvisionDataset] = {
 }
 # The names a study may give a torchvision task (the schema's list is checked against this).
 REAL_DATASETS = tuple(TORCHVISION_DATASETS)
-# The synthetic world's tasks (clipdrift.world.tasks.TASKS; a test keeps them equal).
-WORLD_TASKS = ("world-eurosat", "world-pets", "world-cifar100", "world-patterns")
+
+
+@dataclass(frozen=True)
+class WorldTask:
+    """A task of the synthetic world as the planner sees it: the dataset it stands in for and its
+    split sizes when a study gives none (its splits: a held-out task has only ``test``). How it
+    draws its images: :mod:`clipdrift.data.world.tasks`."""
+
+    stands_for: str
+    default_sizes: dict[str, int]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.default_sizes)
+
+
+# The synthetic world's tasks: the one list of their names.
+WORLD_TASKS = {
+    "world-eurosat": WorldTask("EuroSAT", {"train": 2000, "val": 500, "test": 500}),
+    "world-pets": WorldTask("Oxford-IIIT Pets", {"train": 2960, "val": 740, "test": 740}),
+    "world-cifar100": WorldTask("CIFAR-100", {"test": 2000}),
+    "world-patterns": WorldTask("DTD (textures)", {"test": 2000}),
+}
 

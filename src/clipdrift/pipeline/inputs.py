@@ -98,7 +98,7 @@ def _check_task_source(key: str, entry: dict) -> None:
         raise StudyConfigError(f"{key}: {name!r} is neither a torchvision dataset of the list nor a synthetic-world task: "
                                "say where its images are (root: <folder> for an image folder, or torchvision: <dataset>)")
     if source == "world" and name not in WORLD_TASKS:
-        raise StudyConfigError(f"{key}: {name!r} is not a synthetic-world task: use one of {WORLD_TASKS}")
+        raise StudyConfigError(f"{key}: {name!r} is not a synthetic-world task: use one of {', '.join(WORLD_TASKS)}")
     kind = task_source(entry)
     if (kind == "imagefolder") != ("root" in entry):
         raise StudyConfigError(f"{key}: {name!r} " + ("needs root: <folder> (source imagefolder)" if kind == "imagefolder"

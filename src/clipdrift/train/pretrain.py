@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.backbones import BackboneSpec, create_clip, image_preprocess_config
 from clipdrift.model.openclip import open_clip
-from clipdrift.world.render import WorldConfig, WorldConfigError, captions, render, sample_attributes, stream_generator
-from clipdrift.world.tasks import ZEROSHOT_TASK, task_splits
+from clipdrift.data.world.render import WorldConfig, WorldConfigError, captions, render, sample_attributes, stream_generator
+from clipdrift.data.world.tasks import ZEROSHOT_TASK, task_splits
 
 _LOG_EVERY = 50
 _MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's training clamp

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
+from clipdrift.data.catalog import WORLD_TASKS
 from clipdrift.data.split import ImageSplit
-from clipdrift.world.render import (
+from clipdrift.data.world.render import (
     COLOURS,
     N_ZEROSHOT_COLOURS,
     PATTERNS,
@@ -41,86 +42,76 @@ from clipdrift.world.render import (
     stream_generator,
 )
 
-FINETUNE_SPLITS = ("train", "val", "test")
-ZEROSHOT_SPLITS = ("test",)
-
-
 @dataclass(frozen=True)
 class TaskSpec:
-    """How a task draws its images: which attributes make the label, and any visual shift."""
+    """How a task draws its images: which attributes make the label, and any visual shift (what
+    it stands for and its splits: its entry in :data:`clipdrift.data.catalog.WORLD_TASKS`)."""
 
     name: str
-    stands_for: str
     label_attributes: tuple[str, ...]
     class_values: tuple[tuple[int, ...], ...]  # per class, the label attributes' indices
     class_names: tuple[str, ...]
-    splits: tuple[str, ...]
     shift: Shift = Shift()
     world_overrides: tuple[tuple[str, float], ...] = ()  # WorldConfig fields this task changes
+
+    @property
+    def stands_for(self) -> str:
+        return WORLD_TASKS[self.name].stands_for
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return WORLD_TASKS[self.name].splits
 
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
 
 
-def _eurosat_like() -> TaskSpec:
+def _eurosat_like(name: str) -> TaskSpec:
     return TaskSpec(
-        name="world-eurosat",
-        stands_for="EuroSAT",
+        name=name,
         label_attributes=("terrain",),
         class_values=tuple((i,) for i in range(len(TERRAINS))),
         class_names=TERRAINS,
-        splits=FINETUNE_SPLITS,
         shift=Shift(contrast=0.6, tint=(-0.06, 0.02, 0.08), extra_noise=0.03),
         world_overrides=(("objects", False), ("texture", 0.14)),
     )
 
 
-def _by_shape(name: str, stands_for: str, attribute: str, words: tuple[str, ...], values, splits,
-              n_classes: int | None = None) -> TaskSpec:
+def _by_shape(name: str, attribute: str, words: tuple[str, ...], values, n_classes: int | None = None) -> TaskSpec:
     """A task whose classes are ``attribute`` (one of ``values``, named by ``words``) × shape."""
     combos = list(itertools.product(values, range(len(SHAPES))))[:n_classes]
     return TaskSpec(
         name=name,
-        stands_for=stands_for,
         label_attributes=(attribute, "shape"),
         class_values=tuple(combos),
         class_names=tuple(f"{words[v]} {SHAPES[s]}" for v, s in combos),
-        splits=splits,
     )
 
 
-def _pets_like() -> TaskSpec:
+def _pets_like(name: str) -> TaskSpec:
     # Pets has 37 breeds: the first 37 of the 4 × 10 colour × shape combinations.
-    return _by_shape("world-pets", "Oxford-IIIT Pets", "colour", COLOURS, range(N_ZEROSHOT_COLOURS, len(COLOURS)),
-                     FINETUNE_SPLITS, n_classes=37)
+    return _by_shape(name, "colour", COLOURS, range(N_ZEROSHOT_COLOURS, len(COLOURS)), n_classes=37)
 
 
-def _cifar100_like() -> TaskSpec:
-    return _by_shape("world-cifar100", "CIFAR-100", "colour", COLOURS, range(N_ZEROSHOT_COLOURS), ZEROSHOT_SPLITS)
+def _cifar100_like(name: str) -> TaskSpec:
+    return _by_shape(name, "colour", COLOURS, range(N_ZEROSHOT_COLOURS))
 
 
-def _patterns() -> TaskSpec:
-    return _by_shape("world-patterns", "DTD (textures)", "pattern", PATTERNS, range(len(PATTERNS)), ZEROSHOT_SPLITS)
+def _patterns(name: str) -> TaskSpec:
+    return _by_shape(name, "pattern", PATTERNS, range(len(PATTERNS)))
 
 
-TASK_SPECS: dict[str, TaskSpec] = {spec.name: spec for spec in (_eurosat_like(), _pets_like(), _cifar100_like(),
-                                                                _patterns())}
-TASKS = tuple(TASK_SPECS)
-FINETUNE_TASKS = tuple(name for name, spec in TASK_SPECS.items() if "train" in spec.splits)
+# How each task of the catalogue draws its classes (a catalogue task without one fails here, at import).
+_DRAWN_AS = {"world-eurosat": _eurosat_like, "world-pets": _pets_like, "world-cifar100": _cifar100_like,
+             "world-patterns": _patterns}
+TASK_SPECS: dict[str, TaskSpec] = {name: _DRAWN_AS[name](name) for name in WORLD_TASKS}
 ZEROSHOT_TASK = "world-cifar100"
-# Split sizes of each task when a study config gives none.
-DEFAULT_SIZES = {
-    "world-eurosat": {"train": 2000, "val": 500, "test": 500},
-    "world-pets": {"train": 2960, "val": 740, "test": 740},
-    "world-cifar100": {"test": 2000},
-    "world-patterns": {"test": 2000},
-}
 
 
 def task_spec(task: str) -> TaskSpec:
     if task not in TASK_SPECS:
-        raise WorldConfigError(f"unknown world task {task!r}: use one of {TASKS}")
+        raise WorldConfigError(f"unknown world task {task!r}: use one of {', '.join(WORLD_TASKS)}")
     return TASK_SPECS[task]
 
 
@@ -164,7 +155,7 @@ def _split(spec: TaskSpec, world: WorldConfig, split: str, n: int) -> ImageSplit
 def _manifest(spec: TaskSpec, world: WorldConfig, splits: dict[str, ImageSplit]) -> dict:
     return {
         "dataset": spec.name,
-        "source": "clipdrift.world (procedural)",
+        "source": "clipdrift.data.world (procedural)",
         "stands_for": spec.stands_for,
         "seed": world.seed,
         "world": dataclasses.asdict(world),
