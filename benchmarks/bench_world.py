@@ -33,6 +33,8 @@ from safetensors.torch import save_file  # noqa: E402
 from clipdrift.analysis.tables import attention_summary  # noqa: E402
 from clipdrift.data.classnames import template_texts  # noqa: E402
 from clipdrift.data.sampling import with_probe  # noqa: E402
+from clipdrift.data.world.render import WorldConfig  # noqa: E402
+from clipdrift.data.world.tasks import ZEROSHOT_TASK, task_splits  # noqa: E402
 from clipdrift.measure.drift import AttentionConfig, CKAConfig  # noqa: E402
 from clipdrift.measure.extract import extract, probe_reference  # noqa: E402
 from clipdrift.measure.tables import with_run_columns  # noqa: E402
@@ -42,8 +44,6 @@ from clipdrift.model.backbones import BackboneSpec, build_classifier  # noqa: E4
 from clipdrift.train.config import TrainConfig  # noqa: E402
 from clipdrift.train.engine import finetune  # noqa: E402
 from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone  # noqa: E402
-from clipdrift.data.world.render import WorldConfig  # noqa: E402
-from clipdrift.data.world.tasks import ZEROSHOT_TASK, task_splits  # noqa: E402
 
 MODEL = "clipdrift-tiny"
 DEFAULT_LRS = ("1e-04", "5e-04", "1e-03", "5e-03")

@@ -146,7 +146,7 @@ def test_lp_ft_is_set_up_as_full_ft_and_its_phases_switch_what_trains(with_proje
     assert probing["image_tower"] == probing["text_tower"] == probing["adapter"] == 0
     set_lp_ft_phase(model, config, probing=False)
     assert trainable_parameter_counts(model) == trainable_parameter_counts(full)
-    with pytest.raises(ValueError, match="for method 'lp-ft', not 'full'"):
+    with pytest.raises(ValueError, match=r"for a method with a probe phase \(lp-ft\), not 'full'"):
         set_lp_ft_phase(full, MethodConfig("full"), probing=True)
 
 
@@ -253,12 +253,41 @@ def test_a_method_config_written_before_freezing_existed_reads_as_no_freezing():
 def test_the_config_knows_exactly_the_methods_the_package_trains():
     import yaml
 
-    from clipdrift.model.adapters import METHODS
-    from clipdrift.pipeline.plan import BASE_METHODS
+    from clipdrift.model.methods import METHODS
 
     from workflow_helpers import REPO
 
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     plain, _ = schema["properties"]["methods"]["items"]["anyOf"]
-    assert BASE_METHODS == METHODS
     assert plain["enum"] == schema["definitions"]["variant"]["properties"]["method"]["enum"] == list(METHODS)
+
+
+def test_the_registry_is_the_one_list_of_method_names_in_the_package():
+    """No module but the registry writes two or more method names together in a literal (a list,
+    a tuple, a set or a dict's keys): every other place asks the registry."""
+    import ast
+
+    from clipdrift.model.methods import METHODS
+
+    from test_layers import MODULES
+
+    def names_in(node) -> set:
+        items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", [])
+        return {item.value for item in items if isinstance(item, ast.Constant) and item.value in METHODS}
+
+    found = []
+    for module, path in MODULES.items():
+        if module == "clipdrift.model.methods":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict)) and len(names_in(node)) >= 2:
+                found.append(f"{module}:{node.lineno} {sorted(names_in(node))}")
+    assert not found, f"method names listed outside clipdrift.model.methods: {found}"
+
+
+def test_a_second_list_of_method_names_would_be_found():
+    import ast
+
+    tree = ast.parse('COLOURS = {"full": "#D55E00", "lora": "#0072B2"}')
+    [node] = [node for node in ast.walk(tree) if isinstance(node, ast.Dict)]
+    assert {key.value for key in node.keys} == {"full", "lora"}  # the shape the test above looks for

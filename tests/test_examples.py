@@ -22,10 +22,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from clipdrift.core.io import read_safetensors
-from fakedata import accepting_environment, make_cifar100
 from fakefolders import make_dtd, make_flowers102, make_imagefolder
 
+from clipdrift.core.io import read_safetensors
+
+from fakedata import accepting_environment, make_cifar100
 from workflow_helpers import REPO, planned_jobs, snakemake
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

@@ -307,11 +307,12 @@ def test_the_report_shows_the_probe_sensitivity_and_cka_relations():
 
 
 def test_plain_methods_keep_their_colours_and_every_variant_gets_its_own():
-    from clipdrift.report.plotting import METHOD_COLORS, method_color
+    from clipdrift.model.methods import METHODS
+    from clipdrift.report.plotting import method_color
 
     methods = ["full", "lora", *(f"full-v{k}" for k in range(12))]
     colours = [method_color(m, methods) for m in methods]
-    assert colours[:2] == [METHOD_COLORS["full"], METHOD_COLORS["lora"]]
+    assert colours[:2] == [METHODS["full"].colour, METHODS["lora"].colour]
     assert len(set(colours[2:])) == 12
 
 

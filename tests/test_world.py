@@ -10,12 +10,6 @@ from safetensors.torch import save_file
 
 from clipdrift.core.errors import UserFacingError
 from clipdrift.data.split import ImageSplit
-from clipdrift.measure.zeroshot import evaluate, text_classifier
-from clipdrift.model.adapters import MethodConfig, apply_method
-from clipdrift.model.backbones import BackboneSpec, build_classifier, create_clip
-from clipdrift.train.config import TrainConfig
-from clipdrift.train.engine import finetune
-from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone, world_pairs
 from clipdrift.data.world.render import (
     COLOURS,
     SHAPES,
@@ -29,6 +23,12 @@ from clipdrift.data.world.render import (
     stream_generator,
 )
 from clipdrift.data.world.tasks import TASK_SPECS, task_splits
+from clipdrift.measure.zeroshot import evaluate, text_classifier
+from clipdrift.model.adapters import MethodConfig, apply_method
+from clipdrift.model.backbones import BackboneSpec, build_classifier, create_clip
+from clipdrift.train.config import TrainConfig
+from clipdrift.train.engine import finetune
+from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone, world_pairs
 
 WORLD = WorldConfig(seed=3)
 SIZES = {"train": 120, "val": 40, "test": 100}

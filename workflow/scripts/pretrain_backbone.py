@@ -7,9 +7,9 @@ hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this proce
 import sys
 
 from clipdrift.core.io import write_json, write_safetensors
+from clipdrift.data.world.render import WorldConfig
 from clipdrift.pipeline.jobs.runner import run_script
 from clipdrift.train.pretrain import PretrainConfig, pretrain_backbone
-from clipdrift.data.world.render import WorldConfig
 
 
 def main(smk):

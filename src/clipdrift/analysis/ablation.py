@@ -27,8 +27,9 @@ from clipdrift.analysis.compare import comparisons
 from clipdrift.analysis.frontier import matched_accuracy
 from clipdrift.analysis.tables import LAYER_DRIFT_METRIC, lr_order
 from clipdrift.analysis.wording import finding, p_text, points
+from clipdrift.model.methods import REFERENCE_PAIR
 
-PLAIN = "full"
+PLAIN = REFERENCE_PAIR[0]  # the method the regulariser variants change
 MIN_SEEDS_REACHING = 2
 FLIP_MIN_PCT = 0.5  # a layer-mean drift this close to zero has no sign worth naming
 DRIFTS = {"drift_entropy_pct": "drift", LAYER_DRIFT_METRIC: "layers"}

@@ -14,8 +14,9 @@ import pandas as pd
 from clipdrift.analysis.compare import comparisons
 from clipdrift.analysis.frontier import frontier_findings, trajectory_findings
 from clipdrift.analysis.sensitivity import sensitivity_summary
-from clipdrift.analysis.tables import PRIMARY_PAIR, cell_table, lr_order, method_label
+from clipdrift.analysis.tables import cell_table, lr_order, method_label
 from clipdrift.analysis.wording import drift_sd, finding, p_text, pct, pct_sd, points, pretrained_top1, small
+from clipdrift.model.methods import REFERENCE_PAIR
 
 METRIC_NAMES = {
     "best_select_acc": "selection accuracy",
@@ -335,7 +336,7 @@ def probe_choice(summary: pd.DataFrame) -> list[dict]:
 def findings(
     runs: pd.DataFrame,
     pretrained_zeroshot=None,
-    methods: tuple[str, str] = PRIMARY_PAIR,
+    methods: tuple[str, str] = REFERENCE_PAIR,
     underfit_gap: float = 0.10,
     alpha: float = 0.05,
     sensitivity: pd.DataFrame | None = None,

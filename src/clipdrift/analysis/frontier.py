@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from clipdrift.analysis.stats import welch
-from clipdrift.analysis.tables import PRIMARY_PAIR, RUN_KEYS, lr_order, method_label, normalise_keys, sort_grid
+from clipdrift.analysis.tables import RUN_KEYS, lr_order, method_label, normalise_keys, sort_grid
 from clipdrift.analysis.wording import finding, pct
+from clipdrift.model.methods import REFERENCE_PAIR
 
 CURVE_METRICS = ("indomain_acc", "zs_top1", "drift_entropy_pct", "drift_erf_pct")
 
@@ -48,7 +49,7 @@ def first_crossing(x: np.ndarray, y: np.ndarray, target: float) -> float:
     return float(y[0]) if len(x) == 1 and x[0] == target else math.nan
 
 
-def matched_accuracy(points: pd.DataFrame, methods: tuple[str, str] = PRIMARY_PAIR) -> pd.DataFrame:
+def matched_accuracy(points: pd.DataFrame, methods: tuple[str, str] = REFERENCE_PAIR) -> pd.DataFrame:
     """Per dataset and rate where both methods have interpolation curves: method b's end point
     (in-domain accuracy x*, zero-shot) against method a's interpolation curves at x*."""
     a, b = methods
@@ -79,7 +80,7 @@ def matched_accuracy(points: pd.DataFrame, methods: tuple[str, str] = PRIMARY_PA
     return frame
 
 
-def half_pretrained_epochs(points: pd.DataFrame, pretrained_zs: float, method: str = "full") -> pd.DataFrame:
+def half_pretrained_epochs(points: pd.DataFrame, pretrained_zs: float, method: str = REFERENCE_PAIR[0]) -> pd.DataFrame:
     """Per dataset and rate: the first kept epoch at which ``method``'s mean zero-shot is below
     half the pretrained model's (NaN: never, among the kept epochs)."""
     epochs = points[(points["kind"] == "epoch") & (points["method"] == method)]
@@ -93,7 +94,7 @@ def half_pretrained_epochs(points: pd.DataFrame, pretrained_zs: float, method: s
     return pd.DataFrame(rows)
 
 
-def frontier_findings(points: pd.DataFrame, methods: tuple[str, str] = PRIMARY_PAIR) -> list[dict]:
+def frontier_findings(points: pd.DataFrame, methods: tuple[str, str] = REFERENCE_PAIR) -> list[dict]:
     """One finding per dataset: at matched in-domain accuracy, which method keeps more zero-shot."""
     a, b = methods
     matched = matched_accuracy(points, methods)
@@ -119,7 +120,7 @@ def frontier_findings(points: pd.DataFrame, methods: tuple[str, str] = PRIMARY_P
     return findings
 
 
-def trajectory_findings(points: pd.DataFrame, pretrained_zs: float, method: str = "full") -> list[dict]:
+def trajectory_findings(points: pd.DataFrame, pretrained_zs: float, method: str = REFERENCE_PAIR[0]) -> list[dict]:
     """One finding per dataset: when ``method``'s zero-shot falls below half the pretrained value."""
     if math.isnan(pretrained_zs):
         return []

@@ -19,14 +19,10 @@ import pandas as pd
 
 from clipdrift.analysis.collapse import collapse_columns
 from clipdrift.analysis.stats import bootstrap_ci
+from clipdrift.model.methods import METHODS
 
 RUN_KEYS = ["dataset", "method", "lr", "seed"]
 CELL_KEYS = ["dataset", "method", "lr"]
-
-METHOD_ORDER = ("full", "lora", "lp-ft")
-METHOD_LABELS = {"full": "Full FT", "lora": "LoRA", "lp-ft": "LP-FT"}
-# The comparison the study is built around (headline findings): LoRA against Full FT.
-PRIMARY_PAIR = ("full", "lora")
 
 # Per-layer attention statistics (layer >= 0) and whole-network ones (rollout, layer -1).
 LAYER_METRICS = ("entropy", "erf95", "gini", "head_diversity", "p2p_entropy")
@@ -60,7 +56,7 @@ CI_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct
 
 
 def method_label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
+    return METHODS[method].label if method in METHODS else method
 
 
 def lr_order(lrs: Iterable[str]) -> list[str]:
@@ -69,7 +65,7 @@ def lr_order(lrs: Iterable[str]) -> list[str]:
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in set(methods)]
+    known = [m for m in METHODS if m in set(methods)]
     return known + sorted(set(methods) - set(known))
 
 

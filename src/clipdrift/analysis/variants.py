@@ -13,6 +13,7 @@ import pandas as pd
 
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 from clipdrift.analysis.wording import finding, p_text, points
+from clipdrift.model.methods import METHODS
 
 FAMILIES = ("attention regularisers", "frozen blocks", "LoRA rank and targets", "weight decay", "other")
 # (metric, how the finding names it, whether it is a share: accuracies in points, drifts in %)
@@ -26,7 +27,7 @@ def variant_family(entry: dict) -> str:
         return FAMILIES[0]
     if entry.get("freeze_blocks") or entry.get("freeze_embeddings"):
         return FAMILIES[1]
-    if entry.get("lora"):
+    if any(entry.get(method.config_section) for method in METHODS.values() if method.adapter):
         return FAMILIES[2]
     if "weight_decay" in entry.get("training", {}):
         return FAMILIES[3]

@@ -23,8 +23,8 @@ from torch import nn
 
 from clipdrift.core.device import seeded
 from clipdrift.model.backbones import CLIPClassifier, image_tower_blocks
+from clipdrift.model.methods import is_adapter_parameter, method
 
-METHODS = ("full", "lora", "lp-ft")
 LP_FT_PHASES = ("probe", "finetune")
 LORA_TARGET_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj")
 # What an open_clip ViT image tower computes before its first block (frozen with freeze_embeddings).
@@ -58,8 +58,7 @@ class MethodConfig:
     freeze_embeddings: bool = False
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method {self.method!r} is unknown: use one of {METHODS}")
+        entry = method(self.method)
         unknown = set(self.lora_targets) - set(LORA_TARGET_CHOICES)
         if unknown:
             raise ValueError(f"lora targets {sorted(unknown)} are unknown: use some of {LORA_TARGET_CHOICES}")
@@ -68,14 +67,14 @@ class MethodConfig:
         if self.lp_epochs is not None and (isinstance(self.lp_epochs, bool) or not isinstance(self.lp_epochs, int)
                                            or self.lp_epochs < 1):
             raise ValueError(f"lp_epochs must be an integer >= 1, got {self.lp_epochs!r}")
-        if self.method == "lp-ft" and self.lp_epochs is None:
-            raise ValueError("method 'lp-ft' needs lp_epochs: the number of linear-probe epochs (>= 1) "
+        if entry.probe_phase and self.lp_epochs is None:
+            raise ValueError(f"method {self.method!r} needs lp_epochs: the number of linear-probe epochs (>= 1) "
                              "before the fine-tune phase")
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int) or self.freeze_blocks < 0:
             raise ValueError(f"freeze_blocks must be an integer >= 0, got {self.freeze_blocks!r}")
-        if (self.freeze_blocks or self.freeze_embeddings) and self.method == "lora":
+        if (self.freeze_blocks or self.freeze_embeddings) and not entry.trains_tower:
             raise ValueError("freeze_blocks and freeze_embeddings are for methods that train the tower (full, lp-ft): "
-                             "LoRA already freezes every base weight; choose its blocks with lora targets instead")
+                             f"{entry.label} already freezes every base weight; choose its blocks with its targets instead")
         if not isinstance(self.freeze_embeddings, bool):
             raise ValueError(f"freeze_embeddings must be true or false, got {self.freeze_embeddings!r}")
         if not isinstance(self.lp_train_projection, bool):
@@ -90,10 +89,15 @@ class MethodConfig:
         """The config :meth:`to_dict` wrote; fields it lacks (written before they existed) take their defaults."""
         return cls(**{k: (tuple(v) if k == "lora_targets" else v) for k, v in values.items()})
 
+    @property
+    def probes_first(self) -> bool:
+        """Whether the run starts with a linear-probe phase (lp-ft)."""
+        return method(self.method).probe_phase
+
     def phase(self, epoch: int) -> str | None:
         """lp-ft: the phase of (1-based) ``epoch``, ``probe`` up to ``lp_epochs`` then ``finetune``;
         None for the other methods, which have one phase."""
-        if self.method != "lp-ft":
+        if not self.probes_first:
             return None
         return "probe" if epoch <= self.lp_epochs else "finetune"
 
@@ -116,7 +120,7 @@ def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> 
     """
     image_tower_blocks(model.clip)  # fail early on unsupported towers
     model.requires_grad_(False)
-    if config.method == "lora":
+    if method(config.method).adapter == "lora":
         with seeded(seed):
             _inject_lora(model, config)
     else:
@@ -134,8 +138,8 @@ def set_lp_ft_phase(model: CLIPClassifier, config: MethodConfig, probing: bool) 
     Full FT. The text tower never trains. A frozen parameter gets no gradient, so AdamW neither
     updates nor decays it, and keeps no state for it until its first gradient.
     """
-    if config.method != "lp-ft":
-        raise ValueError(f"set_lp_ft_phase is for method 'lp-ft', not {config.method!r}")
+    if not config.probes_first:
+        raise ValueError(f"set_lp_ft_phase is for a method with a probe phase (lp-ft), not {config.method!r}")
     model.requires_grad_(False)
     if probing:
         model.clip.visual.proj.requires_grad_(config.lp_train_projection)
@@ -189,12 +193,12 @@ def _inject_lora(model: CLIPClassifier, config: MethodConfig) -> None:
     )
     peft.inject_adapter_in_model(lora, model)
     for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name)
+        param.requires_grad_(is_adapter_parameter(name))
     model.clip.visual.proj.requires_grad_(config.train_projection)
 
 
 def _parameter_group(name: str) -> str:
-    if "lora_" in name:
+    if is_adapter_parameter(name):
         return "adapter"
     if name == "clip.visual.proj":
         return "projection"
@@ -218,15 +222,12 @@ def trainable_parameter_counts(model: nn.Module) -> dict[str, int]:
 def checkpoint_keys(model: CLIPClassifier, config: MethodConfig) -> list[str]:
     """The state-dict keys a checkpoint of this method holds.
 
-    LoRA: only what changed (adapters, projection, head), so the checkpoint names its base.
-    Full FT and lp-ft: the whole image tower, projection and head.
+    The method's ``checkpoint_groups``: for an adapter method (LoRA) only what changed (adapters,
+    projection, head), so the checkpoint names its base; for Full FT and lp-ft the whole image
+    tower, projection and head.
     """
-    keys = model.state_dict().keys()
-    if config.method == "lora":
-        groups = {"adapter", "projection", "head"}
-    else:
-        groups = {"image_tower", "projection", "head"}
-    return [key for key in keys if _parameter_group(key) in groups]
+    groups = set(method(config.method).checkpoint_groups)
+    return [key for key in model.state_dict() if _parameter_group(key) in groups]
 
 
 def trainable_state(model: CLIPClassifier, config: MethodConfig) -> dict[str, torch.Tensor]:

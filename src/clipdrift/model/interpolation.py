@@ -58,9 +58,9 @@ from torch import nn
 
 from clipdrift.core.errors import UserFacingError
 from clipdrift.model.backbones import CLIPClassifier
+from clipdrift.model.methods import is_adapter_parameter
 
 PROJECTION = "proj"  # open_clip VisionTransformer's projection, relative to model.clip.visual
-_ADAPTER_MARK = "lora_"  # as clipdrift.model.adapters groups parameters
 _BASE_LAYER = ".base_layer."  # peft wraps an adapted linear's own weights under this name
 
 _PRETRAINED_FIX = (
@@ -129,7 +129,7 @@ def _plan(finetuned: CLIPClassifier, pretrained: CLIPClassifier) -> _Plan:
             raise TypeError(f"{role} must be a clipdrift CLIPClassifier, got {type(model).__name__}")
     if finetuned is pretrained:
         raise InterpolationError(f"finetuned and pretrained are the same model object. {_PRETRAINED_FIX}")
-    adapters = [name for name, _ in pretrained.named_parameters() if _ADAPTER_MARK in name]
+    adapters = [name for name, _ in pretrained.named_parameters() if is_adapter_parameter(name)]
     if adapters:
         raise InterpolationError(
             f"the pretrained model has adapters ({adapters[0]}, {len(adapters)} in all): it must be the "
@@ -159,7 +159,7 @@ def _image_tower_tensors(model: CLIPClassifier) -> dict[str, torch.Tensor]:
     return {
         name.replace(_BASE_LAYER, "."): tensor
         for name, tensor in itertools.chain(visual.named_parameters(), visual.named_buffers())
-        if _ADAPTER_MARK not in name
+        if not is_adapter_parameter(name)
     }
 
 
@@ -189,7 +189,7 @@ def _same_values(ft: torch.Tensor, pre: torch.Tensor) -> bool:
 
 
 def _lora_layers(finetuned: CLIPClassifier) -> list[nn.Module]:
-    if not any(_ADAPTER_MARK in name for name, _ in finetuned.named_parameters()):
+    if not any(is_adapter_parameter(name) for name, _ in finetuned.named_parameters()):
         return []  # no adapters: peft (seconds to import) is not needed
     from peft.tuners.lora import LoraLayer
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipdrift.core.errors import StudyConfigError
+from clipdrift.model.methods import METHODS
 from clipdrift.pipeline.inputs import (
     backbone_image_size,
     check_backbone_family,
@@ -25,8 +26,6 @@ from clipdrift.pipeline.inputs import (
 # Where a study records the pretrained backbone every run starts from (relative to the study).
 BACKBONE_DESCRIPTOR = "backbone/backbone.json"
 
-# The methods a study's methods: entries and variants build on (clipdrift.model.adapters.METHODS; a test keeps them equal).
-BASE_METHODS = ("full", "lora", "lp-ft")
 
 
 def canonical_lr(value) -> str:
@@ -60,7 +59,7 @@ def check_study_config(config: dict) -> None:
     check_tasks(config)
     check_curves(config)
     check_methods(config, model_config)
-    if "lp-ft" in {entry["method"] for entry in method_entries(config).values()}:
+    if any(METHODS[entry["method"]].probe_phase for entry in method_entries(config).values()):
         short = [d["name"] for d in config["datasets"] if d["epochs"] <= config["lp_ft"]["probe_epochs"]]
         if short:
             raise StudyConfigError(
@@ -90,16 +89,18 @@ def check_methods(config: dict, model_config: dict) -> None:
         if isinstance(entry, str):
             continue
         name, method = entry["name"], entry["method"]
-        if name in BASE_METHODS and name != method:
+        if name in METHODS and name != method:
             raise StudyConfigError(f"methods: variant {name!r} of {method} takes the name of the method {name}: "
                                    f"rename it (e.g. {method}-{name})")
-        if "lora" in entry and method != "lora":
-            raise StudyConfigError(f"methods: variant {name!r} sets lora but its method is {method}: "
-                                   "move the lora settings to a variant of method lora")
+        for other in METHODS.values():
+            if other.config_section in entry and other.name != method:
+                raise StudyConfigError(f"methods: variant {name!r} sets {other.config_section} but its method is "
+                                       f"{method}: move the {other.config_section} settings to a variant of method "
+                                       f"{other.name}")
         _check_regulariser(name, entry.get("regulariser", {}))
         frozen = entry.get("freeze_blocks", 0)
         for key in ("freeze_blocks", "freeze_embeddings"):
-            if entry.get(key) and method == "lora":
+            if entry.get(key) and not METHODS[method].trains_tower:
                 raise StudyConfigError(f"methods: variant {name!r} sets {key} but LoRA already freezes every base "
                                        "weight: use it with full or lp-ft (choose LoRA's blocks with lora.targets)")
         if frozen and isinstance(blocks, int) and frozen > blocks:
@@ -148,20 +149,13 @@ def base_method(config: dict, name: str) -> str:
 
 
 def method_settings(config: dict, name: str) -> dict:
-    """Keyword arguments of :class:`clipdrift.model.adapters.MethodConfig` for a method or variant."""
+    """Keyword arguments of :class:`clipdrift.model.adapters.MethodConfig` for a method or variant:
+    its method's config section (a variant's own keys over the study's), by the registry's fields."""
     entry = method_entries(config)[name]
-    method = entry["method"]
-    if method == "full":
-        settings = {"method": "full"}
-    elif method == "lp-ft":
-        lp_ft = config["lp_ft"]
-        settings = {"method": "lp-ft", "lp_epochs": lp_ft["probe_epochs"], "lp_train_projection": lp_ft["train_projection"]}
-    else:
-        lora = {**config["lora"], **entry.get("lora", {})}
-        settings = {
-            "method": "lora", "lora_r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
-            "lora_targets": list(lora["targets"]), "train_projection": lora["train_projection"],
-        }
+    method = METHODS[entry["method"]]
+    section = {**config.get(method.config_section, {}), **entry.get(method.config_section, {})}
+    settings = {"method": method.name}
+    settings |= {field: section[key] for key, field in method.settings_fields.items()}
     for key in ("freeze_blocks", "freeze_embeddings"):  # absent when off: a plain method's settings stay as they were
         if entry.get(key):
             settings[key] = entry[key]
@@ -266,7 +260,7 @@ def snapshot_settings(config: dict, dataset: str, method: str) -> dict:
     finetune rule's params). Deliberately independent of whether trajectories are on: turning
     them off reruns no fine-tune, turning them on reruns those whose kept weights are missing
     (Snakemake: "Missing output files"), and measuring other kept epochs reruns none."""
-    whole_tower = base_method(config, method) in ("full", "lp-ft")  # LoRA snapshots are small: fp32 always
+    whole_tower = METHODS[base_method(config, method)].trains_tower  # an adapter's snapshots are small: fp32 always
     return {"epochs": kept_epochs(config, dataset),
             "dtype": config["curves"]["snapshot_dtype"] if whole_tower else "float32"}
 

@@ -7,16 +7,17 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure
 
-METHOD_COLORS = {"full": "#D55E00", "lora": "#0072B2", "lp-ft": "#009E73"}
+from clipdrift.model.methods import METHODS
+
 STYLE = "whitegrid"
 
 
 def method_color(method: str, methods: list[str]) -> str:
     """The plain methods' fixed colours; every other method (a variant) its own hue, evenly
     spaced, so a dozen variants stay apart (a fixed palette of ten would repeat)."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
-    others = [m for m in methods if m not in METHOD_COLORS]
+    if method in METHODS:
+        return METHODS[method].colour
+    others = [m for m in methods if m not in METHODS]
     return sns.color_palette("husl", len(others)).as_hex()[others.index(method)]
 
 

@@ -126,7 +126,7 @@ def check_method(model: CLIPClassifier, config: TrainConfig, method: MethodConfi
     """Refuse a ``method`` that is not the one ``model`` was set up with, or an lp-ft run with no fine-tune epochs."""
     set_up = getattr(model, "clipdrift_method", None)
     if method is None:
-        if set_up is not None and set_up.method == "lp-ft":
+        if set_up is not None and set_up.probes_first:
             raise TrainConfigError(
                 "the model was set up for lp-ft (apply_method): pass method=<that MethodConfig> to finetune, "
                 "which switches from the probe to the fine-tune phase; without it the run would be Full FT"
@@ -139,7 +139,7 @@ def check_method(model: CLIPClassifier, config: TrainConfig, method: MethodConfi
             f"the model was set up (apply_method) for {set_up} but finetune was given method={method}: "
             "pass the MethodConfig the model was set up with"
         )
-    if method.method == "lp-ft" and config.epochs <= method.lp_epochs:
+    if method.probes_first and config.epochs <= method.lp_epochs:
         raise TrainConfigError(
             f"lp-ft probes for lp_epochs={method.lp_epochs} epochs but the run has only epochs={config.epochs}: "
             "the run's epochs must exceed lp_epochs, so that fine-tuning follows the probe "

@@ -169,7 +169,7 @@ class _Run:
 
     @property
     def lp_ft(self) -> bool:
-        return self.method is not None and self.method.method == "lp-ft"
+        return self.method is not None and self.method.probes_first
 
     def enter_phase(self, epoch: int) -> str | None:
         """Set the model up for ``epoch``'s phase (lp-ft: ``probe`` or ``finetune``); None for one-phase methods."""

@@ -17,10 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clipdrift.data.split import ImageSplit, to_model_input
-from clipdrift.model.backbones import BackboneSpec, create_clip, image_preprocess_config
-from clipdrift.model.openclip import open_clip
 from clipdrift.data.world.render import WorldConfig, WorldConfigError, captions, render, sample_attributes, stream_generator
 from clipdrift.data.world.tasks import ZEROSHOT_TASK, task_splits
+from clipdrift.model.backbones import BackboneSpec, create_clip, image_preprocess_config
+from clipdrift.model.openclip import open_clip
 
 _LOG_EVERY = 50
 _MAX_LOGIT_SCALE = math.log(100.0)  # open_clip's training clamp

@@ -42,6 +42,7 @@ from clipdrift.data.world.render import (
     stream_generator,
 )
 
+
 @dataclass(frozen=True)
 class TaskSpec:
     """How a task draws its images: which attributes make the label, and any visual shift (what
