@@ -10,11 +10,7 @@ os.environ["CLIPDRIFT_DEVICE"] = "cpu"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-from clipdrift.model.adapters import MethodConfig, apply_method  # noqa: E402
-from clipdrift.model.backbones import BackboneSpec, build_classifier  # noqa: E402
-
-TINY = BackboneSpec("clipdrift-tiny")
+from tiny_models import TINY  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -76,9 +72,3 @@ def tiny_spec():
 def tiny_images():
     generator = torch.Generator().manual_seed(0)
     return torch.randn(4, 3, 32, 32, generator=generator)
-
-
-def make_tiny(method: str = "full", n_classes: int = 5, seed: int = 0, **method_kwargs):
-    """A tiny classifier set up for ``method``; same seed → same base and head weights."""
-    model = build_classifier(TINY, n_classes, seed=seed)
-    return apply_method(model, MethodConfig(method, **method_kwargs))

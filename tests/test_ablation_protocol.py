@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 import yaml
+from tiny_models import make_tiny
 
 from clipdrift.core.errors import UserFacingError
 from clipdrift.measure.drift import AttentionConfig, model_attention_stats
@@ -19,7 +20,6 @@ from clipdrift.pipeline.protocol import ABLATION_PROTOCOL_FILE, check_conformanc
 from clipdrift.train.config import TrainConfig
 from clipdrift.train.regularisers import AttentionRegulariser, cls_attention, layer_entropies
 
-from conftest import make_tiny
 from test_train import colour_split
 from workflow_helpers import REPO
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import make_tiny
 
 from clipdrift.model.adapters import (
     MethodConfig,
@@ -11,8 +12,6 @@ from clipdrift.model.adapters import (
     trainable_parameters,
 )
 from clipdrift.model.backbones import BackboneSpec, build_classifier
-
-from conftest import make_tiny
 
 
 def test_vit_b32_lora_parameter_counts_match_the_paper():

@@ -5,13 +5,13 @@ import re
 import open_clip
 import pytest
 import torch
+from tiny_models import TINY, make_tiny
 
 from clipdrift.core.io import METADATA_KEY, ArtifactError, read_safetensors, write_safetensors
 from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.backbones import BackboneSpec
 from clipdrift.model.checkpoints import FORMAT_VERSION, CheckpointError, load_classifier, save_classifier
 
-from conftest import TINY, make_tiny
 from test_adapters import _train_steps
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from clipdrift.pipeline import digest as codedigest
-from clipdrift.pipeline.digest import script_closure, script_digest, semantic_digest
-from clipdrift.pipeline.digests import main as digests_cli
-from clipdrift.pipeline.digests import package_file, rule_scripts
+from clipdrift.pipeline import codedigest
+from clipdrift.pipeline.codedigest import script_closure, script_digest, semantic_digest
+from clipdrift.pipeline.reruns import main as digests_cli
+from clipdrift.pipeline.reruns import package_file, rule_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "clipdrift"
@@ -209,7 +209,7 @@ def test_the_plumbing_imports_nothing_that_computes():
     for module in plumbing:
         # the ground floor, and the digest code the job server derives its imports with
         foreign = {name for name in _package_imports(module) if not codedigest.outside_digests(name)
-                   and not name.startswith("clipdrift.core") and name != "clipdrift.pipeline.digest"}
+                   and not name.startswith("clipdrift.core") and name != "clipdrift.pipeline.codedigest"}
         assert not foreign, (module, foreign)
 
 
@@ -316,7 +316,7 @@ def test_digest_is_short_hex_and_stable():
 
 _IMPORT_COST = textwrap.dedent("""
     import json, sys
-    import clipdrift.pipeline.digest as codedigest
+    import clipdrift.pipeline.codedigest as codedigest
     digests = [codedigest.script_digest(script) for script in json.loads(sys.argv[1])]
     print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in {heavy} or name.startswith("clipdrift"))))
 """)
@@ -326,7 +326,7 @@ def test_module_imports_no_heavy_library():
     code = _IMPORT_COST.format(heavy=set(HEAVY))
     result = subprocess.run([sys.executable, "-c", code, json.dumps([str(s) for s in SCRIPTS])],
                             capture_output=True, text=True, check=True, cwd=REPO)
-    assert json.loads(result.stdout) == ["clipdrift", "clipdrift.pipeline", "clipdrift.pipeline.digest"]
+    assert json.loads(result.stdout) == ["clipdrift", "clipdrift.pipeline", "clipdrift.pipeline.codedigest"]
 
 
 # --- import semantics and the data rule, on a small made-up package --------------------------

@@ -5,6 +5,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from tiny_models import make_tiny
 
 from clipdrift.analysis.collapse import (
     ONSET_THRESHOLDS_PCT,
@@ -22,7 +23,6 @@ from clipdrift.train.config import TrainConfigError
 from clipdrift.train.engine import finetune
 from clipdrift.train.resume import ResumeStore
 
-from conftest import make_tiny
 from test_regularisers import run_config
 from test_train import TRAIN, VAL, assert_same_states, colour_split, without_timings
 

@@ -7,12 +7,12 @@ GPU can show: autocast kernels, TF32, the asynchronous staging copy, determinism
 
 import pytest
 import torch
+from tiny_models import make_tiny
 
 from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.train.config import TrainConfig
 from clipdrift.train.engine import finetune
 
-from conftest import make_tiny
 from reference_drift import attention_table, cka_table
 from test_train import N_CLASSES, TEST, TRAIN, VAL, assert_same_states, without_timings
 

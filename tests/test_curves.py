@@ -6,6 +6,7 @@ import copy
 import pandas as pd
 import pytest
 import torch
+from tiny_models import TINY, make_tiny
 
 from clipdrift.measure import curves
 from clipdrift.measure.curves import CurveInputs, curve_table, measure
@@ -17,7 +18,6 @@ from clipdrift.train.config import TrainConfig
 from clipdrift.train.engine import finetune
 from clipdrift.train.evaluate import evaluate
 
-from conftest import TINY, make_tiny
 from test_metrics import make_probe
 from test_train import N_CLASSES, TEST, TRAIN, VAL
 

@@ -10,17 +10,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from tiny_models import make_tiny
 
 from clipdrift.core import device as devices
 from clipdrift.core.device import DeviceError, deterministic, full_fp32, resolve_device, seeded
 from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.measure.runtime import evaluating
-from clipdrift.pipeline.digests import rule_scripts
+from clipdrift.pipeline.reruns import rule_scripts
 from clipdrift.train.batches import CachedBatches, _CopyFence, keeps_data_on_device
 from clipdrift.train.config import TrainConfig
 from clipdrift.train.engine import finetune
 
-from conftest import make_tiny
 from test_train import N_CLASSES, TRAIN, VAL, assert_same_states, without_timings
 from workflow_helpers import REPO
 

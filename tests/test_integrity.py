@@ -16,13 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_models import TINY, make_tiny
 
 from clipdrift.core.io import ArtifactError, read_json, read_table, write_json, write_table
 from clipdrift.data.split import ImageSplit, read_image_split, write_image_split
 from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.checkpoints import load_classifier, save_classifier
-
-from conftest import TINY, make_tiny
 
 OK_OUTCOMES = {"refused", "identical"}
 

@@ -3,13 +3,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import TINY, make_tiny
 from torch import nn
 
 from clipdrift.model.adapters import trainable_parameters
 from clipdrift.model.backbones import BackboneSpec, build_classifier
 from clipdrift.model.interpolation import InterpolationError, check_alpha, interpolated
-
-from conftest import TINY, make_tiny
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 LORA = dict(lora_r=4, lora_alpha=8)  # scale 2

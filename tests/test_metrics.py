@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_models import make_tiny
 
 from clipdrift.data.split import ImageSplit
 from clipdrift.measure.attention import (
@@ -21,7 +22,6 @@ from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.runtime import model_input
 from clipdrift.model.backbones import capture_attention, capture_hidden_states
 
-from conftest import make_tiny
 from reference_drift import attention_table, cka_layer_mean, cka_table, drift_summary
 
 P = 49  # the protocol's 7x7 patches

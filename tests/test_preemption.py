@@ -8,13 +8,13 @@ import signal
 
 import pytest
 import torch
+from tiny_models import make_tiny
 
 from clipdrift.pipeline.jobs.signals import STOP_SIGNALS, stop_on_signals
 from clipdrift.train import engine
 from clipdrift.train.engine import TrainingStopped, finetune
 from clipdrift.train.resume import ResumeStore
 
-from conftest import make_tiny
 from test_train import N_CLASSES, TEST, TRAIN, VAL, assert_same_states, config, lora_model, without_timings
 
 STEPS_PER_EPOCH, EPOCHS = 3, 3  # 48 training images in batches of 16 (test_train.TRAIN), config()'s 3 epochs

@@ -191,7 +191,7 @@ def test_the_readme_lists_every_deliberate_difference_from_the_protocol_file():
 
 
 def test_the_head_is_a_linear_layer_on_the_unnormalised_projection():
-    from conftest import make_tiny
+    from tiny_models import make_tiny
 
     model = make_tiny(n_classes=3)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -204,10 +204,11 @@ def test_the_head_is_a_linear_layer_on_the_unnormalised_projection():
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_the_optimiser_is_adamw_with_one_parameter_group(method):
+    from tiny_models import make_tiny
+
     from clipdrift.train.config import ADAMW_BETAS, ADAMW_EPS, TrainConfig
     from clipdrift.train.engine import _Run
 
-    from conftest import make_tiny
     from test_train import TRAIN
 
     model = make_tiny(method, n_classes=4)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import make_tiny
 
 from clipdrift.measure.attention import cls_patch_distribution, entropy
 from clipdrift.measure.runtime import model_input
@@ -23,7 +24,6 @@ from clipdrift.train.regularisers import (
 )
 from clipdrift.train.resume import ResumeStore
 
-from conftest import make_tiny
 from test_train import TRAIN, VAL, assert_same_states, without_timings
 
 APR = {"kind": "apr", "weight": 1.0}

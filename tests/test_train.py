@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import TINY, make_tiny
 
 from clipdrift.core.io import read_json, read_safetensors, write_json
 from clipdrift.data.split import ImageSplit, to_model_input
@@ -24,7 +25,6 @@ from clipdrift.train.evaluate import evaluate
 from clipdrift.train.precision import choose_amp, resolve_precision
 from clipdrift.train.resume import ResumeStore
 
-from conftest import TINY, make_tiny
 from fakedata import class_image
 
 N_CLASSES = 4

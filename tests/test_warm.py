@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from clipdrift.pipeline.digest import script_closure
-from clipdrift.pipeline.jobs.warm import client, freshness, protocol, stack
+from clipdrift.pipeline.codedigest import script_closure
+from clipdrift.pipeline.jobs.warm import client, freshness, stack, wire
 from clipdrift.pipeline.jobs.warm.state import LOG_FILE, PID_FILE, SOCKET
 
 from warm_helpers import PACKAGE, REPO, Workdir, alive, report, reported
@@ -80,7 +80,7 @@ def test_cold_off_linux_in_a_container_for_a_cluster_job_and_for_a_script_that_i
     assert client.cold_reason(Job(), {}, "linux") is None
     assert "Linux only" in client.cold_reason(Job(), {}, "darwin")
     assert "container (/img.sif)" in client.cold_reason(Job(), {"APPTAINER_CONTAINER": "/img.sif"}, "linux")
-    remote = protocol.Workflow(1, 1, ("python", "-m", "snakemake", "--mode", "remote", "--target-jobs", "x"))
+    remote = wire.Workflow(1, 1, ("python", "-m", "snakemake", "--mode", "remote", "--target-jobs", "x"))
     monkeypatch.setattr(client, "workflow_process", lambda: remote)
     assert "cluster job (snakemake --mode remote)" in client.cold_reason(Job(), {}, "linux")
     monkeypatch.setattr(client, "workflow_process", lambda: None)
@@ -89,10 +89,10 @@ def test_cold_off_linux_in_a_container_for_a_cluster_job_and_for_a_script_that_i
 
 
 def test_the_workflow_mode_is_read_from_snakemakes_arguments():
-    assert protocol.Workflow(1, 1, ("snakemake", "--cores", "2")).mode == "default"
-    assert protocol.Workflow(1, 1, ("snakemake", "--mode=remote")).mode == "remote"
-    assert protocol._runs_snakemake(["/usr/bin/python3", "/venv/bin/snakemake", "--cores", "2"])
-    assert protocol._runs_snakemake(["python3", "-m", "snakemake"]) and not protocol._runs_snakemake(["bash", "-c", "x"])
+    assert wire.Workflow(1, 1, ("snakemake", "--cores", "2")).mode == "default"
+    assert wire.Workflow(1, 1, ("snakemake", "--mode=remote")).mode == "remote"
+    assert wire._runs_snakemake(["/usr/bin/python3", "/venv/bin/snakemake", "--cores", "2"])
+    assert wire._runs_snakemake(["python3", "-m", "snakemake"]) and not wire._runs_snakemake(["bash", "-c", "x"])
 
 
 # --- never old code -------------------------------------------------------------------------
@@ -421,7 +421,7 @@ def test_a_child_of_the_real_stack_starts_clean_and_runs_parallel_torch(real_sta
     # beyond them: how the job runs (outside every digest by rule) and the digest code the
     # server derived its imports with; the server itself runs as __main__
     assert "pipeline/jobs/warm/child.py" in held - reached
-    assert all(path.startswith("pipeline/jobs/") or path == "pipeline/digest.py" for path in held - reached), held
+    assert all(path.startswith("pipeline/jobs/") or path == "pipeline/codedigest.py" for path in held - reached), held
     assert {path for path in reached if path.endswith(".py")} <= held
 
 

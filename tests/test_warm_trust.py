@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from clipdrift.pipeline.jobs.warm import connect, protocol
+from clipdrift.pipeline.jobs.warm import connect, wire
 from clipdrift.pipeline.jobs.warm.connect import REPLY_TIMEOUT_ENV, START_TIMEOUT_ENV, WarmUnavailable
 from clipdrift.pipeline.jobs.warm.state import PID_FILE, SOCKET, StateFolder, open_state_folder
 
@@ -160,7 +160,7 @@ def fake_server(folder: str, record: str, answer_pid: int, silent_after_s: float
                 os.write(fd, ATTACKERS_MARK)
         if data:
             with contextlib.suppress(OSError):
-                protocol.send(conn, {"status": "forked", "pid": answer_pid})
+                wire.send(conn, {"status": "forked", "pid": answer_pid})
         conn.settimeout(silent_after_s)
         with contextlib.suppress(OSError):
             while more := conn.recv(1 << 16):
@@ -397,8 +397,8 @@ def test_another_users_connection_to_the_server_is_dropped_unread(attacker, tmp_
             os.fchdir(folder)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(SOCKET)
-            protocol.send(sock, {"fingerprint": "x"})
-            return repr(protocol.receive(sock)[0])
+            wire.send(sock, {"fingerprint": "x"})
+            return repr(wire.receive(sock)[0])
 
         outcome = as_user(attacker, knock)
         os.close(folder)

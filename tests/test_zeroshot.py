@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
+from tiny_models import make_tiny
 
 from clipdrift.data.classnames import template_texts
 from clipdrift.data.split import ImageSplit
@@ -10,8 +11,6 @@ from clipdrift.measure.runtime import model_input
 from clipdrift.measure.zeroshot import classification_scores, evaluate, text_classifier
 from clipdrift.model.adapters import trainable_parameters
 from clipdrift.model.backbones import CLIPClassifier
-
-from conftest import make_tiny
 
 CLASSES = ["red circle", "blue square", "green triangle", "yellow star", "purple cross", "orange ring"]
 

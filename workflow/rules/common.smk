@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from clipdrift.pipeline import inputs, plan
-from clipdrift.pipeline.digest import script_digest
+from clipdrift.pipeline.codedigest import script_digest
 from clipdrift.analysis.names import PAPER_TABLES, TABLES
 from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRACE_FIGURES, TRAJECTORY_FIGURES
 

@@ -123,7 +123,7 @@ def ablation_comparison(table: pd.DataFrame, reference: pd.DataFrame, published:
 def paper_correlations(correlations: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
     """Published vs measured Pearson r, one row per published (dataset, x, y).
 
-    ``correlations``: the study's correlation table (:func:`clipdrift.analysis.correlations`).
+    ``correlations``: the study's correlation table (:func:`clipdrift.analysis.compare.correlations`).
     ``within_ci``: the published r lies inside the measured r's 95% Fisher-z interval (NA
     where the study has no interval: fewer than 4 runs, or the pair was not measured).
     """

@@ -121,12 +121,6 @@ def _refuse_a_level_off(task: str, root: Path, folders: list[str]) -> None:
                                      f"level too high - point it at {inner}")
 
 
-def imagefolder_classes(task: str, root, wanted=("train", "val", "test")) -> list[str]:
-    """The class folder names of an image folder, sorted (the label order)."""
-    partitions = imagefolder_partitions(task, root, wanted)
-    return subfolders(next(iter(partitions.values())))
-
-
 def check_dataset_on_disk(settings: dict, task: str, wanted=("train", "val", "test"), sizes: dict | None = None,
                           sizes_key: str = "sizes") -> None:
     """Refuse a task whose data is missing or malformed (``settings``: its data settings;

@@ -27,7 +27,7 @@ import clipdrift
 from clipdrift.report import views
 
 # The templates, by name: the code digest of the report rule reads exactly the files named here
-# (clipdrift.pipeline.digest), and the page can include no other file.
+# (clipdrift.pipeline.codedigest), and the page can include no other file.
 TEMPLATE_FOLDER = "jinja"
 PAGE = "report.html.j2"
 TEMPLATE_FILES = (PAGE, "sections.html.j2", "macros.html.j2", "report.css")
@@ -101,7 +101,7 @@ def render_report(
 ) -> str:
     """The whole report as one HTML string.
 
-    ``tables``: the dict of :func:`clipdrift.analysis.build_tables` (or read back from Parquet);
+    ``tables``: the dict of :func:`clipdrift.analysis.study.build_tables` (or read back from Parquet);
     ``figures``: name -> the PNG file the figure step wrote from
     :func:`clipdrift.report.figures.make_figures` (its path or its bytes), in reading order;
     ``findings``: :func:`clipdrift.analysis.findings`; ``study``: settings to show (name,

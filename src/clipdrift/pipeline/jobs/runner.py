@@ -1,6 +1,6 @@
 """The runner every workflow script calls: the job's log, threads and device, clean user errors,
 and the job's own account of its time and memory. How a job runs, not what it computes (outside
-every code digest, see :mod:`clipdrift.pipeline.digest`)."""
+every code digest, see :mod:`clipdrift.pipeline.codedigest`)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ benchmarks and rerun behaviour.
   seeds, then the script itself, read from disk.
 - :mod:`clipdrift.pipeline.jobs.warm.freshness`: never old code: the fingerprint of the package and the
   Python environment, and the files the server imported, checked before each fork.
-- :mod:`clipdrift.pipeline.jobs.warm.protocol`: the framing of messages, the peer's credentials and the
+- :mod:`clipdrift.pipeline.jobs.warm.wire`: the framing of messages, the peer's credentials and the
   process facts both sides read from ``/proc``.
 
 The server also imports the package modules the scripts reach, so a child starts with nothing

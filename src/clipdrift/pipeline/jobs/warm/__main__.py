@@ -13,8 +13,8 @@ import json
 import sys
 
 from clipdrift.pipeline.jobs.warm.client import shared_workdir_reason
-from clipdrift.pipeline.jobs.warm.protocol import is_running
 from clipdrift.pipeline.jobs.warm.state import LOG_FILE, PID_FILE, StateRefused, location, open_state_folder
+from clipdrift.pipeline.jobs.warm.wire import is_running
 
 
 def describe(workdir: str) -> list[str]:

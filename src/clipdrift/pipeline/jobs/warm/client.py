@@ -47,7 +47,8 @@ from clipdrift.pipeline.jobs.warm.connect import (
     deadline,
 )
 from clipdrift.pipeline.jobs.warm.freshness import fingerprint
-from clipdrift.pipeline.jobs.warm.protocol import (
+from clipdrift.pipeline.jobs.warm.state import LOG_FILE, StateFolder, StateRefused, open_state_folder, shared_workdir
+from clipdrift.pipeline.jobs.warm.wire import (
     FORWARDED_SIGNALS,
     PROTOCOL,
     ProtocolError,
@@ -56,7 +57,6 @@ from clipdrift.pipeline.jobs.warm.protocol import (
     send,
     workflow_process,
 )
-from clipdrift.pipeline.jobs.warm.state import LOG_FILE, StateFolder, StateRefused, open_state_folder, shared_workdir
 
 SWITCH_ENV = "CLIPDRIFT_WARM"  # 0 / false / off / no: every job runs cold
 CONTAINER_ENV = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")  # set inside Apptainer/Singularity

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipdrift.pipeline.jobs.warm.freshness import import_environment
-from clipdrift.pipeline.jobs.warm.protocol import IDLE_ENV, is_running, parent_pid, peer, start_ticks
 from clipdrift.pipeline.jobs.warm.state import LOG_FILE, PID_FILE, SOCKET, START_LOCK, StateFolder
+from clipdrift.pipeline.jobs.warm.wire import IDLE_ENV, is_running, parent_pid, peer, start_ticks
 
 START_TIMEOUT_ENV = "CLIPDRIFT_WARM_START_TIMEOUT"  # seconds a job waits for a new server (default 300)
 REPLY_TIMEOUT_ENV = "CLIPDRIFT_WARM_REPLY_TIMEOUT"  # seconds a job waits for a connection or an answer (30)

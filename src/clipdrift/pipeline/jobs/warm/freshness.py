@@ -27,7 +27,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from clipdrift.pipeline.jobs.warm.protocol import PROTOCOL
+from clipdrift.pipeline.jobs.warm.wire import PROTOCOL
 
 # Read by libraries when they are imported (a server keeps what it imported with): part of the
 # fingerprint. Thread counts are set per job by Snakemake and again by the job itself.

@@ -8,7 +8,7 @@ own session, with no terminal and no inherited descriptor but its log), it:
    naming the reason);
 2. imports what Snakemake's job preamble needs, every module outside the package that the
    workflow scripts' code imports and every package module the scripts reach (all derived from
-   their import closures, :mod:`clipdrift.pipeline.digest`). The package's import-time code makes no
+   their import closures, :mod:`clipdrift.pipeline.codedigest`). The package's import-time code makes no
    tensor (tested); third-party imports make a few constant tensors (peft) and ask torchvision
    for its CUDA version. With one thread for every threading library (``OMP_NUM_THREADS=1`` and
    the like: peft's import otherwise leaves an OpenMP worker behind), ``JE_ARROW_MALLOC_CONF=
@@ -53,7 +53,9 @@ from pathlib import Path
 
 from clipdrift.pipeline.jobs.warm import child
 from clipdrift.pipeline.jobs.warm.freshness import ImportedCode, fingerprint
-from clipdrift.pipeline.jobs.warm.protocol import (
+from clipdrift.pipeline.jobs.warm.stack import IMPORT_SETTINGS, fork_hazards, preload, preload_names
+from clipdrift.pipeline.jobs.warm.state import PID_FILE, SOCKET, START_LOCK, StateFolder, StateRefused
+from clipdrift.pipeline.jobs.warm.wire import (
     FORWARDED_SIGNALS,
     IDLE_ENV,
     PROTOCOL,
@@ -64,8 +66,6 @@ from clipdrift.pipeline.jobs.warm.protocol import (
     send,
     start_ticks,
 )
-from clipdrift.pipeline.jobs.warm.stack import IMPORT_SETTINGS, fork_hazards, preload, preload_names
-from clipdrift.pipeline.jobs.warm.state import PID_FILE, SOCKET, START_LOCK, StateFolder, StateRefused
 
 TICK_S = 0.5  # how often lifetime rules are checked
 RECEIVE_TIMEOUT_S = 10.0  # a client sends its whole job (or a signal) at once

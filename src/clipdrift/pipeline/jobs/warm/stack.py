@@ -2,7 +2,7 @@
 
 The server imports what Snakemake's job preamble needs, every module outside the package that
 the workflow scripts' code imports and every package module the scripts reach (all derived from
-their import closures, :mod:`clipdrift.pipeline.digest`), with settings that leave no thread
+their import closures, :mod:`clipdrift.pipeline.codedigest`), with settings that leave no thread
 behind. Before every fork it checks that it still has exactly one thread and no CUDA context: a
 fork copies only the calling thread, and a child of a process that ran a libgomp pool hangs at
 its first parallel region (measured).
@@ -35,7 +35,7 @@ def preload_names(scripts_dir: Path) -> list[str]:
     """The modules to import, derived from the workflow scripts' import closures: what Snakemake's
     job preamble needs, every module outside the package that the scripts' code imports, then
     every package module the scripts reach."""
-    from clipdrift.pipeline.digest import external_imports, script_closure
+    from clipdrift.pipeline.codedigest import external_imports, script_closure
 
     scripts = sorted(scripts_dir.glob("*.py"))
     external = {name for script in scripts for name in external_imports(script)}

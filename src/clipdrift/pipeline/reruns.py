@@ -1,9 +1,9 @@
 """Each rule's code digest, for people: which package modules and data files a rule's script
 reaches (and so which edits rerun it), and which rules reach a module.
 
-    python -m clipdrift.pipeline.digests finetune extract      # what these rules' digests cover
-    python -m clipdrift.pipeline.digests --reaching clipdrift.measure.zeroshot   # which rules it reruns
-    python -m clipdrift.pipeline.digests                        # every rule and its digest
+    python -m clipdrift.pipeline.reruns finetune extract      # what these rules' digests cover
+    python -m clipdrift.pipeline.reruns --reaching clipdrift.measure.zeroshot   # which rules it reruns
+    python -m clipdrift.pipeline.reruns                        # every rule and its digest
 
 Parse time, stdlib only (the Snakefile reads the rules' scripts through :func:`rule_scripts`).
 """
@@ -15,7 +15,7 @@ import re
 import sys
 from pathlib import Path
 
-from clipdrift.pipeline.digest import PACKAGE_DIR, file_digest, script_closure, script_digest
+from clipdrift.pipeline.codedigest import PACKAGE_DIR, file_digest, script_closure, script_digest
 
 
 def rule_scripts(workflow_dir: str | Path) -> dict[str, str]:
