@@ -2,6 +2,7 @@
 kind of schema violation the workflow's schema can raise (clipdrift.pipeline.config_errors.prepare_config)."""
 
 import copy
+import re
 
 import pytest
 import yaml
@@ -150,7 +151,9 @@ def test_a_bad_variant_is_refused_naming_the_variant_and_the_key(variant, messag
     ([{"name": "lora", "method": "full", "freeze_blocks": 1}], "variant 'lora' of full takes the name of the method lora"),
     (["full", {"name": "full-r4", "method": "full", "lora": {"r": 4}}],
      "variant 'full-r4' sets lora but its method is full: move the lora settings to a variant of method lora"),
-    (["full", {**LORA_R4, "freeze_blocks": 2}], "variant 'lora-r4' sets freeze_blocks but LoRA already freezes"),
+    (["full", {**LORA_R4, "freeze_blocks": 2}],
+     "variant 'lora-r4': freeze_blocks and freeze_embeddings are for the methods that train the tower (full, lp-ft): "
+     "LoRA already freezes"),
     (["full", {"name": "full-apr", "method": "full", "regulariser": {"kind": "apr", "weight": 1, "floor": 2}}],
      "variant 'full-apr' gives its apr regulariser floor: it is the entropy_floor regulariser's option; remove "
      "regulariser.floor"),
@@ -161,13 +164,24 @@ def test_a_bad_variant_is_refused_naming_the_variant_and_the_key(variant, messag
                "regulariser": {"kind": "entropy_floor", "weight": 1, "floor": 2.0, "ratio": 0.5}}],
      "gives its entropy floor both an absolute floor and a ratio of the pretrained entropy: keep one"),
     (["lora", {"name": "lora-frozen", "method": "lora", "freeze_embeddings": True}],
-     "variant 'lora-frozen' sets freeze_embeddings but LoRA already freezes every base weight"),
+     "variant 'lora-frozen': freeze_blocks and freeze_embeddings are for the methods that train the tower (full, "
+     "lp-ft): LoRA already freezes every base weight (choose its blocks with lora.targets)"),
     (["full", {"name": "full-freeze6", "method": "full", "freeze_blocks": 6}],
      "variant 'full-freeze6' freezes 6 blocks but backbone clipdrift-tiny has 3: set freeze_blocks to at most 3"),
 ])
 def test_variants_are_checked_across_keys(methods, message):
-    with pytest.raises(StudyConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(StudyConfigError, match=re.escape(message)):
         prepare_config(_default_with({"methods": methods}), SCHEMA)
+
+
+def test_lp_ft_without_epochs_after_its_probe_is_refused_at_parse_time_by_the_methods_own_rule():
+    # the rule is MethodConfig.fits, which the fine-tune engine applies too (test_train)
+    short = {"methods": ["full", "lp-ft"], "lp_ft": {"probe_epochs": 2},
+             "datasets": [{"name": "world-eurosat", "epochs": 2}, {"name": "world-pets", "epochs": 3}]}
+    with pytest.raises(StudyConfigError, match=r"lp_ft.probe_epochs is 2 but datasets \['world-eurosat'\] train only "
+                                               "that many epochs or fewer: LP-FT needs epochs after the probe"):
+        prepare_config(_default_with(short), SCHEMA)
+    prepare_config(_default_with({**short, "lp_ft": {"probe_epochs": 1}}), SCHEMA)
 
 
 def test_a_variant_overrides_only_the_settings_it_names():

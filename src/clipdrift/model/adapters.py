@@ -16,90 +16,15 @@ The text tower never trains in any method.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
 from clipdrift.core.device import seeded
 from clipdrift.model.backbones import CLIPClassifier, image_tower_blocks
-from clipdrift.model.methods import is_adapter_parameter, method
+from clipdrift.model.methods import MethodConfig, is_adapter_parameter, method
 
-LP_FT_PHASES = ("probe", "finetune")
-LORA_TARGET_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj")
 # What an open_clip ViT image tower computes before its first block (frozen with freeze_embeddings).
 EMBEDDING_STAGE = ("conv1", "class_embedding", "positional_embedding", "ln_pre")
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """A fine-tuning method and its settings (paper defaults).
-
-    ``lp_epochs`` (lp-ft only, required there): the epochs of the linear-probe phase; the run
-    must have more epochs than that. ``lp_train_projection``: the visual projection trains in
-    the probe phase too (it always trains in the fine-tune phase, as in Full FT).
-    ``train_projection`` is LoRA's switch; Full FT and lp-ft's fine-tune phase ignore it.
-    ``freeze_blocks`` (Full FT and lp-ft): the first ``freeze_blocks`` residual blocks of the
-    image tower stay frozen, as the published ablation froze encoder layers 0..k-1 (the embedding
-    stage still trains); 0 trains the whole tower. ``freeze_embeddings``: the embedding stage
-    (patch embedding, class and position embeddings, pre-norm) stays frozen too (clipdrift's
-    earlier freezing, not the published one).
-    """
-
-    method: str = "full"
-    lora_r: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    train_projection: bool = True
-    lp_epochs: int | None = None
-    lp_train_projection: bool = False
-    freeze_blocks: int = 0
-    freeze_embeddings: bool = False
-
-    def __post_init__(self):
-        entry = method(self.method)
-        unknown = set(self.lora_targets) - set(LORA_TARGET_CHOICES)
-        if unknown:
-            raise ValueError(f"lora targets {sorted(unknown)} are unknown: use some of {LORA_TARGET_CHOICES}")
-        if self.lora_r < 1:
-            raise ValueError(f"lora r must be >= 1, got {self.lora_r}")
-        if self.lp_epochs is not None and (isinstance(self.lp_epochs, bool) or not isinstance(self.lp_epochs, int)
-                                           or self.lp_epochs < 1):
-            raise ValueError(f"lp_epochs must be an integer >= 1, got {self.lp_epochs!r}")
-        if entry.probe_phase and self.lp_epochs is None:
-            raise ValueError(f"method {self.method!r} needs lp_epochs: the number of linear-probe epochs (>= 1) "
-                             "before the fine-tune phase")
-        if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int) or self.freeze_blocks < 0:
-            raise ValueError(f"freeze_blocks must be an integer >= 0, got {self.freeze_blocks!r}")
-        if (self.freeze_blocks or self.freeze_embeddings) and not entry.trains_tower:
-            raise ValueError("freeze_blocks and freeze_embeddings are for methods that train the tower (full, lp-ft): "
-                             f"{entry.label} already freezes every base weight; choose its blocks with its targets instead")
-        if not isinstance(self.freeze_embeddings, bool):
-            raise ValueError(f"freeze_embeddings must be true or false, got {self.freeze_embeddings!r}")
-        if not isinstance(self.lp_train_projection, bool):
-            raise ValueError(f"lp_train_projection must be true or false, got {self.lp_train_projection!r}")
-        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> MethodConfig:
-        """The config :meth:`to_dict` wrote; fields it lacks (written before they existed) take their defaults."""
-        return cls(**{k: (tuple(v) if k == "lora_targets" else v) for k, v in values.items()})
-
-    @property
-    def probes_first(self) -> bool:
-        """Whether the run starts with a linear-probe phase (lp-ft)."""
-        return method(self.method).probe_phase
-
-    def phase(self, epoch: int) -> str | None:
-        """lp-ft: the phase of (1-based) ``epoch``, ``probe`` up to ``lp_epochs`` then ``finetune``;
-        None for the other methods, which have one phase."""
-        if not self.probes_first:
-            return None
-        return "probe" if epoch <= self.lp_epochs else "finetune"
 
 
 def lora_target_regex(targets: tuple[str, ...]) -> str:

@@ -18,7 +18,7 @@ Variants (``methods: [{name, method, ...}]``) are entries of a study config, not
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ REFERENCE_PAIR = ("full", "lora")
 ADAPTER_MARKS = tuple(entry.adapter_mark for entry in METHODS.values() if entry.adapter_mark)
 
 
+LORA_TARGET_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
 def method(name: str) -> Method:
     """The registry entry of method ``name``; refuses an unknown name, listing the known ones."""
     if name not in METHODS:
@@ -64,3 +67,81 @@ def method(name: str) -> Method:
 def is_adapter_parameter(name: str) -> bool:
     """Whether a parameter of a set-up model belongs to an adapter (by the marks peft gives them)."""
     return any(mark in name for mark in ADAPTER_MARKS)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """A fine-tuning method and its settings (paper defaults).
+
+    ``lp_epochs`` (lp-ft only, required there): the epochs of the linear-probe phase; the run
+    must have more epochs than that. ``lp_train_projection``: the visual projection trains in
+    the probe phase too (it always trains in the fine-tune phase, as in Full FT).
+    ``train_projection`` is LoRA's switch; Full FT and lp-ft's fine-tune phase ignore it.
+    ``freeze_blocks`` (Full FT and lp-ft): the first ``freeze_blocks`` residual blocks of the
+    image tower stay frozen, as the published ablation froze encoder layers 0..k-1 (the embedding
+    stage still trains); 0 trains the whole tower. ``freeze_embeddings``: the embedding stage
+    (patch embedding, class and position embeddings, pre-norm) stays frozen too (clipdrift's
+    earlier freezing, not the published one).
+    """
+
+    method: str = "full"
+    lora_r: int = 8
+    lora_alpha: float = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    train_projection: bool = True
+    lp_epochs: int | None = None
+    lp_train_projection: bool = False
+    freeze_blocks: int = 0
+    freeze_embeddings: bool = False
+
+    def __post_init__(self):
+        entry = method(self.method)
+        unknown = set(self.lora_targets) - set(LORA_TARGET_CHOICES)
+        if unknown:
+            raise ValueError(f"lora targets {sorted(unknown)} are unknown: use some of {LORA_TARGET_CHOICES}")
+        if self.lora_r < 1:
+            raise ValueError(f"lora r must be >= 1, got {self.lora_r}")
+        if self.lp_epochs is not None and (isinstance(self.lp_epochs, bool) or not isinstance(self.lp_epochs, int)
+                                           or self.lp_epochs < 1):
+            raise ValueError(f"lp_epochs must be an integer >= 1, got {self.lp_epochs!r}")
+        if entry.probe_phase and self.lp_epochs is None:
+            raise ValueError(f"method {self.method!r} needs lp_epochs: the number of linear-probe epochs (>= 1) "
+                             "before the fine-tune phase")
+        if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int) or self.freeze_blocks < 0:
+            raise ValueError(f"freeze_blocks must be an integer >= 0, got {self.freeze_blocks!r}")
+        if (self.freeze_blocks or self.freeze_embeddings) and not entry.trains_tower:
+            towers = ", ".join(name for name, other in METHODS.items() if other.trains_tower)
+            raise ValueError(f"freeze_blocks and freeze_embeddings are for the methods that train the tower ({towers}): "
+                             f"{entry.label} already freezes every base weight (choose its blocks with "
+                             f"{entry.config_section}.targets)")
+        if not isinstance(self.freeze_embeddings, bool):
+            raise ValueError(f"freeze_embeddings must be true or false, got {self.freeze_embeddings!r}")
+        if not isinstance(self.lp_train_projection, bool):
+            raise ValueError(f"lp_train_projection must be true or false, got {self.lp_train_projection!r}")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MethodConfig:
+        """The config :meth:`to_dict` wrote; fields it lacks (written before they existed) take their defaults."""
+        return cls(**{k: (tuple(v) if k == "lora_targets" else v) for k, v in values.items()})
+
+    @property
+    def probes_first(self) -> bool:
+        """Whether the run starts with a linear-probe phase (lp-ft)."""
+        return method(self.method).probe_phase
+
+    def fits(self, epochs: int) -> bool:
+        """Whether a run of ``epochs`` epochs has room for this method: with a probe phase, at least
+        one fine-tune epoch after it."""
+        return not self.probes_first or epochs > self.lp_epochs
+
+    def phase(self, epoch: int) -> str | None:
+        """lp-ft: the phase of (1-based) ``epoch``, ``probe`` up to ``lp_epochs`` then ``finetune``;
+        None for the other methods, which have one phase."""
+        if not self.probes_first:
+            return None
+        return "probe" if epoch <= self.lp_epochs else "finetune"

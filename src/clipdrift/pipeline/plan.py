@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipdrift.core.errors import StudyConfigError
-from clipdrift.model.methods import METHODS
+from clipdrift.model.methods import METHODS, MethodConfig
 from clipdrift.pipeline.inputs import (
     backbone_image_size,
     check_backbone_family,
@@ -59,13 +59,8 @@ def check_study_config(config: dict) -> None:
     check_tasks(config)
     check_curves(config)
     check_methods(config, model_config)
-    if any(METHODS[entry["method"]].probe_phase for entry in method_entries(config).values()):
-        short = [d["name"] for d in config["datasets"] if d["epochs"] <= config["lp_ft"]["probe_epochs"]]
-        if short:
-            raise StudyConfigError(
-                f"lp_ft.probe_epochs is {config['lp_ft']['probe_epochs']} but datasets {short} train only that many "
-                "epochs or fewer: LP-FT needs epochs after the probe. Lower lp_ft.probe_epochs or raise their epochs."
-            )
+    for name in method_names(config):
+        _check_probe_fits(config, name)
     expected = backbone_image_size(model_config)
     for name in [*names, *heldout_names(config)]:
         key, size = image_size_key(config, name)
@@ -98,14 +93,25 @@ def check_methods(config: dict, model_config: dict) -> None:
                                        f"{method}: move the {other.config_section} settings to a variant of method "
                                        f"{other.name}")
         _check_regulariser(name, entry.get("regulariser", {}))
+        try:  # the method's own rules (clipdrift.model.methods.MethodConfig), here at parse time
+            MethodConfig(**method_settings(config, name))
+        except ValueError as error:
+            raise StudyConfigError(f"methods: variant {name!r}: {error}") from None
         frozen = entry.get("freeze_blocks", 0)
-        for key in ("freeze_blocks", "freeze_embeddings"):
-            if entry.get(key) and not METHODS[method].trains_tower:
-                raise StudyConfigError(f"methods: variant {name!r} sets {key} but LoRA already freezes every base "
-                                       "weight: use it with full or lp-ft (choose LoRA's blocks with lora.targets)")
         if frozen and isinstance(blocks, int) and frozen > blocks:
             raise StudyConfigError(f"methods: variant {name!r} freezes {frozen} blocks but backbone "
                                    f"{config['backbone']['name']} has {blocks}: set freeze_blocks to at most {blocks}")
+
+
+def _check_probe_fits(config: dict, name: str) -> None:
+    """A method with a probe phase (LP-FT) needs fine-tune epochs after it in every dataset."""
+    method = METHODS[base_method(config, name)]
+    settings = MethodConfig(**method_settings(config, name))
+    short = [d["name"] for d in config["datasets"] if not settings.fits(d["epochs"])]
+    if short:
+        key = method.config_section + "." + next(k for k, f in method.settings_fields.items() if f == "lp_epochs")
+        raise StudyConfigError(f"{key} is {settings.lp_epochs} but datasets {short} train only that many epochs or "
+                               f"fewer: {method.label} needs epochs after the probe. Lower {key} or raise their epochs.")
 
 
 # Each regulariser's own options (clipdrift.train.regularisers.OPTIONS, where their values are checked).

@@ -139,7 +139,7 @@ def check_method(model: CLIPClassifier, config: TrainConfig, method: MethodConfi
             f"the model was set up (apply_method) for {set_up} but finetune was given method={method}: "
             "pass the MethodConfig the model was set up with"
         )
-    if method.probes_first and config.epochs <= method.lp_epochs:
+    if not method.fits(config.epochs):
         raise TrainConfigError(
             f"lp-ft probes for lp_epochs={method.lp_epochs} epochs but the run has only epochs={config.epochs}: "
             "the run's epochs must exceed lp_epochs, so that fine-tuning follows the probe "
