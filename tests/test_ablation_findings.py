@@ -136,5 +136,5 @@ def test_every_variant_family_gets_a_finding_with_the_comparisons_tables_own_num
     assert frozen["values"]["variants"]["full-freeze2"]["1e-03"]["zs_top1"]["p_welch_holm"] == pytest.approx(
         test["p_welch_holm"])  # the comparisons table's own number, not another family's
     assert "full-freeze2 against Full FT: at 1e-03 selection accuracy +0.0 points" in frozen["sentence"]
-    assert "zero-shot +35.0 points (p " in frozen["sentence"] and "*" in frozen["sentence"]
+    assert "zero-shot top-1 +35.0 points (p " in frozen["sentence"] and "*" in frozen["sentence"]
     assert family_findings(stats, {"full": {"method": "full"}}) == []

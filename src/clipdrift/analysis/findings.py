@@ -13,17 +13,12 @@ import pandas as pd
 
 from clipdrift.analysis.compare import comparisons
 from clipdrift.analysis.frontier import frontier_findings, trajectory_findings
+from clipdrift.analysis.names import metric_words
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import cell_table, lr_order, method_label
 from clipdrift.analysis.wording import drift_sd, finding, p_text, pct, pct_sd, points, pretrained_top1, small
 from clipdrift.model.methods import REFERENCE_PAIR
 
-METRIC_NAMES = {
-    "best_select_acc": "selection accuracy",
-    "final_test_acc": "test accuracy",
-    "zs_top1": "zero-shot top-1",
-    "drift_entropy_pct": "CLS-attention entropy drift",
-}
 FLIP_METRICS = ("best_select_acc", "zs_top1")
 
 
@@ -187,7 +182,7 @@ def ranking_flips(cells, stats, dataset, methods, metric) -> dict | None:
         ):
             resolved.append(lr)
     listed = ", ".join(f"{lr}: {points(diffs[lr])}" for lr in lrs)
-    name = METRIC_NAMES.get(metric, metric)
+    name = metric_words(metric)
     sentence = (
         f"On {dataset}, {name} ranks {method_label(a)} above {method_label(b)} at {', '.join(ahead_a)} "
         f"but {method_label(b)} above {method_label(a)} at {', '.join(ahead_b)} "

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from clipdrift.analysis.names import metric_words
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 from clipdrift.analysis.wording import finding, p_text, points
 from clipdrift.model.methods import METHODS
 
 FAMILIES = ("attention regularisers", "frozen blocks", "LoRA rank and targets", "weight decay", "other")
-# (metric, how the finding names it, whether it is a share: accuracies in points, drifts in %)
-MEASURES = (("best_select_acc", "selection accuracy", True), ("zs_top1", "zero-shot", True),
-            ("drift_entropy_pct", "entropy drift", False))
+# What each variant is compared on, and whether it is a share (accuracies: in points) or a drift (in %)
+MEASURES = (("best_select_acc", True), ("zs_top1", True), ("drift_entropy_pct", False))
 
 
 def variant_family(entry: dict) -> str:
@@ -64,7 +64,8 @@ def _variant_text(rows: pd.DataFrame, alpha: float) -> tuple[str, dict]:
     per_rate, values = [], {}
     for lr in lr_order(rows["lr"]):
         at_rate, measures = rows[rows["lr"] == lr], []
-        for metric, name, share in MEASURES:
+        for metric, share in MEASURES:
+            name = metric_words(metric)
             test = at_rate[at_rate["metric"] == metric]
             if test.empty:
                 continue

@@ -15,20 +15,6 @@ import pandas as pd
 from clipdrift.analysis.tables import ACCURACY_METRICS
 from clipdrift.analysis.wording import small
 
-METRIC_LABELS = {
-    "best_select_acc": "selection acc. (%)",
-    "final_test_acc": "test acc. (%)",
-    "zs_top1": "zero-shot top-1 (%)",
-    "drift_entropy_pct": "entropy drift (%)",
-    "drift_entropy_layers_pct": "per-layer entropy drift, RMS (%)",
-    "drift_erf95_pct": "ERF drift (%)",
-    "cka_mean": "mean CKA",
-}
-
-
-def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
-
 
 def is_missing(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

@@ -15,16 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipdrift.analysis.names import metric_label
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import drop_diverged, method_label
 from clipdrift.analysis.wording import pct, pretrained_top1, small
 from clipdrift.report.cells import (
-    METRIC_LABELS,
     format_value,
     is_missing,
     mean_sd,
-    metric_label,
     p_value,
     r_with_ci,
     summary,
@@ -75,7 +74,13 @@ FINDING_GROUPS = (
     ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
 )
 
-CELL_VIEW = tuple((label, metric) for metric, label in METRIC_LABELS.items())
+# The metrics the cells and methods tables show, and the runs table (labels: clipdrift.analysis.names.METRICS).
+CELL_COLUMNS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_entropy_layers_pct",
+                "drift_erf95_pct", "cka_mean")
+RUN_COLUMNS = ("best_select_acc", "final_test_acc", "zs_top1", "zs_top5", "zs_balanced", "drift_entropy_pct",
+               "drift_erf95_pct", "drift_gini_pct", "drift_head_diversity_pct", "drift_rollout_entropy_pct",
+               "drift_p2p_entropy_pct", "cka_mean", "trainable_params", "train_time_s", "images_per_s")
+CELL_VIEW = tuple((metric_label(metric), metric) for metric in CELL_COLUMNS)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -314,27 +319,8 @@ def paper_view(tables: dict, study: dict, pretrained) -> dict:
     }
 
 
-RUN_VIEW = (
-    ("best sel. acc.", "best_select_acc"),
-    ("final test acc.", "final_test_acc"),
-    ("zs top-1", "zs_top1"),
-    ("zs top-5", "zs_top5"),
-    ("zs balanced", "zs_balanced"),
-    ("entropy drift", "drift_entropy_pct"),
-    ("ERF drift", "drift_erf95_pct"),
-    ("Gini drift", "drift_gini_pct"),
-    ("head div. drift", "drift_head_diversity_pct"),
-    ("rollout entropy drift", "drift_rollout_entropy_pct"),
-    ("p2p entropy drift", "drift_p2p_entropy_pct"),
-    ("mean CKA", "cka_mean"),
-    ("trainable params", "trainable_params"),
-    ("train time (s)", "train_time_s"),
-    ("images/s", "images_per_s"),
-)
-
-
 def runs_view(runs: pd.DataFrame) -> dict:
-    view = [(label, metric) for label, metric in RUN_VIEW if metric in runs]
+    view = [(metric_label(metric), metric) for metric in RUN_COLUMNS if metric in runs]
     columns = ["dataset", "method", "lr", "seed", "status"] + [label for label, _ in view]
     rows, classes = [], []
     for _, r in runs.iterrows():
