@@ -42,6 +42,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 
 from clipdrift.core.device import deterministic, resolve_device, seeded
 from clipdrift.data.split import ImageSplit, to_model_input
-from clipdrift.model.adapters import MethodConfig, set_lp_ft_phase, trainable_parameter_counts, trainable_parameters
+from clipdrift.model.adapters import MethodConfig, set_lp_ft_phase, trainable_parameters
 from clipdrift.model.backbones import CLIPClassifier, normalisation
 from clipdrift.train.batches import CachedBatches, epoch_order, free_gpu_memory, keeps_data_on_device
 from clipdrift.train.config import (
@@ -63,6 +64,7 @@ from clipdrift.train.config import (
     warmup_steps,
 )
 from clipdrift.train.evaluate import top1_accuracy
+from clipdrift.train.history import run_history
 from clipdrift.train.precision import resolve_precision
 from clipdrift.train.regularisers import AttentionRegulariser, cls_attention
 from clipdrift.train.resume import Progress, ResumeStore, load_params, restore_resume, run_fingerprint, save_resume
@@ -70,7 +72,6 @@ from clipdrift.train.trace import EntropyTrace
 
 log = logging.getLogger(__name__)
 
-HISTORY_PARAM_GROUPS = ("adapter", "projection", "head", "image_tower", "total")
 
 
 class TrainingStopped(Exception):
@@ -87,6 +88,18 @@ class TrainingStopped(Exception):
 
 def _never() -> bool:
     return False
+
+
+class EpochEnd(Enum):
+    FINISHED = "finished"  # every batch trained: the outcome holds the epoch's history entry
+    DIVERGED = "diverged"  # a non-finite loss or gradient norm: the run stops here
+    STOPPED = "stopped"  # a stop was asked before the last batch: the progress holds where
+
+
+@dataclass(frozen=True)
+class EpochOutcome:
+    end: EpochEnd
+    entry: dict | None = None
 
 
 @dataclass
@@ -204,10 +217,10 @@ class _Run:
         correct = (logits.detach().argmax(dim=1) == labels).sum()
         return loss.detach(), correct, norm, penalty.detach()
 
-    def train_epoch(self, epoch: int, progress: Progress, bar, stop: Callable[[], bool] = _never) -> dict | None | bool:
-        """Train one epoch from batch ``progress.position``; its history entry (without selection
-        accuracy), None if it diverged, or False if ``stop()`` asked to stop before its last batch
-        (``progress`` then holds the position and the running sums)."""
+    def train_epoch(self, epoch: int, progress: Progress, bar, stop: Callable[[], bool] = _never) -> EpochOutcome:
+        """Train one epoch from batch ``progress.position``: finished (with its history entry,
+        without selection accuracy), diverged, or stopped because ``stop()`` asked before its last
+        batch (``progress`` then holds the position and the running sums)."""
         phase = self.enter_phase(epoch)
         order, flips = epoch_order(self.config.seed, epoch, self.n_train, self.config.hflip)
         self.model.train()
@@ -228,7 +241,7 @@ class _Run:
             # With fp16 an inf gradient is routine (the scaler skips that step); only the loss counts.
             if not math.isfinite(loss_value) or (not self.scaler.is_enabled() and not math.isfinite(norm_value)):
                 progress.diverged_at_step = progress.step + 1
-                return None
+                return EpochOutcome(EpochEnd.DIVERGED)
             # The scaler skips a step exactly when unscaling found an inf/NaN gradient, which makes
             # the total norm non-finite: counted here, without another host sync.
             progress.skipped_steps += int(self.scaler.is_enabled() and not math.isfinite(norm_value))
@@ -248,7 +261,7 @@ class _Run:
                 progress.position = seen // self.config.batch_size
                 progress.partial = {"loss": loss_sum, "penalty": penalty_sum, "correct": correct,
                                     "seconds": time.perf_counter() - started, "trace": trace}
-                return False
+                return EpochOutcome(EpochEnd.STOPPED)
         progress.position, progress.partial = 0, None
         seconds = time.perf_counter() - started
         entry = {"epoch": epoch, "train_loss": loss_sum / self.n_train, "train_acc": correct / self.n_train,
@@ -259,7 +272,7 @@ class _Run:
             entry["train_penalty"] = penalty_sum / self.n_train
         if self.trace:
             entry["entropy_trace"] = trace  # [step, layer-mean CLS-attention entropy] at every traced step
-        return entry
+        return EpochOutcome(EpochEnd.FINISHED, entry)
 
     def accuracy(self, split: ImageSplit) -> float:
         return top1_accuracy(self.model, split, self.device, self.precision, self.mean, self.std,
@@ -347,12 +360,13 @@ def _train_epochs(run: _Run, select: ImageSplit, state: Progress, bar, store: Re
         if run.lp_ft and epoch == run.method.lp_epochs + 1 and not state.position:
             log.info("epoch %d: the probe phase is over; the image tower trains from step %d at lr %.3g "
                      "(the schedule's value there)", epoch, state.step + 1, run.lr_at(state.step))
-        entry = run.train_epoch(epoch, state, bar, stop)
-        if entry is False:
-            _stop_if_asked(lambda: True, run, state, store, fingerprint, save=True)
-        if entry is None:
+        outcome = run.train_epoch(epoch, state, bar, stop)
+        if outcome.end is EpochEnd.STOPPED:
+            _stop(run, state, store, fingerprint, save=True)
+        if outcome.end is EpochEnd.DIVERGED:
             log.warning("loss or gradient norm is not finite at step %d: the run diverged and stops", state.diverged_at_step)
             return
+        entry = outcome.entry
         select_acc = run.accuracy(select)
         entry.update(select_acc=select_acc, time_s=time.perf_counter() - started)
         state.epochs.append(entry)
@@ -367,16 +381,13 @@ def _train_epochs(run: _Run, select: ImageSplit, state: Progress, bar, store: Re
             save_resume(store, run, state, fingerprint, improved)
         if on_epoch_end is not None:
             on_epoch_end(dict(entry))
-        if epoch < run.config.epochs:  # a request during the evaluation or the save: the state is this one
-            _stop_if_asked(stop, run, state, store, fingerprint)
+        if epoch < run.config.epochs and stop():  # asked during the evaluation or the save: the state is this one
+            _stop(run, state, store, fingerprint)
 
 
-def _stop_if_asked(stop: Callable[[], bool], run: _Run, state: Progress, store: ResumeStore | None,
-                   fingerprint: str, save: bool = False) -> None:
-    """Raise :class:`TrainingStopped` when ``stop()`` says so, first saving the state at this
-    step when it is not saved yet (``save``: stopped mid-epoch)."""
-    if not stop():
-        return
+def _stop(run: _Run, state: Progress, store: ResumeStore | None, fingerprint: str, save: bool = False) -> None:
+    """Raise :class:`TrainingStopped`, first saving the state at this step when it is not saved
+    yet (``save``: stopped mid-epoch)."""
     if save and store is not None:
         save_resume(store, run, state, fingerprint, improved=False)
     stopped = TrainingStopped(state.epoch + (1 if state.position else 0), state.step, saved=store is not None)
@@ -399,52 +410,7 @@ def _result(run: _Run, select: ImageSplit, test: ImageSplit | None, state: Progr
     run.model.eval()
     if run.lp_ft:  # the model leaves as apply_method set it up: every parameter lp-ft trains
         set_lp_ft_phase(run.model, run.method, probing=False)
-    history = _history(run, state, final_select_acc, final_test_acc, best_test_acc)
+    history = run_history(run, state, final_select_acc, final_test_acc, best_test_acc)
     for flag in history["flags"]:
         log.warning("%s", flag)
     return FinetuneResult(history=history, best_state=best_state, final_state=final_state)
-
-
-# A run whose GradScaler skipped more than this share of its steps is flagged: its loss scale
-# collapsed (a healthy fp16 run skips a handful while the scale settles, then almost none).
-SKIPPED_STEPS_FLAG = 0.05
-
-
-def _flags(state: Progress) -> list[str]:
-    if state.step and state.skipped_steps > SKIPPED_STEPS_FLAG * state.step:
-        return [f"the fp16 loss scaler skipped {state.skipped_steps} of {state.step} steps "
-                f"({100 * state.skipped_steps / state.step:.0f}%): the loss scale collapsed; fewer updates than planned"]
-    return []
-
-
-def _history(run: _Run, state: Progress, final_select_acc: float, final_test_acc, best_test_acc) -> dict:
-    counts = trainable_parameter_counts(run.model)
-    train_time = sum(e["train_s"] for e in state.epochs)
-    images = run.n_train * len(state.epochs)
-    return {
-        "status": "diverged" if state.diverged_at_step is not None else "completed",
-        "n_train": run.n_train,
-        "diverged_at_step": state.diverged_at_step,
-        "selection_split": run.config.selection_split,
-        "epochs": [dict(e) for e in state.epochs],
-        "best_epoch": state.best_epoch,
-        "best_select_acc": state.best_select_acc,
-        "final_select_acc": final_select_acc,
-        "final_test_acc": final_test_acc,
-        "best_test_acc": best_test_acc,
-        "trainable_params": {group: counts[group] for group in HISTORY_PARAM_GROUPS},
-        "train_time_s": sum(e["time_s"] for e in state.epochs),
-        "images_per_s": images / train_time if train_time > 0 else None,
-        "steps": state.step,
-        "skipped_steps": state.skipped_steps,
-        "loss_scale": run.scaler.get_scale() if run.scaler.is_enabled() else None,
-        "flags": _flags(state),
-        "resumed_from_epoch": state.resumed_from_epoch,
-        "resumed_at_step": state.resumed_at_step,
-        "precision": run.precision.train,
-        "eval_precision": run.precision.eval,
-        "grad_scaler": run.precision.scaled,
-        "device": str(run.device),
-        **({"entropy_trace": {"every": run.trace.every, "images": len(run.trace.images), "pretrained": run.trace.pretrained,
-                              "total_steps": run.total_steps}} if run.trace else {}),
-    }
