@@ -249,16 +249,46 @@ def test_a_method_config_written_before_freezing_existed_reads_as_no_freezing():
     assert MethodConfig.from_dict(MethodConfig("full", freeze_blocks=6).to_dict()).freeze_blocks == 6
 
 
-def test_the_config_knows_exactly_the_methods_the_package_trains():
+def test_the_config_knows_exactly_the_methods_the_registry_holds_and_the_schema_file_lists_none():
     import yaml
 
     from clipdrift.model.methods import METHODS
+    from clipdrift.pipeline.config_errors import with_method_names
 
     from workflow_helpers import REPO
 
-    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    text = (REPO / "workflow/schemas/config.schema.yaml").read_text()
+    assert "enum: [full" not in text  # the registry is the list; the schema is given it when a config is read
+    schema = with_method_names(yaml.safe_load(text))
     plain, _ = schema["properties"]["methods"]["items"]["anyOf"]
     assert plain["enum"] == schema["definitions"]["variant"]["properties"]["method"]["enum"] == list(METHODS)
+
+
+def test_a_method_added_to_the_registry_alone_is_accepted_planned_set_up_and_coloured(monkeypatch):
+    """Adding a method of a kind the code knows is adding its entry: the config accepts it, the
+    plan gives its settings, apply_method sets it up, its checkpoint holds what the entry says,
+    and the figures colour it; an entry of an adapter kind apply_method does not know is refused."""
+    from clipdrift.model import methods
+    from clipdrift.model.adapters import checkpoint_keys
+    from clipdrift.pipeline import plan
+    from clipdrift.pipeline.config_errors import prepare_config
+    from clipdrift.report.plotting import method_color
+
+    from test_config_errors import SCHEMA, _default_with
+
+    tower = methods.Method("full-again", "Full FT again", "#123456", ("image_tower", "projection", "head"))
+    monkeypatch.setitem(methods.METHODS, tower.name, tower)
+    config = prepare_config(_default_with({"methods": ["full", "full-again"]}), SCHEMA)
+    assert plan.method_names(config) == ["full", "full-again"]
+    assert plan.method_settings(config, "full-again") == {"method": "full-again"}
+    model = make_tiny("full-again")
+    assert trainable_parameter_counts(model) == trainable_parameter_counts(make_tiny("full"))
+    assert checkpoint_keys(model, MethodConfig("full-again")) == checkpoint_keys(make_tiny("full"), MethodConfig("full"))
+    assert method_color("full-again", ["full", "full-again"]) == "#123456"
+    unknown = methods.Method("dora-ish", "DoRA-ish", "#654321", ("adapter", "head"), adapter="dora")
+    monkeypatch.setitem(methods.METHODS, unknown.name, unknown)
+    with pytest.raises(ValueError, match="names adapter 'dora', which apply_method cannot set up"):
+        make_tiny("dora-ish")
 
 
 def test_the_registry_is_the_one_list_of_method_names_in_the_package():

@@ -45,11 +45,14 @@ def apply_method(model: CLIPClassifier, config: MethodConfig, seed: int = 0) -> 
     """
     image_tower_blocks(model.clip)  # fail early on unsupported towers
     model.requires_grad_(False)
-    if method(config.method).adapter == "lora":
+    entry = method(config.method)
+    if entry.trains_tower:
+        train_image_tower(model, config.freeze_blocks, config.freeze_embeddings)
+    elif entry.adapter == "lora":
         with seeded(seed):
             _inject_lora(model, config)
     else:
-        train_image_tower(model, config.freeze_blocks, config.freeze_embeddings)
+        raise ValueError(f"method {entry.name!r} names adapter {entry.adapter!r}, which apply_method cannot set up")
     model.head.requires_grad_(True)
     model.clipdrift_method = config
     return require_frozen_text_tower(model)

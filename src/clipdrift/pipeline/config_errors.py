@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from clipdrift.model.methods import METHODS
 from clipdrift.pipeline.plan import StudyConfigError, check_study_config
 
 SCHEMA_HINT = "every key is documented in workflow/schemas/config.schema.yaml"
@@ -21,7 +22,7 @@ def prepare_config(config: dict, schema_path: str | Path, detail_dir: str | Path
     """
     import yaml
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = with_method_names(yaml.safe_load(Path(schema_path).read_text()))
     problems = schema_problems(config, schema)
     if problems:
         message = problems[0] + (f"\n(and {len(problems) - 1} more problem(s) in the config)" if len(problems) > 1 else "")
@@ -32,6 +33,15 @@ def prepare_config(config: dict, schema_path: str | Path, detail_dir: str | Path
     validate(config, str(schema_path), set_default=True)
     check_study_config(config)
     return config
+
+
+def with_method_names(schema: dict) -> dict:
+    """The schema with the names the method registry knows as the only values of a method
+    (:data:`clipdrift.model.methods.METHODS`: the schema file does not list them)."""
+    names = list(METHODS)
+    schema["properties"]["methods"]["items"]["anyOf"][0]["enum"] = names
+    schema["definitions"]["variant"]["properties"]["method"]["enum"] = names
+    return schema
 
 
 def schema_problems(config: dict, schema: dict) -> list[str]:
