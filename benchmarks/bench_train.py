@@ -36,7 +36,7 @@ from clipdrift.model.backbones import BackboneSpec, build_classifier, image_prep
 from clipdrift.train.config import TrainConfig, lr_factor, warmup_steps
 from clipdrift.train.engine import TrainingStopped, finetune
 from clipdrift.train.evaluate import evaluate
-from clipdrift.train.regularisers import RegulariserConfig
+from clipdrift.train.regulariser_config import RegulariserConfig
 
 
 def make_model(backbone: str, n_classes: int, method: str):

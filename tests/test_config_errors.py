@@ -184,6 +184,16 @@ def test_lp_ft_without_epochs_after_its_probe_is_refused_at_parse_time_by_the_me
     prepare_config(_default_with({**short, "lp_ft": {"probe_epochs": 1}}), SCHEMA)
 
 
+def test_the_regularisers_own_rules_run_when_the_config_is_read(monkeypatch):
+    from clipdrift.train import regulariser_config
+
+    monkeypatch.setitem(regulariser_config.OPTIONS, "entropy_floor", {"hinge": ("row",), "layers": ("sum", "mean")})
+    floor = {"name": "full-floor", "method": "full",
+             "regulariser": {"kind": "entropy_floor", "weight": 1, "hinge": "layer_mean"}}
+    with pytest.raises(StudyConfigError, match=re.escape("variant 'full-floor': hinge 'layer_mean' is unknown")):
+        prepare_config(_default_with({"methods": ["full", floor]}), SCHEMA)
+
+
 def test_a_variant_overrides_only_the_settings_it_names():
     from clipdrift.pipeline import plan
 
@@ -207,7 +217,7 @@ def test_a_variant_overrides_only_the_settings_it_names():
 def test_a_regularised_variant_trains_with_its_regulariser():
     from clipdrift.pipeline import plan
     from clipdrift.train.config import TrainConfig
-    from clipdrift.train.regularisers import RegulariserConfig
+    from clipdrift.train.regulariser_config import RegulariserConfig
 
     variants = ["full", {"name": "full-apr-0.01", "method": "full", "regulariser": {"kind": "apr", "weight": 0.01}},
                 {"name": "full-floor", "method": "full", "regulariser": {"kind": "entropy_floor", "weight": 0.1,

@@ -22,6 +22,7 @@ from clipdrift.pipeline.inputs import (
     model_configs,
     suite_settings,
 )
+from clipdrift.train.regulariser_config import FLOOR_OPTIONS, OPTIONS, RegulariserConfig
 
 # Where a study records the pretrained backbone every run starts from (relative to the study).
 BACKBONE_DESCRIPTOR = "backbone/backbone.json"
@@ -92,7 +93,8 @@ def check_methods(config: dict, model_config: dict) -> None:
                 raise StudyConfigError(f"methods: variant {name!r} sets {other.config_section} but its method is "
                                        f"{method}: move the {other.config_section} settings to a variant of method "
                                        f"{other.name}")
-        _check_regulariser(name, entry.get("regulariser", {}))
+        if "regulariser" in entry:
+            _check_regulariser(config, name, entry["regulariser"])
         try:  # the method's own rules (clipdrift.model.methods.MethodConfig), here at parse time
             MethodConfig(**method_settings(config, name))
         except ValueError as error:
@@ -114,20 +116,26 @@ def _check_probe_fits(config: dict, name: str) -> None:
                                f"fewer: {method.label} needs epochs after the probe. Lower {key} or raise their epochs.")
 
 
-# Each regulariser's own options (clipdrift.train.regularisers.OPTIONS, where their values are checked).
-REGULARISER_OPTIONS = {"apr": ("direction",), "entropy_floor": ("floor", "ratio", "hinge", "layers")}
+# Which kind each regulariser option belongs to (from the regulariser's own settings).
+REGULARISER_OPTION_OWNERS = {**{option: kind for kind, options in OPTIONS.items() for option in options},
+                             **dict.fromkeys(FLOOR_OPTIONS, "entropy_floor")}
 
 
-def _check_regulariser(name: str, regulariser: dict) -> None:
+def _check_regulariser(config: dict, name: str, regulariser: dict) -> None:
+    """A variant's regulariser against its own rules (clipdrift.train.regulariser_config), and those
+    only the keys given can tell: another kind's option, an entropy floor given both ways."""
     kind = regulariser.get("kind")
-    for other, options in REGULARISER_OPTIONS.items():
-        for option in options:
-            if other != kind and option in regulariser:
-                raise StudyConfigError(f"methods: variant {name!r} gives its {kind} regulariser {option}: it is the "
-                                       f"{other} regulariser's option; remove regulariser.{option}")
+    for option, owner in REGULARISER_OPTION_OWNERS.items():
+        if owner != kind and option in regulariser:
+            raise StudyConfigError(f"methods: variant {name!r} gives its {kind} regulariser {option}: it is the "
+                                   f"{owner} regulariser's option; remove regulariser.{option}")
     if "floor" in regulariser and "ratio" in regulariser:
         raise StudyConfigError(f"methods: variant {name!r} gives its entropy floor both an absolute floor and a ratio "
                                "of the pretrained entropy: keep one")
+    try:
+        RegulariserConfig(**regulariser_settings(config, regulariser))
+    except ValueError as error:
+        raise StudyConfigError(f"methods: variant {name!r}: {error}") from None
 
 
 def method_entries(config: dict) -> dict[str, dict]:

@@ -12,7 +12,7 @@ from clipdrift.core.errors import UserFacingError
 from clipdrift.data.split import ImageSplit
 from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.backbones import CLIPClassifier, check_image_size
-from clipdrift.train.regularisers import RegulariserConfig
+from clipdrift.train.regulariser_config import RegulariserConfig
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 SELECTION_SPLITS = ("val", "test")

@@ -40,58 +40,12 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from clipdrift.model.backbones import CLIPClassifier, attention_hooks, explicit_attention_modules
-
-REGULARISERS = ("apr", "entropy_floor")
-# Each kind's options and their values; the first is the published definition, the default.
-OPTIONS = {"apr": {"direction": ("current_first", "pretrained_first")},
-           "entropy_floor": {"hinge": ("row", "layer_mean"), "layers": ("sum", "mean")}}
-PUBLISHED_FLOOR_RATIO = 0.7
-
-
-@dataclass(frozen=True)
-class RegulariserConfig:
-    """A regulariser of the fine-tuning loss: ``kind`` (apr or entropy_floor) and its ``weight``
-    (λ); APR's ``direction``; the entropy floor's ``ratio`` of the pretrained entropy (or one
-    absolute ``floor`` in nats for every layer), ``hinge`` and ``layers`` (the module docstring),
-    and how its baseline averages the probe (``base_batch_size``: :func:`layer_entropies`). An
-    option of the other kind must keep its default."""
-
-    kind: str
-    weight: float
-    floor: float | None = None
-    ratio: float = PUBLISHED_FLOOR_RATIO
-    direction: str = "current_first"
-    hinge: str = "row"
-    layers: str = "sum"
-    base_batch_size: int | None = None
-
-    def __post_init__(self):
-        if self.kind not in REGULARISERS:
-            raise ValueError(f"regulariser {self.kind!r} is unknown: use one of {REGULARISERS}")
-        if not self.weight > 0:
-            raise ValueError(f"regulariser weight must be > 0, got {self.weight!r}")
-        if self.floor is not None and (self.kind != "entropy_floor" or not self.floor >= 0):
-            raise ValueError(f"floor is the entropy floor's (>= 0 nats), got {self.floor!r} for {self.kind}")
-        if not self.ratio > 0 or (self.kind != "entropy_floor" and self.ratio != PUBLISHED_FLOOR_RATIO):
-            raise ValueError(f"ratio is the entropy floor's (> 0), got {self.ratio!r} for {self.kind}")
-        if self.base_batch_size is not None and not self.base_batch_size >= 1:
-            raise ValueError(f"base_batch_size must be >= 1 (or None), got {self.base_batch_size!r}")
-        for kind, options in OPTIONS.items():
-            for option, values in options.items():
-                value = getattr(self, option)
-                if value not in values:
-                    raise ValueError(f"{option} {value!r} is unknown: use one of {values}")
-                if kind != self.kind and value != values[0]:
-                    raise ValueError(f"{option} is the {kind} regulariser's option, not {self.kind}'s: remove it")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from clipdrift.train.regulariser_config import RegulariserConfig
 
 
 def cls_patch_rows(probs: torch.Tensor) -> torch.Tensor:
