@@ -261,13 +261,29 @@ def test_the_documented_artifacts_are_the_ones_a_run_writes(study_dir):
         columns = list(pd.read_parquet(study / f"tables/{table.strip(' `')}.parquet").columns)
         documented = [c.strip(" `") for c in leading.split(",")]
         assert columns[:len(documented)] == documented, table
-    from clipdrift.report.names import TRACE_FIGURES
+    from clipdrift.report.names import FIGURES
 
     for figure in documented_names("<!-- figures -->"):
-        if figure in TRACE_FIGURES:  # the test study traces no entropy: the variants study draws it
+        if FIGURES[figure].needs == "trace":  # the test study traces no entropy: the variants study draws it
             assert not (study / f"report/{figure}.png").exists()
             continue
         assert (study / f"report/{figure}.png").stat().st_size > 0 and (study / f"report/{figure}.svg").exists()
+        assert (study / f"report/captions/{figure}.rst").read_text() == FIGURES[figure].caption + "\n"
+
+
+def test_snakemakes_own_report_holds_every_figure_with_the_caption_the_page_gives_it(study_dir, tmp_path):
+    import zipfile
+
+    from clipdrift.report.names import FIGURES
+
+    archive = tmp_path / "report.zip"
+    result = snakemake(study_dir, "--configfile", TEST_CONFIG, "--report", str(archive))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(archive) as report:
+        text = " ".join(report.read(name).decode("utf-8", "replace") for name in report.namelist()
+                        if name.endswith((".html", ".js")))
+    drawn = [name for name in FIGURES if (study_dir / STUDY / f"report/{name}.png").exists()]
+    assert drawn and all(FIGURES[name].caption.split(":")[0][:40] in text for name in drawn), drawn
 
 
 def test_nothing_reruns_when_nothing_changed(study_dir):

@@ -1,12 +1,13 @@
 # Study plan derived from the validated config: canonical learning rates, the run grid, output
 # paths, wildcard constraints, and code digests that tie rules to the package code they run.
+import os
 import re
 from pathlib import Path
 
 from clipdrift.pipeline import inputs, plan
 from clipdrift.pipeline.codedigest import script_digest
 from clipdrift.analysis.names import PAPER_TABLES, TABLES
-from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRACE_FIGURES, TRAJECTORY_FIGURES
+from clipdrift.report.names import study_figures
 
 STUDY = f"{config['results_dir']}/{config['study']}"
 DATASETS = [d["name"] for d in config["datasets"]]
@@ -28,8 +29,7 @@ CURVES = config["curves"]["enabled"]
 TRAJECTORIES = CURVES and bool(config["curves"]["epochs"])
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
 TRACED = plan.traces(config)
-STUDY_FIGURES = {**FIGURES, **(CURVE_FIGURES if CURVES else {}), **(TRAJECTORY_FIGURES if TRAJECTORIES else {}),
-                 **(TRACE_FIGURES if TRACED else {})}
+STUDY_FIGURES = study_figures(CURVES, TRAJECTORIES, TRACED)
 # With --use-conda (--software-deployment-method conda) every job runs in an environment built from
 # this file; the jobs import clipdrift from the workflow's own src/ (see the Snakefile).
 CONDA_ENV_FILE = "../../envs/clipdrift.yaml"
@@ -70,6 +70,12 @@ def code(script):
 def run_checkpoint(which):
     """Input function: the run's ``which`` checkpoint (``best`` or ``final``)."""
     return lambda wildcards: f"{RUN_DIR}/{which}.safetensors".format(**wildcards)
+
+
+def figure_caption(name):
+    """The caption file Snakemake's report() shows under a figure: written by the report job beside
+    the figure (report() resolves a relative caption against this rule file, so the path is absolute)."""
+    return os.path.abspath(f"{STUDY}/report/captions/{name}.rst")
 
 
 def table_output(name, suffix):

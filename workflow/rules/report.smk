@@ -35,12 +35,14 @@ rule report:
         pretrained_indomain=expand(f"{STUDY}/zeroshot/pretrained-indomain/{{dataset}}.json", dataset=DATASETS),
     output:
         html=report(f"{STUDY}/report/index.html", caption="../report/index.rst", category="Report"),
-        **{f"{name}_png": report(f"{STUDY}/report/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+        # a figure's caption, written beside it from clipdrift.report.names (the page shows the same words)
+        **{f"{name}_png": report(f"{STUDY}/report/{name}.png", caption=figure_caption(name), category="Figures")
            for name in STUDY_FIGURES},
         **{f"{name}_svg": f"{STUDY}/report/{name}.svg" for name in STUDY_FIGURES},
+        **{f"{name}_caption": f"{STUDY}/report/captions/{name}.rst" for name in STUDY_FIGURES},
     params:
         tables=STUDY_TABLES,
-        figures=list(STUDY_FIGURES),
+        figures=STUDY_FIGURES,
         study={
             "name": config["study"], "preset": config["preset"], "backbone": config["backbone"]["name"],
             "datasets": DATASETS, "methods": METHODS, "learning_rates": LRS, "seeds": SEEDS,

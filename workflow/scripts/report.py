@@ -10,6 +10,7 @@ from clipdrift.core.io import atomic_output, read_json, read_table, write_figure
 from clipdrift.pipeline.jobs.runner import run_script
 from clipdrift.report.figures import make_figures
 from clipdrift.report.html import render_report
+from clipdrift.report.names import FIGURES
 
 
 def main(smk):
@@ -23,6 +24,8 @@ def main(smk):
         raise UserFacingError(f"the study's tables cannot support the figures {missing}: check the aggregate log")
     for name, figure in figures.items():
         write_figure(figure, smk.output[f"{name}_png"], smk.output[f"{name}_svg"])
+        with atomic_output(smk.output[f"{name}_caption"]) as tmp:
+            tmp.write_text(FIGURES[name].caption + "\n")
     pngs = {name: smk.output[f"{name}_png"] for name in figures}  # the page embeds the files just written
     html = render_report(tables, pngs, read_json(smk.input.findings), smk.params.study, pretrained)
     with atomic_output(smk.output.html) as tmp:

@@ -1,19 +1,76 @@
-"""The report's figures in reading order, with their titles.
+"""The report's figures in reading order: each one's title, its caption (the page's and the one
+Snakemake's ``report()`` shows, written beside the figure) and what the study must measure for it.
 
-No imports: the Snakefile reads them to declare the report step's outputs on every start.
+Standard library only: the Snakefile reads them to declare the report step's outputs on every
+start. Each figure's drawing is :func:`clipdrift.report.figures.make_figures`'s entry of its name.
 """
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    caption: str
+    needs: str = "always"  # or "curves" (curves.enabled), "trajectories" (curves.epochs), "trace" (the entropy trace)
+
+
 FIGURES = {
-    "lr_panels": "Learning-rate panels",
-    "layer_entropy_drift": "Per-layer entropy drift",
-    "layer_erf_drift": "Per-layer ERF@0.95 drift",
-    "drift_vs_zeroshot": "Attention drift vs zero-shot accuracy",
-    "cka_profiles": "CKA to the pretrained model per layer",
-    "indomain_vs_zeroshot": "In-domain vs zero-shot accuracy",
-    "suite_retention": "Held-out suite: retention per task",
+    'lr_panels': Figure(
+        'Learning-rate panels',
+        ('Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the '
+         'layer-mean CLS-attention entropy (% of the pretrained value) and zero-shot top-1. Lines are cell '
+         "means, bands ± 1 SD over seeds, dots single seeds; the dashed line is the pretrained model's "
+         'zero-shot accuracy; red crosses mark diverged runs, which no mean includes.')),
+    'layer_entropy_drift': Figure(
+        'Per-layer entropy drift',
+        ('Per-layer drift of the CLS-attention entropy (% of the pretrained value), mean over seeds, for every '
+         'method × learning rate. One colour scale for all panels, centred at zero.')),
+    'layer_erf_drift': Figure(
+        'Per-layer ERF@0.95 drift',
+        ('Per-layer drift of ERF@0.95 (the smallest fraction of patches holding 95% of the CLS attention), '
+         'mean over seeds, as above.')),
+    'drift_vs_zeroshot': Figure(
+        'Attention drift vs zero-shot accuracy',
+        ('Every non-diverged run: layer-mean entropy drift against zero-shot top-1. Colour: method; marker: '
+         'learning rate. Titles give Pearson r with its 95% interval, Spearman ρ and n, pooled over both '
+         'methods within the dataset.')),
+    'cka_profiles': Figure(
+        'CKA to the pretrained model per layer',
+        ('Linear CKA between the pretrained and fine-tuned CLS hidden states per layer (1 = unchanged '
+         'representation), mean ± SD over seeds; darker lines are higher learning rates.')),
+    'indomain_vs_zeroshot': Figure(
+        'In-domain vs zero-shot accuracy',
+        ('In-domain accuracy against zero-shot accuracy of the same final weights, cell means ± SD over seeds; '
+         "each method's learning rates are joined in order and labelled. The pretrained model is the origin "
+         'point (star) where its in-domain zero-shot accuracy is known, else the dashed line.')),
+    'suite_retention': Figure(
+        'Held-out suite: retention per task',
+        ('Held-out suite: per dataset (rows) and held-out task (columns; with several tasks the suite mean '
+         "last), each method's zero-shot top-1 after fine-tuning divided by the pretrained model's on the same "
+         'task (retention; the dashed line is 100%: nothing lost), against the learning rate, mean ± SD over '
+         'seeds.')),
+    'frontier': Figure(
+        'Robustness frontier: weight interpolation',
+        ("The robustness frontier: per dataset, each (method, learning rate)'s weight interpolation from the "
+         "pretrained tower (alpha 0) to the run's final weights (alpha 1, filled marker): in-domain test "
+         'accuracy against held-out zero-shot top-1, mean over seeds; darker lines are higher learning rates; '
+         'the star is the pretrained model (its in-domain zero-shot accuracy). A curve above another at the '
+         'same in-domain accuracy keeps more transfer for what it learns.'), needs='curves'),
+    'trajectories': Figure(
+        'Per-epoch trajectories',
+        ('Per kept epoch, mean over seeds: held-out zero-shot top-1 (dashed: the pretrained model; dotted: '
+         'half of it) and the drift of the layer-mean CLS-attention entropy, per method × learning rate '
+         '(darker = higher).'), needs='trajectories'),
+    'collapse_traces': Figure(
+        'Collapse onset: attention entropy through training',
+        ("Collapse onset: each method's or variant's layer-mean CLS-attention entropy drift through training "
+         '(mean over seeds), per dataset and learning rate; the dotted line is the collapse threshold (-1%): a '
+         "run's onset is the first traced step at or below it."), needs='trace'),
 }
-# Figures of the curves (curves.enabled) and of the per-epoch trajectories (curves.epochs).
-CURVE_FIGURES = {"frontier": "Robustness frontier: weight interpolation"}
-TRAJECTORY_FIGURES = {"trajectories": "Per-epoch trajectories"}
-# The figure of the traced attention entropy (training.entropy_trace_every > 0).
-TRACE_FIGURES = {"collapse_traces": "Collapse onset: attention entropy through training"}
+
+
+def study_figures(curves: bool, trajectories: bool, traced: bool) -> list[str]:
+    """The figures a study's report holds, in reading order."""
+    measured = {"always": True, "curves": curves, "trajectories": trajectories, "trace": traced}
+    return [name for name, figure in FIGURES.items() if measured[figure.needs]]

@@ -30,40 +30,7 @@ from clipdrift.report.cells import (
     table,
     yes_no,
 )
-from clipdrift.report.names import CURVE_FIGURES, FIGURES, TRACE_FIGURES, TRAJECTORY_FIGURES
-
-FIGURE_CAPTIONS = {
-    "lr_panels": "Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the "
-    "layer-mean CLS-attention entropy (% of the pretrained value) and zero-shot top-1. Lines are cell "
-    "means, bands ± 1 SD over seeds, dots single seeds; the dashed line is the pretrained model's "
-    "zero-shot accuracy; red crosses mark diverged runs, which no mean includes.",
-    "layer_entropy_drift": "Per-layer drift of the CLS-attention entropy (% of the pretrained value), mean over "
-    "seeds, for every method × learning rate. One colour scale for all panels, centred at zero.",
-    "layer_erf_drift": "Per-layer drift of ERF@0.95 (the smallest fraction of patches holding 95% of the CLS "
-    "attention), mean over seeds, as above.",
-    "drift_vs_zeroshot": "Every non-diverged run: layer-mean entropy drift against zero-shot top-1. Colour: "
-    "method; marker: learning rate. Titles give Pearson r with its 95% interval, Spearman ρ "
-    "and n, pooled over both methods within the dataset.",
-    "cka_profiles": "Linear CKA between the pretrained and fine-tuned CLS hidden states per layer (1 = "
-    "unchanged representation), mean ± SD over seeds; darker lines are higher learning rates.",
-    "frontier": "The robustness frontier: per dataset, each (method, learning rate)'s weight interpolation from the "
-    "pretrained tower (alpha 0) to the run's final weights (alpha 1, filled marker): in-domain test accuracy "
-    "against held-out zero-shot top-1, mean over seeds; darker lines are higher learning rates; the star is the "
-    "pretrained model (its in-domain zero-shot accuracy). A curve above another at the same in-domain accuracy keeps "
-    "more transfer for what it learns.",
-    "trajectories": "Per kept epoch, mean over seeds: held-out zero-shot top-1 (dashed: the pretrained model; dotted: "
-    "half of it) and the drift of the layer-mean CLS-attention entropy, per method × learning rate (darker = higher).",
-    "indomain_vs_zeroshot": "In-domain accuracy against zero-shot accuracy of the same final weights, cell means "
-    "± SD over seeds; each method's learning rates are joined in order and labelled. The "
-    "pretrained model is the origin point (star) where its in-domain zero-shot accuracy is "
-    "known, else the dashed line.",
-    "suite_retention": "Held-out suite: per dataset (rows) and held-out task (columns; with several tasks the suite "
-    "mean last), each method's zero-shot top-1 after fine-tuning divided by the pretrained model's on the same task "
-    "(retention; the dashed line is 100%: nothing lost), against the learning rate, mean ± SD over seeds.",
-    "collapse_traces": "Collapse onset: each method's or variant's layer-mean CLS-attention entropy drift through "
-    "training (mean over seeds), per dataset and learning rate; the dotted line is the collapse threshold (-1%): a "
-    "run's onset is the first traced step at or below it.",
-}
+from clipdrift.report.names import FIGURES
 
 FINDING_GROUPS = (
     ("The effect", ("headline", "highest_rate", "average_transfer")),
@@ -101,10 +68,9 @@ def png_data_uri(png: bytes | str | os.PathLike) -> str:
 
 def figures_view(figures: Mapping[str, bytes | str | os.PathLike]) -> dict:
     """The figures the figure step wrote, in the given order, each as its PNG (bytes or path)."""
-    titles = {**FIGURES, **CURVE_FIGURES, **TRAJECTORY_FIGURES, **TRACE_FIGURES}
     return {"figures": [
-        {"name": name, "title": titles.get(name, name.replace("_", " ")), "src": png_data_uri(png),
-         "caption": FIGURE_CAPTIONS.get(name, "")}
+        {"name": name, "title": FIGURES[name].title if name in FIGURES else name.replace("_", " "),
+         "src": png_data_uri(png), "caption": FIGURES[name].caption if name in FIGURES else ""}
         for name, png in figures.items()
     ]}
 
