@@ -9,8 +9,8 @@ name (adding a method is adding an entry, and teaching the code any new kind of 
 - what a checkpoint holds (``checkpoint_groups``, of :func:`clipdrift.model.adapters.trainable_parameter_counts`'
   groups): an adapter method's checkpoint names its base and holds only what changed;
 - whether a linear-probe phase comes first (``probe_phase``: LP-FT);
-- where its settings sit in a study config (``config_section``) and which
-  :class:`clipdrift.model.adapters.MethodConfig` field each of that section's keys sets;
+- where its settings sit in a study config (``config_section``) and which :class:`MethodConfig`
+  field (below: a run's method settings, with their rules) each of that section's keys sets;
 - its label in tables and figures, and its colour.
 
 Variants (``methods: [{name, method, ...}]``) are entries of a study config, not of this list.
@@ -52,8 +52,7 @@ METHODS: dict[str, Method] = {entry.name: entry for entry in (
 REFERENCE_PAIR = ("full", "lora")
 # What the names of every adapter's parameters carry.
 ADAPTER_MARKS = tuple(entry.adapter_mark for entry in METHODS.values() if entry.adapter_mark)
-
-
+# The image tower's attention projections LoRA may adapt (explicit nn.Linear in every block).
 LORA_TARGET_CHOICES = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 

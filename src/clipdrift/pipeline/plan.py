@@ -163,7 +163,7 @@ def base_method(config: dict, name: str) -> str:
 
 
 def method_settings(config: dict, name: str) -> dict:
-    """Keyword arguments of :class:`clipdrift.model.adapters.MethodConfig` for a method or variant:
+    """Keyword arguments of :class:`clipdrift.model.methods.MethodConfig` for a method or variant:
     its method's config section (a variant's own keys over the study's), by the registry's fields."""
     entry = method_entries(config)[name]
     method = METHODS[entry["method"]]

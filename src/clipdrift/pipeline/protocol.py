@@ -128,7 +128,7 @@ def resolved_settings(config: dict) -> dict:
 
     from clipdrift.analysis.reference import PUBLISHED_SD_DDOF
     from clipdrift.measure.drift import AttentionConfig, CKAConfig
-    from clipdrift.model.adapters import MethodConfig
+    from clipdrift.model.methods import MethodConfig
     from clipdrift.train.config import ADAMW_BETAS, ADAMW_EPS
 
     plan.check_study_config(config)

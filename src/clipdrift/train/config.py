@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 
 from clipdrift.core.errors import UserFacingError
 from clipdrift.data.split import ImageSplit
-from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.backbones import CLIPClassifier, check_image_size
+from clipdrift.model.methods import MethodConfig
 from clipdrift.train.regulariser_config import RegulariserConfig
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")

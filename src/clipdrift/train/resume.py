@@ -22,8 +22,8 @@ import torch
 
 from clipdrift.core.io import ArtifactError, read_safetensors, write_safetensors
 from clipdrift.data.split import ImageSplit
-from clipdrift.model.adapters import MethodConfig
 from clipdrift.model.backbones import CLIPClassifier
+from clipdrift.model.methods import MethodConfig
 from clipdrift.train.config import TrainConfig
 from clipdrift.train.precision import Precision
 
