@@ -16,13 +16,12 @@ from clipdrift.measure.drift import (
     SENSITIVITY_COLUMNS,
     STATES,
     WHOLE,
-    AttentionConfig,
-    CKAConfig,
     attention_rows,
     model_attention_stats,
     token_features,
 )
 from clipdrift.measure.runtime import check_images, evaluating, model_input, resolve_device
+from clipdrift.measure.settings import AttentionConfig, CKAConfig
 from clipdrift.measure.tables import typed
 from clipdrift.model.backbones import CLIPClassifier, capture_hidden_states
 

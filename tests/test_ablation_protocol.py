@@ -12,8 +12,9 @@ import yaml
 from tiny_models import make_tiny
 
 from clipdrift.core.errors import UserFacingError
-from clipdrift.measure.drift import AttentionConfig, model_attention_stats
+from clipdrift.measure.drift import model_attention_stats
 from clipdrift.measure.runtime import model_input
+from clipdrift.measure.settings import AttentionConfig
 from clipdrift.model.backbones import capture_attention
 from clipdrift.pipeline import plan
 from clipdrift.pipeline.protocol import ABLATION_PROTOCOL_FILE, check_conformance, load_protocol, load_study_config

@@ -288,3 +288,31 @@ def test_held_out_sizes_other_than_test_are_refused_at_parse_time_naming_the_key
     with pytest.raises(StudyConfigError) as refused:
         prepare_config(_default_with({"zeroshot": zeroshot}), SCHEMA)
     assert str(refused.value).startswith(message), str(refused.value)
+
+
+# --- settings classes: their own rules run when the config is read ------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"training": {"entropy_trace_every": 5, "entropy_trace_per_epoch": 5}},
+     "training (dataset world-eurosat): give entropy_trace_every or entropy_trace_per_epoch, not both"),
+])
+def test_a_setting_its_class_refuses_is_refused_when_the_config_is_read(change, message):
+    from clipdrift.pipeline import plan  # prepare_config runs its checks; called again, in case it stops doing so
+
+    with pytest.raises(StudyConfigError, match=re.escape(message)):
+        plan.check_study_config(prepare_config(_default_with(change), SCHEMA))
+
+
+def test_every_job_is_told_settings_its_class_rebuilds_unchanged():
+    """The dicts the rules carry are the settings classes' own: rebuilt, they write the same back."""
+    from clipdrift.measure.settings import AttentionConfig, CKAConfig, CurveSettings
+    from clipdrift.pipeline import plan
+
+    config = prepare_config(_default_with({"curves": {"enabled": True}}), SCHEMA)
+    curves = plan.curve_settings(config, "world-eurosat")
+    assert CurveSettings(**curves).to_dict() == curves
+    attention = plan.attention_settings(config)
+    assert AttentionConfig(**attention).to_dict() == attention
+    cka = CKAConfig(**plan.cka_settings(config)).to_dict()
+    assert cka == {**plan.cka_settings(config), "token": tuple(config["metrics"]["cka_token"]) if isinstance(
+        config["metrics"]["cka_token"], list) else (config["metrics"]["cka_token"],), "variants": ("linear", "debiased")}

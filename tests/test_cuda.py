@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_models import make_tiny
 
-from clipdrift.measure.drift import AttentionConfig, CKAConfig
+from clipdrift.measure.settings import AttentionConfig, CKAConfig
 from clipdrift.train.config import TrainConfig
 from clipdrift.train.engine import finetune
 

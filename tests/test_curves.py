@@ -10,8 +10,8 @@ from tiny_models import TINY, make_tiny
 
 from clipdrift.measure import curves
 from clipdrift.measure.curves import CurveInputs, curve_table, measure
-from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.extract import extract, probe_reference
+from clipdrift.measure.settings import AttentionConfig, CKAConfig
 from clipdrift.measure.zeroshot import evaluate as zeroshot_evaluate
 from clipdrift.model.backbones import build_classifier
 from clipdrift.train.config import TrainConfig

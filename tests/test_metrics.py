@@ -18,8 +18,8 @@ from clipdrift.measure.attention import (
     rollout,
 )
 from clipdrift.measure.cka import CKAAccumulator, debiased_cka, linear_cka
-from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.runtime import model_input
+from clipdrift.measure.settings import AttentionConfig, CKAConfig
 from clipdrift.model.backbones import capture_attention, capture_hidden_states
 
 from reference_drift import attention_table, cka_layer_mean, cka_table, drift_summary

@@ -322,3 +322,38 @@ def test_the_suite_figure_says_so_when_retention_is_undefined(tables):
     assert "Retention is undefined" in figure.axes[0].texts[0].get_text()
     drawn = suite_retention(tables["zeroshot"])
     assert len(drawn.axes) == tables["zeroshot"]["dataset"].nunique() * tables["zeroshot"]["task"].nunique()
+
+
+def test_a_metric_and_a_figure_added_to_their_registries_alone_are_tabled_tested_drawn_and_reported(monkeypatch, tmp_path):
+    """One entry each: a metric the runs table already computes but no report table showed
+    (``final_select_acc``), and a figure with its drawing. (A method: tests/test_adapters.py.)"""
+    from matplotlib.figure import Figure as MplFigure
+
+    from clipdrift.analysis import names as metric_names
+    from clipdrift.report import figures as figures_module
+    from clipdrift.report import names as figure_names
+
+    metric = metric_names.Metric("last-epoch selection accuracy", "last select acc. (%)", "higher is better",
+                                 shown=("cells", "runs"), compared=True, interval=True)
+    monkeypatch.setitem(metric_names.METRICS, "final_select_acc", metric)
+
+    def throwaway(runs, pretrained):
+        figure = MplFigure(figsize=(3, 2))
+        figure.add_subplot().plot(runs["lr_value"].to_numpy(), runs["final_select_acc"].to_numpy(), ".")
+        return figure
+
+    monkeypatch.setattr(figures_module, "throwaway", throwaway, raising=False)
+    monkeypatch.setitem(figure_names.FIGURES, "throwaway", figure_names.Figure(
+        "A throwaway figure", "Its caption, shown under it.", draw="throwaway", reads=("runs", "pretrained")))
+
+    tables = build_tables(*fabricate(), pretrained_zeroshot=[PRETRAINED])
+    assert "final_select_acc_ci_low" in tables["cells"]  # its interval
+    assert "final_select_acc" in set(tables["stats"]["metric"])  # tested between the methods per cell
+    assert "throwaway" in figure_names.study_figures(curves=False, trajectories=False, traced=False)
+    drawn = make_figures(tables, PRETRAINED)
+    assert list(drawn)[-1] == "throwaway"
+    write_figure(drawn["throwaway"], tmp_path / "throwaway.png")
+    page = render_report(tables, {"throwaway": tmp_path / "throwaway.png"}, findings(tables["runs"], PRETRAINED),
+                         STUDY, PRETRAINED)
+    assert "A throwaway figure" in page and "Its caption, shown under it." in page
+    assert page.count(str(escape(metric.label))) >= 3  # cells, methods and runs tables

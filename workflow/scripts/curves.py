@@ -11,8 +11,8 @@ from clipdrift.core.io import read_json, read_safetensors, write_table
 from clipdrift.data.classnames import prompt_names
 from clipdrift.data.split import read_image_split
 from clipdrift.measure.curves import CurveInputs, curve_table
-from clipdrift.measure.drift import AttentionConfig
 from clipdrift.measure.extract import reference_from_tensors
+from clipdrift.measure.settings import CurveSettings
 from clipdrift.measure.tables import with_run_columns
 from clipdrift.measure.zeroshot import TextClassifier, pretrained_score
 from clipdrift.model.backbones import build_classifier
@@ -21,7 +21,8 @@ from clipdrift.pipeline.jobs.runner import run_script
 
 
 def main(smk):
-    settings, zs = smk.params.settings, smk.params.settings["zeroshot"]
+    settings = CurveSettings(**smk.params.settings)
+    zs = settings.zeroshot
     spec = load_backbone_spec(smk.input.backbone)
     finetuned, _ = load_classifier(smk.input.final, base=spec)
     pretrained = build_classifier(spec, finetuned.n_classes, seed=0)
@@ -36,11 +37,11 @@ def main(smk):
     first = zs[smk.params.tasks[0]]  # batch size and amp are the study's, the same for every task
     inputs = CurveInputs(read_image_split(smk.input.test), read_image_split(smk.input.probe),
                          reference_from_tensors(*read_safetensors(smk.input.reference)), suite,
-                         AttentionConfig(**settings["attention"]), settings["eval_batch_size"], first["batch_size"],
+                         settings.attention, settings.eval_batch_size, first["batch_size"],
                          first["amp"])
-    epochs = kept_epoch_loaders(Path(smk.input.get("epochs", "")), settings["epochs"], spec,
+    epochs = kept_epoch_loaders(Path(smk.input.get("epochs", "")), list(settings.epochs), spec,
                                 diverged=read_json(smk.input.history)["status"] == "diverged")
-    table = curve_table(finetuned, pretrained, inputs, settings["alphas"], epochs, pretrained_zs_top1=pretrained_zs)
+    table = curve_table(finetuned, pretrained, inputs, list(settings.alphas), epochs, pretrained_zs_top1=pretrained_zs)
     write_table(with_run_columns(table, smk.params.run), smk.output.table)
 
 

@@ -8,8 +8,8 @@ hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this proce
 from clipdrift.core.io import read_safetensors, write_table
 from clipdrift.data.sampling import probe_subsets
 from clipdrift.data.split import read_image_split
-from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.extract import extract, reference_from_tensors
+from clipdrift.measure.settings import AttentionConfig, CKAConfig
 from clipdrift.measure.tables import with_run_columns
 from clipdrift.model.checkpoints import load_backbone_spec, load_classifier
 from clipdrift.pipeline.jobs.runner import run_script

@@ -8,8 +8,8 @@ hand_over(snakemake)  # noqa: F821 - the job server ran this job (and this proce
 from clipdrift.core.io import write_safetensors
 from clipdrift.data.sampling import probe_subsets
 from clipdrift.data.split import read_image_split
-from clipdrift.measure.drift import AttentionConfig, CKAConfig
 from clipdrift.measure.extract import probe_reference, reference_tensors
+from clipdrift.measure.settings import AttentionConfig, CKAConfig
 from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import load_backbone_spec
 from clipdrift.pipeline.jobs.runner import run_script

@@ -7,11 +7,10 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from clipdrift.analysis.names import compared_metrics
 from clipdrift.analysis.stats import cohens_d, correlation, holm, permutation, welch
 from clipdrift.analysis.tables import method_order, present, sort_grid
 
-TEST_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_entropy_layers_pct",
-                "drift_erf95_pct", "cka_mean")
 CORRELATION_PAIRS = (
     ("drift_entropy_pct", "zs_top1"),
     ("drift_erf95_pct", "zs_top1"),
@@ -53,7 +52,7 @@ def comparison_pairs(methods: Iterable[str], bases: dict[str, str] | None = None
 
 def comparisons(
     runs: pd.DataFrame,
-    metrics: Iterable[str] = TEST_METRICS,
+    metrics: Iterable[str] | None = None,
     pairs: Iterable[tuple[str, str]] | None = None,
     alpha: float = 0.05,
     seed: int = 0,
@@ -64,8 +63,9 @@ def comparisons(
     ``diff`` is mean_b − mean_a with Welch's 95% interval; ``p_welch`` and ``p_perm`` (exact
     permutation where feasible) are Holm-adjusted within each metric across the whole grid of
     (pair, dataset, lr) comparisons — one family per question asked. Diverged runs are left out.
+    ``metrics``: those :mod:`clipdrift.analysis.names` marks as compared, unless given.
     """
-    metrics = list(metrics)
+    metrics = list(compared_metrics() if metrics is None else metrics)
     ok = runs[~runs["diverged"]]
     rows = []
     for method_a, method_b in method_pairs(runs["method"]) if pairs is None else pairs:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from clipdrift.analysis.collapse import collapse_columns
+from clipdrift.analysis.names import interval_metrics
 from clipdrift.analysis.stats import bootstrap_ci
 from clipdrift.model.methods import METHODS
 
@@ -51,8 +52,6 @@ COST_METRICS = ("trainable_params", "train_time_s", "images_per_s")
 # mean over the seeds whose entropy fell that far, n counting them (a seed that never did is not a number)
 ONSET_METRICS = ("collapse_onset", "collapse_onset_1_published")
 CELL_METRICS = ACCURACY_METRICS + DRIFT_METRICS + (LAYER_DRIFT_METRIC, "cka_mean") + COST_METRICS + ONSET_METRICS
-# Metrics that get bootstrap intervals in the cell table: the ones the report's story rests on.
-CI_METRICS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_erf95_pct", "cka_mean")
 
 
 def method_label(method: str) -> str:
@@ -274,13 +273,14 @@ def _intervals(ok: pd.DataFrame, keys: list[str], metrics: list[str], confidence
 def cell_table(
     runs: pd.DataFrame,
     metrics: Iterable[str] = CELL_METRICS,
-    ci_metrics: Iterable[str] = CI_METRICS,
+    ci_metrics: Iterable[str] | None = None,
     confidence: float = 0.95,
     seed: int = 0,
     ddof: int = 1,
 ) -> pd.DataFrame:
     """One row per (dataset, method, lr): for each metric its mean, SD, n, min and max over the
-    non-diverged seeds, plus bootstrap intervals of the mean for ``ci_metrics``.
+    non-diverged seeds, plus bootstrap intervals of the mean for ``ci_metrics`` (those
+    :mod:`clipdrift.analysis.names` gives an interval, unless given).
 
     SDs are sample SDs (``ddof`` 1); ``ddof=0`` gives population SDs, the published convention.
 
@@ -291,6 +291,7 @@ def cell_table(
     ok = runs[~runs["diverged"]]
     cells = _counts(runs, CELL_KEYS)
     cells = cells.join(_summaries(ok, CELL_KEYS, metrics, ddof))
+    ci_metrics = interval_metrics() if ci_metrics is None else ci_metrics
     ci_metrics = [m for m in present(runs, ci_metrics) if m in metrics]
     if ci_metrics and not ok.empty:
         cells = cells.join(_intervals(ok, CELL_KEYS, ci_metrics, confidence, seed))

@@ -11,13 +11,12 @@ of a percent, where float32 rounding of a 49-term sum would already be visible.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-AGGREGATIONS = ("exact", "paper")
-ENTROPY_UNITS = {"nats": 1.0, "bits": 1.0 / math.log(2.0)}
+from clipdrift.measure.settings import AGGREGATIONS, ENTROPY_UNITS
+
 # Cumulative sums of renormalised float64 rows can land a few ulps below an exact threshold
 # (uniform rows over 20 patches reach 0.95 at 19 patches in exact arithmetic).
 _ERF_TOLERANCE = 1e-9

@@ -23,7 +23,8 @@ import math
 
 import torch
 
-CKA_VARIANTS = ("linear", "debiased")
+from clipdrift.measure.settings import CKA_VARIANTS
+
 # Relative variance below which a representation counts as constant. float32 noise on a
 # constant vector gives ~1e-14; any representation that carries signal is many orders above.
 CONSTANT_TOLERANCE = 1e-10

@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from clipdrift.data.split import ImageSplit
-from clipdrift.measure.drift import AttentionConfig, model_attention_stats
+from clipdrift.measure.drift import model_attention_stats
 from clipdrift.measure.extract import ProbeReference
+from clipdrift.measure.settings import AttentionConfig
 from clipdrift.measure.zeroshot import evaluate as zeroshot_scores
 from clipdrift.model.backbones import CLIPClassifier
 from clipdrift.model.interpolation import interpolated

@@ -8,15 +8,12 @@ device are restored afterwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from clipdrift.data.split import ImageSplit
 from clipdrift.measure.attention import (
-    AGGREGATIONS,
-    ENTROPY_UNITS,
     aggregate_batches,
     cls_patch_distribution,
     distribution_stats,
@@ -24,76 +21,17 @@ from clipdrift.measure.attention import (
     head_diversity,
     rollout,
 )
-from clipdrift.measure.cka import CKA_VARIANTS
 from clipdrift.measure.runtime import evaluating, probe_batches, resolve_device
+from clipdrift.measure.settings import CKA_TOKENS, AttentionConfig
 from clipdrift.model.backbones import CLIPClassifier, capture_attention
 
 if TYPE_CHECKING:  # pandas loads when a table is built: the probe reference job builds none (~0.9 s)
     import pandas as pd
 
 STATES = ("baseline", "final")
-CKA_TOKENS = ("cls", "patch_mean")
 ATTENTION_COLUMNS = ["layer", "head", "metric", "state", "value"]
 CKA_COLUMNS = ["layer", "token", "variant", "value", "defined"]
 WHOLE = -1  # the layer / head index of whole-network and head-mean rows
-
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    """How attention statistics are computed and aggregated over the probe images.
-
-    ``aggregation``: ``exact`` weighs every image the same; ``paper`` reproduces the published
-    numbers, the unweighted mean of per-batch values over batches of ``batch_size`` (32), with
-    head diversity computed on each batch's mean maps. ``batch_size`` is also the forward batch.
-    """
-
-    aggregation: str = "exact"
-    batch_size: int = 32
-    rollout_alpha: float = 0.5
-    erf_mass: float = 0.95
-    entropy_unit: str = "nats"
-    device: str | None = None  # None: CUDA when available, else CPU
-
-    def __post_init__(self):
-        if self.aggregation not in AGGREGATIONS:
-            raise ValueError(f"attention aggregation {self.aggregation!r} is unknown: use one of {AGGREGATIONS}")
-        if self.entropy_unit not in ENTROPY_UNITS:
-            raise ValueError(f"attention entropy_unit {self.entropy_unit!r} is unknown: use one of {tuple(ENTROPY_UNITS)}")
-        if self.batch_size < 1:
-            raise ValueError(f"attention batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.rollout_alpha <= 1.0:
-            raise ValueError(f"attention rollout_alpha must be in [0, 1], got {self.rollout_alpha}")
-        if not 0.0 < self.erf_mass <= 1.0:
-            raise ValueError(f"attention erf_mass must be in (0, 1], got {self.erf_mass}")
-
-    @property
-    def erf_name(self) -> str:
-        return f"erf{self.erf_mass * 100:g}"
-
-
-@dataclass(frozen=True)
-class CKAConfig:
-    """Which CKA values to compute: ``token`` is ``"cls"``, ``"patch_mean"`` or a tuple of them."""
-
-    token: str | tuple[str, ...] = CKA_TOKENS
-    variants: tuple[str, ...] = CKA_VARIANTS
-    batch_size: int = 64
-    device: str | None = None  # None: CUDA when available, else CPU
-
-    def __post_init__(self):
-        tokens = (self.token,) if isinstance(self.token, str) else tuple(self.token)
-        object.__setattr__(self, "token", tokens)
-        object.__setattr__(self, "variants", (self.variants,) if isinstance(self.variants, str) else tuple(self.variants))
-        if not tokens or set(tokens) - set(CKA_TOKENS):
-            raise ValueError(f"cka token {self.token!r} is not valid: use some of {CKA_TOKENS}")
-        if not self.variants or set(self.variants) - set(CKA_VARIANTS):
-            raise ValueError(f"cka variants {self.variants!r} are not valid: use some of {CKA_VARIANTS}")
-        if self.batch_size < 1:
-            raise ValueError(f"cka batch_size must be >= 1, got {self.batch_size}")
-
-    @property
-    def tokens(self) -> tuple[str, ...]:
-        return self.token
 
 
 # ---------------------------------------------------------------- attention

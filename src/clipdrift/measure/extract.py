@@ -27,8 +27,6 @@ from clipdrift.measure.drift import (
     CKA_COLUMNS,
     SENSITIVITY_COLUMNS,
     STATES,
-    AttentionConfig,
-    CKAConfig,
     attention_rows,
     batch_attention_stats,
     model_attention_stats,
@@ -36,6 +34,7 @@ from clipdrift.measure.drift import (
     token_features,
 )
 from clipdrift.measure.runtime import evaluating, probe_batches, resolve_device
+from clipdrift.measure.settings import AttentionConfig, CKAConfig
 from clipdrift.measure.tables import typed
 from clipdrift.model.backbones import CLIPClassifier, capture_attention, capture_hidden_states
 

@@ -3,8 +3,10 @@ each stage runs with.
 
 Every ``snakemake -n`` and every cluster job step parses the Snakefile, so this module imports
 no torch, open_clip or pandas: reading configs and deriving plain JSON-able settings dicts
-costs milliseconds. Each rule carries its settings in ``params``, so a change to a stage's
-settings reruns exactly that stage. What a job needs at run time is in :mod:`clipdrift.pipeline.jobs.runner`.
+costs milliseconds. Each dict is checked by the torch-free settings class its job rebuilds it
+as (:func:`check_settings`), so a setting's rules are written once, on its class. Each rule
+carries its settings in ``params``, so a change to a stage's settings reruns exactly that stage.
+What a job needs at run time is in :mod:`clipdrift.pipeline.jobs.runner`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipdrift.core.errors import StudyConfigError
+from clipdrift.measure.settings import CKAConfig, CurveSettings
 from clipdrift.model.methods import METHODS, MethodConfig
 from clipdrift.pipeline.inputs import (
     backbone_image_size,
@@ -22,6 +25,7 @@ from clipdrift.pipeline.inputs import (
     model_configs,
     suite_settings,
 )
+from clipdrift.train.config import TrainConfig
 from clipdrift.train.regulariser_config import FLOOR_OPTIONS, OPTIONS, RegulariserConfig
 
 # Where a study records the pretrained backbone every run starts from (relative to the study).
@@ -62,6 +66,7 @@ def check_study_config(config: dict) -> None:
     check_methods(config, model_config)
     for name in method_names(config):
         _check_probe_fits(config, name)
+    check_settings(config)
     expected = backbone_image_size(model_config)
     for name in [*names, *heldout_names(config)]:
         key, size = image_size_key(config, name)
@@ -103,6 +108,27 @@ def check_methods(config: dict, model_config: dict) -> None:
         if frozen and isinstance(blocks, int) and frozen > blocks:
             raise StudyConfigError(f"methods: variant {name!r} freezes {frozen} blocks but backbone "
                                    f"{config['backbone']['name']} has {blocks}: set freeze_blocks to at most {blocks}")
+
+
+def check_settings(config: dict) -> None:
+    """Build what every job will be told (each run's training, the attention, CKA and curve
+    settings), so that their own rules refuse a config here, before any job."""
+    lr, seed = canonical_lr(config["learning_rates"][0]), int(config["seeds"][0])
+    for dataset in config["datasets"]:
+        _settings_or_refuse(f"training (dataset {dataset['name']})", TrainConfig,
+                            training_settings(config, dataset["name"], lr, seed))
+        for name in method_names(config):
+            _settings_or_refuse(f"methods: variant {name!r}'s training (dataset {dataset['name']})", TrainConfig,
+                                training_settings(config, dataset["name"], lr, seed, name))
+        _settings_or_refuse("curves", CurveSettings, curve_settings(config, dataset["name"]))
+    _settings_or_refuse("metrics", CKAConfig, cka_settings(config))
+
+
+def _settings_or_refuse(key: str, settings_class: type, settings: dict):
+    try:
+        return settings_class(**settings)
+    except ValueError as error:
+        raise StudyConfigError(f"{key}: {error}") from None
 
 
 def _check_probe_fits(config: dict, name: str) -> None:
@@ -283,7 +309,7 @@ def curve_settings(config: dict, dataset: str) -> dict:
     """What a curve job measures (the curves rule's params)."""
     return {"alphas": sorted(float(a) for a in config["curves"]["alphas"]), "epochs": curve_epochs(config, dataset),
             "attention": attention_settings(config), "eval_batch_size": config["training"]["eval_batch_size"],
-            "zeroshot": suite_settings(config)}
+            "zeroshot": suite_settings(config)}  # CurveSettings(**these); check_settings builds it
 
 
 def _dataset(config: dict, name: str) -> dict:

@@ -124,10 +124,8 @@ def _variant_training(config: dict, lr: str, seed: int) -> dict:
 
 def resolved_settings(config: dict) -> dict:
     """Everything a validated study config resolves to, through the workflow's settings code."""
-    from dataclasses import asdict
-
     from clipdrift.analysis.reference import PUBLISHED_SD_DDOF
-    from clipdrift.measure.drift import AttentionConfig, CKAConfig
+    from clipdrift.measure.settings import AttentionConfig, CKAConfig
     from clipdrift.model.methods import MethodConfig
     from clipdrift.train.config import ADAMW_BETAS, ADAMW_EPS
 
@@ -144,8 +142,8 @@ def resolved_settings(config: dict) -> dict:
         "variant_training": _variant_training(config, lrs[0], first_seed),
         "optimizer": {"betas": list(ADAMW_BETAS), "eps": ADAMW_EPS},
         "schedule": _schedule_shape(),
-        "attention": {k: v for k, v in asdict(AttentionConfig(**plan.attention_settings(config))).items() if k != "device"},
-        "cka": {k: v for k, v in asdict(CKAConfig(**plan.cka_settings(config))).items() if k != "device"},
+        "attention": AttentionConfig(**plan.attention_settings(config)).to_dict(),
+        "cka": CKAConfig(**plan.cka_settings(config)).to_dict(),
         "zeroshot": _zeroshot(config),
         "checkpoints": {"drift": config["metrics"]["checkpoint"], "zeroshot": config["zeroshot"]["checkpoint"]},
         "probe_sensitivity": plan.probe_sensitivity_settings(config),

@@ -19,9 +19,12 @@ from matplotlib.transforms import blended_transform_factory
 from clipdrift.analysis.stats import correlation
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 from clipdrift.analysis.wording import pretrained_top1
+from clipdrift.report.names import FIGURES
 from clipdrift.report.plotting import canvas, legend, lr_shades, method_color
-from clipdrift.report.suite_figures import SUITE_MEAN, frontier_panels, suite_retention
-from clipdrift.report.trace_figures import collapse_traces
+
+# suite_retention and collapse_traces are drawn by their names in FIGURES
+from clipdrift.report.suite_figures import SUITE_MEAN, frontier_panels, suite_retention  # noqa: F401
+from clipdrift.report.trace_figures import collapse_traces  # noqa: F401
 
 LR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 PANEL_LABELS = {
@@ -387,29 +390,18 @@ def trajectories(curves: pd.DataFrame, pretrained=None) -> Figure | None:
 
 
 def make_figures(tables: dict[str, pd.DataFrame], pretrained=None) -> dict[str, Figure]:
-    """Every report figure that the tables can support, keyed as in ``FIGURES`` (in order).
+    """Every report figure that the tables can support, drawn as :data:`clipdrift.report.names.FIGURES`
+    says and keyed by its name there (in order).
 
-    ``tables`` needs ``runs``, ``cells`` and ``layers`` (as :func:`build_tables` returns or as
-    read back from Parquet); ``pretrained`` is the pretrained model over the suite
+    ``tables`` needs ``runs`` and ``cells`` (as :func:`build_tables` returns or as read back from
+    Parquet); ``pretrained`` is the pretrained model over the suite
     (:func:`clipdrift.analysis.suite.pretrained_suite`), optionally with ``"indomain": {dataset:
     accuracy}`` for the frontier's origin point."""
-    runs, cells = tables["runs"], tables["cells"]
-    layers = tables.get("layers")
-    layers = (
-        layers
-        if layers is not None
-        else pd.DataFrame(columns=["dataset", "method", "lr", "quantity", "layer", "mean", "sd", "n"])
-    )
-    built = {
-        "lr_panels": lr_panels(runs, pretrained),
-        "layer_entropy_drift": layer_heatmaps(layers, "entropy_drift_pct", "entropy drift (% of pretrained)"),
-        "layer_erf_drift": layer_heatmaps(layers, "erf95_drift_pct", "ERF@0.95 drift (% of pretrained)"),
-        "drift_vs_zeroshot": drift_vs_zeroshot(runs, pretrained),
-        "cka_profiles": cka_profiles(layers),
-        "indomain_vs_zeroshot": indomain_vs_zeroshot(cells, pretrained),
-        "suite_retention": suite_retention(tables.get("zeroshot")),
-        "frontier": frontier(tables.get("curves"), pretrained, tables.get("curve_tasks")),
-        "trajectories": trajectories(tables.get("curves"), pretrained),
-        "collapse_traces": collapse_traces(tables.get("traces")),
-    }
-    return {name: figure for name, figure in built.items() if figure is not None}
+    given = {"layers": pd.DataFrame(columns=["dataset", "method", "lr", "quantity", "layer", "mean", "sd", "n"]),
+             **{name: table for name, table in tables.items() if table is not None}, "pretrained": pretrained}
+    built = {}
+    for name, entry in FIGURES.items():
+        figure = globals()[entry.draw](*(given.get(table) for table in entry.reads), **entry.options)
+        if figure is not None:
+            built[name] = figure
+    return built

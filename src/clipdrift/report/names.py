@@ -1,17 +1,27 @@
 """The report's figures in reading order: each one's title, its caption (the page's and the one
-Snakemake's ``report()`` shows, written beside the figure) and what the study must measure for it.
+Snakemake's ``report()`` shows, written beside the figure), the function that draws it and what
+the study must measure for it.
 
 Standard library only: the Snakefile reads them to declare the report step's outputs on every
-start. Each figure's drawing is :func:`clipdrift.report.figures.make_figures`'s entry of its name.
+start, so a drawing is named: a function of :mod:`clipdrift.report.figures` (which imports those
+drawn elsewhere, so that the report's code digest covers every drawing), called by its
+:func:`~clipdrift.report.figures.make_figures`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Figure:
+    """``draw`` is called with the study's tables named in ``reads`` (``pretrained``: the
+    pretrained model's scores) and ``options``; it returns the figure, or None where the tables
+    hold nothing to draw."""
+
     title: str
     caption: str
+    draw: str
+    reads: tuple[str, ...]
+    options: dict = field(default_factory=dict)
     needs: str = "always"  # or "curves" (curves.enabled), "trajectories" (curves.epochs), "trace" (the entropy trace)
 
 
@@ -21,52 +31,64 @@ FIGURES = {
         ('Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the '
          'layer-mean CLS-attention entropy (% of the pretrained value) and zero-shot top-1. Lines are cell '
          "means, bands ± 1 SD over seeds, dots single seeds; the dashed line is the pretrained model's "
-         'zero-shot accuracy; red crosses mark diverged runs, which no mean includes.')),
+         'zero-shot accuracy; red crosses mark diverged runs, which no mean includes.'),
+        draw="lr_panels", reads=("runs", "pretrained")),
     'layer_entropy_drift': Figure(
         'Per-layer entropy drift',
         ('Per-layer drift of the CLS-attention entropy (% of the pretrained value), mean over seeds, for every '
-         'method × learning rate. One colour scale for all panels, centred at zero.')),
+         'method × learning rate. One colour scale for all panels, centred at zero.'),
+        draw="layer_heatmaps", reads=("layers",),
+        options={"quantity": "entropy_drift_pct", "label": "entropy drift (% of pretrained)"}),
     'layer_erf_drift': Figure(
         'Per-layer ERF@0.95 drift',
         ('Per-layer drift of ERF@0.95 (the smallest fraction of patches holding 95% of the CLS attention), '
-         'mean over seeds, as above.')),
+         'mean over seeds, as above.'),
+        draw="layer_heatmaps", reads=("layers",),
+        options={"quantity": "erf95_drift_pct", "label": "ERF@0.95 drift (% of pretrained)"}),
     'drift_vs_zeroshot': Figure(
         'Attention drift vs zero-shot accuracy',
         ('Every non-diverged run: layer-mean entropy drift against zero-shot top-1. Colour: method; marker: '
          'learning rate. Titles give Pearson r with its 95% interval, Spearman ρ and n, pooled over both '
-         'methods within the dataset.')),
+         'methods within the dataset.'),
+        draw="drift_vs_zeroshot", reads=("runs", "pretrained")),
     'cka_profiles': Figure(
         'CKA to the pretrained model per layer',
         ('Linear CKA between the pretrained and fine-tuned CLS hidden states per layer (1 = unchanged '
-         'representation), mean ± SD over seeds; darker lines are higher learning rates.')),
+         'representation), mean ± SD over seeds; darker lines are higher learning rates.'),
+        draw="cka_profiles", reads=("layers",)),
     'indomain_vs_zeroshot': Figure(
         'In-domain vs zero-shot accuracy',
         ('In-domain accuracy against zero-shot accuracy of the same final weights, cell means ± SD over seeds; '
          "each method's learning rates are joined in order and labelled. The pretrained model is the origin "
-         'point (star) where its in-domain zero-shot accuracy is known, else the dashed line.')),
+         'point (star) where its in-domain zero-shot accuracy is known, else the dashed line.'),
+        draw="indomain_vs_zeroshot", reads=("cells", "pretrained")),
     'suite_retention': Figure(
         'Held-out suite: retention per task',
         ('Held-out suite: per dataset (rows) and held-out task (columns; with several tasks the suite mean '
          "last), each method's zero-shot top-1 after fine-tuning divided by the pretrained model's on the same "
          'task (retention; the dashed line is 100%: nothing lost), against the learning rate, mean ± SD over '
-         'seeds.')),
+         'seeds.'),
+        draw="suite_retention", reads=("zeroshot",)),
     'frontier': Figure(
         'Robustness frontier: weight interpolation',
         ("The robustness frontier: per dataset, each (method, learning rate)'s weight interpolation from the "
          "pretrained tower (alpha 0) to the run's final weights (alpha 1, filled marker): in-domain test "
          'accuracy against held-out zero-shot top-1, mean over seeds; darker lines are higher learning rates; '
          'the star is the pretrained model (its in-domain zero-shot accuracy). A curve above another at the '
-         'same in-domain accuracy keeps more transfer for what it learns.'), needs='curves'),
+         'same in-domain accuracy keeps more transfer for what it learns.'),
+        draw="frontier", reads=("curves", "pretrained", "curve_tasks"), needs='curves'),
     'trajectories': Figure(
         'Per-epoch trajectories',
         ('Per kept epoch, mean over seeds: held-out zero-shot top-1 (dashed: the pretrained model; dotted: '
          'half of it) and the drift of the layer-mean CLS-attention entropy, per method × learning rate '
-         '(darker = higher).'), needs='trajectories'),
+         '(darker = higher).'),
+        draw="trajectories", reads=("curves", "pretrained"), needs='trajectories'),
     'collapse_traces': Figure(
         'Collapse onset: attention entropy through training',
         ("Collapse onset: each method's or variant's layer-mean CLS-attention entropy drift through training "
          '(mean over seeds), per dataset and learning rate; the dotted line is the collapse threshold (-1%): a '
-         "run's onset is the first traced step at or below it."), needs='trace'),
+         "run's onset is the first traced step at or below it."),
+        draw="collapse_traces", reads=("traces",), needs='trace'),
 }
 
 

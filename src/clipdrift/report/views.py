@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from clipdrift.analysis.names import metric_label
+from clipdrift.analysis.names import metric_label, shown_in
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import drop_diverged, method_label
@@ -40,14 +40,6 @@ FINDING_GROUPS = (
     ("Every ablation against its method", ("variant_family",)),
     ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
 )
-
-# The metrics the cells and methods tables show, and the runs table (labels: clipdrift.analysis.names.METRICS).
-CELL_COLUMNS = ("best_select_acc", "final_test_acc", "zs_top1", "drift_entropy_pct", "drift_entropy_layers_pct",
-                "drift_erf95_pct", "cka_mean")
-RUN_COLUMNS = ("best_select_acc", "final_test_acc", "zs_top1", "zs_top5", "zs_balanced", "drift_entropy_pct",
-               "drift_erf95_pct", "drift_gini_pct", "drift_head_diversity_pct", "drift_rollout_entropy_pct",
-               "drift_p2p_entropy_pct", "cka_mean", "trainable_params", "train_time_s", "images_per_s")
-CELL_VIEW = tuple((metric_label(metric), metric) for metric in CELL_COLUMNS)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -76,7 +68,7 @@ def figures_view(figures: Mapping[str, bytes | str | os.PathLike]) -> dict:
 
 
 def cells_view(cells: pd.DataFrame) -> dict:
-    view = [(label, metric) for label, metric in CELL_VIEW if f"{metric}_mean" in cells]
+    view = [(metric_label(metric), metric) for metric in shown_in("cells") if f"{metric}_mean" in cells]
     columns = ["dataset", "method", "lr", "seeds used / run", "diverged (left out)"] + [label for label, _ in view]
     rows, classes = [], []
     for _, row in cells.iterrows():
@@ -95,7 +87,7 @@ def cells_view(cells: pd.DataFrame) -> dict:
 
 
 def methods_view(methods: pd.DataFrame) -> dict:
-    view = [(label, metric) for label, metric in CELL_VIEW if f"{metric}_mean" in methods]
+    view = [(metric_label(metric), metric) for metric in shown_in("cells") if f"{metric}_mean" in methods]
     columns = ["dataset", "method", "learning rates", "runs (diverged)"] + [label for label, _ in view]
     rows = []
     for _, row in methods.iterrows():
@@ -286,7 +278,7 @@ def paper_view(tables: dict, study: dict, pretrained) -> dict:
 
 
 def runs_view(runs: pd.DataFrame) -> dict:
-    view = [(metric_label(metric), metric) for metric in RUN_COLUMNS if metric in runs]
+    view = [(metric_label(metric), metric) for metric in shown_in("runs") if metric in runs]
     columns = ["dataset", "method", "lr", "seed", "status"] + [label for label, _ in view]
     rows, classes = [], []
     for _, r in runs.iterrows():

@@ -1,5 +1,7 @@
-"""What a fine-tuning run is told: its settings (:class:`TrainConfig`), their checks against the
-model, method and data, and the learning-rate schedule they define."""
+"""What a fine-tuning run is told, torch-free: its settings (:class:`TrainConfig`) and the
+learning-rate schedule they define. The study's planner builds them from the config, so their
+rules run when a config is read; their checks against a model and data are
+:mod:`clipdrift.train.checks`."""
 
 from __future__ import annotations
 
@@ -9,9 +11,6 @@ import math
 from dataclasses import asdict, dataclass
 
 from clipdrift.core.errors import UserFacingError
-from clipdrift.data.split import ImageSplit
-from clipdrift.model.backbones import CLIPClassifier, check_image_size
-from clipdrift.model.methods import MethodConfig
 from clipdrift.train.regulariser_config import RegulariserConfig
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
@@ -116,55 +115,6 @@ class TrainConfig:
     def trace_interval(self, steps_per_epoch: int) -> int:
         """Optimiser steps between two trace points."""
         return self.entropy_trace_every or max(1, steps_per_epoch // self.entropy_trace_per_epoch)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks against the model, method and data
-# ---------------------------------------------------------------------------------------------
-
-def check_method(model: CLIPClassifier, config: TrainConfig, method: MethodConfig | None) -> None:
-    """Refuse a ``method`` that is not the one ``model`` was set up with, or an lp-ft run with no fine-tune epochs."""
-    set_up = getattr(model, "clipdrift_method", None)
-    if method is None:
-        if set_up is not None and set_up.probes_first:
-            raise TrainConfigError(
-                "the model was set up for lp-ft (apply_method): pass method=<that MethodConfig> to finetune, "
-                "which switches from the probe to the fine-tune phase; without it the run would be Full FT"
-            )
-        return
-    if not isinstance(method, MethodConfig):
-        raise TrainConfigError(f"method must be a clipdrift.model.adapters.MethodConfig, got {type(method).__name__}")
-    if set_up is not None and set_up != method:
-        raise TrainConfigError(
-            f"the model was set up (apply_method) for {set_up} but finetune was given method={method}: "
-            "pass the MethodConfig the model was set up with"
-        )
-    if not method.fits(config.epochs):
-        raise TrainConfigError(
-            f"lp-ft probes for lp_epochs={method.lp_epochs} epochs but the run has only epochs={config.epochs}: "
-            "the run's epochs must exceed lp_epochs, so that fine-tuning follows the probe "
-            f"(raise epochs above {method.lp_epochs} or lower lp_epochs below {config.epochs})"
-        )
-
-
-def check_inputs(model: CLIPClassifier, config: TrainConfig, splits: dict[str, ImageSplit | None]) -> None:
-    """Refuse empty splits, images of another size than the model's and labels its head lacks."""
-    for name, split in splits.items():
-        if split is None:
-            continue
-        if len(split) == 0:
-            raise TrainConfigError(
-                f"the {name} split is empty" + (
-                    f": selection_split is {config.selection_split!r}; give that split images "
-                    "(e.g. a non-zero val size) or select on the other split" if name == "select" else "")
-            )
-        check_image_size(model.clip, split.images, name, TrainConfigError)
-        top = int(split.labels.max())
-        if int(split.labels.min()) < 0 or top >= model.n_classes:
-            raise TrainConfigError(
-                f"the {name} labels reach {top} but the model's head has {model.n_classes} classes: "
-                "build the classifier with n_classes = the dataset's number of classes"
-            )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,13 +53,12 @@ from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.adapters import MethodConfig, set_lp_ft_phase, trainable_parameters
 from clipdrift.model.backbones import CLIPClassifier, normalisation
 from clipdrift.train.batches import CachedBatches, epoch_order, free_gpu_memory, keeps_data_on_device
+from clipdrift.train.checks import check_inputs, check_method
 from clipdrift.train.config import (
     ADAMW_BETAS,
     ADAMW_EPS,
     TrainConfig,
     TrainConfigError,
-    check_inputs,
-    check_method,
     lr_factor,
     warmup_steps,
 )
