@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from clipdrift.analysis.suite import pretrained_suite, suite_means, zeroshot_table
+from clipdrift.model.methods import family_of
 
 DATASETS = ("eurosat", "pets")
 METHODS = ("full", "lora")
@@ -50,9 +51,9 @@ ZEROSHOT = {"full": (0.40, 0.20, 0.10, 0.05), "lora": (0.58, 0.55, 0.50, 0.45)}
 DRIFT = {"full": (-0.5, -1.5, -3.0, -6.0), "lora": (0.1, 0.3, 0.5, 0.8)}
 
 
-def run_keys():
+def run_keys(methods=METHODS):
     for dataset in DATASETS:
-        for method in METHODS:
+        for method in methods:
             for i, lr in enumerate(LRS):
                 for seed in SEEDS:
                     if (dataset, method, lr, seed) != MISSING:
@@ -86,11 +87,11 @@ def _history(dataset, method, lr, seed, select, diverged):
         "final_select_acc": select - 0.005,
         "final_test_acc": select - 0.01,
         "trainable_params": {
-            "adapter": 0 if method == "full" else 1000,
+            "adapter": 0 if family_of(method) == "full" else 1000,
             "projection": 100,
             "head": 50,
-            "image_tower": 50000 if method == "full" else 0,
-            "total": 50150 if method == "full" else 1150,
+            "image_tower": 50000 if family_of(method) == "full" else 0,
+            "total": 50150 if family_of(method) == "full" else 1150,
         },
         "train_time_s": 20.0 + seed / 10,
         "images_per_s": 400.0 - seed,
@@ -162,16 +163,19 @@ def zeroshot_means(scores: list[dict], pretrained: dict = PRETRAINED):
     return suite_means(zeroshot_table(scores, pretrained_suite([pretrained])))
 
 
-def fabricate():
-    """(histories, zeroshot score files, attention, cka) for the fabricated study."""
+def fabricate(methods=METHODS):
+    """(histories, zeroshot score files, attention, cka) for the fabricated study; ``methods``
+    other than Full FT and LoRA (variants: ``full-…``, ``lora-…``) score as their method does,
+    each a little off it."""
     rng = np.random.default_rng(0)
     histories, zeroshot, attention, cka = [], [], [], []
-    for dataset, method, i, lr, seed in run_keys():
+    for dataset, method, i, lr, seed in run_keys(methods):
         keys = {"dataset": dataset, "method": method, "lr": lr, "seed": seed}
         diverged = (dataset, method, lr, seed) == DIVERGED
-        select = 0.10 if diverged else float(np.clip(SELECT[dataset][method][i] + rng.normal(0, 0.01), 0, 1))
-        zs = 0.01 if diverged else float(np.clip(ZEROSHOT[method][i] + rng.normal(0, 0.02), 0, 1))
-        drift = 80.0 if diverged else DRIFT[method][i] + rng.normal(0, 0.1)
+        family, shift = family_of(method), 0.01 * methods.index(method) * (method not in METHODS)
+        select = 0.10 if diverged else float(np.clip(SELECT[dataset][family][i] - shift + rng.normal(0, 0.01), 0, 1))
+        zs = 0.01 if diverged else float(np.clip(ZEROSHOT[family][i] + shift + rng.normal(0, 0.02), 0, 1))
+        drift = 80.0 if diverged else DRIFT[family][i] * (1 + 10 * shift) + rng.normal(0, 0.1)
         histories.append(_history(dataset, method, lr, seed, select, diverged))
         zeroshot.append({"tasks": [
             {
@@ -186,6 +190,33 @@ def fabricate():
             }
         ]})
         attention += _attention_rows(keys, drift, rng)
-        level = 0.99 - 0.02 * i - (0.1 if method == "full" else 0) + rng.normal(0, 0.005)
+        level = 0.99 - 0.02 * i - (0.1 if family == "full" else 0) + rng.normal(0, 0.005)
         cka += _cka_rows(keys, 0.2 if diverged else level)
     return histories, zeroshot, pd.DataFrame(attention), pd.DataFrame(cka)
+
+
+def fabricate_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """The curves table of the non-diverged runs: each run interpolated from the pretrained
+    model (alpha 0) to itself, and its two epochs."""
+    rows = []
+    for run in runs[~runs["diverged"]].itertuples():
+        keys = {"dataset": run.dataset, "method": run.method, "lr": run.lr, "seed": run.seed}
+        for kind, point, share in [("alpha", a, a) for a in (0.0, 0.5, 1.0)] + [("epoch", e, e / 2) for e in (1, 2)]:
+            top1 = PRETRAINED["top1"] + share * (run.zs_top1 - PRETRAINED["top1"])
+            indomain = 0.1 + share * (run.final_test_acc - 0.1)
+            rows.append({**keys, "kind": kind, "point": float(point), "indomain_acc": indomain, "zs_top1": top1,
+                         "drift_entropy_pct": share * run.drift_entropy_pct,
+                         "drift_erf_pct": share * run.drift_erf95_pct, "zs_retention": top1 / PRETRAINED["top1"]})
+    return pd.DataFrame(rows)
+
+
+def fabricate_traces(runs: pd.DataFrame, points: int = 10) -> pd.DataFrame:
+    """The entropy traces of the non-diverged runs: each falls linearly to its final drift."""
+    rows = []
+    for run in runs[~runs["diverged"]].itertuples():
+        for step in range(1, points + 1):
+            drift = run.drift_entropy_pct * step / points
+            rows.append({"dataset": run.dataset, "method": run.method, "lr": run.lr, "seed": run.seed, "step": step,
+                         "fraction": step / points, "entropy": BASELINE["entropy"] * (1 + drift / 100),
+                         "drift_pct": drift})
+    return pd.DataFrame(rows)

@@ -272,7 +272,7 @@ def test_a_method_added_to_the_registry_alone_is_accepted_planned_set_up_and_col
     from clipdrift.model.adapters import checkpoint_keys
     from clipdrift.pipeline import plan
     from clipdrift.pipeline.config_errors import prepare_config
-    from clipdrift.report.plotting import method_color
+    from clipdrift.report.plotting import method_styles
 
     from test_config_errors import SCHEMA, _default_with
 
@@ -284,7 +284,7 @@ def test_a_method_added_to_the_registry_alone_is_accepted_planned_set_up_and_col
     model = make_tiny("full-again")
     assert trainable_parameter_counts(model) == trainable_parameter_counts(make_tiny("full"))
     assert checkpoint_keys(model, MethodConfig("full-again")) == checkpoint_keys(make_tiny("full"), MethodConfig("full"))
-    assert method_color("full-again", ["full", "full-again"]) == "#123456"
+    assert method_styles(["full", "full-again"])["full-again"].color == "#123456"
     unknown = methods.Method("dora-ish", "DoRA-ish", "#654321", ("adapter", "head"), adapter="dora")
     monkeypatch.setitem(methods.METHODS, unknown.name, unknown)
     with pytest.raises(ValueError, match="names adapter 'dora', which apply_method cannot set up"):

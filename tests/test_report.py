@@ -16,6 +16,7 @@ from clipdrift.analysis.findings import findings
 from clipdrift.analysis.reference import ablation_comparison, load_reference, paper_comparison
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.study import build_tables
+from clipdrift.analysis.tables import method_label
 from clipdrift.core.io import read_table, write_figure, write_table
 from clipdrift.report.cells import mean_sd
 from clipdrift.report.figures import indomain_vs_zeroshot, make_figures
@@ -306,12 +307,13 @@ def test_the_report_shows_the_probe_sensitivity_and_cka_relations():
 
 def test_plain_methods_keep_their_colours_and_every_variant_gets_its_own():
     from clipdrift.model.methods import METHODS
-    from clipdrift.report.plotting import method_color
+    from clipdrift.report.plotting import method_styles
 
-    methods = ["full", "lora", *(f"full-v{k}" for k in range(12))]
-    colours = [method_color(m, methods) for m in methods]
-    assert colours[:2] == [METHODS["full"].colour, METHODS["lora"].colour]
-    assert len(set(colours[2:])) == 12
+    methods = ["full", "lora", *(f"full-v{k}" for k in range(12)), "mine", "yours"]
+    styles = method_styles(methods)
+    assert [styles[m].color for m in ("full", "lora")] == [METHODS["full"].colour, METHODS["lora"].colour]
+    assert len({(styles[m].color, styles[m].marker) for m in methods}) == len(methods)
+    assert len({styles[m].color for m in methods if m.startswith("full-")}) == 12  # a shade each
 
 
 def test_the_suite_figure_says_so_when_retention_is_undefined(tables):
@@ -357,3 +359,108 @@ def test_a_metric_and_a_figure_added_to_their_registries_alone_are_tabled_tested
                          STUDY, PRETRAINED)
     assert "A throwaway figure" in page and "Its caption, shown under it." in page
     assert page.count(str(escape(metric.label))) >= 3  # cells, methods and runs tables
+
+
+# ------------------------------------------------------------------ a study of many methods
+
+
+def _ablation_methods() -> list[str]:
+    """The method names of the ablation preset, read from it."""
+    import yaml
+
+    entries = yaml.safe_load((ROOT / "configs/ablations.yaml").read_text())["methods"]
+    return [entry if isinstance(entry, str) else entry["name"] for entry in entries]
+
+
+@pytest.fixture(scope="module")
+def many_methods():
+    from fabricated_study import fabricate_curves, fabricate_traces
+
+    methods = _ablation_methods()
+    tables = build_tables(*fabricate(methods), pretrained_zeroshot=[PRETRAINED])
+    tables["curves"], tables["traces"] = fabricate_curves(tables["runs"]), fabricate_traces(tables["runs"])
+    return methods, tables, make_figures(tables, PRETRAINED)
+
+
+def _outside_the_canvas(figure) -> list[str]:
+    """Every legend, axis label and title of ``figure`` that does not lie inside its canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure).draw()
+    renderer, canvas_box = figure.canvas.get_renderer(), figure.bbox
+    artists = [*figure.legends, *(ax.get_legend() for ax in figure.axes)]
+    artists += [text for ax in figure.axes if ax.get_visible() for text in (ax.xaxis.label, ax.yaxis.label, ax.title)]
+    outside = []
+    for artist in artists:
+        if artist is None or not artist.get_visible() or getattr(artist, "get_text", lambda: "x")() == "":
+            continue
+        box = artist.get_window_extent(renderer)
+        if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > canvas_box.x1 + 0.5 or box.y1 > canvas_box.y1 + 0.5:
+            outside.append(f"{type(artist).__name__} {getattr(artist, 'get_text', str)()!r} at {box.bounds}")
+    return outside
+
+
+def test_a_fourteen_method_study_draws_every_figure_with_its_legend_and_labels_inside_the_canvas(many_methods):
+    methods, _, figures = many_methods
+    assert len(methods) == 14
+    assert set(figures) == {name for name in FIGURES if FIGURES[name].needs != "trajectories"} | {"trajectories"}
+    for name, figure in figures.items():
+        assert _outside_the_canvas(figure) == [], name
+
+
+def test_a_figure_that_would_not_fit_is_caught():
+    """The check above sees a legend wider than its figure (as the old drift-vs-zero-shot legend was)."""
+    from matplotlib.figure import Figure as MplFigure
+
+    figure = MplFigure(figsize=(3, 2), layout="constrained")
+    figure.add_subplot().plot([0, 1], [0, 1], label="a label far too long for a three-inch-wide figure to hold")
+    figure.legend(loc="outside lower center", ncols=3)
+    assert _outside_the_canvas(figure)
+
+
+def test_many_methods_are_drawn_as_small_multiples_by_family_with_the_references_in_every_panel(many_methods):
+    from clipdrift.report.plotting import method_groups
+
+    methods, _, figures = many_methods
+    groups = method_groups(methods)
+    assert [title for title, _ in groups] == ["Full FT and its variants", "LoRA and its variants"]
+    assert all({"full", "lora"} <= set(members) for _, members in groups)
+    assert sorted(m for _, members in groups for m in members if m not in ("full", "lora")) == sorted(
+        set(methods) - {"full", "lora"})
+    titles = [ax.get_title() for ax in figures["drift_vs_zeroshot"].axes if ax.get_visible()]
+    assert len(titles) == 2 * 2 and sum("LoRA and its variants" in t for t in titles) == 2  # 2 datasets × 2 families
+    assert max(len(row) for row in [figures["cka_profiles"].axes[i:i + 4] for i in range(0, 28, 4)]) <= 4
+    assert figures["cka_profiles"].get_figwidth() <= 4 * 3.6 + 0.01  # wrapped: at most four panels a row
+
+
+def test_every_method_of_a_study_has_a_look_of_its_own_the_same_in_every_figure(many_methods):
+    from clipdrift.model.methods import METHODS
+    from clipdrift.report.plotting import method_styles
+
+    methods, _, figures = many_methods
+    styles = method_styles(methods)
+    assert len({(style.color, style.marker) for style in styles.values()}) == len(methods)
+    assert styles["full"].color == METHODS["full"].colour and styles["lora"].color == METHODS["lora"].colour
+    assert styles["full"].linewidth > max(styles[m].linewidth for m in methods if m not in METHODS)  # bold references
+    for name in ("lr_panels", "trajectories", "collapse_traces"):
+        drawn = {line.get_label(): (line.get_color(), line.get_marker()) for ax in figures[name].axes
+                 for line in ax.get_lines() if line.get_label() in {s.label for s in styles.values()}}
+        assert drawn and all(drawn[s.label][1] == s.marker or name == "collapse_traces"
+                             for s in styles.values() if s.label in drawn), name
+        if name == "lr_panels":
+            assert all(drawn[s.label][0] == s.color for s in styles.values()), name
+
+
+def test_one_method_order_everywhere_methods_then_their_variants_in_natural_order(many_methods, tmp_path):
+    from clipdrift.analysis.tables import method_order
+
+    methods, tables, figures = many_methods
+    order = method_order(methods)
+    assert order[:5] == ["full", "full-apr-0.01", "full-apr-0.1", "full-apr-1", "full-floor-0.01"]
+    assert order[order.index("lora"):] == ["lora", "lora-qkvo", "lora-r4", "lora-r16"]
+    for name in ("cells", "methods", "stats", "zeroshot"):
+        seen = list(dict.fromkeys(tables[name]["method"] if name != "stats" else tables[name]["method_b"]))
+        assert seen == [m for m in order if m in seen], name
+    labels = [text.get_text() for text in figures["lr_panels"].legends[0].get_texts()]
+    assert labels[:len(order)] == [method_label(m) for m in order]
+    assert set(labels[len(order):]) == {"pretrained", "diverged run (left out)"}

@@ -20,7 +20,7 @@ import pandas as pd
 from clipdrift.analysis.collapse import collapse_columns
 from clipdrift.analysis.names import interval_metrics
 from clipdrift.analysis.stats import bootstrap_ci
-from clipdrift.model.methods import METHODS
+from clipdrift.model.methods import METHODS, lineup
 
 RUN_KEYS = ["dataset", "method", "lr", "seed"]
 CELL_KEYS = ["dataset", "method", "lr"]
@@ -64,8 +64,8 @@ def lr_order(lrs: Iterable[str]) -> list[str]:
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    known = [m for m in METHODS if m in set(methods)]
-    return known + sorted(set(methods) - set(known))
+    """Distinct method names in the study's one order (:func:`clipdrift.model.methods.lineup`)."""
+    return lineup(methods)
 
 
 def sort_grid(frame: pd.DataFrame, extra: Iterable[str] = ()) -> pd.DataFrame:

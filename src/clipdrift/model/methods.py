@@ -18,6 +18,7 @@ Variants (``methods: [{name, method, ...}]``) are entries of a study config, not
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 
@@ -61,6 +62,29 @@ def method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"method {name!r} is unknown: use one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def family_of(name: str) -> str | None:
+    """The method a method or variant name belongs to: itself, or the method whose name and a dash
+    begin it (``lora-r4``: LoRA; a study config names every variant so); None for any other name."""
+    if name in METHODS:
+        return name
+    owners = [entry for entry in METHODS if name.startswith(f"{entry}-")]
+    return max(owners, key=len) if owners else None
+
+
+def _natural_key(name: str) -> tuple:
+    # numbers as numbers: lora-r4 before lora-r16, full-apr-0.01 before full-apr-0.1 before full-apr-1
+    return tuple((0, float(part), "") if index % 2 else (1, 0.0, part)
+                 for index, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", name)))
+
+
+def lineup(names) -> list[str]:
+    """The one order of methods in every table, figure and legend: each method in the registry's
+    order followed by its variants in natural order, then any name of no known method."""
+    names = set(names)
+    families = [*METHODS, None]
+    return sorted(names, key=lambda name: (families.index(family_of(name)), name not in METHODS, _natural_key(name)))
 
 
 def is_adapter_parameter(name: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from clipdrift.core.errors import StudyConfigError
 from clipdrift.measure.settings import CKAConfig, CurveSettings
-from clipdrift.model.methods import METHODS, MethodConfig
+from clipdrift.model.methods import METHODS, MethodConfig, family_of
 from clipdrift.pipeline.inputs import (
     backbone_image_size,
     check_backbone_family,
@@ -93,6 +93,10 @@ def check_methods(config: dict, model_config: dict) -> None:
         if name in METHODS and name != method:
             raise StudyConfigError(f"methods: variant {name!r} of {method} takes the name of the method {name}: "
                                    f"rename it (e.g. {method}-{name})")
+        if family_of(name) != method:
+            raise StudyConfigError(f"methods: variant {name!r} of {method} must be named {method}-<what it changes> "
+                                   f"(e.g. {method}-{name}): every table and figure groups a variant with its method "
+                                   "by that name")
         for other in METHODS.values():
             if other.config_section in entry and other.name != method:
                 raise StudyConfigError(f"methods: variant {name!r} sets {other.config_section} but its method is "
