@@ -56,3 +56,6 @@ def test_the_epoch_full_ft_falls_below_half_the_pretrained_zero_shot():
     assert trajectory_findings(_curves(), 0.6)[0]["sentence"].endswith("falls below half the pretrained 60.0% "
                                                                         "at lr 1e-03 by epoch 2.")
     assert math.isnan(half_pretrained_epochs(_curves(), pretrained_zs=0.1).iloc[0]["epoch"])  # never
+    # below half at the first epoch measured: it fell there or before, which "by epoch 1" would not say
+    assert trajectory_findings(_curves(), 1.2)[0]["sentence"].endswith("at lr 1e-03 already at epoch 1, the first "
+                                                                        "measured.")

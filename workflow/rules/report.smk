@@ -53,6 +53,9 @@ rule report:
             "training_amp": config["training"]["amp"],
             "selection_split": config["training"]["selection_split"],
             "curves": config["curves"] if CURVES else "off",
+            # what each variant sets, for the glossary
+            "variants": {name: {"method": plan.base_method(config, name), "changes": plan.variant_changes(config, name)}
+                         for name in METHODS if plan.base_method(config, name) != name},
         },
         code=code("report"),
     conda:

@@ -90,7 +90,8 @@ def half_pretrained_epochs(points: pd.DataFrame, pretrained_zs: float, method: s
         below = means[means < 0.5 * pretrained_zs]
         rows.append({"dataset": dataset, "lr": lr, "method": method,
                      "epoch": float(below.index[0]) if len(below) else math.nan,
-                     "last_epoch": float(means.index[-1]), "zs_at_last": float(means.iloc[-1])})
+                     "first_epoch": float(means.index[0]), "last_epoch": float(means.index[-1]),
+                     "zs_at_last": float(means.iloc[-1])})
     return pd.DataFrame(rows)
 
 
@@ -129,7 +130,8 @@ def trajectory_findings(points: pd.DataFrame, pretrained_zs: float, method: str 
     for dataset, group in (epochs.groupby("dataset", sort=True) if not epochs.empty else []):
         group = group.set_index("lr").loc[lr_order(group["lr"])].reset_index()
         fell = group[group["epoch"].notna()]
-        parts = [f"at lr {r.lr} by epoch {int(r.epoch)}" for r in fell.itertuples()]
+        parts = [f"at lr {r.lr} " + (f"already at epoch {int(r.epoch)}, the first measured" if r.epoch == r.first_epoch
+                                     else f"by epoch {int(r.epoch)}") for r in fell.itertuples()]
         never = [r.lr for r in group.itertuples() if pd.isna(r.epoch)]
         sentence = (
             f"On {dataset}, {method_label(method)}'s zero-shot top-1 (mean over seeds) falls below half the "

@@ -2,7 +2,7 @@
 run level and layer by layer, with permutation p-values.
 
 - Run level, within each dataset over its non-diverged runs: the run's mean linear CKA of the
-  CLS token over the blocks (``cka_mean``) against its 12-layer mean CLS-attention entropy
+  CLS token over the blocks (``cka_mean``) against its layer-mean CLS-attention entropy
   drift (``drift_entropy_pct``).
 - Layer level, within each dataset and layer over the runs: block *i*'s CLS-attention entropy
   drift against the CKA of block *i*'s output. In the CKA tables layer 0 is the embedding output,

@@ -33,6 +33,7 @@ class Method:
     probe_phase: bool = False
     config_section: str | None = None
     settings_fields: dict[str, str] = field(default_factory=dict)  # config key -> MethodConfig field
+    description: str = ""  # what trains, in a sentence (the report's glossary)
 
     @property
     def trains_tower(self) -> bool:
@@ -42,12 +43,18 @@ class Method:
 
 _TOWER = ("image_tower", "projection", "head")
 METHODS: dict[str, Method] = {entry.name: entry for entry in (
-    Method("full", "Full FT", "#D55E00", _TOWER),
+    Method("full", "Full FT", "#D55E00", _TOWER,
+           description="full fine-tuning: every weight of the image tower trains, with its projection and the "
+                       "classification head"),
     Method("lora", "LoRA", "#0072B2", ("adapter", "projection", "head"), adapter="lora", adapter_mark="lora_",
            config_section="lora", settings_fields={"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout",
-                                                   "targets": "lora_targets", "train_projection": "train_projection"}),
+                                                   "targets": "lora_targets", "train_projection": "train_projection"},
+           description="low-rank adapters (peft's LoRA, rank r, scale alpha / r) on the chosen attention projections "
+                       "of every block train, with the projection and the head; the tower's own weights stay frozen"),
     Method("lp-ft", "LP-FT", "#009E73", _TOWER, probe_phase=True, config_section="lp_ft",
-           settings_fields={"probe_epochs": "lp_epochs", "train_projection": "lp_train_projection"}),
+           settings_fields={"probe_epochs": "lp_epochs", "train_projection": "lp_train_projection"},
+           description="linear probe, then fine-tune: for the first epochs only the head trains, then every weight "
+                       "of the tower does, as in Full FT"),
 )}
 # The two methods the study compares first (and every variant's family is drawn against).
 REFERENCE_PAIR = ("full", "lora")

@@ -206,6 +206,40 @@ def method_settings(config: dict, name: str) -> dict:
     return settings
 
 
+def variant_changes(config: dict, name: str) -> list[str]:
+    """What a variant sets, each key against what it replaces ("lora.r 4 (study: 8)"), in the
+    config's own words; [] for a plain method."""
+    entry = method_entries(config)[name]
+    plain = f"plain {entry['method']}: none"
+    changes = []
+    for key, value in entry.items():
+        study = config.get(key)
+        if key == "method":
+            continue
+        if key == "regulariser":
+            changes.append(f"adds the {value['kind']} regulariser: {_regulariser_options(config, value)} ({plain})")
+        elif isinstance(value, dict):
+            changes += [f"{key}.{option} {_shown(setting)}" + (f" (study: {_shown(study[option])})"
+                                                               if isinstance(study, dict) and option in study else "")
+                        for option, setting in value.items()]
+        else:
+            changes.append(f"{key} {_shown(value)} ({plain})")
+    return changes
+
+
+def _regulariser_options(config: dict, regulariser: dict) -> str:
+    """The regulariser's weight and every option of its kind, defaults filled in."""
+    settings = RegulariserConfig(**regulariser_settings(config, regulariser))
+    shown = ["weight", *OPTIONS[settings.kind]]
+    if settings.kind == "entropy_floor":
+        shown.append("floor" if settings.floor is not None else "ratio")
+    return ", ".join(f"{option} {getattr(settings, option)}" for option in shown)
+
+
+def _shown(value) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def traces(config: dict) -> bool:
     """Whether the study's fine-tunes trace their CLS-attention entropy (the collapse onsets)."""
     return bool(config["training"]["entropy_trace_every"] or config["training"]["entropy_trace_per_epoch"])

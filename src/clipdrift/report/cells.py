@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from clipdrift.analysis.names import METRICS
 from clipdrift.analysis.tables import ACCURACY_METRICS
 from clipdrift.analysis.wording import small
+from clipdrift.report.glossary import anchor
 
 
 def is_missing(value) -> bool:
@@ -92,11 +94,13 @@ class Row:
 
 @dataclass(frozen=True)
 class Table:
-    """A table of already formatted cells; the first ``text_columns`` are text (left-aligned)."""
+    """A table of already formatted cells; the first ``text_columns`` are text (left-aligned);
+    ``links``: per column, the glossary entry its header links to ("" for none)."""
 
     columns: tuple[str, ...]
     rows: tuple[Row, ...]
     text_columns: int = 0
+    links: tuple[str, ...] = ()
 
 
 def table(
@@ -105,4 +109,9 @@ def table(
     """A :class:`Table` of ``rows`` (each cell shown as ``str`` shows it), one CSS class per row if given."""
     rows = [tuple(str(value) for value in row) for row in rows]
     classes = [""] * len(rows) if classes is None else list(classes)
-    return Table(tuple(columns), tuple(Row(cells, css) for cells, css in zip(rows, classes)), text_columns)
+    columns = tuple(columns)
+    links = tuple(anchor(column) if column in _METRIC_LABELS else "" for column in columns)
+    return Table(columns, tuple(Row(cells, css) for cells, css in zip(rows, classes)), text_columns, links)
+
+
+_METRIC_LABELS = {metric.label for metric in METRICS.values()}

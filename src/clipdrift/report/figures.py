@@ -20,9 +20,8 @@ from clipdrift.analysis.stats import correlation
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 from clipdrift.analysis.wording import pretrained_top1
 from clipdrift.model.methods import METHODS
-from clipdrift.report.names import FIGURES
+from clipdrift.report.names import FIGURES, SHARED_PANEL_METHODS
 from clipdrift.report.plotting import (
-    SHARED_PANEL_METHODS,
     MethodStyle,
     canvas,
     hide_unused,

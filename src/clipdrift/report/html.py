@@ -25,6 +25,7 @@ import pandas as pd
 
 import clipdrift
 from clipdrift.report import views
+from clipdrift.report.glossary import glossary_view
 
 # The templates, by name: the code digest of the report rule reads exactly the files named here
 # (clipdrift.pipeline.codedigest), and the page can include no other file.
@@ -74,6 +75,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("runs", "All runs", "All runs", lambda r: views.runs_view(r.tables["runs"])),
     Section("downloads", "CSV", "Tables as CSV", lambda r: views.downloads_view(r.tables)),
     Section("study", "Study", "Study", lambda r: views.study_view(r.study, r.pretrained)),
+    Section("glossary", "Glossary", "Glossary: methods, variants, metrics and statistics",
+            lambda r: glossary_view(r.study, r.tables["runs"]["method"])),
 )
 
 

@@ -10,6 +10,12 @@ drawn elsewhere, so that the report's code digest covers every drawing), called 
 
 from dataclasses import dataclass, field
 
+# Up to this many methods share a panel; with more, each method family (a method and its
+# variants) has panels of its own, the reference methods drawn bold in each.
+SHARED_PANEL_METHODS = 4
+_FAMILIES = (f" With more than {SHARED_PANEL_METHODS} methods, each method and its variants have panels of "
+             "their own, Full FT and LoRA drawn bold in each.")
+
 
 @dataclass(frozen=True)
 class Figure:
@@ -31,12 +37,12 @@ FIGURES = {
         ('Per dataset (rows), against the matched learning rate: best selection accuracy, drift of the '
          'layer-mean CLS-attention entropy (% of the pretrained value) and zero-shot top-1. Lines are cell '
          "means, bands ± 1 SD over seeds, dots single seeds; the dashed line is the pretrained model's "
-         'zero-shot accuracy; red crosses mark diverged runs, which no mean includes.'),
+         'zero-shot accuracy; red crosses mark diverged runs, which no mean includes.' + _FAMILIES),
         draw="lr_panels", reads=("runs", "pretrained")),
     'layer_entropy_drift': Figure(
         'Per-layer entropy drift',
         ('Per-layer drift of the CLS-attention entropy (% of the pretrained value), mean over seeds, for every '
-         'method × learning rate. One colour scale for all panels, centred at zero.'),
+         'method × learning rate, blocks numbered from 1. One colour scale for all panels, centred at zero.'),
         draw="layer_heatmaps", reads=("layers",),
         options={"quantity": "entropy_drift_pct", "label": "entropy drift (% of pretrained)"}),
     'layer_erf_drift': Figure(
@@ -48,26 +54,28 @@ FIGURES = {
     'drift_vs_zeroshot': Figure(
         'Attention drift vs zero-shot accuracy',
         ('Every non-diverged run: layer-mean entropy drift against zero-shot top-1. Colour: method; marker: '
-         'learning rate. Titles give Pearson r with its 95% interval, Spearman ρ and n, pooled over both '
-         'methods within the dataset.'),
+         'learning rate. Titles give Pearson r with its 95% interval, Spearman ρ and n over every run of the '
+         'dataset, whatever its method.' + _FAMILIES),
         draw="drift_vs_zeroshot", reads=("runs", "pretrained")),
     'cka_profiles': Figure(
         'CKA to the pretrained model per layer',
-        ('Linear CKA between the pretrained and fine-tuned CLS hidden states per layer (1 = unchanged '
-         'representation), mean ± SD over seeds; darker lines are higher learning rates.'),
+        ('Linear CKA between the pretrained and fine-tuned CLS hidden states after each block (0: the embedding '
+         'output; 1 = unchanged representation), one panel per dataset and method, mean ± SD over seeds; darker '
+         'lines are higher learning rates.'),
         draw="cka_profiles", reads=("layers",)),
     'indomain_vs_zeroshot': Figure(
         'In-domain vs zero-shot accuracy',
         ('In-domain accuracy against zero-shot accuracy of the same final weights, cell means ± SD over seeds; '
-         "each method's learning rates are joined in order and labelled. The pretrained model is the origin "
-         'point (star) where its in-domain zero-shot accuracy is known, else the dashed line.'),
+         "each method's learning rates are joined in order (labelled where few methods share a panel). The "
+         'pretrained model is the origin point (star) where its in-domain zero-shot accuracy is known, else the '
+         'dashed line.' + _FAMILIES),
         draw="indomain_vs_zeroshot", reads=("cells", "pretrained")),
     'suite_retention': Figure(
         'Held-out suite: retention per task',
         ('Held-out suite: per dataset (rows) and held-out task (columns; with several tasks the suite mean '
          "last), each method's zero-shot top-1 after fine-tuning divided by the pretrained model's on the same "
          'task (retention; the dashed line is 100%: nothing lost), against the learning rate, mean ± SD over '
-         'seeds.'),
+         'seeds.' + _FAMILIES),
         draw="suite_retention", reads=("zeroshot",)),
     'frontier': Figure(
         'Robustness frontier: weight interpolation',
@@ -75,19 +83,19 @@ FIGURES = {
          "pretrained tower (alpha 0) to the run's final weights (alpha 1, filled marker): in-domain test "
          'accuracy against held-out zero-shot top-1, mean over seeds; darker lines are higher learning rates; '
          'the star is the pretrained model (its in-domain zero-shot accuracy). A curve above another at the '
-         'same in-domain accuracy keeps more transfer for what it learns.'),
+         'same in-domain accuracy keeps more transfer for what it learns.' + _FAMILIES),
         draw="frontier", reads=("curves", "pretrained", "curve_tasks"), needs='curves'),
     'trajectories': Figure(
         'Per-epoch trajectories',
         ('Per kept epoch, mean over seeds: held-out zero-shot top-1 (dashed: the pretrained model; dotted: '
          'half of it) and the drift of the layer-mean CLS-attention entropy, per method × learning rate '
-         '(darker = higher).'),
+         '(darker = higher).' + _FAMILIES),
         draw="trajectories", reads=("curves", "pretrained"), needs='trajectories'),
     'collapse_traces': Figure(
         'Collapse onset: attention entropy through training',
         ("Collapse onset: each method's or variant's layer-mean CLS-attention entropy drift through training "
          '(mean over seeds), per dataset and learning rate; the dotted line is the collapse threshold (-1%): a '
-         "run's onset is the first traced step at or below it."),
+         "run's onset is the first traced step at or below it; every panel on one scale." + _FAMILIES),
         draw="collapse_traces", reads=("traces",), needs='trace'),
 }
 

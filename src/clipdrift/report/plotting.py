@@ -20,10 +20,9 @@ from matplotlib.figure import Figure
 
 from clipdrift.analysis.tables import method_label, method_order
 from clipdrift.model.methods import METHODS, REFERENCE_PAIR, family_of
+from clipdrift.report.names import SHARED_PANEL_METHODS
 
 STYLE = "whitegrid"
-# Up to this many methods share one panel; more are drawn one family per panel.
-SHARED_PANEL_METHODS = 4
 MAX_COLUMNS = 4
 VARIANT_MARKERS = ("s", "^", "D", "v", "P", "X", "h", "<", ">", "p", "*", "d")
 VARIANT_DASHES = ("--", "-.", ":", (0, (5, 1, 1, 1)))

@@ -253,7 +253,8 @@ def paper_correlations_table(frame: pd.DataFrame):
 def paper_view(tables: dict, study: dict, pretrained) -> dict:
     """``applies`` false (with the study's ``preset``) unless the study is the published paper matrix."""
     if "paper_cells" not in tables or tables["paper_cells"] is None:
-        return {"applies": False, "preset": str(study.get("preset") or study.get("name") or "this study")}
+        return {"applies": False, "name": str(study.get("name") or "this study"),
+                "preset": str(study.get("preset") or "none")}
     reference = pretrained_top1(pretrained)
     names = study.get("zeroshot_class_names")
     optional = {name: tables.get(name) for name in ("paper_methods", "paper_correlations", "paper_ablations")}
@@ -307,7 +308,7 @@ def downloads_view(tables: dict[str, pd.DataFrame]) -> dict:
 def study_view(study: dict, pretrained) -> dict | None:
     """The study's settings as a two-column table; nested settings (a whole config) flattened
     to dotted keys so every value is one readable row."""
-    rows = [[key, value] for key, value in _flatten(study)]
+    rows = [[key, value] for key, value in _flatten({k: v for k, v in study.items() if k != "variants"})]
     reference = pretrained_top1(pretrained)
     if not math.isnan(reference):
         task = pretrained.get("task", "zero-shot task") if isinstance(pretrained, dict) else "zero-shot task"
