@@ -100,7 +100,10 @@ def test_page_is_self_contained(page, figures):
     assert page.startswith("<!DOCTYPE html>")
     external = re.findall(r"""(?:src|href)\s*=\s*['"](?!data:|#)([^'"]*)""", page)
     assert external == []
-    assert "<script" not in page and "<link" not in page and "url(" not in page
+    assert "<link" not in page and "url(" not in page
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page, flags=re.S)
+    assert [attributes for attributes, _ in scripts] == [""]  # one inline script, loading nothing
+    assert not re.search(r"fetch|XMLHttpRequest|import\(|src\s*=", scripts[0][1])
     images = re.findall(r"<img [^>]*src='data:image/png;base64,", page)
     assert len(images) == len(figures)
 
@@ -132,8 +135,9 @@ def test_every_string_from_the_study_is_escaped(tables, found):
     sentences = [dict(f, sentence=f["sentence"] + " <em>raw</em>") for f in found]
     page = render_report(marked, {}, sentences, study, PRETRAINED)
     assert "euro<sat>" not in page and "euro&lt;sat&gt;&amp;&#39;" in page
-    for raw in ("<b>bold</b>", "<i>preset</i>", "<script>", "<em>raw</em>"):
+    for raw in ("<b>bold</b>", "<i>preset</i>", "<script>x", "<em>raw</em>"):
         assert raw not in page
+    assert page.count("<script>") == 1  # the page's own
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "&lt;script&gt;x&lt;/script&gt;" in page
 
 
@@ -221,6 +225,19 @@ PROBE = """<script>window.addEventListener('load', () => {
   document.body.dataset.images = images.length;
   document.body.dataset.broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).length;
   document.body.dataset.height = document.documentElement.scrollHeight;
+  // the runs table: sorted by its seed column with a click, then filtered to one dataset
+  const table = document.querySelector('#runs + details div.scroll table');
+  const column = Array.from(table.tHead.rows[0].cells).findIndex(h => h.textContent.trim() === 'seed');
+  table.tHead.rows[0].cells[column].click();
+  const seeds = Array.from(table.tBodies[0].rows).map(r => parseFloat(r.cells[column].textContent));
+  document.body.dataset.sorted = Number(seeds.every((v, i) => i === 0 || seeds[i - 1] <= v));
+  const filter = table.parentNode.previousElementSibling;
+  filter.value = 'pets';
+  filter.dispatchEvent(new Event('input'));
+  const rows = Array.from(table.tBodies[0].rows);
+  document.body.dataset.shown = rows.filter(r => !r.hidden).length;
+  document.body.dataset.pets = rows.filter(r => r.textContent.includes('pets')).length;
+  document.body.dataset.all = rows.length;
 });</script>"""
 
 
@@ -265,6 +282,8 @@ def test_page_opens_in_headless_chromium(page, figures, tmp_path):
     attributes = dict(re.findall(r'data-(\w+)="(\d+)"', body))
     assert int(attributes["images"]) == len(figures) and int(attributes["broken"]) == 0, attributes
     assert _console_messages(dom.stderr) == []
+    # the long runs table sorts by a click on a header and filters by a text, in the page
+    assert attributes["sorted"] == "1" and attributes["shown"] == attributes["pets"] != attributes["all"], attributes
 
     screenshot = tmp_path / "report.png"
     height = min(int(attributes["height"]), 16000)

@@ -6,9 +6,9 @@ template and none by hand. The sections are listed once, in :data:`SECTIONS`: th
 contents, the anchors and the sections themselves all come from that one list.
 
 Figures are embedded as the PNG files the figure step wrote (base64), tables as HTML, every
-table also as a CSV ``data:`` link, the style sheet inline; the page loads nothing from
-anywhere and runs no script. The page is a pure function of its inputs (no timestamps), so an
-unchanged study renders an unchanged page.
+table also as a CSV ``data:`` link, the style sheet and the one script (long tables sort and
+filter in the page) inline; the page loads nothing from anywhere. The page is a pure function
+of its inputs (no timestamps), so an unchanged study renders an unchanged page.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from clipdrift.report.glossary import glossary_view
 # (clipdrift.pipeline.codedigest), and the page can include no other file.
 TEMPLATE_FOLDER = "jinja"
 PAGE = "report.html.j2"
-TEMPLATE_FILES = (PAGE, "sections.html.j2", "macros.html.j2", "report.css")
+TEMPLATE_FILES = (PAGE, "sections.html.j2", "macros.html.j2", "report.css", "report.js")
 
 
 class ReportInputs(NamedTuple):

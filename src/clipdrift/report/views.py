@@ -125,7 +125,17 @@ def stats_view(stats: pd.DataFrame | None) -> dict:
         classes.append("flag" if r["reject_p_welch_holm"] else "")
     pairs = "; ".join(f"{method_label(b)} vs {method_label(a)}"
                       for a, b in stats[["method_a", "method_b"]].drop_duplicates().itertuples(index=False))
-    return {"pairs": pairs, "table": table(columns, rows, classes, text_columns=4)}
+    return {"pairs": pairs, "table": table(columns, rows, classes, text_columns=4), "n": len(stats),
+            "crossed": _crossed(stats)}
+
+
+def _crossed(stats: pd.DataFrame) -> list[str]:
+    """The comparisons that cross Holm-adjusted Welch p < 0.05, one sentence each, largest effect first."""
+    crossed = stats[stats["reject_p_welch_holm"].fillna(False).astype(bool)]
+    crossed = crossed.reindex(crossed["cohens_d"].abs().sort_values(ascending=False).index)
+    return [f"{r['dataset']}, lr {r['lr']}: {metric_label(r['metric'])}, {method_label(r['method_b'])} vs "
+            f"{method_label(r['method_a'])} {format_value(r['metric'], r['diff'], True)} "
+            f"(Holm p {p_value(r['p_welch_holm'])})" for _, r in crossed.iterrows()]
 
 
 def correlations_view(correlations: pd.DataFrame | None) -> dict | None:
