@@ -96,6 +96,17 @@ def test_a_small_spread_is_never_shown_as_zero():
     assert mean_sd("cka_mean", 0.9, float("nan")) == "0.900"
 
 
+def test_every_link_in_the_page_lands_on_an_anchor_and_every_shown_metric_links_to_the_glossary(page):
+    from clipdrift.analysis.names import METRICS, shown_in
+    from clipdrift.report.glossary import anchor
+
+    ids = set(re.findall(r"""\bid=['"]([^'"]+)['"]""", page))
+    targets = set(re.findall(r"""href=['"]#([^'"]+)['"]""", page))
+    assert targets and targets <= ids, targets - ids
+    assert {anchor(METRICS[m].label) for m in shown_in("runs")} <= targets
+    assert {"g-holm", "g-retention", "g-bootstrap-interval", "g-full", "g-lora"} <= ids
+
+
 def test_page_is_self_contained(page, figures):
     assert page.startswith("<!DOCTYPE html>")
     external = re.findall(r"""(?:src|href)\s*=\s*['"](?!data:|#)([^'"]*)""", page)
