@@ -26,7 +26,7 @@ from clipdrift.report.plotting import (
     canvas,
     hide_unused,
     legend,
-    lr_shades,
+    lr_lines,
     method_groups,
     method_styles,
     panel_title,
@@ -344,14 +344,12 @@ def frontier(curves: pd.DataFrame, pretrained=None, curve_tasks: pd.DataFrame | 
 def _frontier_panel(ax, part: pd.DataFrame, methods: list[str], styles: dict[str, MethodStyle]) -> None:
     for method in methods:
         rows = part[part["method"] == method]
-        for index, (lr, shade) in enumerate(lr_shades(styles[method].color, lr_order(rows["lr"])).items()):
+        for lr, line in lr_lines(styles[method], lr_order(rows["lr"])):
             mean = rows[rows["lr"] == lr].groupby("point")[["indomain_acc", "zs_top1"]].mean().sort_index()
-            label = styles[method].label if index == 0 else None  # the legend names methods; shades are the rates
-            ax.plot(100 * mean["indomain_acc"], 100 * mean["zs_top1"], **styles[method].line(color=shade, label=label,
-                                                                                           markersize=3))
+            ax.plot(100 * mean["indomain_acc"], 100 * mean["zs_top1"], **line)
             if 1.0 in mean.index:
                 end = mean.loc[1.0]
-                ax.scatter([100 * end["indomain_acc"]], [100 * end["zs_top1"]], color=shade, s=46,
+                ax.scatter([100 * end["indomain_acc"]], [100 * end["zs_top1"]], color=line["color"], s=46,
                            marker=styles[method].marker, edgecolor="black", linewidth=0.6, zorder=4)
 
 
@@ -373,10 +371,9 @@ def trajectories(curves: pd.DataFrame, pretrained=None) -> Figure | None:
             ax = axes[row, column]
             for method in members:
                 rows_of = part[part["method"] == method]
-                for index, (lr, shade) in enumerate(lr_shades(styles[method].color, lr_order(rows_of["lr"])).items()):
+                for lr, line in lr_lines(styles[method], lr_order(rows_of["lr"])):
                     mean = rows_of[rows_of["lr"] == lr].groupby("point")[metric].mean().sort_index()
-                    ax.plot(mean.index, scale * mean, **styles[method].line(
-                        color=shade, markersize=3, label=styles[method].label if index == 0 else None))
+                    ax.plot(mean.index, scale * mean, **line)
             if metric == "zs_top1" and not np.isnan(reference):
                 ax.axhline(100 * reference, color="0.35", linestyle="--", linewidth=1)
                 ax.axhline(50 * reference, color="0.6", linestyle=":", linewidth=1)

@@ -143,3 +143,11 @@ def lr_shades(color: str, lrs: list[str]) -> dict[str, tuple]:
     """One shade of ``color`` per learning rate, darker for higher rates."""
     palette = sns.light_palette(color, n_colors=len(lrs) + 2)[2:]
     return dict(zip(lrs, palette))
+
+
+def lr_lines(style: MethodStyle, lrs: list[str]) -> list[tuple[str, dict]]:
+    """Per learning rate, ``Axes.plot`` keywords drawing a method's line in its rate's shade; the
+    highest rate, drawn in the method's own colour, names the method in the legend."""
+    shades = lr_shades(style.color, lrs)
+    return [(lr, style.line(color=shade, markersize=3, label=style.label if lr == lrs[-1] else None))
+            for lr, shade in shades.items()]
