@@ -1,0 +1,104 @@
+"""The weight-space drift measures on matrices with known answers."""
+
+import math
+
+import pytest
+import torch
+
+from clipdrift.measure.weights import (
+    effective_rank,
+    energy_rank,
+    intruders,
+    magnitude_direction,
+    random_intruders,
+    singular_values,
+    stable_rank,
+    subspace_overlap,
+)
+
+
+def test_spectrum_shapes_of_known_spectra():
+    flat, spike = torch.ones(4, dtype=torch.float64), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    assert effective_rank(flat) == pytest.approx(4.0) and effective_rank(spike) == pytest.approx(1.0)
+    assert effective_rank(torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)) == pytest.approx(
+        math.exp(-(2 * 0.25 * math.log(0.25) + 0.5 * math.log(0.5))))
+    assert stable_rank(torch.tensor([4.0, 3.0], dtype=torch.float64)) == pytest.approx(25 / 16)
+    energies = torch.tensor([9.0, 3.0, 1.0, 1.0], dtype=torch.float64)  # squares 81, 9, 1, 1 of 92
+    assert energy_rank(energies) == 2 and energy_rank(energies, 0.88) == 1 and energy_rank(energies, 1.0) == 4
+    assert effective_rank(torch.zeros(3)) == stable_rank(torch.zeros(3)) == energy_rank(torch.zeros(3)) == 0
+
+
+def test_the_rank_of_a_low_rank_change_is_its_rank():
+    generator = torch.Generator().manual_seed(0)
+    change = (torch.randn(40, 3, generator=generator, dtype=torch.float64)
+              @ torch.randn(3, 30, generator=generator, dtype=torch.float64))
+    values = singular_values(change)
+    assert int((values > 1e-9 * values.max()).sum()) == 3 and energy_rank(values, 0.999999) <= 3
+    assert 1.0 <= effective_rank(values) <= 3.0 and 1.0 <= stable_rank(values) <= 3.0
+
+
+def test_a_direction_orthogonal_enough_to_every_pretrained_one_is_an_intruder():
+    pretrained = torch.diag(torch.tensor([6.0, 5.0, 4.0, 3.0, 2.0, 1.0], dtype=torch.float64))  # U0 = the axes
+    spread = torch.ones(6, dtype=torch.float64) / math.sqrt(6)  # cos 0.41 with every axis
+    tuned = pretrained + 20.0 * torch.outer(spread, spread)
+    found = intruders(pretrained, tuned, top_k=1, epsilon=0.5)
+    assert found["count"] == 1 and found["indices"] == [0] and found["max_cosines"][0] < 0.5
+    assert 0.5 < found["energy_share"] < 1.0
+    assert intruders(pretrained, tuned, top_k=1, epsilon=0.4)["count"] == 0  # 0.41 is not below 0.4
+    aligned = pretrained + 20.0 * torch.outer(torch.eye(6, dtype=torch.float64)[2], torch.eye(6, dtype=torch.float64)[2])
+    assert intruders(pretrained, aligned, top_k=3)["count"] == 0  # grew along a pretrained direction
+    assert intruders(pretrained, pretrained)["count"] == 0
+
+
+def test_random_directions_in_high_dimension_count_as_intruders_and_in_low_ones_do_not():
+    generator = torch.Generator().manual_seed(1)
+    assert random_intruders(torch.randn(3, 3, generator=generator)) == 0  # |cos| >= 1/sqrt(3) > 0.5 always
+    assert random_intruders(torch.randn(768, 768, generator=generator)) == 10  # cosines ~ 0.1 at d = 768
+
+
+def test_magnitude_and_direction_separate():
+    generator = torch.Generator().manual_seed(2)
+    pretrained = torch.randn(5, 8, generator=generator, dtype=torch.float64)
+    scaled = magnitude_direction(pretrained, 2 * pretrained)
+    assert scaled["delta_direction"] == pytest.approx(0.0, abs=1e-12)
+    assert scaled["delta_magnitude"] == pytest.approx(float(pretrained.norm(dim=1).mean()))
+    rotation = torch.linalg.qr(torch.randn(8, 8, generator=generator, dtype=torch.float64)).Q
+    turned = magnitude_direction(pretrained, pretrained @ rotation)
+    assert turned["delta_magnitude"] == pytest.approx(0.0, abs=1e-12) and turned["delta_direction"] > 0.1
+
+
+def test_subspace_overlap_is_one_for_the_same_subspace_and_zero_for_orthogonal_ones():
+    eye = torch.eye(6, dtype=torch.float64)
+    a = 3 * torch.outer(eye[0], eye[0]) + 2 * torch.outer(eye[1], eye[1])
+    same_span = 5 * torch.outer(eye[1], eye[3]) + torch.outer(eye[0], eye[4])
+    other = 3 * torch.outer(eye[2], eye[0]) + 2 * torch.outer(eye[5], eye[1])
+    assert subspace_overlap(a, same_span, 2) == pytest.approx(1.0)
+    assert subspace_overlap(a, other, 2) == pytest.approx(0.0, abs=1e-12)
+    half = 3 * torch.outer(eye[0], eye[0]) + 2 * torch.outer(eye[2], eye[1])
+    assert subspace_overlap(a, half, 2) == pytest.approx(0.5)
+
+
+def test_intruder_detection_agrees_with_peft_reduce_intruder_dimension():
+    """peft's own detection (peft.tuners.lora.intruders, its code: top-k left singular vectors of the
+    merged weight, max |cos| with the base weight's, below epsilon) counts what ours counts, layer by layer."""
+    import re
+
+    import peft
+    from peft.tuners.lora.intruders import reduce_intruder_dimension
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 32), torch.nn.Linear(32, 32), torch.nn.Linear(32, 16))
+    tuned = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["0", "1", "2"]))
+    counted = {}
+    for name, layer in tuned.named_modules():
+        if isinstance(layer, peft.tuners.lora.LoraLayer):
+            layer.lora_B["default"].weight.data.normal_(0, 3.0)  # a change large enough to reorder the spectrum
+            base = layer.get_base_layer().weight.data
+            counted[name] = intruders(base, base + layer.get_delta_weight("default"), top_k=10, epsilon=0.5)["count"]
+    logged = []
+    reduce_intruder_dimension(tuned, top_k=10, threshold_epsilon=0.5, logging_sink=logged.append)
+    theirs = {}
+    for line in logged:
+        if match := re.fullmatch(r"(.+): (?:Intruders: (\d+)|No intruders)", line):
+            theirs[match.group(1)] = int(match.group(2) or 0)
+    assert theirs == counted and any(counted.values()), (theirs, counted)
