@@ -102,3 +102,48 @@ def test_intruder_detection_agrees_with_peft_reduce_intruder_dimension():
         if match := re.fullmatch(r"(.+): (?:Intruders: (\d+)|No intruders)", line):
             theirs[match.group(1)] = int(match.group(2) or 0)
     assert theirs == counted and any(counted.values()), (theirs, counted)
+
+
+# --- the tower's matrices as a run computes with them ------------------------------------------
+
+
+def test_a_lora_towers_matrices_are_its_base_weights_with_the_adapters_merged_as_its_forward_computes():
+    from tiny_models import make_tiny
+
+    from clipdrift.model.weights import BLOCK_MATRICES, PROJECTION, PROJECTION_LAYER, tower_matrices
+
+    plain, adapted = make_tiny("full"), make_tiny("lora").eval()  # eval: no LoRA dropout
+    torch.manual_seed(4)
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.5)  # a trained adapter (peft starts B at zero)
+    merged, base = tower_matrices(adapted), tower_matrices(plain)
+    blocks = len(adapted.clip.visual.transformer.resblocks)
+    assert set(merged) == {(b, m) for b in range(blocks) for m in BLOCK_MATRICES} | {(PROJECTION_LAYER, PROJECTION)}
+    attention = adapted.clip.visual.transformer.resblocks[0].attn
+    x = torch.randn(3, attention.q_proj.in_features)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        module = getattr(attention, name)
+        bias = module.get_base_layer().bias if hasattr(module, "get_base_layer") else module.bias
+        assert torch.allclose(module(x), torch.nn.functional.linear(x, merged[(0, name)], bias), atol=1e-5), name
+    assert not torch.equal(merged[(0, "q_proj")], base[(0, "q_proj")])  # the adapter's change is in it
+    assert torch.equal(merged[(0, "k_proj")], base[(0, "k_proj")])  # no adapter on k: the pretrained weight
+    assert merged[(PROJECTION_LAYER, PROJECTION)].shape == adapted.clip.visual.proj.T.shape
+
+
+def test_a_full_ft_towers_drift_rows_name_every_matrix_and_a_tower_against_itself_has_none():
+    from tiny_models import make_tiny
+
+    from clipdrift.measure.weights import WEIGHT_COLUMNS, weight_rows
+    from clipdrift.model.weights import tower_matrices
+
+    pretrained = tower_matrices(make_tiny("full"))
+    tuned = {key: weight + 0.01 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(5))
+             for key, weight in pretrained.items()}
+    rows = weight_rows(pretrained, tuned)
+    assert [list(row) for row in rows] == [WEIGHT_COLUMNS] * len(pretrained)
+    assert all(row["relative_drift"] > 0 and row["rank90"] > 1 for row in rows)  # random noise: high rank
+    unchanged = weight_rows(pretrained, pretrained)
+    assert all(row["relative_drift"] == 0 and row["rank90"] == 0 and row["intruders"] == 0 for row in unchanged)
+    with pytest.raises(ValueError, match="the towers differ"):
+        weight_rows(pretrained, {key: value for key, value in list(pretrained.items())[1:]})

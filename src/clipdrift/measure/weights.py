@@ -103,3 +103,31 @@ def subspace_overlap(change_a: torch.Tensor, change_b: torch.Tensor, rank: int) 
     left_a = torch.linalg.svd(_double(change_a), full_matrices=False).U[:, :rank]
     left_b = torch.linalg.svd(_double(change_b), full_matrices=False).U[:, :rank]
     return float((left_a.T @ left_b).pow(2).sum()) / rank
+
+
+WEIGHT_COLUMNS = ["layer", "matrix", "relative_drift", "effective_rank", "stable_rank", "rank90", "intruders",
+                  "intruder_energy", "random_intruders", "delta_magnitude", "delta_direction"]
+
+
+def matrix_drift(pretrained: torch.Tensor, tuned: torch.Tensor, top_k: int = INTRUDER_TOP_K,
+                 epsilon: float = INTRUDER_EPSILON) -> dict:
+    """Every measure above of one matrix: ``‖ΔW‖_F / ‖W0‖_F``, ΔW's spectrum shape, the intruders
+    with the random baseline at the same dimension, and ΔM / ΔD."""
+    before, after = _double(pretrained), _double(tuned)
+    values = singular_values(after - before)
+    found = intruders(before, after, top_k, epsilon)
+    return {"relative_drift": float((after - before).norm() / before.norm()), "effective_rank": effective_rank(values),
+            "stable_rank": stable_rank(values), "rank90": energy_rank(values), "intruders": found["count"],
+            "intruder_energy": found["energy_share"], "random_intruders": random_intruders(before, top_k, epsilon),
+            **magnitude_direction(before, after)}
+
+
+def weight_rows(pretrained: dict[tuple[int, str], torch.Tensor], tuned: dict[tuple[int, str], torch.Tensor],
+                top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON) -> list[dict]:
+    """One row per matrix (``{(layer, matrix): weight}`` of :func:`clipdrift.model.weights.tower_matrices`),
+    with :data:`WEIGHT_COLUMNS`."""
+    if set(pretrained) != set(tuned):
+        raise ValueError(f"the towers differ: matrices {sorted(set(pretrained) ^ set(tuned))[:3]} are in one only")
+    return [{"layer": layer, "matrix": matrix, **matrix_drift(pretrained[(layer, matrix)], tuned[(layer, matrix)],
+                                                                top_k, epsilon)}
+            for layer, matrix in sorted(pretrained)]
