@@ -15,6 +15,7 @@ import pandas as pd
 from clipdrift.analysis.names import METRICS
 from clipdrift.analysis.tables import ACCURACY_METRICS
 from clipdrift.analysis.wording import small
+from clipdrift.model.methods import METHODS as METHOD_REGISTRY
 from clipdrift.report.glossary import anchor
 
 
@@ -90,6 +91,7 @@ def r_with_ci(r, low, high) -> str:
 class Row:
     cells: tuple[str, ...]
     css_class: str = ""  # "flag" (highlighted), "diverged", or none
+    links: tuple[str, ...] = ()  # per cell, the glossary entry it links to ("" for none)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,18 @@ def table(
     classes = [""] * len(rows) if classes is None else list(classes)
     columns = tuple(columns)
     links = tuple(anchor(column) if column in _METRIC_LABELS else "" for column in columns)
-    return Table(columns, tuple(Row(cells, css) for cells, css in zip(rows, classes)), text_columns, links)
+    method = columns.index("method") if "method" in columns else None
+    return Table(columns, tuple(Row(cells, css, _method_link(cells, method)) for cells, css in zip(rows, classes)),
+                 text_columns, links)
 
 
 _METRIC_LABELS = {metric.label for metric in METRICS.values()}
+_METHOD_NAMES = {entry.label: name for name, entry in METHOD_REGISTRY.items()}
+
+
+def _method_link(cells: tuple[str, ...], column: int | None) -> tuple[str, ...]:
+    """A method column's cell links to the method's (or variant's) glossary entry."""
+    if column is None:
+        return ()
+    label = cells[column]
+    return tuple(anchor(_METHOD_NAMES.get(label, label)) if index == column else "" for index in range(len(cells)))
