@@ -309,12 +309,14 @@ def test_a_setting_its_class_refuses_is_refused_when_the_config_is_read(change, 
 
 def test_every_job_is_told_settings_its_class_rebuilds_unchanged():
     """The dicts the rules carry are the settings classes' own: rebuilt, they write the same back."""
-    from clipdrift.measure.settings import AttentionConfig, CKAConfig, CurveSettings
+    from clipdrift.measure.settings import AttentionConfig, CKAConfig, CurveSettings, WeightSettings
     from clipdrift.pipeline import plan
 
     config = prepare_config(_default_with({"curves": {"enabled": True}}), SCHEMA)
     curves = plan.curve_settings(config, "world-eurosat")
     assert CurveSettings(**curves).to_dict() == curves
+    weights = plan.weight_settings(config, "world-eurosat")
+    assert WeightSettings(**weights).to_dict() == weights and weights["epochs"] == curves["epochs"] == [1, 2, 3, 4]
     attention = plan.attention_settings(config)
     assert AttentionConfig(**attention).to_dict() == attention
     cka = CKAConfig(**plan.cka_settings(config)).to_dict()

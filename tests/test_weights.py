@@ -1,6 +1,7 @@
 """The weight-space drift measures on matrices with known answers."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,10 @@ import torch
 from clipdrift.measure.weights import (
     effective_rank,
     energy_rank,
+    MatrixChange,
+    basis_overlap,
     intruders,
+    left_basis,
     magnitude_direction,
     random_intruders,
     singular_values,
@@ -50,10 +54,23 @@ def test_a_direction_orthogonal_enough_to_every_pretrained_one_is_an_intruder():
     assert intruders(pretrained, pretrained)["count"] == 0
 
 
+def test_a_planted_rank_one_change_orthogonal_to_the_top_k_and_larger_than_the_top_value_is_one_intruder_at_0():
+    generator = torch.Generator().manual_seed(6)
+    pretrained = torch.randn(64, 48, generator=generator, dtype=torch.float64)
+    left, values, _ = torch.linalg.svd(pretrained, full_matrices=False)
+    # orthogonal to the top 10 pretrained left singular vectors, spread over the other 38 (|cos| 1/sqrt(38) with each)
+    u = left[:, 10:].sum(dim=1) / math.sqrt(38)
+    v = torch.randn(48, generator=generator, dtype=torch.float64)
+    tuned = pretrained + 3 * float(values[0]) * torch.outer(u, v / v.norm())
+    found = intruders(pretrained, tuned, top_k=10, epsilon=0.5)
+    assert found["count"] == 1 and found["indices"] == [0], found
+    assert intruders(pretrained, pretrained)["count"] == 0
+
+
 def test_random_directions_in_high_dimension_count_as_intruders_and_in_low_ones_do_not():
     generator = torch.Generator().manual_seed(1)
-    assert random_intruders(torch.randn(3, 3, generator=generator)) == 0  # |cos| >= 1/sqrt(3) > 0.5 always
-    assert random_intruders(torch.randn(768, 768, generator=generator)) == 10  # cosines ~ 0.1 at d = 768
+    assert random_intruders(left_basis(torch.randn(3, 3, generator=generator))) == 0  # |cos| >= 1/sqrt(3) > 0.5 always
+    assert random_intruders(left_basis(torch.randn(768, 768, generator=generator))) == 10  # cosines ~ 0.1 at d = 768
 
 
 def test_magnitude_and_direction_separate():
@@ -147,3 +164,52 @@ def test_a_full_ft_towers_drift_rows_name_every_matrix_and_a_tower_against_itsel
     assert all(row["relative_drift"] == 0 and row["rank90"] == 0 and row["intruders"] == 0 for row in unchanged)
     with pytest.raises(ValueError, match="the towers differ"):
         weight_rows(pretrained, {key: value for key, value in list(pretrained.items())[1:]})
+
+
+def test_float32_on_an_accelerator_agrees_with_float64_to_the_stated_tolerance():
+    """The GPU's precision, run here: the same measures in float32 (working_dtype of a CUDA device)."""
+    from clipdrift.measure import weights
+
+    generator = torch.Generator().manual_seed(7)
+    pretrained = torch.randn(96, 96, generator=generator)
+    tuned = pretrained + 0.3 * torch.randn(96, 4, generator=generator) @ torch.randn(4, 96, generator=generator)
+    exact = MatrixChange(pretrained, tuned).drift()
+    assert weights.working_dtype("cuda") == torch.float32 and weights.working_dtype("cpu") == torch.float64
+    original = weights.working_dtype
+    weights.working_dtype = lambda device: torch.float32  # what a CUDA device gets, on the CPU
+    try:
+        single = MatrixChange(pretrained, tuned)
+        assert single.delta.dtype == torch.float32
+        approximate = single.drift()
+    finally:
+        weights.working_dtype = original
+    for column in ("relative_drift", "intruder_energy", "delta_magnitude", "delta_direction"):
+        assert approximate[column] == pytest.approx(exact[column], rel=weights.FLOAT32_TOLERANCE, abs=1e-7), column
+    for column in ("rank90", "intruders", "random_intruders"):
+        assert approximate[column] == exact[column], column
+
+
+def test_a_change_and_its_basis_overlap_as_the_changes_do():
+    generator = torch.Generator().manual_seed(8)
+    pretrained = torch.randn(20, 12, generator=generator, dtype=torch.float64)
+    change = torch.randn(20, 2, generator=generator, dtype=torch.float64) @ torch.randn(2, 12, generator=generator, dtype=torch.float64)
+    one, other = MatrixChange(pretrained, pretrained + change), MatrixChange(pretrained, pretrained - 2 * change)
+    assert one.delta_basis(8).shape == (20, 2)  # no more directions than the change has
+    assert basis_overlap(one.delta_basis(2), other.delta_basis(2)) == pytest.approx(1.0)
+    assert MatrixChange(pretrained, pretrained).delta_basis(8).shape == (20, 0)
+
+
+def test_the_studys_intruder_defaults_are_peft_s_and_the_measures_own():
+    """Shuttleworth et al.'s k = 10, epsilon = 0.5 as peft's reduce_intruder_dimension defaults them."""
+    import inspect
+
+    import yaml
+    from peft.tuners.lora.intruders import reduce_intruder_dimension
+
+    from clipdrift.measure import weights
+
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())["properties"]["weights"]["properties"]
+    peft_defaults = inspect.signature(reduce_intruder_dimension).parameters
+    assert schema["top_k"]["default"] == peft_defaults["top_k"].default == weights.INTRUDER_TOP_K
+    assert schema["epsilon"]["default"] == peft_defaults["threshold_epsilon"].default == weights.INTRUDER_EPSILON
+    assert schema["energy_share"]["default"] == weights.ENERGY_SHARE

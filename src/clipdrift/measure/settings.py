@@ -106,3 +106,34 @@ class CurveSettings:
     def to_dict(self) -> dict:
         return {"alphas": list(self.alphas), "epochs": list(self.epochs), "attention": self.attention.to_dict(),
                 "eval_batch_size": self.eval_batch_size, "zeroshot": self.zeroshot}
+
+
+@dataclass(frozen=True)
+class WeightSettings:
+    """What a run's weight-space drift measures: intruders among the top ``top_k`` left singular
+    vectors at cosine ``epsilon``, and at every ``top_k_sweep`` × ``epsilon_sweep``; ΔW's rank
+    holding ``energy_share`` of its energy; the top ``overlap_rank`` directions of ΔW compared
+    between runs; at the drift checkpoint and at the kept ``epochs``."""
+
+    top_k: int
+    epsilon: float
+    top_k_sweep: tuple[int, ...]
+    epsilon_sweep: tuple[float, ...]
+    energy_share: float
+    overlap_rank: int
+    epochs: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "top_k_sweep", tuple(sorted(int(k) for k in self.top_k_sweep)))
+        object.__setattr__(self, "epsilon_sweep", tuple(sorted(float(e) for e in self.epsilon_sweep)))
+        object.__setattr__(self, "epochs", tuple(sorted(int(e) for e in self.epochs)))
+        if min((self.top_k, self.overlap_rank, *self.top_k_sweep)) < 1:
+            raise ValueError("top_k, top_k_sweep and overlap_rank count directions: each must be >= 1")
+        if not all(0.0 < e <= 1.0 for e in (self.epsilon, *self.epsilon_sweep)):
+            raise ValueError("epsilon and epsilon_sweep are cosines: each must be in (0, 1]")
+        if not 0.0 < self.energy_share <= 1.0:
+            raise ValueError(f"energy_share must be in (0, 1], got {self.energy_share}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "top_k_sweep": list(self.top_k_sweep), "epsilon_sweep": list(self.epsilon_sweep),
+                "epochs": list(self.epochs)}

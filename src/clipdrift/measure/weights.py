@@ -1,4 +1,4 @@
-"""What fine-tuning did to a weight matrix, as pure tensor functions (float64 throughout).
+"""What fine-tuning did to a weight matrix, as pure tensor functions.
 
 For a pretrained matrix ``W0`` and its fine-tuned ``W`` (``nn.Linear`` layout: one row per output
 unit), with ``ΔW = W − W0`` and ``s`` the singular values of ``ΔW``:
@@ -13,25 +13,43 @@ unit), with ``ΔW = W − W0`` and ``s`` the singular values of ``ΔW``:
   ``ΔD = mean (1 − cos(W_n, W0_n))``;
 - the overlap of two changes' top-``r`` left singular subspaces, ``‖U_Aᵀ U_B‖²_F / r`` (1: the
   same subspace, ``r / d`` expected of random ones).
+
+Precision: float64 on the CPU; on a GPU float32 (``working_dtype``), where the cosines, shares and
+relative drifts agree with float64 to 1e-4 and the counts and ranks exactly unless a value sits
+within that of its threshold (``tests/test_weights.py``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 INTRUDER_TOP_K = 10
 INTRUDER_EPSILON = 0.5
 ENERGY_SHARE = 0.9
+RANDOM_SEED = 0  # the random baseline's directions: the same for every run of a study
+FLOAT32_TOLERANCE = 1e-4
 
 
-def _double(matrix: torch.Tensor) -> torch.Tensor:
-    return matrix.detach().to(device="cpu", dtype=torch.float64)
+def working_dtype(device: torch.device | str) -> torch.dtype:
+    """float64 where it is cheap (the CPU), float32 on an accelerator (see the module's tolerance)."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+
+
+def _working(matrix: torch.Tensor) -> torch.Tensor:
+    return matrix.detach().to(working_dtype(matrix.device))
 
 
 def singular_values(matrix: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.svdvals(_double(matrix))
+    return torch.linalg.svdvals(_working(matrix))
+
+
+def left_basis(matrix: torch.Tensor) -> torch.Tensor:
+    """Every left singular vector of ``matrix`` (columns, by singular value): what intruders are measured against."""
+    return torch.linalg.svd(_working(matrix), full_matrices=False).U
 
 
 def effective_rank(values: torch.Tensor) -> float:
@@ -56,21 +74,16 @@ def energy_rank(values: torch.Tensor, share: float = ENERGY_SHARE) -> int:
     if total == 0.0:
         return 0
     held = torch.cumsum(energy, 0) / total
-    return int(torch.searchsorted(held, torch.tensor(share, dtype=held.dtype) - 1e-12)) + 1
+    return int(torch.searchsorted(held, torch.tensor(share, dtype=held.dtype, device=held.device) - 1e-12)) + 1
 
 
 def max_cosines(directions: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """For each column of ``directions`` (unit vectors), its largest absolute cosine with a column of ``basis``."""
-    return (_double(directions).T @ _double(basis)).abs().max(dim=1).values
+    directions = _working(directions)
+    return (directions.T @ basis.to(directions)).abs().max(dim=1).values
 
 
-def intruders(pretrained: torch.Tensor, tuned: torch.Tensor, top_k: int = INTRUDER_TOP_K,
-              epsilon: float = INTRUDER_EPSILON) -> dict:
-    """The intruder dimensions of ``tuned`` against ``pretrained``: which of its top ``top_k``
-    left singular vectors have no pretrained left singular vector with ``|cos| >= epsilon``
-    (``indices``, by rank), their count, and their share of ``tuned``'s spectral energy."""
-    base = torch.linalg.svd(_double(pretrained), full_matrices=False).U
-    left, values, _ = torch.linalg.svd(_double(tuned), full_matrices=False)
+def _intruders_among(left: torch.Tensor, values: torch.Tensor, base: torch.Tensor, top_k: int, epsilon: float) -> dict:
     cosines = max_cosines(left[:, :top_k], base)
     found = torch.where(cosines < epsilon)[0]
     energy = values**2
@@ -78,13 +91,20 @@ def intruders(pretrained: torch.Tensor, tuned: torch.Tensor, top_k: int = INTRUD
             "energy_share": float(energy[found].sum() / energy.sum()) if float(energy.sum()) else 0.0}
 
 
-def random_intruders(pretrained: torch.Tensor, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON,
-                     seed: int = 0) -> int:
-    """How many of ``top_k`` random unit directions of ``pretrained``'s output dimension would count
-    as intruders against it: the count chance alone gives at that dimension."""
-    base = torch.linalg.svd(_double(pretrained), full_matrices=False).U
+def intruders(pretrained: torch.Tensor, tuned: torch.Tensor, top_k: int = INTRUDER_TOP_K,
+              epsilon: float = INTRUDER_EPSILON) -> dict:
+    """The intruder dimensions of ``tuned`` against ``pretrained``: which of its top ``top_k``
+    left singular vectors have no pretrained left singular vector with ``|cos| >= epsilon``
+    (``indices``, by rank), their count, and their share of ``tuned``'s spectral energy."""
+    return MatrixChange(pretrained, tuned).intruders(top_k, epsilon)
+
+
+def random_intruders(base: torch.Tensor, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON,
+                     seed: int = RANDOM_SEED) -> int:
+    """How many of ``top_k`` random unit directions would count as intruders against the left
+    singular vectors ``base`` (:func:`left_basis`): the count chance alone gives at that dimension."""
     generator = torch.Generator().manual_seed(seed)
-    directions = torch.randn(base.shape[0], top_k, generator=generator, dtype=torch.float64)
+    directions = torch.randn(base.shape[0], top_k, generator=generator, dtype=torch.float64).to(base)
     directions = directions / directions.norm(dim=0, keepdim=True)
     return int((max_cosines(directions, base) < epsilon).sum())
 
@@ -92,7 +112,7 @@ def random_intruders(pretrained: torch.Tensor, top_k: int = INTRUDER_TOP_K, epsi
 def magnitude_direction(pretrained: torch.Tensor, tuned: torch.Tensor) -> dict:
     """DoRA's decomposition per output unit (row): ``delta_magnitude`` = mean |‖W_n‖ − ‖W0_n‖|,
     ``delta_direction`` = mean (1 − cos(W_n, W0_n))."""
-    before, after = _double(pretrained), _double(tuned)
+    before, after = _working(pretrained), _working(tuned).to(pretrained.device)
     magnitude = (after.norm(dim=1) - before.norm(dim=1)).abs().mean()
     direction = (1 - torch.nn.functional.cosine_similarity(after, before, dim=1)).mean()
     return {"delta_magnitude": float(magnitude), "delta_direction": float(direction)}
@@ -100,34 +120,108 @@ def magnitude_direction(pretrained: torch.Tensor, tuned: torch.Tensor) -> dict:
 
 def subspace_overlap(change_a: torch.Tensor, change_b: torch.Tensor, rank: int) -> float:
     """``‖U_Aᵀ U_B‖²_F / r`` of the top-``rank`` left singular vectors of two changes of one matrix."""
-    left_a = torch.linalg.svd(_double(change_a), full_matrices=False).U[:, :rank]
-    left_b = torch.linalg.svd(_double(change_b), full_matrices=False).U[:, :rank]
-    return float((left_a.T @ left_b).pow(2).sum()) / rank
+    return basis_overlap(left_basis(change_a)[:, :rank], left_basis(change_b)[:, :rank])
 
 
-WEIGHT_COLUMNS = ["layer", "matrix", "relative_drift", "effective_rank", "stable_rank", "rank90", "intruders",
-                  "intruder_energy", "random_intruders", "delta_magnitude", "delta_direction"]
+def basis_overlap(left_a: torch.Tensor, left_b: torch.Tensor) -> float:
+    """``‖U_Aᵀ U_B‖²_F / r`` of two sets of ``r`` orthonormal columns (:attr:`MatrixChange.delta_basis`)."""
+    rank = min(left_a.shape[1], left_b.shape[1])
+    if rank == 0:
+        return math.nan
+    left_a = _working(left_a[:, :rank])
+    return float((left_a.T @ left_b[:, :rank].to(left_a)).pow(2).sum()) / rank
+
+
+@dataclass
+class MatrixChange:
+    """One matrix before and after fine-tuning, each decomposition every measure reads computed
+    once. ``base``: the pretrained left singular vectors when already known (the study computes
+    them once, :func:`left_basis`)."""
+
+    pretrained: torch.Tensor
+    tuned: torch.Tensor
+    base: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.pretrained = _working(self.pretrained)
+        self.tuned = _working(self.tuned).to(self.pretrained.device)
+        if self.pretrained.shape != self.tuned.shape:
+            raise ValueError(f"the matrices differ in shape: {tuple(self.pretrained.shape)} and {tuple(self.tuned.shape)}")
+        self.base = left_basis(self.pretrained) if self.base is None else self.base.to(self.pretrained)
+
+    @cached_property
+    def delta(self) -> torch.Tensor:
+        return self.tuned - self.pretrained
+
+    @cached_property
+    def delta_svd(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ΔW's left singular vectors and singular values."""
+        left, values, _ = torch.linalg.svd(self.delta, full_matrices=False)
+        return left, values
+
+    @cached_property
+    def tuned_svd(self) -> tuple[torch.Tensor, torch.Tensor]:
+        left, values, _ = torch.linalg.svd(self.tuned, full_matrices=False)
+        return left, values
+
+    def intruders(self, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON) -> dict:
+        return _intruders_among(*self.tuned_svd, self.base, top_k, epsilon)
+
+    def delta_basis(self, rank: int) -> torch.Tensor:
+        """ΔW's top-``rank`` left singular vectors (fewer where ΔW's rank is lower; none for no change)."""
+        left, values = self.delta_svd
+        kept = int((values > values.max() * 1e-9).sum()) if values.numel() and float(values.max()) > 0 else 0
+        return left[:, :min(rank, kept)]
+
+    def drift(self, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON,
+              share: float = ENERGY_SHARE) -> dict:
+        """Every measure of the module at one ``top_k`` and ``epsilon``: :data:`DRIFT_COLUMNS`."""
+        values = self.delta_svd[1]
+        found = self.intruders(top_k, epsilon)
+        return {"relative_drift": float(self.delta.norm() / self.pretrained.norm()),
+                "effective_rank": effective_rank(values), "stable_rank": stable_rank(values),
+                "rank90": energy_rank(values, share), "intruders": found["count"],
+                "intruder_energy": found["energy_share"], "random_intruders": random_intruders(self.base, top_k, epsilon),
+                **magnitude_direction(self.pretrained, self.tuned)}
+
+    def sweep(self, top_ks, epsilons) -> list[dict]:
+        """The intruders and their random baseline at every ``top_k`` × ``epsilon``: :data:`SWEEP_COLUMNS`."""
+        rows = []
+        for top_k in top_ks:
+            for epsilon in epsilons:
+                found = self.intruders(top_k, epsilon)
+                rows.append({"top_k": int(top_k), "epsilon": float(epsilon), "intruders": found["count"],
+                             "intruder_energy": found["energy_share"],
+                             "random_intruders": random_intruders(self.base, top_k, epsilon)})
+        return rows
+
+
+DRIFT_COLUMNS = ["relative_drift", "effective_rank", "stable_rank", "rank90", "intruders", "intruder_energy",
+                 "random_intruders", "delta_magnitude", "delta_direction"]
+SWEEP_COLUMNS = ["top_k", "epsilon", "intruders", "intruder_energy", "random_intruders"]
+WEIGHT_COLUMNS = ["layer", "matrix", *DRIFT_COLUMNS]
 
 
 def matrix_drift(pretrained: torch.Tensor, tuned: torch.Tensor, top_k: int = INTRUDER_TOP_K,
                  epsilon: float = INTRUDER_EPSILON) -> dict:
-    """Every measure above of one matrix: ``‖ΔW‖_F / ‖W0‖_F``, ΔW's spectrum shape, the intruders
-    with the random baseline at the same dimension, and ΔM / ΔD."""
-    before, after = _double(pretrained), _double(tuned)
-    values = singular_values(after - before)
-    found = intruders(before, after, top_k, epsilon)
-    return {"relative_drift": float((after - before).norm() / before.norm()), "effective_rank": effective_rank(values),
-            "stable_rank": stable_rank(values), "rank90": energy_rank(values), "intruders": found["count"],
-            "intruder_energy": found["energy_share"], "random_intruders": random_intruders(before, top_k, epsilon),
-            **magnitude_direction(before, after)}
+    """Every measure of one matrix (:meth:`MatrixChange.drift`)."""
+    return MatrixChange(pretrained, tuned).drift(top_k, epsilon)
 
 
-def weight_rows(pretrained: dict[tuple[int, str], torch.Tensor], tuned: dict[tuple[int, str], torch.Tensor],
-                top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON) -> list[dict]:
-    """One row per matrix (``{(layer, matrix): weight}`` of :func:`clipdrift.model.weights.tower_matrices`),
-    with :data:`WEIGHT_COLUMNS`."""
+def tower_changes(pretrained: dict, tuned: dict, bases: dict | None = None) -> dict:
+    """``{(layer, matrix): MatrixChange}`` of two towers' matrices (:func:`clipdrift.model.weights.tower_matrices`),
+    with the pretrained bases when given."""
     if set(pretrained) != set(tuned):
         raise ValueError(f"the towers differ: matrices {sorted(set(pretrained) ^ set(tuned))[:3]} are in one only")
-    return [{"layer": layer, "matrix": matrix, **matrix_drift(pretrained[(layer, matrix)], tuned[(layer, matrix)],
-                                                                top_k, epsilon)}
-            for layer, matrix in sorted(pretrained)]
+    if bases is not None and set(bases) != set(pretrained):
+        raise ValueError(f"the pretrained bases do not match the tower: {sorted(set(bases) ^ set(pretrained))[:3]} "
+                         "differ (were they computed for another backbone?)")
+    return {key: MatrixChange(pretrained[key], tuned[key], None if bases is None else bases[key])
+            for key in sorted(pretrained)}
+
+
+def weight_rows(pretrained: dict, tuned: dict, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON,
+                bases: dict | None = None, share: float = ENERGY_SHARE) -> list[dict]:
+    """One row per matrix (``{(layer, matrix): weight}``), with :data:`WEIGHT_COLUMNS`."""
+    return [{"layer": layer, "matrix": matrix, **change.drift(top_k, epsilon, share)}
+            for (layer, matrix), change in tower_changes(pretrained, tuned, bases).items()]

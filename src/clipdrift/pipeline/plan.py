@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipdrift.core.errors import StudyConfigError
-from clipdrift.measure.settings import CKAConfig, CurveSettings
+from clipdrift.measure.settings import CKAConfig, CurveSettings, WeightSettings
 from clipdrift.model.methods import METHODS, MethodConfig, family_of
 from clipdrift.pipeline.inputs import (
     backbone_image_size,
@@ -125,6 +125,8 @@ def check_settings(config: dict) -> None:
             _settings_or_refuse(f"methods: variant {name!r}'s training (dataset {dataset['name']})", TrainConfig,
                                 training_settings(config, dataset["name"], lr, seed, name))
         _settings_or_refuse("curves", CurveSettings, curve_settings(config, dataset["name"]))
+        if config["weights"]["enabled"]:
+            _settings_or_refuse("weights", WeightSettings, weight_settings(config, dataset["name"]))
     _settings_or_refuse("metrics", CKAConfig, cka_settings(config))
 
 
@@ -348,6 +350,13 @@ def curve_settings(config: dict, dataset: str) -> dict:
     return {"alphas": sorted(float(a) for a in config["curves"]["alphas"]), "epochs": curve_epochs(config, dataset),
             "attention": attention_settings(config), "eval_batch_size": config["training"]["eval_batch_size"],
             "zeroshot": suite_settings(config)}  # CurveSettings(**these); check_settings builds it
+
+
+def weight_settings(config: dict, dataset: str) -> dict:
+    """What a run's weight-drift job measures (the weights rule's params): the weights section and
+    the epochs the curves measure."""
+    return {**{key: value for key, value in config["weights"].items() if key not in ("enabled", "intervention")},
+            "epochs": curve_epochs(config, dataset)}  # WeightSettings(**these); check_settings builds it
 
 
 def _dataset(config: dict, name: str) -> dict:
