@@ -9,6 +9,8 @@ would poison a mean), and pets / lora / 1e-06 lost seed 11 (a cell with n = 2).
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pandas as pd
 
@@ -220,3 +222,60 @@ def fabricate_traces(runs: pd.DataFrame, points: int = 10) -> pd.DataFrame:
                          "fraction": step / points, "entropy": BASELINE["entropy"] * (1 + drift / 100),
                          "drift_pct": drift})
     return pd.DataFrame(rows)
+
+
+WEIGHT_SETTINGS = {"top_k": 5, "epsilon": 0.5, "top_k_sweep": [3, 5], "epsilon_sweep": [0.3, 0.5],
+                   "energy_share": 0.9, "overlap_rank": 3, "epochs": [1, 2]}
+_TOWER = [(0, "q_proj"), (0, "c_fc"), (1, "q_proj"), (1, "c_fc"), (-1, "proj")]
+
+
+def fabricate_weights(histories: list[dict]):
+    """(weights, intruder_sweep, weight_overlap) of the fabricated runs, measured by clipdrift's own
+    code on a 5-matrix tower of 24 × 24 random matrices: Full FT changes every matrix at full rank,
+    LoRA the q matrices at rank 2 and the projection (one direction per dataset and method that
+    every seed shares, plus the seed's own); both grow with the rate. A diverged run's weights are
+    not finite."""
+    import torch
+
+    from clipdrift.measure.settings import WeightSettings
+    from clipdrift.measure.weight_drift import pretrained_bases, subspace_overlaps, weight_drift
+
+    settings = WeightSettings(**WEIGHT_SETTINGS)
+    generator = torch.Generator().manual_seed(0)
+    pretrained = {key: torch.randn(24, 24, generator=generator, dtype=torch.float64) for key in _TOWER}
+    bases = pretrained_bases(pretrained)
+    tables, spaces = ([], []), []
+    for history in histories:
+        keys = {key: history[key] for key in ("dataset", "method", "lr", "seed")}
+        tuned = _tuned_tower(pretrained, keys, history.get("status") == "diverged")
+        epochs = [(epoch, lambda share=epoch / 3: {k: pretrained[k] + share * (tuned[k] - pretrained[k]) for k in tuned})
+                  for epoch in settings.epochs]
+        drift, sweep, subspaces = weight_drift(pretrained, tuned, 3, epochs, bases, settings)
+        for table, frame in zip(tables, (drift, sweep)):
+            table.append(frame.assign(**keys))
+        spaces.append((keys, subspaces))
+    return pd.concat(tables[0], ignore_index=True), pd.concat(tables[1], ignore_index=True), subspace_overlaps(spaces)
+
+
+def _tuned_tower(pretrained, keys, diverged):
+    import torch
+
+    shared = torch.Generator().manual_seed(zlib.crc32(f"{keys['dataset']}/{family_of(keys['method'])}".encode()))
+    own = torch.Generator().manual_seed(int(keys["seed"]) * 1000 + LRS.index(keys["lr"]))
+    scale = 0.02 * (1 + LRS.index(keys["lr"]))
+    tuned = {}
+    for key, weight in pretrained.items():
+        if family_of(keys["method"]) == "lora":
+            if key[1] == "c_fc":
+                tuned[key] = weight.clone()
+                continue
+            direction = torch.randn(24, 2, generator=shared, dtype=torch.float64) + 0.5 * torch.randn(
+                24, 2, generator=own, dtype=torch.float64)
+            change = 15 * scale * direction @ torch.randn(2, 24, generator=own, dtype=torch.float64)
+        else:
+            change = scale * (torch.randn(24, 24, generator=shared, dtype=torch.float64)
+                              + torch.randn(24, 24, generator=own, dtype=torch.float64))
+        tuned[key] = weight + change
+    if diverged:
+        tuned[_TOWER[0]] = torch.full((24, 24), float("nan"), dtype=torch.float64)
+    return tuned

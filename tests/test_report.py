@@ -23,7 +23,7 @@ from clipdrift.report.figures import indomain_vs_zeroshot, make_figures
 from clipdrift.report.html import SECTIONS, render_report
 from clipdrift.report.names import FIGURES
 
-from fabricated_study import DIVERGED, PRETRAINED, fabricate
+from fabricated_study import DIVERGED, PRETRAINED, fabricate, fabricate_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "pets"], "seeds": [7, 11, 19]}
@@ -31,7 +31,10 @@ STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "p
 
 @pytest.fixture(scope="module")
 def tables():
-    return build_tables(*fabricate(), pretrained_zeroshot=[PRETRAINED])
+    study = fabricate()
+    weights, sweep, overlap = fabricate_weights(study[0])
+    return build_tables(*study, pretrained_zeroshot=[PRETRAINED], weights=weights, intruder_sweep=sweep,
+                        weight_overlap=overlap)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ PROBE = f"{STUDY}/data/{{dataset}}/probe.safetensors"  # every drift metric, the
 PROBE_SENSITIVITY = plan.probe_sensitivity_settings(config)
 CURVES = config["curves"]["enabled"]
 TRAJECTORIES = CURVES and bool(config["curves"]["epochs"])
+WEIGHTS = config["weights"]["enabled"]
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
 TRACED = plan.traces(config)
 STUDY_FIGURES = study_figures(CURVES, TRAJECTORIES, TRACED)

@@ -9,6 +9,8 @@ rule aggregate:
         pretrained_zeroshot=expand(f"{STUDY}/zeroshot/pretrained/{{task}}.json", task=HELDOUT),
         **({"sensitivity": expand_runs(DRIFT_TABLES["sensitivity"])} if PROBE_SENSITIVITY else {}),
         **({"curves": expand_runs(f"{STUDY}/curves/{RUN}.parquet")} if CURVES else {}),
+        **({"weights": expand_runs(WEIGHT_TABLES["drift"]), "intruder_sweep": expand_runs(WEIGHT_TABLES["sweep"]),
+            "weight_overlap": WEIGHT_OVERLAP} if WEIGHTS else {}),
     output:
         **{f"{name}_csv": table_output(name, "csv") for name in STUDY_TABLES},
         **{f"{name}_parquet": table_output(name, "parquet") for name in STUDY_TABLES},

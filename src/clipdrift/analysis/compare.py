@@ -17,6 +17,9 @@ CORRELATION_PAIRS = (
     ("cka_mean", "zs_top1"),
     ("best_select_acc", "zs_top1"),
     ("drift_entropy_pct", "best_select_acc"),  # published alongside drift vs zero-shot
+    ("weight_intruders", "zs_retention"),  # do intruders go with forgetting (Shuttleworth et al.)?
+    ("weight_intruder_energy", "zs_retention"),
+    ("weight_intruders", "drift_entropy_pct"),  # and with the attention's drift?
 )
 
 

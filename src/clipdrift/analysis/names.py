@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 # Table names as written under tables/ (the paper tables only for the paper preset).
 TABLES = ("runs", "cells", "methods", "layers", "stats", "correlations", "cka_entropy", "probe_sensitivity", "curves",
-          "layer_groups", "layer_tests", "traces", "zeroshot", "curve_tasks")
+          "layer_groups", "layer_tests", "traces", "zeroshot", "curve_tasks", "weights", "weight_layers", "intruder_sweep",
+          "weight_overlap")
 PAPER_TABLES = ("paper_cells", "paper_methods", "paper_correlations", "paper_ablations")
 
 
@@ -57,11 +58,49 @@ METRICS = {
                                     shown=("runs",)),
     "cka_mean": Metric("mean CKA to the pretrained model", "mean CKA",
                        "1 = the same representation as the pretrained model", **_HEADLINE),
+    "weight_drift_pct": Metric("relative weight change", "weight change ‖ΔW‖/‖W0‖ (%)",
+                               "the mean over the image tower's matrices of the change's norm relative to the "
+                               "pretrained matrix; 0 = unchanged", shown=("cells", "runs")),
+    "weight_rank90": Metric("rank-90 of the weight change", "ΔW rank-90",
+                            "the median over the changed matrices of the fewest singular directions holding 90% of "
+                            "the change's energy (weights.energy_share)", shown=("cells", "runs"), compared=True),
+    "weight_effective_rank": Metric("effective rank of the weight change", "ΔW effective rank",
+                                    "the median over the changed matrices of exp(entropy of ΔW's normalised singular "
+                                    "values)", shown=("runs",)),
+    "weight_intruders": Metric("intruder dimensions", "intruders",
+                               "over the tower's matrices: top singular directions of a fine-tuned matrix with no "
+                               "pretrained one within the cosine threshold (weights.top_k, weights.epsilon); compare "
+                               "with the random baseline", shown=("cells", "runs"), compared=True),
+    "weight_random_intruders": Metric("random-direction intruders", "random intruders",
+                                      "what as many random directions count at the same dimensions: chance alone",
+                                      shown=("runs",)),
+    "weight_intruder_energy": Metric("intruders' energy share", "intruder energy",
+                                     "the mean over the matrices of the intruders' share of the matrix's squared "
+                                     "singular values; 0 = none", shown=("runs",)),
+    "weight_delta_magnitude": Metric("magnitude change ΔM", "magnitude change ΔM", "the mean over output units and matrices of "
+                                     "|‖W_n‖ − ‖W0_n‖| (DoRA's decomposition)", shown=("runs",)),
+    "weight_delta_direction": Metric("direction change ΔD", "direction change ΔD", "the mean over output units and matrices of "
+                                     "1 − cos(W_n, W0_n)", shown=("runs",)),
     "trainable_params": Metric("trainable parameters", "trainable params", "the parameters the method trains",
                                shown=("runs",)),
     "train_time_s": Metric("training time", "train time (s)", "wall time of the fine-tune", shown=("runs",)),
     "images_per_s": Metric("training throughput", "images/s", "training images per second; higher is faster",
                            shown=("runs",)),
+}
+
+
+# The run table's weight-space columns: each a summary over the tower's matrices at the drift checkpoint of
+# one measure of clipdrift.measure.weights (totals for counts, medians for ranks over the matrices the run
+# changed, means for the rest; clipdrift.analysis.weights computes them)
+WEIGHT_SUMMARIES = {
+    "weight_drift_pct": ("relative_drift", "mean"),
+    "weight_rank90": ("rank90", "median"),
+    "weight_effective_rank": ("effective_rank", "median"),
+    "weight_intruders": ("intruders", "sum"),
+    "weight_random_intruders": ("random_intruders", "sum"),
+    "weight_intruder_energy": ("intruder_energy", "mean"),
+    "weight_delta_magnitude": ("delta_magnitude", "mean"),
+    "weight_delta_direction": ("delta_direction", "mean"),
 }
 
 

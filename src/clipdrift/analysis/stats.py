@@ -78,8 +78,11 @@ def welch(a, b, confidence: float = 0.95) -> dict:
     }
     if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
         return out  # no variance estimate: a t statistic would be undefined or infinite
-    result = stats.ttest_ind(b, a, equal_var=False)
-    interval = result.confidence_interval(confidence)
+    with warnings.catch_warnings():
+        # one arm without spread (every seed's LoRA change has rank r) is a valid Welch test; scipy warns
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        result = stats.ttest_ind(b, a, equal_var=False)
+        interval = result.confidence_interval(confidence)
     out.update(
         t=float(result.statistic),
         df=float(result.df),

@@ -23,6 +23,13 @@ from clipdrift.analysis.suite import pretrained_suite, suite_curves, suite_means
 from clipdrift.analysis.tables import cell_table, layer_table, method_table, run_table
 from clipdrift.analysis.traces import entropy_traces
 from clipdrift.analysis.variants import family_findings
+from clipdrift.analysis.weights import (
+    intruder_sweep_table,
+    weight_layer_table,
+    weight_overlap_table,
+    weight_run_summary,
+    weight_table,
+)
 
 
 def build_tables(
@@ -36,6 +43,9 @@ def build_tables(
     variants: dict[str, dict] | None = None,
     pretrained_zeroshot: list[dict] | None = None,
     published_definitions: dict[str, bool] | None = None,
+    weights: pd.DataFrame | None = None,
+    intruder_sweep: pd.DataFrame | None = None,
+    weight_overlap: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the study, keyed by the names in ``TABLES`` (+ ``PAPER_TABLES`` when
     ``compare_with_paper``: the study is the paper preset). ``zeroshot``: the runs' score files
@@ -45,11 +55,12 @@ def build_tables(
     each method or variant name → its ``methods:`` entry (``{"method": ..., ...}``): a variant is
     compared with the method it trains with. ``published_definitions``: which methods the study
     trains with the published ablations' definitions (only those are set beside the authors'
-    ablation numbers)."""
+    ablation numbers). ``weights``, ``intruder_sweep``: the runs' weight-space drift tables,
+    concatenated; ``weight_overlap``: the study's overlap table (None when it did not measure them)."""
     bases = {name: entry["method"] for name, entry in (variants or {}).items()}
     pretrained = pretrained_suite(pretrained_zeroshot or [])
     per_task = zeroshot_table(zeroshot, pretrained)
-    runs = run_table(histories, suite_means(per_task), attention, cka)
+    runs = run_table(histories, suite_means(per_task), attention, cka, weight_run_summary(weights))
     curves, curve_tasks = suite_curves(curves, pretrained)
     pairs = comparison_pairs(runs["method"].unique(), bases)
     tables = {
@@ -67,6 +78,10 @@ def build_tables(
         "probe_sensitivity": probe_sensitivity(sensitivity, runs),
         "curves": curve_points(curves, runs),
         "curve_tasks": curve_points(curve_tasks, runs, extra=["task"]),
+        "weights": weight_table(weights),
+        "weight_layers": weight_layer_table(weights, runs),
+        "intruder_sweep": intruder_sweep_table(intruder_sweep, runs),
+        "weight_overlap": weight_overlap_table(weight_overlap, runs),
     }
     if compare_with_paper:
         published = load_reference("cells")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from clipdrift.analysis.collapse import collapse_columns
-from clipdrift.analysis.names import interval_metrics
+from clipdrift.analysis.names import WEIGHT_SUMMARIES, interval_metrics
 from clipdrift.analysis.stats import bootstrap_ci
 from clipdrift.model.methods import METHODS, lineup
 
@@ -51,7 +51,10 @@ COST_METRICS = ("trainable_params", "train_time_s", "images_per_s")
 # The collapse onsets at 1% (clipdrift's fraction of steps, the published fraction of the trace): a cell's
 # mean over the seeds whose entropy fell that far, n counting them (a seed that never did is not a number)
 ONSET_METRICS = ("collapse_onset", "collapse_onset_1_published")
-CELL_METRICS = ACCURACY_METRICS + DRIFT_METRICS + (LAYER_DRIFT_METRIC, "cka_mean") + COST_METRICS + ONSET_METRICS
+# The weight-space summaries: columns only where a study measures them
+WEIGHT_METRICS = tuple(WEIGHT_SUMMARIES)
+CELL_METRICS = (ACCURACY_METRICS + DRIFT_METRICS + (LAYER_DRIFT_METRIC, "cka_mean") + WEIGHT_METRICS + COST_METRICS
+                + ONSET_METRICS)
 
 
 def method_label(method: str) -> str:
@@ -206,9 +209,11 @@ def run_table(
     zeroshot: pd.DataFrame | None,
     attention: pd.DataFrame | None,
     cka: pd.DataFrame | None,
+    weights: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per run: training outcome, zero-shot transfer (``zeroshot``: the suite means per run,
-    :func:`clipdrift.analysis.suite.suite_means`), attention drift, CKA and cost.
+    :func:`clipdrift.analysis.suite.suite_means`), attention drift, CKA, weight-space drift
+    (``weights``: the summaries per run, :func:`clipdrift.analysis.weights.weight_run_summary`) and cost.
 
     Runs without zero-shot or metric artifacts (a diverged run the workflow did not score) get
     NaN there; every run in ``histories`` appears exactly once.
@@ -221,7 +226,8 @@ def run_table(
         raise ValueError(f"the same run appears twice among the histories: {duplicated[RUN_KEYS].to_dict('records')}")
     runs.insert(3, "lr_value", runs["lr"].map(float))
     zeroshot = zeroshot if zeroshot is not None else pd.DataFrame(columns=[*RUN_KEYS, *ZEROSHOT_RUN_COLUMNS])
-    for part in (zeroshot, attention_summary(attention), cka_summary(cka)):
+    parts = [zeroshot, attention_summary(attention), cka_summary(cka)]
+    for part in parts + ([weights] if weights is not None and not weights.empty else []):  # measured or absent
         runs = runs.merge(normalise_keys(part), on=RUN_KEYS, how="left", validate="one_to_one")
     return sort_grid(runs, extra=["seed"])
 

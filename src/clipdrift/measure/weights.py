@@ -164,18 +164,27 @@ class MatrixChange:
         left, values, _ = torch.linalg.svd(self.tuned, full_matrices=False)
         return left, values
 
+    @cached_property
+    def finite(self) -> bool:
+        return bool(torch.isfinite(self.tuned).all())
+
     def intruders(self, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON) -> dict:
         return _intruders_among(*self.tuned_svd, self.base, top_k, epsilon)
 
     def delta_basis(self, rank: int) -> torch.Tensor:
         """ΔW's top-``rank`` left singular vectors (fewer where ΔW's rank is lower; none for no change)."""
+        if not self.finite:
+            return self.delta.new_zeros(self.delta.shape[0], 0)
         left, values = self.delta_svd
         kept = int((values > values.max() * 1e-9).sum()) if values.numel() and float(values.max()) > 0 else 0
         return left[:, :min(rank, kept)]
 
     def drift(self, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON,
               share: float = ENERGY_SHARE) -> dict:
-        """Every measure of the module at one ``top_k`` and ``epsilon``: :data:`DRIFT_COLUMNS`."""
+        """Every measure of the module at one ``top_k`` and ``epsilon``: :data:`DRIFT_COLUMNS` (NaN
+        for weights that are not finite: a diverged run's)."""
+        if not self.finite:
+            return dict.fromkeys(DRIFT_COLUMNS, math.nan)
         values = self.delta_svd[1]
         found = self.intruders(top_k, epsilon)
         return {"relative_drift": float(self.delta.norm() / self.pretrained.norm()),
@@ -187,6 +196,9 @@ class MatrixChange:
     def sweep(self, top_ks, epsilons) -> list[dict]:
         """The intruders and their random baseline at every ``top_k`` × ``epsilon``: :data:`SWEEP_COLUMNS`."""
         rows = []
+        if not self.finite:
+            return [{"top_k": int(k), "epsilon": float(e), **dict.fromkeys(SWEEP_COLUMNS[2:], math.nan)}
+                    for k in top_ks for e in epsilons]
         for top_k in top_ks:
             for epsilon in epsilons:
                 found = self.intruders(top_k, epsilon)

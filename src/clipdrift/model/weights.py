@@ -22,7 +22,8 @@ PROJECTION_LAYER = -1
 
 def tower_matrices(model: CLIPClassifier) -> dict[tuple[int, str], torch.Tensor]:
     """``{(block, matrix): weight}`` of the image tower, adapters merged, float32 on the CPU;
-    the visual projection as ``(PROJECTION_LAYER, "proj")``, transposed to (out, in)."""
+    the visual projection as ``(PROJECTION_LAYER, "proj")``, transposed to (out, in). The same
+    keys for every classifier of a backbone, in the same order."""
     adapted = any(is_adapter_parameter(name) for name, _ in model.named_parameters())
     matrices = {}
     for index, block in enumerate(image_tower_blocks(model.clip)):
@@ -45,3 +46,14 @@ def _merged(module: nn.Module, adapted: bool) -> torch.Tensor:
                 weight = weight + module.get_delta_weight(adapter).detach().float()
             return weight.cpu()
     return module.weight.detach().float().cpu()
+
+
+def matrix_name(key: tuple[int, str]) -> str:
+    """A matrix's name in a file of per-matrix tensors: ``"<layer>.<matrix>"`` (``"-1.proj"``)."""
+    return f"{key[0]}.{key[1]}"
+
+
+def matrix_key(name: str) -> tuple[int, str]:
+    """The inverse of :func:`matrix_name`."""
+    layer, matrix = name.split(".", 1)
+    return int(layer), matrix

@@ -1,0 +1,147 @@
+"""The weight-space drift of a study: per run (summaries over its tower's matrices at the drift
+checkpoint, which the run table carries), per cell × layer × matrix, the intruder sweep per cell,
+and how alike runs' changes are (subspace overlap between methods and between seeds).
+
+The per-run measures are :mod:`clipdrift.measure.weights`'; a matrix a method left unchanged (a
+LoRA run's unadapted matrices) has no rank and is left out of the rank summaries.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from clipdrift.analysis.names import WEIGHT_SUMMARIES
+from clipdrift.analysis.tables import (
+    CELL_KEYS,
+    RUN_KEYS,
+    drop_diverged,
+    method_order,
+    normalise_keys,
+    sort_grid,
+)
+
+CHECKPOINT_STATE = "final"  # the per-run tables' state of the drift checkpoint (the rest: kept epochs)
+WEIGHT_MEASURES = ("relative_drift", "effective_rank", "stable_rank", "rank90", "intruders", "intruder_energy",
+                   "random_intruders", "delta_magnitude", "delta_direction")
+RANK_MEASURES = ("effective_rank", "stable_rank", "rank90")
+OVERLAP_KINDS = ("seeds", "methods", "rates", "other")
+
+
+def at_checkpoint(weights: pd.DataFrame | None) -> pd.DataFrame:
+    """The rows of the drift checkpoint (not the kept epochs)."""
+    if weights is None or weights.empty:
+        return pd.DataFrame(columns=[*RUN_KEYS, "layer", "matrix", *WEIGHT_MEASURES])
+    frame = normalise_keys(weights)
+    return frame[frame["state"] == CHECKPOINT_STATE].drop(columns=["state", "epoch"])
+
+
+def weight_run_summary(weights: pd.DataFrame | None) -> pd.DataFrame:
+    """Per run: :data:`WEIGHT_SUMMARIES` over its matrices at the drift checkpoint."""
+    rows = at_checkpoint(weights)
+    if rows.empty:
+        return pd.DataFrame(columns=[*RUN_KEYS, *WEIGHT_SUMMARIES])
+    changed = rows.assign(**{m: rows[m].where(rows["relative_drift"] > 0) for m in RANK_MEASURES})
+    grouped = changed.groupby(RUN_KEYS, sort=False)
+    summary = pd.DataFrame({name: grouped[measure].agg(how) for name, (measure, how) in WEIGHT_SUMMARIES.items()})
+    summary["weight_drift_pct"] *= 100.0
+    return summary.reset_index()
+
+
+def weight_layer_table(weights: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cell, layer and matrix at the drift checkpoint: each measure's mean and SD over the
+    non-diverged seeds, and n."""
+    rows = drop_diverged(at_checkpoint(weights), runs)
+    columns = [*CELL_KEYS, "layer", "matrix", "n", *(f"{m}_{s}" for m in WEIGHT_MEASURES for s in ("mean", "sd"))]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = rows.groupby([*CELL_KEYS, "layer", "matrix"], sort=False)
+    table = grouped[list(WEIGHT_MEASURES)].agg(["mean", "std"])
+    table.columns = [f"{m}_{'sd' if s == 'std' else s}" for m, s in table.columns]
+    table.insert(0, "n", grouped.size())
+    return sort_grid(table.reset_index()[columns], extra=["layer", "matrix"])
+
+
+def intruder_sweep_table(sweep: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per cell, ``top_k`` and ``epsilon``: the intruders over the tower's matrices (and the random
+    baseline's), summed per run, then mean and SD over seeds."""
+    columns = [*CELL_KEYS, "top_k", "epsilon", "n", "intruders_mean", "intruders_sd", "random_intruders_mean",
+               "intruder_energy_mean"]
+    if sweep is None or sweep.empty:
+        return pd.DataFrame(columns=columns)
+    rows = drop_diverged(normalise_keys(sweep), runs)
+    per_run = rows.groupby([*RUN_KEYS, "top_k", "epsilon"], sort=False).agg(
+        intruders=("intruders", "sum"), random_intruders=("random_intruders", "sum"),
+        intruder_energy=("intruder_energy", "mean")).reset_index()
+    grouped = per_run.groupby([*CELL_KEYS, "top_k", "epsilon"], sort=False)
+    table = grouped.agg(n=("seed", "size"), intruders_mean=("intruders", "mean"), intruders_sd=("intruders", "std"),
+                        random_intruders_mean=("random_intruders", "mean"),
+                        intruder_energy_mean=("intruder_energy", "mean"))
+    return sort_grid(table.reset_index()[columns], extra=["top_k", "epsilon"])
+
+
+def overlap_kind(pair: pd.DataFrame) -> pd.Series:
+    """``seeds`` (one method at one rate), ``methods`` (two at one rate), ``rates`` (one method at
+    two rates) or ``other``."""
+    same_method, same_lr = pair["method_a"] == pair["method_b"], pair["lr_a"] == pair["lr_b"]
+    kind = pd.Series("other", index=pair.index)
+    kind[same_method & same_lr] = "seeds"
+    kind[~same_method & same_lr] = "methods"
+    kind[same_method & ~same_lr] = "rates"
+    return kind
+
+
+def weight_overlap_table(overlap: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per dataset and pair of cells (method and rate each): the subspace overlap of their runs'
+    changes, averaged over the tower's matrices per pair of runs, then mean, SD and n over the
+    pairs of runs; ``chance``: what random subspaces would overlap; ``kind``: :func:`overlap_kind`.
+    Each pair of cells appears once, in the study's order (a ≤ b)."""
+    columns = ["dataset", "kind", "method_a", "lr_a", "method_b", "lr_b", "n_pairs", "overlap_mean", "overlap_sd",
+               "chance"]
+    if overlap is None or overlap.empty:
+        return pd.DataFrame(columns=columns)
+    frame = _without_diverged_pairs(overlap, runs)
+    frame = frame.astype({"lr_a": str, "lr_b": str, "method_a": str, "method_b": str})
+    frame = _ordered_pairs(frame)
+    pair_keys = ["dataset", "method_a", "lr_a", "seed_a", "method_b", "lr_b", "seed_b"]
+    per_pair = frame.groupby(pair_keys, sort=False).agg(overlap=("overlap", "mean"), chance=("chance", "mean"))
+    grouped = per_pair.reset_index().groupby(["dataset", "method_a", "lr_a", "method_b", "lr_b"], sort=False)
+    table = grouped.agg(n_pairs=("overlap", "size"), overlap_mean=("overlap", "mean"), overlap_sd=("overlap", "std"),
+                        chance=("chance", "mean")).reset_index()
+    table["kind"] = overlap_kind(table)
+    methods = _method_rank(table)
+    order = table.assign(_ma=table["method_a"].map(methods), _la=table["lr_a"].map(float),
+                         _mb=table["method_b"].map(methods), _lb=table["lr_b"].map(float))
+    return order.sort_values(["dataset", "_ma", "_la", "_mb", "_lb"], kind="stable")[columns].reset_index(drop=True)
+
+
+def _without_diverged_pairs(overlap: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
+    if runs is None:
+        return overlap
+    bad = {tuple(r) for r in normalise_keys(runs.loc[runs["diverged"], RUN_KEYS]).itertuples(index=False)}
+    side = lambda s: list(zip(overlap["dataset"], overlap[f"method_{s}"].astype(str), overlap[f"lr_{s}"].astype(str),  # noqa: E731
+                              overlap[f"seed_{s}"].astype(int)))
+    keep = [a not in bad and b not in bad for a, b in zip(side("a"), side("b"))]
+    return overlap[keep]
+
+
+def _method_rank(frame: pd.DataFrame) -> dict[str, int]:
+    return {m: i for i, m in enumerate(method_order(pd.concat([frame["method_a"], frame["method_b"]])))}
+
+
+def _ordered_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each pair with its earlier cell (study order: method, then rate) as a."""
+    methods = _method_rank(frame)
+    key_a = list(zip(frame["method_a"].map(methods), frame["lr_a"].map(float), frame["seed_a"]))
+    key_b = list(zip(frame["method_b"].map(methods), frame["lr_b"].map(float), frame["seed_b"]))
+    swap = pd.Series([b < a for a, b in zip(key_a, key_b)], index=frame.index)
+    swapped = frame.copy()
+    for key in ("method", "lr", "seed"):
+        swapped.loc[swap, f"{key}_a"], swapped.loc[swap, f"{key}_b"] = frame.loc[swap, f"{key}_b"], frame.loc[swap, f"{key}_a"]
+    return swapped
+
+
+def weight_table(weights: pd.DataFrame | None) -> pd.DataFrame:
+    """Every run's rows (drift checkpoint and kept epochs × layer × matrix), in the study's order."""
+    if weights is None or weights.empty:
+        return pd.DataFrame(columns=[*RUN_KEYS, "state", "epoch", "layer", "matrix", *WEIGHT_MEASURES])
+    return sort_grid(normalise_keys(weights), extra=["seed", "state", "epoch", "layer", "matrix"])
