@@ -213,3 +213,54 @@ def test_the_studys_intruder_defaults_are_peft_s_and_the_measures_own():
     assert schema["top_k"]["default"] == peft_defaults["top_k"].default == weights.INTRUDER_TOP_K
     assert schema["epsilon"]["default"] == peft_defaults["threshold_epsilon"].default == weights.INTRUDER_EPSILON
     assert schema["energy_share"]["default"] == weights.ENERGY_SHARE
+
+
+def test_a_merged_lora_change_has_rank_at_most_r_on_every_adapted_matrix_and_none_elsewhere():
+    from tiny_models import make_tiny
+
+    from clipdrift.measure.weight_drift import pretrained_bases, weight_drift
+    from clipdrift.measure.settings import WeightSettings
+    from clipdrift.model.weights import tower_matrices
+
+    plain, adapted = make_tiny("full"), make_tiny("lora").eval()
+    torch.manual_seed(9)
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.5)
+    rank = next(m for m in adapted.modules() if hasattr(m, "r") and isinstance(m.r, dict)).r["default"]
+    before, after = tower_matrices(plain), tower_matrices(adapted)
+    settings = WeightSettings(top_k=10, epsilon=0.5, top_k_sweep=[5, 10], epsilon_sweep=[0.5], energy_share=0.9,
+                              overlap_rank=8)
+    drift, sweep, subspaces = weight_drift(before, after, 3, [], pretrained_bases(before), settings)
+    adapted_rows = drift[drift["relative_drift"] > 0]
+    assert set(adapted_rows["matrix"]) == {"q_proj", "v_proj"}  # the tiny LoRA's targets; the projection is untouched
+    for key in zip(adapted_rows["layer"], adapted_rows["matrix"]):
+        values = singular_values(after[key].double() - before[key].double())
+        assert int((values > 1e-6 * values.max()).sum()) <= rank, key
+    assert (adapted_rows["rank90"] <= rank).all() and (adapted_rows["effective_rank"] <= rank).all()
+    assert all(subspaces[f"{layer}.{matrix}"].shape[1] <= rank for layer, matrix in zip(drift["layer"], drift["matrix"]))
+    assert list(drift["state"].unique()) == ["final"] and (drift["epoch"] == 3).all()
+    assert len(sweep) == len(drift) * 2
+
+
+def test_kept_epochs_are_measured_one_at_a_time_after_the_checkpoint():
+    from clipdrift.measure.settings import WeightSettings
+    from clipdrift.measure.weight_drift import pretrained_bases, subspace_overlaps, weight_drift
+
+    generator = torch.Generator().manual_seed(10)
+    before = {(0, "q_proj"): torch.randn(12, 12, generator=generator), (-1, "proj"): torch.randn(8, 12, generator=generator)}
+    after = {key: weight + 0.1 * torch.randn(weight.shape, generator=generator) for key, weight in before.items()}
+    loaded = []
+    epochs = [(e, lambda e=e: loaded.append(e) or {k: before[k] + e / 2 * (after[k] - before[k]) for k in before})
+              for e in (1, 2)]
+    settings = WeightSettings(top_k=3, epsilon=0.5, top_k_sweep=[3], epsilon_sweep=[0.5], energy_share=0.9,
+                              overlap_rank=2)
+    drift, _, spaces = weight_drift(before, after, 2, epochs, pretrained_bases(before), settings)
+    assert loaded == [1, 2] and list(drift["state"]) == ["final"] * 2 + ["epoch"] * 4
+    halfway = drift[(drift["state"] == "epoch") & (drift["epoch"] == 1)].set_index("matrix")["relative_drift"]
+    final = drift[drift["state"] == "final"].set_index("matrix")["relative_drift"]
+    assert (halfway / final).to_numpy() == pytest.approx([0.5, 0.5])
+    run = {"dataset": "d", "method": "full", "lr": "1e-03"}
+    pairs = subspace_overlaps([({**run, "seed": 1}, spaces), ({**run, "seed": 2}, spaces),
+                               ({**run, "dataset": "other", "seed": 3}, spaces)])
+    assert pairs["overlap"].tolist() == pytest.approx([1.0, 1.0]) and pairs["chance"].tolist() == [2 / 8, 2 / 12]

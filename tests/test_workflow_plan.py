@@ -10,7 +10,8 @@ from workflow_helpers import REPO, planned_jobs, snakemake
 def test_paper_preset_plans_the_published_80_run_matrix(tmp_path):
     plan = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/paper.yaml")))
     assert plan["finetune"] == 80  # 2 datasets x 2 methods x 4 lrs x 5 seeds
-    assert plan["extract"] == plan["zeroshot"] == plan["curves"] == 80 and plan["probe_reference"] == 2
+    assert plan["extract"] == plan["zeroshot"] == plan["curves"] == plan["weights"] == 80 and plan["probe_reference"] == 2
+    assert plan["weight_reference"] == plan["weight_overlap"] == 1  # the pretrained SVDs once per study
     assert plan["prepare_task"] == 2 and plan["prepare_zeroshot_task"] == 1
     assert plan["check_backbone"] == 1 and "pretrain_backbone" not in plan
     assert plan["aggregate"] == plan["report"] == 1

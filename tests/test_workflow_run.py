@@ -250,9 +250,11 @@ def test_the_documented_artifacts_are_the_ones_a_run_writes(study_dir):
         assert key_paths(written) == key_paths(documented_json(name)), name
     usage = json.loads((study / f"benchmarks/finetune/{run}.usage.json").read_text())
     assert key_paths(usage) == key_paths(documented_json("usage"))
-    for name in ("attention", "cka", "probe_sensitivity"):
+    for name in ("attention", "cka", "probe_sensitivity", "weights", "intruder_sweep"):
         columns = list(pd.read_parquet(study / f"metrics/{name}/{run}.parquet").columns)
         assert columns == documented_names(f"<!-- columns: metrics/{name} -->"), name
+    overlap = list(pd.read_parquet(study / "metrics/weight_overlap.parquet").columns)
+    assert overlap == documented_names("<!-- columns: metrics/weight_overlap -->")
     assert list(pd.read_parquet(study / f"curves/{run}.parquet").columns) == documented_names("<!-- columns: curves -->")
     for line in (REPO / "docs/artifacts.md").read_text().split("<!-- tables -->", 1)[1].strip().splitlines()[2:]:
         if not line.startswith("|"):
@@ -310,6 +312,7 @@ def _edited_package(tmp_path, module: str, text: str) -> dict:
 DOWNSTREAM = {"aggregate": 1, "report": 1, "all": 1}
 ZEROSHOT_JOBS = {"zeroshot_classifier": 2, "zeroshot": RUNS, "zeroshot_pretrained_indomain": 2}
 DRIFT_JOBS = {"probe_reference": 2, "extract": RUNS}
+WEIGHT_JOBS = {"weight_reference": 1, "weights": RUNS, "weight_overlap": 1}
 
 
 @pytest.mark.parametrize("module, plan", [
@@ -320,6 +323,7 @@ DRIFT_JOBS = {"probe_reference": 2, "extract": RUNS}
     ("measure/attention.py", {**DRIFT_JOBS, "curves": RUNS, **DOWNSTREAM}),  # no fine-tune, no zero-shot
     # zero-shot scoring imports the runtime for its model input: its jobs rerun too
     ("measure/runtime.py", {**DRIFT_JOBS, **ZEROSHOT_JOBS, "curves": RUNS, **DOWNSTREAM}),
+    ("measure/weights.py", {**WEIGHT_JOBS, **DOWNSTREAM}),  # the weight-space jobs only
 ])
 def test_a_semantic_edit_plans_exactly_the_jobs_whose_code_it_changes(study_dir, tmp_path, module, plan):
     env = _edited_package(tmp_path, module, "\n_EDITED = True  # a change of meaning\n")
@@ -331,18 +335,37 @@ def test_a_comment_or_docstring_edit_reruns_nothing(study_dir, tmp_path):
     assert _plan(study_dir, env=env) == {}
 
 
+def test_the_weight_space_drift_added_to_a_finished_study_plans_only_its_jobs_and_the_summary(study_dir, tmp_path):
+    study = study_dir / STUDY
+    measured = [study / "references/weights.safetensors", study / "metrics/weight_overlap.parquet",
+                *(study / "metrics" / name for name in ("weights", "intruder_sweep", "weight_subspaces"))]
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for path in measured:
+        shutil.move(path, hidden / path.name)
+    try:
+        assert _plan(study_dir) == {**WEIGHT_JOBS, **DOWNSTREAM}
+    finally:
+        for path in measured:
+            shutil.move(hidden / path.name, path)
+    assert _plan(study_dir, _override(study_dir, "top-k.yaml", "weights:\n  top_k: 5\n")) == {
+        "weights": RUNS, "weight_overlap": 1, **DOWNSTREAM}
+    assert _plan(study_dir, _override(study_dir, "no-weights.yaml", "weights:\n  enabled: false\n")) == DOWNSTREAM
+
+
 def test_an_alpha_value_or_a_kept_epoch_more_plans_only_curve_jobs(study_dir):
     alpha = _override(study_dir, "alpha.yaml", "curves:\n  alphas: [0, 0.25, 0.5, 1]\n")
     assert _plan(study_dir, alpha) == {"curves": RUNS, "aggregate": 1, "report": 1, "all": 1}
     # measuring fewer kept epochs reruns no fine-tune either: their weights are kept
     epochs = _override(study_dir, "epochs-measured.yaml", "curves:\n  epochs: [2]\n")
-    assert _plan(study_dir, epochs) == {"curves": RUNS, "aggregate": 1, "report": 1, "all": 1}
+    # the weight-space drift is measured at the curves' epochs too
+    assert _plan(study_dir, epochs) == {"curves": RUNS, "weights": RUNS, "weight_overlap": 1, **DOWNSTREAM}
 
 
 def test_trajectories_off_rerun_no_finetune_and_on_rerun_those_without_kept_weights(study_dir, tmp_path):
     off = _override(study_dir, "no-trajectories.yaml", "curves:\n  epochs: []\n")
     plan = _plan(study_dir, off)
-    assert plan == {"curves": RUNS, "aggregate": 1, "report": 1, "all": 1}  # the curve jobs measure less
+    assert plan == {"curves": RUNS, "weights": RUNS, "weight_overlap": 1, **DOWNSTREAM}  # these measure less
     # turning them on: the curve jobs now ask for epochs, and a run whose weights were never kept
     # (as in a study finished without trajectories) is retrained, saying why
     kept = study_dir / STUDY / "runs/world-pets/full/lr1e-03/seed7/epochs"
@@ -351,7 +374,7 @@ def test_trajectories_off_rerun_no_finetune_and_on_rerun_those_without_kept_weig
     try:
         result = _dry_run(study_dir, _override(study_dir, "second-epoch.yaml", "curves:\n  epochs: [2]\n"))
         plan = planned_jobs(result)
-        assert plan["finetune"] == 1 and plan["curves"] == RUNS
+        assert plan["finetune"] == 1 and plan["curves"] == plan["weights"] == RUNS
         assert "Missing output files: results/test/runs/world-pets/full/lr1e-03/seed7/epochs" in result.stdout
     finally:
         shutil.move(hidden, kept)
@@ -360,7 +383,8 @@ def test_trajectories_off_rerun_no_finetune_and_on_rerun_those_without_kept_weig
 def test_a_new_seed_runs_only_its_own_finetunes(study_dir):
     result = _dry_run(study_dir, _override(study_dir, "seeds.yaml", "seeds: [7, 8]\n"))
     plan = planned_jobs(result)
-    assert plan["finetune"] == plan["extract"] == plan["zeroshot"] == plan["curves"] == RUNS
+    assert plan["finetune"] == plan["extract"] == plan["zeroshot"] == plan["curves"] == plan["weights"] == RUNS
+    assert plan["weight_overlap"] == 1 and "weight_reference" not in plan  # the pretrained SVDs are the study's
     # best.safetensors is a fine-tune output only (the aggregate job lists every history as input)
     assert "seed8/best.safetensors" in result.stdout and "seed7/best.safetensors" not in result.stdout
     assert "prepare_task" not in plan and "pretrain_backbone" not in plan
@@ -458,4 +482,5 @@ def test_adding_a_variant_to_a_finished_study_plans_only_its_runs_their_measurem
     runs = 2 * 2 * 1  # datasets x lrs x seeds of the new variant
     assert _plan(variants_dir, _override(variants_dir, "same.yaml", VARIANTS)) == {}
     assert _plan(variants_dir, third) == {"finetune": runs, "extract": runs, "zeroshot": runs, "curves": runs,
+                                          "weights": runs, "weight_overlap": 1,
                                           **DOWNSTREAM}
