@@ -30,7 +30,7 @@ TRAJECTORIES = CURVES and bool(config["curves"]["epochs"])
 WEIGHTS = config["weights"]["enabled"]
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
 TRACED = plan.traces(config)
-STUDY_FIGURES = study_figures(CURVES, TRAJECTORIES, TRACED)
+STUDY_FIGURES = study_figures(CURVES, TRAJECTORIES, TRACED, WEIGHTS)
 # With --use-conda (--software-deployment-method conda) every job runs in an environment built from
 # this file; the jobs import clipdrift from the workflow's own src/ (see the Snakefile).
 CONDA_ENV_FILE = "../../envs/clipdrift.yaml"

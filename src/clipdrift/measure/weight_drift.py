@@ -34,7 +34,7 @@ Matrices = dict[tuple[int, str], torch.Tensor]
 
 def pretrained_bases(pretrained: Matrices, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Every pretrained matrix's left singular vectors, by :func:`matrix_name`: computed once per study."""
-    return {matrix_name(key): left_basis(weight.to(device)).cpu() for key, weight in pretrained.items()}
+    return {matrix_name(key): left_basis(weight.to(device)).cpu().contiguous() for key, weight in pretrained.items()}
 
 
 def _on(matrices: Matrices, device) -> Matrices:

@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
+from clipdrift.analysis.names import metric_label
 from clipdrift.analysis.stats import correlation
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 from clipdrift.analysis.wording import pretrained_top1
@@ -36,6 +37,7 @@ from clipdrift.report.plotting import (
 # suite_retention and collapse_traces are drawn by their names in FIGURES
 from clipdrift.report.suite_figures import SUITE_MEAN, frontier_panels, suite_retention  # noqa: F401
 from clipdrift.report.trace_figures import collapse_traces  # noqa: F401
+from clipdrift.report.weight_figures import weight_intruders, weight_overlap, weight_plane  # noqa: F401
 
 LR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 PANEL_LABELS = {
@@ -125,8 +127,11 @@ def lr_panels(
             elif metric in ACCURACIES:
                 _mark_diverged(ax, data[data["method"].isin(members)])
             _lr_axis(ax, lr_order(data["lr"]))
-            ax.set_ylabel(PANEL_LABELS.get(metric, metric))
-            ax.set_title(panel_title(dataset, PANEL_LABELS.get(metric, metric).split(" (")[0], group=title), fontsize=9)
+            if metric == "weight_intruders" and "weight_random_intruders" in data:
+                ax.axhline(data["weight_random_intruders"].mean(), color="0.35", linestyle=":", label="random directions")
+            ax.set_ylabel(PANEL_LABELS.get(metric, metric_label(metric)))
+            ax.set_title(panel_title(dataset, PANEL_LABELS.get(metric, metric_label(metric)).split(" (")[0], group=title),
+                         fontsize=9)
     legend(figure, axes, methods=methods)
     return figure
 

@@ -28,7 +28,8 @@ class Figure:
     draw: str
     reads: tuple[str, ...]
     options: dict = field(default_factory=dict)
-    needs: str = "always"  # or "curves" (curves.enabled), "trajectories" (curves.epochs), "trace" (the entropy trace)
+    # or "curves" (curves.enabled), "trajectories" (curves.epochs), "trace" (the entropy trace), "weights" (weights.enabled)
+    needs: str = "always"
 
 
 FIGURES = {
@@ -97,10 +98,41 @@ FIGURES = {
          '(mean over seeds), per dataset and learning rate; the dotted line is the collapse threshold (-1%): a '
          "run's onset is the first traced step at or below it; every panel on one scale." + _FAMILIES),
         draw="collapse_traces", reads=("traces",), needs='trace'),
+    'weight_change': Figure(
+        'Weight-space drift against the learning rate',
+        ("Per dataset (rows), against the matched learning rate: the image tower's weight change "
+         "(‖ΔW‖/‖W0‖, mean over its matrices), the rank holding 90% of the change's energy and its effective "
+         'rank (medians over the matrices the method changed; LoRA\'s cannot exceed its rank r), and the '
+         'intruder dimensions summed over the matrices, the dotted line what random directions of the same '
+         'dimensions count. Lines are cell means, bands ± 1 SD over seeds, dots single seeds.' + _FAMILIES),
+        draw="lr_panels", reads=("runs", "pretrained"),
+        options={"metrics": ("weight_drift_pct", "weight_rank90", "weight_effective_rank", "weight_intruders")},
+        needs="weights"),
+    'weight_intruders': Figure(
+        'Intruder dimensions by layer',
+        ('Intruder dimensions (top singular directions of a fine-tuned matrix with no pretrained direction '
+         'within the cosine threshold) per block, summed over its attention and MLP matrices, and in the visual '
+         'projection, mean over seeds, for every method × learning rate.'),
+        draw="weight_intruders", reads=("weight_layers",), needs="weights"),
+    'weight_plane': Figure(
+        'Magnitude and direction of the change',
+        ("Each method × learning rate's path through the plane of direction change ΔD (mean 1 − cos between a "
+         "fine-tuned and a pretrained output unit's weights) and magnitude change ΔM (mean change of a unit's "
+         'norm), means over the tower\'s matrices and seeds, through the kept epochs (or at the drift '
+         'checkpoint), darker for higher rates. DoRA\'s decomposition: Full FT and LoRA are reported to move '
+         'the two in opposite proportions.' + _FAMILIES),
+        draw="weight_plane", reads=("weights",), needs="weights"),
+    'weight_overlap': Figure(
+        "How alike the runs' changes are",
+        ("The overlap of two cells' changes (‖U_Aᵀ U_B‖²/r of their top-r left singular directions, mean over "
+         'the tower\'s matrices and the pairs of runs): 1 = the same directions. The diagonal is the overlap '
+         'between the seeds of one cell, the noise floor any difference between methods must clear; the title '
+         'gives what random subspaces of that rank overlap.'),
+        draw="weight_overlap", reads=("weight_overlap",), needs="weights"),
 }
 
 
-def study_figures(curves: bool, trajectories: bool, traced: bool) -> list[str]:
+def study_figures(curves: bool, trajectories: bool, traced: bool, weights: bool = False) -> list[str]:
     """The figures a study's report holds, in reading order."""
-    measured = {"always": True, "curves": curves, "trajectories": trajectories, "trace": traced}
+    measured = {"always": True, "curves": curves, "trajectories": trajectories, "trace": traced, "weights": weights}
     return [name for name, figure in FIGURES.items() if measured[figure.needs]]
