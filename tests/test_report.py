@@ -220,7 +220,7 @@ def test_tables_read_back_from_parquet_render_the_same(tables, found, tmp_path):
         write_table(frame, tmp_path / f"{name}.parquet")
         back[name] = read_table(tmp_path / f"{name}.parquet")
     assert findings(back["runs"], PRETRAINED) == found
-    assert list(make_figures(back, PRETRAINED)) == [name for name in FIGURES if FIGURES[name].needs == "always"]
+    assert list(make_figures(back, PRETRAINED)) == [name for name in FIGURES if FIGURES[name].needs in ("always", "weights")]
     assert render_report(back, {}, found, STUDY, PRETRAINED) == render_report(tables, {}, found, STUDY, PRETRAINED)
 
 
@@ -413,7 +413,10 @@ def many_methods():
     from fabricated_study import fabricate_curves, fabricate_traces
 
     methods = _ablation_methods()
-    tables = build_tables(*fabricate(methods), pretrained_zeroshot=[PRETRAINED])
+    study = fabricate(methods)
+    weights, sweep, overlap = fabricate_weights(study[0])
+    tables = build_tables(*study, pretrained_zeroshot=[PRETRAINED], weights=weights, intruder_sweep=sweep,
+                          weight_overlap=overlap)
     tables["curves"], tables["traces"] = fabricate_curves(tables["runs"]), fabricate_traces(tables["runs"])
     return methods, tables, make_figures(tables, PRETRAINED)
 

@@ -110,6 +110,8 @@ def lr_panels(
     against the learning rate, one line per method with a ± SD band over seeds, the seeds as
     points, and the pretrained zero-shot accuracy as a dashed reference."""
     metrics = [m for m in metrics if m in runs and runs[m].notna().any()]
+    if not metrics:
+        return None  # the study did not measure them (e.g. the weight-space drift, turned off)
     datasets, methods = sorted(runs["dataset"].unique()), method_order(runs["method"])
     rows = [(dataset, title, members) for dataset in datasets for title, members in method_groups(methods)]
     figure, axes = canvas(len(rows), len(metrics), 4.2, 3.2)
