@@ -248,7 +248,8 @@ def fabricate_weights(histories: list[dict]):
     for history in histories:
         keys = {key: history[key] for key in ("dataset", "method", "lr", "seed")}
         tuned = _tuned_tower(pretrained, keys, history.get("status") == "diverged")
-        epochs = [(epoch, lambda share=epoch / 3: {k: pretrained[k] + share * (tuned[k] - pretrained[k]) for k in tuned})
+        epochs = [(epoch, lambda share=epoch / 3, tuned=tuned: {k: pretrained[k] + share * (tuned[k] - pretrained[k])
+                                                                 for k in tuned})
                   for epoch in settings.epochs]
         drift, sweep, subspaces = weight_drift(pretrained, tuned, 3, epochs, bases, settings)
         for table, frame in zip(tables, (drift, sweep)):

@@ -505,3 +505,14 @@ def test_one_method_order_everywhere_methods_then_their_variants_in_natural_orde
     labels = [text.get_text() for text in figures["lr_panels"].legends[0].get_texts()]
     assert labels[:len(order)] == [method_label(m) for m in order]
     assert set(labels[len(order):]) == {"pretrained", "diverged run (left out)"}
+
+
+def test_a_table_too_large_for_the_page_links_to_its_file_beside_the_report():
+    import pandas as pd
+
+    from clipdrift.report.views import INLINE_CSV_BYTES, downloads_view
+
+    small, large = pd.DataFrame({"x": [1, 2]}), pd.DataFrame({"x": range(INLINE_CSV_BYTES // 4)})
+    links = {link["name"]: link for link in downloads_view({"small": small, "weights": large})["links"]}
+    assert links["small"]["inline"] and links["small"]["href"].startswith("data:text/csv;base64,")
+    assert not links["weights"]["inline"] and links["weights"]["href"] == "../tables/weights.csv"

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from clipdrift.measure.weights import (
-    effective_rank,
-    energy_rank,
     MatrixChange,
     basis_overlap,
+    effective_rank,
+    energy_rank,
     intruders,
     left_basis,
     magnitude_direction,
@@ -192,7 +192,8 @@ def test_float32_on_an_accelerator_agrees_with_float64_to_the_stated_tolerance()
 def test_a_change_and_its_basis_overlap_as_the_changes_do():
     generator = torch.Generator().manual_seed(8)
     pretrained = torch.randn(20, 12, generator=generator, dtype=torch.float64)
-    change = torch.randn(20, 2, generator=generator, dtype=torch.float64) @ torch.randn(2, 12, generator=generator, dtype=torch.float64)
+    change = (torch.randn(20, 2, generator=generator, dtype=torch.float64)
+              @ torch.randn(2, 12, generator=generator, dtype=torch.float64))
     one, other = MatrixChange(pretrained, pretrained + change), MatrixChange(pretrained, pretrained - 2 * change)
     assert one.delta_basis(8).shape == (20, 2)  # no more directions than the change has
     assert basis_overlap(one.delta_basis(2), other.delta_basis(2)) == pytest.approx(1.0)
@@ -208,7 +209,8 @@ def test_the_studys_intruder_defaults_are_peft_s_and_the_measures_own():
 
     from clipdrift.measure import weights
 
-    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())["properties"]["weights"]["properties"]
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    schema = schema["properties"]["weights"]["properties"]
     peft_defaults = inspect.signature(reduce_intruder_dimension).parameters
     assert schema["top_k"]["default"] == peft_defaults["top_k"].default == weights.INTRUDER_TOP_K
     assert schema["epsilon"]["default"] == peft_defaults["threshold_epsilon"].default == weights.INTRUDER_EPSILON
@@ -218,8 +220,8 @@ def test_the_studys_intruder_defaults_are_peft_s_and_the_measures_own():
 def test_a_merged_lora_change_has_rank_at_most_r_on_every_adapted_matrix_and_none_elsewhere():
     from tiny_models import make_tiny
 
-    from clipdrift.measure.weight_drift import pretrained_bases, weight_drift
     from clipdrift.measure.settings import WeightSettings
+    from clipdrift.measure.weight_drift import pretrained_bases, weight_drift
     from clipdrift.model.weights import tower_matrices
 
     plain, adapted = make_tiny("full"), make_tiny("lora").eval()
@@ -248,7 +250,8 @@ def test_kept_epochs_are_measured_one_at_a_time_after_the_checkpoint():
     from clipdrift.measure.weight_drift import pretrained_bases, subspace_overlaps, weight_drift
 
     generator = torch.Generator().manual_seed(10)
-    before = {(0, "q_proj"): torch.randn(12, 12, generator=generator), (-1, "proj"): torch.randn(8, 12, generator=generator)}
+    before = {(0, "q_proj"): torch.randn(12, 12, generator=generator),
+              (-1, "proj"): torch.randn(8, 12, generator=generator)}
     after = {key: weight + 0.1 * torch.randn(weight.shape, generator=generator) for key, weight in before.items()}
     loaded = []
     epochs = [(e, lambda e=e: loaded.append(e) or {k: before[k] + e / 2 * (after[k] - before[k]) for k in before})

@@ -77,10 +77,11 @@ METRICS = {
     "weight_intruder_energy": Metric("intruders' energy share", "intruder energy",
                                      "the mean over the matrices of the intruders' share of the matrix's squared "
                                      "singular values; 0 = none", shown=("runs",)),
-    "weight_delta_magnitude": Metric("magnitude change ΔM", "magnitude change ΔM", "the mean over output units and matrices of "
-                                     "|‖W_n‖ − ‖W0_n‖| (DoRA's decomposition)", shown=("runs",)),
-    "weight_delta_direction": Metric("direction change ΔD", "direction change ΔD", "the mean over output units and matrices of "
-                                     "1 − cos(W_n, W0_n)", shown=("runs",)),
+    "weight_delta_magnitude": Metric("magnitude change ΔM", "magnitude change ΔM",
+                                     "the mean over output units and matrices of |‖W_n‖ − ‖W0_n‖| (DoRA's "
+                                     "decomposition)", shown=("runs",)),
+    "weight_delta_direction": Metric("direction change ΔD", "direction change ΔD",
+                                     "the mean over output units and matrices of 1 − cos(W_n, W0_n)", shown=("runs",)),
     "trainable_params": Metric("trainable parameters", "trainable params", "the parameters the method trains",
                                shown=("runs",)),
     "train_time_s": Metric("training time", "train time (s)", "wall time of the fine-tune", shown=("runs",)),

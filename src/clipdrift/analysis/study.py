@@ -23,6 +23,7 @@ from clipdrift.analysis.suite import pretrained_suite, suite_curves, suite_means
 from clipdrift.analysis.tables import cell_table, layer_table, method_table, run_table
 from clipdrift.analysis.traces import entropy_traces
 from clipdrift.analysis.variants import family_findings
+from clipdrift.analysis.weight_findings import weight_findings
 from clipdrift.analysis.weights import (
     intruder_sweep_table,
     weight_layer_table,
@@ -106,4 +107,4 @@ def study_findings(tables: dict[str, pd.DataFrame], pretrained_zeroshot: list[di
                      curves=tables["curves"])
     return (found + regulariser_findings(tables["curves"], tables["runs"], variants, family=tables["stats"],
                                          correlations=tables["correlations"])
-            + family_findings(tables["stats"], variants))
+            + family_findings(tables["stats"], variants) + weight_findings(tables))

@@ -136,7 +136,8 @@ def _ordered_pairs(frame: pd.DataFrame) -> pd.DataFrame:
     swap = pd.Series([b < a for a, b in zip(key_a, key_b)], index=frame.index)
     swapped = frame.copy()
     for key in ("method", "lr", "seed"):
-        swapped.loc[swap, f"{key}_a"], swapped.loc[swap, f"{key}_b"] = frame.loc[swap, f"{key}_b"], frame.loc[swap, f"{key}_a"]
+        a, b = f"{key}_a", f"{key}_b"
+        swapped.loc[swap, a], swapped.loc[swap, b] = frame.loc[swap, b], frame.loc[swap, a]
     return swapped
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 import clipdrift
 from clipdrift.report import views
 from clipdrift.report.glossary import glossary_view
+from clipdrift.report.weight_views import weights_view
 
 # The templates, by name: the code digest of the report rule reads exactly the files named here
 # (clipdrift.pipeline.codedigest), and the page can include no other file.
@@ -68,6 +69,8 @@ SECTIONS: tuple[Section, ...] = (
             lambda r: views.relations_view(r.tables.get("cka_entropy"))),
     Section("sensitivity", "Probe sensitivity", "Probe-subset sensitivity",
             lambda r: views.sensitivity_view(r.tables.get("probe_sensitivity"))),
+    Section("weights", "Weight space", "Weight space: how alike the changes are, and the intruders' sweep",
+            lambda r: weights_view(r.tables.get("weight_overlap"), r.tables.get("intruder_sweep"))),
     Section("methods", "Method averages", "Methods averaged over learning rates",
             lambda r: views.methods_view(r.tables["methods"])),
     Section("paper", "Published study", "Comparison with the published study",

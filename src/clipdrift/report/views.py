@@ -38,6 +38,8 @@ FINDING_GROUPS = (
     ("Beyond the end points: interpolation and trajectories", ("frontier", "trajectory")),
     ("Is drift causal? Regularised Full FT at matched in-domain accuracy", ("causal", "regulariser")),
     ("Every ablation against its method", ("variant_family",)),
+    ("What fine-tuning does to the weights", ("weight_rank", "weight_intruders", "weight_intruder_relations",
+                                              "weight_overlap", "weight_intervention")),
     ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
 )
 
@@ -306,13 +308,23 @@ def runs_view(runs: pd.DataFrame) -> dict:
             "table": table(columns, rows, classes, text_columns=5)}
 
 
-def csv_data_uri(frame: pd.DataFrame) -> str:
-    return "data:text/csv;base64," + base64.b64encode(frame.to_csv(index=False).encode()).decode("ascii")
+# A table whose CSV is larger stays beside the report (tables/<name>.csv) instead of inside the page: the
+# per-matrix weight tables of a real tower run to megabytes
+INLINE_CSV_BYTES = 256 * 1024
 
 
 def downloads_view(tables: dict[str, pd.DataFrame]) -> dict:
-    """Every table as a CSV ``data:`` link."""
-    return {"links": [{"name": name, "href": csv_data_uri(frame)} for name, frame in tables.items() if frame is not None]}
+    """Every table as a CSV ``data:`` link, or for a large one a link to its file beside the report."""
+    links = []
+    for name, frame in tables.items():
+        if frame is None:
+            continue
+        text = frame.to_csv(index=False).encode()
+        inline = len(text) <= INLINE_CSV_BYTES
+        links.append({"name": name, "inline": inline,
+                      "href": "data:text/csv;base64," + base64.b64encode(text).decode("ascii") if inline
+                      else f"../tables/{name}.csv"})
+    return {"links": links}
 
 
 def study_view(study: dict, pretrained) -> dict | None:
