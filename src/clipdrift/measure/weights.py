@@ -160,16 +160,22 @@ class MatrixChange:
         return left, values
 
     @cached_property
-    def tuned_svd(self) -> tuple[torch.Tensor, torch.Tensor]:
-        left, values, _ = torch.linalg.svd(self.tuned, full_matrices=False)
-        return left, values
+    def tuned_svd(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fine-tuned matrix's left singular vectors, singular values and right singular vectors (rows)."""
+        return tuple(torch.linalg.svd(self.tuned, full_matrices=False))
 
     @cached_property
     def finite(self) -> bool:
         return bool(torch.isfinite(self.tuned).all())
 
     def intruders(self, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON) -> dict:
-        return _intruders_among(*self.tuned_svd, self.base, top_k, epsilon)
+        return _intruders_among(*self.tuned_svd[:2], self.base, top_k, epsilon)
+
+    def intruder_part(self, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON) -> torch.Tensor:
+        """``Σ s_j u_j v_jᵀ`` over the intruder dimensions ``j`` of the fine-tuned matrix (zero if none)."""
+        left, values, right = self.tuned_svd
+        found = self.intruders(top_k, epsilon)["indices"]
+        return (left[:, found] * values[found]) @ right[found]
 
     def delta_basis(self, rank: int) -> torch.Tensor:
         """ΔW's top-``rank`` left singular vectors (fewer where ΔW's rank is lower; none for no change)."""
