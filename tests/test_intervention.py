@@ -46,7 +46,8 @@ def test_the_control_removes_the_same_amount_of_change_along_the_change_itself()
         towers = intervened_towers(changes, keep, 10, 0.5)
         moved, control = towers["intruders"][(0, "q_proj")], towers["uniform"][(0, "q_proj")]
         assert float((control - pretrained).norm()) == pytest.approx(float((moved - pretrained).norm()), abs=1e-6)
-        direction = torch.nn.functional.cosine_similarity((control - pretrained).flatten(), (tuned - pretrained).flatten(), 0)
+        direction = torch.nn.functional.cosine_similarity((control - pretrained).flatten(),
+                                                          (tuned - pretrained).flatten(), 0)
         assert float(direction) == pytest.approx(1.0)
     change = MatrixChange(pretrained, tuned)
     assert torch.equal(shrunk_uniformly(change, float(change.delta.norm())), change.pretrained + change.delta)
@@ -102,7 +103,7 @@ def test_a_tower_written_into_the_model_computes_with_it_and_is_restored_bit_for
     with torch.no_grad():
         output = model(images)
     matrices = tower_matrices(model)
-    new = {key: weight * 1.5 for key, weight in list(matrices.items())[:2]} | {key: matrices[key] for key in list(matrices)[2:]}
+    new = {key: weight * 1.5 if index < 2 else weight for index, (key, weight) in enumerate(matrices.items())}
     with written_tower(model, new) as written, torch.no_grad():
         inside = tower_matrices(written)
         assert all(torch.allclose(inside[key], new[key], atol=1e-5) for key in new)
@@ -114,7 +115,6 @@ def test_a_tower_written_into_the_model_computes_with_it_and_is_restored_bit_for
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_a_run_is_scored_at_every_share_kept_and_keeping_all_is_the_run_itself(method):
-    from test_train import N_CLASSES, TEST, TRAIN, VAL
     from tiny_models import make_tiny
 
     from clipdrift.measure.curves import measure
@@ -122,6 +122,8 @@ def test_a_run_is_scored_at_every_share_kept_and_keeping_all_is_the_run_itself(m
     from clipdrift.model.weights import tower_matrices
     from clipdrift.train.config import TrainConfig
     from clipdrift.train.engine import finetune
+
+    from test_train import N_CLASSES, TEST, TRAIN, VAL
 
     pretrained_model, inputs = _curve_setting()
     finetuned = make_tiny(method, n_classes=N_CLASSES)
@@ -143,8 +145,6 @@ def test_a_run_is_scored_at_every_share_kept_and_keeping_all_is_the_run_itself(m
 
 
 def _curve_setting():
-    from test_curves import ATTENTION, make_probe
-    from test_train import N_CLASSES, TEST
     from tiny_models import TINY
 
     from clipdrift.measure.curves import CurveInputs
@@ -152,9 +152,45 @@ def _curve_setting():
     from clipdrift.measure.settings import CKAConfig
     from clipdrift.model.backbones import build_classifier
 
+    from test_curves import ATTENTION, make_probe
+    from test_train import N_CLASSES, TEST
+
     pretrained = build_classifier(TINY, N_CLASSES, seed=0)
     probe = make_probe(12)
     reference = probe_reference(pretrained, probe, ATTENTION, CKAConfig(batch_size=8))
     weights = torch.nn.functional.normalize(torch.randn(64, 4, generator=torch.Generator().manual_seed(0)), dim=0)
     return pretrained, CurveInputs(TEST, probe, reference, {"held": (make_probe(20, seed=3), weights)}, ATTENTION,
                                    eval_batch_size=16)
+
+
+def test_the_study_s_intervention_effects_are_the_paired_differences_with_their_interval():
+    from clipdrift.analysis.study import build_tables, study_findings
+
+    from fabricated_study import (
+        INTERVENTION_GAIN,
+        PRETRAINED,
+        fabricate,
+        fabricate_intervention,
+        fabricate_weights,
+    )
+
+    study = fabricate()
+    runs = build_tables(*study, pretrained_zeroshot=[PRETRAINED])["runs"]
+    weights, sweep, overlap = fabricate_weights(study[0])
+    tables = build_tables(*study, pretrained_zeroshot=[PRETRAINED], weights=weights, intruder_sweep=sweep,
+                          weight_overlap=overlap, intervention=fabricate_intervention(runs))
+    effects = tables["intervention_effects"]
+    assert set(effects["keep"]) == {0.0, 0.5}  # keep 1 is the run itself in both kinds: nothing to compare
+    planted = INTERVENTION_GAIN["intruders"] - INTERVENTION_GAIN["uniform"]
+    lora = effects[(effects["method"] == "lora") & (effects["keep"] == 0.0)]
+    assert lora["zs_gain_mean"].to_numpy() == pytest.approx(planted) and (lora["zs_gain_sd"] < 1e-12).all()
+    assert lora["indomain_gain_mean"].to_numpy() == pytest.approx(-planted / 2)
+    full = effects[(effects["method"] == "full") & (effects["keep"] == 0.5)]
+    assert full["zs_gain_mean"].to_numpy() == pytest.approx(planted / 4)
+    assert (effects["n"] <= 3).all() and not effects["zs_gain_ci_low"].isna().any()
+    table = tables["intervention"]
+    assert set(table["kind"]) == {"intruders", "uniform"}
+    assert table.loc[table["keep"] == 1.0, "weight_distance_mean"].to_numpy() == pytest.approx(0.1)
+    said = [f for f in study_findings(tables, [PRETRAINED]) if f["kind"] == "weight_intervention"]
+    assert len(said) == 2 and all("above 0 in 8 and below 0 in 0 of 8" in f["sentence"] for f in said), said
+    assert "gives back more transfer than removing as much change at random" in said[0]["sentence"]

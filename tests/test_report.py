@@ -23,9 +23,10 @@ from clipdrift.report.figures import indomain_vs_zeroshot, make_figures
 from clipdrift.report.html import SECTIONS, render_report
 from clipdrift.report.names import FIGURES
 
-from fabricated_study import DIVERGED, PRETRAINED, fabricate, fabricate_weights
+from fabricated_study import DIVERGED, PRETRAINED, fabricate, fabricate_intervention, fabricate_weights
 
 ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ("always", "weights", "intervention")  # what the fabricated study has: no curves, no trace
 STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "pets"], "seeds": [7, 11, 19]}
 
 
@@ -33,8 +34,9 @@ STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "p
 def tables():
     study = fabricate()
     weights, sweep, overlap = fabricate_weights(study[0])
+    runs = build_tables(*study, pretrained_zeroshot=[PRETRAINED])["runs"]
     return build_tables(*study, pretrained_zeroshot=[PRETRAINED], weights=weights, intruder_sweep=sweep,
-                        weight_overlap=overlap)
+                        weight_overlap=overlap, intervention=fabricate_intervention(runs))
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,8 @@ def page(tables, pngs, found):
 
 
 def test_every_figure_is_built(figures):
-    # no curves, no trace; the weight-space drift measured
-    assert list(figures) == [name for name in FIGURES if FIGURES[name].needs in ("always", "weights")]
+    # no curves, no trace; the weight-space drift and the intervention measured
+    assert list(figures) == [name for name in FIGURES if FIGURES[name].needs in MEASURED]
     panels = figures["lr_panels"]
     assert len([ax for ax in panels.axes if ax.get_xscale() == "log"]) == 2 * 3  # datasets × metrics
 
@@ -220,7 +222,7 @@ def test_tables_read_back_from_parquet_render_the_same(tables, found, tmp_path):
         write_table(frame, tmp_path / f"{name}.parquet")
         back[name] = read_table(tmp_path / f"{name}.parquet")
     assert findings(back["runs"], PRETRAINED) == found
-    assert list(make_figures(back, PRETRAINED)) == [name for name in FIGURES if FIGURES[name].needs in ("always", "weights")]
+    assert list(make_figures(back, PRETRAINED)) == [name for name in FIGURES if FIGURES[name].needs in MEASURED]
     assert render_report(back, {}, found, STUDY, PRETRAINED) == render_report(tables, {}, found, STUDY, PRETRAINED)
 
 
@@ -415,8 +417,9 @@ def many_methods():
     methods = _ablation_methods()
     study = fabricate(methods)
     weights, sweep, overlap = fabricate_weights(study[0])
+    runs = build_tables(*study, pretrained_zeroshot=[PRETRAINED])["runs"]
     tables = build_tables(*study, pretrained_zeroshot=[PRETRAINED], weights=weights, intruder_sweep=sweep,
-                          weight_overlap=overlap)
+                          weight_overlap=overlap, intervention=fabricate_intervention(runs))
     tables["curves"], tables["traces"] = fabricate_curves(tables["runs"]), fabricate_traces(tables["runs"])
     return methods, tables, make_figures(tables, PRETRAINED)
 

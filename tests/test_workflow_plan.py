@@ -120,3 +120,18 @@ def test_the_paper_ablations_preset_is_the_paper_preset_but_for_its_methods_and_
     for key in ("study", "methods"):
         paper.pop(key), ablations.pop(key)
     assert ablations == paper
+
+
+def test_the_intruders_preset_plans_the_intervention_beside_the_weight_space_drift(tmp_path):
+    plan = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/intruders.yaml")))
+    assert plan["finetune"] == plan["weights"] == plan["intervention"] == 2 * 2 * 3  # methods x lrs x seeds
+    assert plan["weight_reference"] == plan["weight_overlap"] == 1
+    assert "intervention" not in planned_jobs(snakemake(tmp_path, "-n"))  # off by default
+
+
+def test_the_intervention_without_the_weight_space_drift_is_refused(tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text("weights:\n  enabled: false\n  intervention: {enabled: true}\n")
+    result = snakemake(tmp_path, "-n", "--configfile", str(override))
+    assert result.returncode != 0
+    assert "weights.intervention.enabled is true but weights.enabled is false" in result.stderr + result.stdout

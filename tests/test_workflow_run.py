@@ -267,7 +267,7 @@ def test_the_documented_artifacts_are_the_ones_a_run_writes(study_dir):
     from clipdrift.report.names import FIGURES
 
     for figure in documented_names("<!-- figures -->"):
-        if FIGURES[figure].needs == "trace":  # the test study traces no entropy: the variants study draws it
+        if FIGURES[figure].needs in ("trace", "intervention"):  # not in the test study: the variants study draws them
             assert not (study / f"report/{figure}.png").exists()
             continue
         assert (study / f"report/{figure}.png").stat().st_size > 0 and (study / f"report/{figure}.svg").exists()
@@ -443,7 +443,8 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
 
 
 VARIANTS = ("methods:\n  - full\n  - {name: full-floor-0.1, method: full, regulariser: {kind: entropy_floor, weight: 0.1}}\n"
-            "  - {name: lora-r4, method: lora, lora: {r: 4}}\ntraining:\n  entropy_trace_per_epoch: 2\n")
+            "  - {name: lora-r4, method: lora, lora: {r: 4}}\ntraining:\n  entropy_trace_per_epoch: 2\n"
+            "weights:\n  intervention: {enabled: true, lambdas: [0, 1]}\n")
 
 
 @pytest.fixture(scope="module")
@@ -473,6 +474,21 @@ def test_a_study_with_variants_runs_end_to_end_with_the_variants_as_methods(vari
     stats = pd.read_csv(variants_dir / STUDY / "tables/stats.csv")
     assert set(zip(stats["method_a"], stats["method_b"])) == {("full", "full-floor-0.1")}  # lora-r4's method is absent
     assert "cohens_d" in stats  # NaN here: one seed per cell gives no spread (the unit tests check its values)
+    _the_intervention_ran_on_every_run(variants_dir / STUDY, runs)
+
+
+def _the_intervention_ran_on_every_run(study, runs):
+    from artifact_docs import documented_names
+
+    table = pd.read_parquet(study / "metrics/intervention/world-eurosat/lora-r4/lr1e-03/seed7.parquet")
+    assert list(table.columns) == documented_names("<!-- columns: metrics/intervention -->")
+    kept = table[table["keep"] == 1.0].set_index(["task", "kind"]).drop(columns="weight_distance")
+    assert (kept.xs("intruders", level="kind") == kept.xs("uniform", level="kind")).all().all()  # both: the run
+    removed = table[table["keep"] == 0.0].pivot(index="task", columns="kind", values="weight_distance")
+    assert (removed["intruders"] - removed["uniform"]).abs().max() < 1e-6  # the control at the same distance
+    effects = pd.read_csv(study / "tables/intervention_effects.csv")
+    assert len(effects) == len(runs) and set(effects["keep"]) == {0.0}  # one seed: no interval, still a row each
+    assert (study / "report/intervention_curves.png").stat().st_size > 0
 
 
 def test_adding_a_variant_to_a_finished_study_plans_only_its_runs_their_measurements_and_the_summary(variants_dir):
@@ -481,5 +497,5 @@ def test_adding_a_variant_to_a_finished_study_plans_only_its_runs_their_measurem
     runs = 2 * 2 * 1  # datasets x lrs x seeds of the new variant
     assert _plan(variants_dir, _override(variants_dir, "same.yaml", VARIANTS)) == {}
     assert _plan(variants_dir, third) == {"finetune": runs, "extract": runs, "zeroshot": runs, "curves": runs,
-                                          "weights": runs, "weight_overlap": 1,
+                                          "weights": runs, "weight_overlap": 1, "intervention": runs,
                                           **DOWNSTREAM}

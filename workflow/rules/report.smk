@@ -11,6 +11,7 @@ rule aggregate:
         **({"curves": expand_runs(f"{STUDY}/curves/{RUN}.parquet")} if CURVES else {}),
         **({"weights": expand_runs(WEIGHT_TABLES["drift"]), "intruder_sweep": expand_runs(WEIGHT_TABLES["sweep"]),
             "weight_overlap": WEIGHT_OVERLAP} if WEIGHTS else {}),
+        **({"intervention": expand_runs(INTERVENTION)} if INTERVENED else {}),
     output:
         **{f"{name}_csv": table_output(name, "csv") for name in STUDY_TABLES},
         **{f"{name}_parquet": table_output(name, "parquet") for name in STUDY_TABLES},

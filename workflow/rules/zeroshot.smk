@@ -127,3 +127,40 @@ if CURVES:
             f"{BENCH}/curves/{RUN}.tsv"
         script:
             "../scripts/curves.py"
+
+
+# Does removing a run's intruder dimensions give its transfer back (weights.intervention)? Each share
+# of its intruders kept and the uniform control, scored like curve points.
+INTERVENTION = f"{STUDY}/metrics/intervention/{RUN}.parquet"
+
+if INTERVENED:
+
+    rule intervention:
+        input:
+            checkpoint=run_checkpoint(config["metrics"]["checkpoint"]),
+            test=f"{STUDY}/data/{{dataset}}/test.safetensors",
+            probe=PROBE,
+            reference=REFERENCE,
+            bases=rules.weight_reference.output.bases,
+            **SUITE,
+            pretrained_zeroshot=expand(PRETRAINED_ZEROSHOT, task=HELDOUT),
+            backbone=BACKBONE,
+        output:
+            table=INTERVENTION,
+        params:
+            run=run_params,
+            tasks=HELDOUT,
+            settings=plan.intervention_settings(config),
+            code=code("intervention"),
+        threads: 1
+        resources:
+            runtime=config["resources"]["metrics_runtime"],
+            mem_mb=config["resources"]["metrics_mem_mb"],
+        conda:
+            CONDA_ENV_FILE
+        log:
+            **job_log(f"intervention/{RUN}"),
+        benchmark:
+            f"{BENCH}/intervention/{RUN}.tsv"
+        script:
+            "../scripts/intervention.py"

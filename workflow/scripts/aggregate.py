@@ -18,15 +18,15 @@ def main(smk):
     pretrained = [read_json(path) for path in smk.input.pretrained_zeroshot]
     attention = pd.concat([read_table(path) for path in smk.input.attention], ignore_index=True)
     cka = pd.concat([read_table(path) for path in smk.input.cka], ignore_index=True)
-    sensitivity, curves, weights, sweep = (pd.concat([read_table(path) for path in smk.input[name]], ignore_index=True)
-                                           if name in smk.input.keys() else None
-                                           for name in ("sensitivity", "curves", "weights", "intruder_sweep"))
+    sensitivity, curves, weights, sweep, intervention = (
+        pd.concat([read_table(path) for path in smk.input[name]], ignore_index=True) if name in smk.input.keys() else None
+        for name in ("sensitivity", "curves", "weights", "intruder_sweep", "intervention"))
     overlap = read_table(smk.input.weight_overlap) if "weight_overlap" in smk.input.keys() else None
     compare = smk.params.compare_with_paper
     tables = build_tables(histories, zeroshot, attention, cka, compare_with_paper=compare,
                           sensitivity=sensitivity, curves=curves, variants=smk.params.variants,
                           pretrained_zeroshot=pretrained, weights=weights, intruder_sweep=sweep,
-                          weight_overlap=overlap,
+                          weight_overlap=overlap, intervention=intervention,
                           published_definitions=published_ablation_definitions(smk.config) if compare else None)
     for name, frame in tables.items():
         write_table(frame, smk.output[f"{name}_csv"])

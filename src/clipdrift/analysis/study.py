@@ -8,6 +8,7 @@ from clipdrift.analysis.ablation import regulariser_findings
 from clipdrift.analysis.compare import comparison_pairs, comparisons, correlations
 from clipdrift.analysis.findings import findings
 from clipdrift.analysis.frontier import curve_points
+from clipdrift.analysis.intervention import intervention_effects, intervention_points, intervention_table
 from clipdrift.analysis.layergroups import layer_groups, layer_pair_tests
 from clipdrift.analysis.reference import (
     PUBLISHED_METRICS,
@@ -47,6 +48,7 @@ def build_tables(
     weights: pd.DataFrame | None = None,
     intruder_sweep: pd.DataFrame | None = None,
     weight_overlap: pd.DataFrame | None = None,
+    intervention: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the study, keyed by the names in ``TABLES`` (+ ``PAPER_TABLES`` when
     ``compare_with_paper``: the study is the paper preset). ``zeroshot``: the runs' score files
@@ -57,7 +59,8 @@ def build_tables(
     compared with the method it trains with. ``published_definitions``: which methods the study
     trains with the published ablations' definitions (only those are set beside the authors'
     ablation numbers). ``weights``, ``intruder_sweep``: the runs' weight-space drift tables,
-    concatenated; ``weight_overlap``: the study's overlap table (None when it did not measure them)."""
+    concatenated; ``weight_overlap``: the study's overlap table (None when it did not measure them);
+    ``intervention``: the runs' intruder-intervention tables, concatenated (None when off)."""
     bases = {name: entry["method"] for name, entry in (variants or {}).items()}
     pretrained = pretrained_suite(pretrained_zeroshot or [])
     per_task = zeroshot_table(zeroshot, pretrained)
@@ -84,6 +87,9 @@ def build_tables(
         "intruder_sweep": intruder_sweep_table(intruder_sweep, runs),
         "weight_overlap": weight_overlap_table(weight_overlap, runs),
     }
+    intervened = intervention_points(intervention, pretrained, runs)
+    tables["intervention"] = intervention_table(intervened)
+    tables["intervention_effects"] = intervention_effects(intervened)
     if compare_with_paper:
         published = load_reference("cells")
         like_published = cell_table(runs, metrics=list(PUBLISHED_METRICS.values()), ci_metrics=(),

@@ -137,3 +137,30 @@ class WeightSettings:
     def to_dict(self) -> dict:
         return {**asdict(self), "top_k_sweep": list(self.top_k_sweep), "epsilon_sweep": list(self.epsilon_sweep),
                 "epochs": list(self.epochs)}
+
+
+@dataclass(frozen=True)
+class InterventionSettings:
+    """What a run's intruder intervention scores: each share ``keeps`` of its intruder dimensions
+    (at ``top_k`` and ``epsilon``) kept, against its uniform control, every state scored like a
+    curve point (``attention``, ``eval_batch_size``, ``zeroshot``: each held-out task's settings)."""
+
+    keeps: tuple[float, ...]
+    top_k: int
+    epsilon: float
+    attention: AttentionConfig
+    eval_batch_size: int
+    zeroshot: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.attention, dict):
+            object.__setattr__(self, "attention", AttentionConfig(**self.attention))
+        object.__setattr__(self, "keeps", tuple(sorted(float(k) for k in self.keeps)))
+        if not self.keeps or not all(0.0 <= k <= 1.0 for k in self.keeps):
+            raise ValueError(f"intervention lambdas {list(self.keeps)} must lie in [0, 1] (the share of the "
+                             "intruders kept: 1 = the run, 0 = none left)")
+
+    def to_dict(self) -> dict:
+        return {"keeps": list(self.keeps), "top_k": self.top_k, "epsilon": self.epsilon,
+                "attention": self.attention.to_dict(), "eval_batch_size": self.eval_batch_size,
+                "zeroshot": self.zeroshot}

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipdrift.core.errors import StudyConfigError
-from clipdrift.measure.settings import CKAConfig, CurveSettings, WeightSettings
+from clipdrift.measure.settings import CKAConfig, CurveSettings, InterventionSettings, WeightSettings
 from clipdrift.model.methods import METHODS, MethodConfig, family_of
 from clipdrift.pipeline.inputs import (
     backbone_image_size,
@@ -127,6 +127,11 @@ def check_settings(config: dict) -> None:
         _settings_or_refuse("curves", CurveSettings, curve_settings(config, dataset["name"]))
         if config["weights"]["enabled"]:
             _settings_or_refuse("weights", WeightSettings, weight_settings(config, dataset["name"]))
+    if config["weights"]["intervention"]["enabled"]:
+        if not config["weights"]["enabled"]:
+            raise StudyConfigError("weights.intervention.enabled is true but weights.enabled is false: the "
+                                   "intervention removes the intruders the weight-space drift finds; turn both on")
+        _settings_or_refuse("weights.intervention", InterventionSettings, intervention_settings(config))
     _settings_or_refuse("metrics", CKAConfig, cka_settings(config))
 
 
@@ -357,6 +362,14 @@ def weight_settings(config: dict, dataset: str) -> dict:
     the epochs the curves measure."""
     return {**{key: value for key, value in config["weights"].items() if key not in ("enabled", "intervention")},
             "epochs": curve_epochs(config, dataset)}  # WeightSettings(**these); check_settings builds it
+
+
+def intervention_settings(config: dict) -> dict:
+    """What a run's intervention job scores (the intervention rule's params)."""
+    weights = config["weights"]
+    return {"keeps": sorted(float(k) for k in weights["intervention"]["lambdas"]), "top_k": weights["top_k"],
+            "epsilon": weights["epsilon"], "attention": attention_settings(config),
+            "eval_batch_size": config["training"]["eval_batch_size"], "zeroshot": suite_settings(config)}
 
 
 def _dataset(config: dict, name: str) -> dict:

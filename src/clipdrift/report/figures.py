@@ -37,7 +37,12 @@ from clipdrift.report.plotting import (
 # suite_retention and collapse_traces are drawn by their names in FIGURES
 from clipdrift.report.suite_figures import SUITE_MEAN, frontier_panels, suite_retention  # noqa: F401
 from clipdrift.report.trace_figures import collapse_traces  # noqa: F401
-from clipdrift.report.weight_figures import weight_intruders, weight_overlap, weight_plane  # noqa: F401
+from clipdrift.report.weight_figures import (  # noqa: F401
+    intervention_curves,
+    weight_intruders,
+    weight_overlap,
+    weight_plane,
+)
 
 LR_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 PANEL_LABELS = {

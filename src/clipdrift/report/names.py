@@ -28,7 +28,8 @@ class Figure:
     draw: str
     reads: tuple[str, ...]
     options: dict = field(default_factory=dict)
-    # or "curves" (curves.enabled), "trajectories" (curves.epochs), "trace" (the entropy trace), "weights" (weights.enabled)
+    # or "curves" (curves.enabled), "trajectories" (curves.epochs), "trace" (the entropy trace), "weights"
+    # (weights.enabled), "intervention" (weights.intervention.enabled)
     needs: str = "always"
 
 
@@ -129,10 +130,20 @@ FIGURES = {
          'between the seeds of one cell, the noise floor any difference between methods must clear; the title '
          'gives what random subspaces of that rank overlap.'),
         draw="weight_overlap", reads=("weight_overlap",), needs="weights"),
+    'intervention_curves': Figure(
+        'Removing the intruders',
+        ("Per dataset (rows) and method (columns): zero-shot top-1 (suite mean, mean over seeds) of the run's "
+         'weights with a share λ of its intruder dimensions kept (solid; λ = 1 is the run itself, 0 removes them '
+         "all), against its control, each matrix's change shrunk uniformly to the same distance from the "
+         'pretrained weights (dashed); darker for higher learning rates; dotted, the pretrained model. A solid '
+         'line above its dashed one: the intruders held more of the forgetting than as much change elsewhere.'),
+        draw="intervention_curves", reads=("intervention", "pretrained"), needs="intervention"),
 }
 
 
-def study_figures(curves: bool, trajectories: bool, traced: bool, weights: bool = False) -> list[str]:
+def study_figures(curves: bool, trajectories: bool, traced: bool, weights: bool = False,
+                  intervention: bool = False) -> list[str]:
     """The figures a study's report holds, in reading order."""
-    measured = {"always": True, "curves": curves, "trajectories": trajectories, "trace": traced, "weights": weights}
+    measured = {"always": True, "curves": curves, "trajectories": trajectories, "trace": traced, "weights": weights,
+                "intervention": intervention}
     return [name for name, figure in FIGURES.items() if measured[figure.needs]]

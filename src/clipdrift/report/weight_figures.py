@@ -7,10 +7,21 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from clipdrift.analysis.tables import lr_order, method_label, method_order
 from clipdrift.analysis.weights import CHECKPOINT_STATE
-from clipdrift.report.plotting import canvas, legend, lr_lines, method_groups, method_styles, panel_title
+from clipdrift.analysis.wording import pretrained_top1
+from clipdrift.report.plotting import (
+    canvas,
+    hide_unused,
+    legend,
+    lr_lines,
+    method_groups,
+    method_styles,
+    panel_title,
+    wrapped,
+)
 
 PROJECTION_COLUMN = "proj"  # the visual projection's column, after the blocks
 
@@ -115,3 +126,34 @@ def _overlap_matrix(overlap: pd.DataFrame) -> pd.DataFrame:
         a, b = where[(row.method_a, row.lr_a)], where[(row.method_b, row.lr_b)]
         matrix.loc[a, b] = matrix.loc[b, a] = row.overlap_mean
     return matrix
+
+
+def intervention_curves(intervention: pd.DataFrame | None, pretrained=None) -> Figure | None:
+    """One panel per dataset and method (at most four across): zero-shot top-1 (suite mean over
+    seeds) against the share of intruder dimensions kept; solid, the intruders removed; dashed,
+    the uniform control at the same distance; darker for higher rates; dotted, the pretrained model."""
+    if intervention is None or intervention.empty:
+        return None
+    datasets, methods = sorted(intervention["dataset"].unique()), method_order(intervention["method"])
+    styles, reference = method_styles(methods), pretrained_top1(pretrained)
+    panels = [(dataset, method) for dataset in datasets for method in methods]
+    figure, axes = canvas(*wrapped(len(panels)), 3.8, 3.2)
+    for ax, (dataset, method) in zip(axes.flat, panels):
+        part = intervention[(intervention["dataset"] == dataset) & (intervention["method"] == method)]
+        for lr, line in lr_lines(styles[method], lr_order(part["lr"])):
+            for kind, dash in (("intruders", "-"), ("uniform", "--")):
+                curve = part[(part["lr"] == lr) & (part["kind"] == kind)].sort_values("keep")
+                ax.plot(curve["keep"], 100 * curve["zs_top1_mean"],
+                        **{**line, "linestyle": dash, "label": line["label"] if kind == "intruders" else None})
+        if reference == reference:  # not NaN
+            ax.axhline(100 * reference, color="0.35", linestyle=":", label="pretrained")
+        ax.set_xlabel("share of intruder dimensions kept (λ)")
+        ax.set_ylabel("zero-shot top-1 (%)")
+        ax.set_title(panel_title(dataset, method_label(method)), fontsize=9)
+    hide_unused(axes, len(panels))
+    kinds = [Line2D([], [], color="0.3", linestyle="-", label="intruders removed"),
+             Line2D([], [], color="0.3", linestyle="--", label="uniform control (same distance)")]
+    found = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+    legend(figure, handles=[found[label] for label in (method_label(m) for m in methods) if label in found]
+           + [h for label, h in found.items() if label == "pretrained"] + kinds)
+    return figure
