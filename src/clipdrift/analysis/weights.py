@@ -92,14 +92,17 @@ def overlap_kind(pair: pd.DataFrame) -> pd.Series:
 
 def weight_overlap_table(overlap: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per dataset and pair of cells (method and rate each): the subspace overlap of their runs'
-    changes, averaged over the tower's matrices per pair of runs, then mean, SD and n over the
-    pairs of runs; ``chance``: what random subspaces would overlap; ``kind``: :func:`overlap_kind`.
+    changes, averaged over the tower's matrices per pair of runs of different seeds, then mean, SD
+    and n over the pairs of runs; ``chance``: what random subspaces would overlap; ``kind``: :func:`overlap_kind`.
     Each pair of cells appears once, in the study's order (a ≤ b)."""
     columns = ["dataset", "kind", "method_a", "lr_a", "method_b", "lr_b", "n_pairs", "overlap_mean", "overlap_sd",
                "chance"]
     if overlap is None or overlap.empty:
         return pd.DataFrame(columns=columns)
     frame = _without_diverged_pairs(overlap, runs)
+    # pairs of different seeds only: two runs of one seed share their data order and head, which
+    # makes their changes more alike whatever their method, and the seed floor has no such pair
+    frame = frame[frame["seed_a"] != frame["seed_b"]]
     frame = frame.astype({"lr_a": str, "lr_b": str, "method_a": str, "method_b": str})
     frame = _ordered_pairs(frame)
     pair_keys = ["dataset", "method_a", "lr_a", "seed_a", "method_b", "lr_b", "seed_b"]
