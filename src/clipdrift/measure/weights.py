@@ -114,7 +114,9 @@ def magnitude_direction(pretrained: torch.Tensor, tuned: torch.Tensor) -> dict:
     ``delta_direction`` = mean (1 − cos(W_n, W0_n))."""
     before, after = _working(pretrained), _working(tuned).to(pretrained.device)
     magnitude = (after.norm(dim=1) - before.norm(dim=1)).abs().mean()
-    direction = (1 - torch.nn.functional.cosine_similarity(after, before, dim=1)).mean()
+    # 1 − cos(a, b) = ‖a/‖a‖ − b/‖b‖‖² / 2, without the cancellation of 1 − cos near 0 (float32 on a GPU)
+    unit = torch.nn.functional.normalize
+    direction = (unit(after, dim=1) - unit(before, dim=1)).pow(2).sum(dim=1).mean() / 2
     return {"delta_magnitude": float(magnitude), "delta_direction": float(direction)}
 
 
@@ -154,8 +156,15 @@ class MatrixChange:
         return self.tuned - self.pretrained
 
     @cached_property
+    def unchanged(self) -> bool:
+        """Fine-tuning left the matrix as it was (a matrix no adapter adapts): no SVD is needed."""
+        return bool(torch.equal(self.tuned, self.pretrained))
+
+    @cached_property
     def delta_svd(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """ΔW's left singular vectors and singular values."""
+        """ΔW's left singular vectors and singular values (none for no change)."""
+        if self.unchanged:
+            return self.delta.new_zeros(self.delta.shape[0], 0), self.delta.new_zeros(0)
         left, values, _ = torch.linalg.svd(self.delta, full_matrices=False)
         return left, values
 
@@ -169,12 +178,17 @@ class MatrixChange:
         return bool(torch.isfinite(self.tuned).all())
 
     def intruders(self, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON) -> dict:
+        if self.unchanged:  # W0 against itself: each direction is one of its own (|cos| 1), no intruder
+            return {"indices": [], "count": 0, "max_cosines": [1.0] * min(top_k, *self.tuned.shape),
+                    "energy_share": 0.0}
         return _intruders_among(*self.tuned_svd[:2], self.base, top_k, epsilon)
 
     def intruder_part(self, top_k: int = INTRUDER_TOP_K, epsilon: float = INTRUDER_EPSILON) -> torch.Tensor:
         """``Σ s_j u_j v_jᵀ`` over the intruder dimensions ``j`` of the fine-tuned matrix (zero if none)."""
-        left, values, right = self.tuned_svd
         found = self.intruders(top_k, epsilon)["indices"]
+        if not found:
+            return torch.zeros_like(self.tuned)
+        left, values, right = self.tuned_svd
         return (left[:, found] * values[found]) @ right[found]
 
     def delta_basis(self, rank: int) -> torch.Tensor:
