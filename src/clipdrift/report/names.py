@@ -127,8 +127,8 @@ FIGURES = {
         "How alike the runs' changes are",
         ("The overlap of two cells' changes (‖U_Aᵀ U_B‖²/r of their top-r left singular directions, mean over "
          "the tower's matrices and the pairs of runs of different seeds): 1 = the same directions. The diagonal "
-         'is the overlap between the seeds of one cell, the noise floor any difference between methods must clear; the title '
-         'gives what random subspaces of that rank overlap.'),
+         'is the overlap between the seeds of one cell, the noise floor any difference between methods must '
+         'clear; the title gives what random subspaces of that rank overlap.'),
         draw="weight_overlap", reads=("weight_overlap",), needs="weights"),
     'intervention_curves': Figure(
         'Removing the intruders',
