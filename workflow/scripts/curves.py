@@ -14,7 +14,7 @@ from clipdrift.measure.tables import with_run_columns
 from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import kept_epoch_loaders, load_backbone_spec, load_classifier
 from clipdrift.pipeline.jobs.runner import run_script
-from clipdrift.pipeline.jobs.scoring import scoring_inputs
+from clipdrift.pipeline.scoring import scoring_inputs
 
 
 def main(smk):

@@ -15,7 +15,7 @@ from clipdrift.model.backbones import build_classifier
 from clipdrift.model.checkpoints import load_backbone_spec, load_classifier
 from clipdrift.model.weights import tower_matrices
 from clipdrift.pipeline.jobs.runner import run_script
-from clipdrift.pipeline.jobs.scoring import scoring_inputs
+from clipdrift.pipeline.scoring import scoring_inputs
 
 
 def main(smk):

@@ -30,6 +30,14 @@ TERMS = {
     "freeze_blocks": "the first that many transformer blocks of the image tower do not train",
     "collapse onset": "the fraction of training at which a run's traced layer-mean CLS-attention entropy first "
                       "falls 1% below the pretrained value",
+    "intruder dimension": "a top left singular vector of a fine-tuned matrix whose largest absolute cosine with any "
+                          "of the pretrained matrix's left singular vectors is below the threshold (Shuttleworth et "
+                          "al. 2024: among the top 10, below 0.5): a direction the pretrained matrix did not have",
+    "subspace overlap": "‖U_Aᵀ U_B‖²/r of two changes' top-r left singular directions: 1 = the same directions, "
+                        "r/d expected of random ones; between two seeds of one cell it is the noise floor",
+    "intruder intervention": "a run's weights with a share λ of their intruder components kept (1 = the run, 0 = "
+                             "none left), against the control: each matrix's change shrunk uniformly to the same "
+                             "distance from the pretrained weights; both scored like the run",
     "Welch's t-test": "a two-sample t-test of the difference of two methods' means over seeds, without assuming "
                       "equal variances; its 95% interval is of that difference",
     "permutation test": "the two-sided test of the mean difference over every relabelling of the seeds between "

@@ -1,4 +1,5 @@
-"""What a job that scores weight states of a run reads (the curves and the intervention): the
+"""What a job that scores weight states of a run reads (the curves and the intervention), the
+files named by its rule's inputs (what they compute with, so inside their code digests): the
 fine-tuning task's test split, the drift probe with the pretrained reference on it, and every
 held-out task's images and text classifier, checked against the settings they were built with."""
 
