@@ -350,6 +350,8 @@ def test_the_weight_space_drift_added_to_a_finished_study_plans_only_its_jobs_an
     assert _plan(copy) == {**WEIGHT_JOBS, **DOWNSTREAM}  # turned on: its own jobs and the summary, nothing else
     changed = _override(study_dir, "top-k.yaml", "weights:\n  top_k: 5\n")
     assert _plan(study_dir, changed) == {"weights": RUNS, "weight_overlap": 1, **DOWNSTREAM}
+    intervened = _override(study_dir, "intervention.yaml", "weights:\n  intervention: {enabled: true}\n")
+    assert _plan(study_dir, intervened) == {"intervention": RUNS, **DOWNSTREAM}
 
 
 def test_an_alpha_value_or_a_kept_epoch_more_plans_only_curve_jobs(study_dir):
