@@ -268,3 +268,25 @@ def test_kept_epochs_are_measured_one_at_a_time_after_the_checkpoint():
     pairs = subspace_overlaps([({**run, "seed": 1}, spaces), ({**run, "seed": 2}, spaces),
                                ({**run, "dataset": "other", "seed": 3}, spaces)])
     assert pairs["overlap"].tolist() == pytest.approx([1.0, 1.0]) and pairs["chance"].tolist() == [2 / 8, 2 / 12]
+
+
+def test_the_overlap_summary_keeps_pairs_of_one_seed_apart_and_orders_each_pair_of_cells():
+    import pandas as pd
+
+    from clipdrift.analysis.weights import comparable_overlap, weight_overlap_table
+
+    def pair(method_a, seed_a, method_b, seed_b, overlap):
+        return {"dataset": "d", "method_a": method_a, "lr_a": "1e-03", "seed_a": seed_a, "method_b": method_b,
+                "lr_b": "1e-03", "seed_b": seed_b, "layer": 0, "matrix": "q_proj", "rank": 2, "overlap": overlap,
+                "chance": 0.25}
+
+    rows = pd.DataFrame([pair("full", 1, "full", 2, 0.5), pair("lora", 2, "lora", 1, 0.7),
+                         pair("full", 1, "lora", 1, 0.9), pair("lora", 2, "full", 1, 0.1),
+                         pair("full", 2, "lora", 1, 0.3), pair("full", 2, "lora", 2, 0.8)])
+    table = weight_overlap_table(rows).set_index(["kind", "seeds", "method_a", "method_b"])
+    assert table.loc[("methods", "different", "full", "lora"), "overlap_mean"] == pytest.approx(0.2)
+    assert table.loc[("methods", "same", "full", "lora"), "overlap_mean"] == pytest.approx(0.85)
+    assert table.loc[("seeds", "different", "lora", "lora"), "n_pairs"] == 1
+    assert set(comparable_overlap(table.reset_index())["seeds"]) == {"different"}
+    one_seed = weight_overlap_table(rows[rows["seed_a"] == rows["seed_b"]])
+    assert set(comparable_overlap(one_seed)["seeds"]) == {"same"} and set(one_seed["kind"]) == {"methods"}

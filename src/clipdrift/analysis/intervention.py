@@ -9,7 +9,7 @@ import pandas as pd
 
 from clipdrift.analysis.stats import bootstrap_ci
 from clipdrift.analysis.suite import suite_curves
-from clipdrift.analysis.tables import CELL_KEYS, RUN_KEYS, drop_diverged, normalise_keys, sort_grid
+from clipdrift.analysis.tables import CELL_KEYS, RUN_KEYS, drop_diverged, normalise_keys, over_seeds, sort_grid
 
 INTERVENTION_MEASURES = ("zs_top1", "zs_retention", "indomain_acc", "drift_entropy_pct", "weight_distance")
 PAIRED = {"zs_gain": "zs_top1", "retention_gain": "zs_retention", "indomain_gain": "indomain_acc"}
@@ -26,14 +26,7 @@ def intervention_points(intervention: pd.DataFrame | None, pretrained: dict, run
 
 def intervention_table(points: pd.DataFrame) -> pd.DataFrame:
     """Per cell, kind and share kept: each measure's mean and SD over seeds, and n."""
-    columns = [*CELL_KEYS, "kind", "keep", "n", *(f"{m}_{s}" for m in INTERVENTION_MEASURES for s in ("mean", "sd"))]
-    if points.empty:
-        return pd.DataFrame(columns=columns)
-    grouped = points.groupby([*CELL_KEYS, "kind", "keep"], sort=False)
-    table = grouped[list(INTERVENTION_MEASURES)].agg(["mean", "std"])
-    table.columns = [f"{m}_{'sd' if s == 'std' else s}" for m, s in table.columns]
-    table.insert(0, "n", grouped.size())
-    return sort_grid(table.reset_index()[columns], extra=["kind", "keep"])
+    return over_seeds(points, ["kind", "keep"], INTERVENTION_MEASURES)
 
 
 def intervention_effects(points: pd.DataFrame, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:

@@ -379,3 +379,17 @@ def layer_table(
     table = table.rename(columns={"std": "sd", "count": "n"}).reset_index()
     table["layer"] = table["layer"].astype(int)
     return sort_grid(table[columns], extra=["quantity", "layer"])
+
+
+def over_seeds(rows: pd.DataFrame, extra: list[str], measures: Iterable[str]) -> pd.DataFrame:
+    """Per cell and ``extra`` keys: n and each measure's mean and SD over the seeds in ``rows``,
+    in the study's order."""
+    measures = list(measures)
+    columns = [*CELL_KEYS, *extra, "n", *(f"{m}_{s}" for m in measures for s in ("mean", "sd"))]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = rows.groupby([*CELL_KEYS, *extra], sort=False)
+    table = grouped[measures].agg(["mean", "std"])
+    table.columns = [f"{m}_{'sd' if s == 'std' else s}" for m, s in table.columns]
+    table.insert(0, "n", grouped.size())
+    return sort_grid(table.reset_index()[columns], extra=extra)

@@ -108,7 +108,7 @@ def intruder_relations(correlations: pd.DataFrame, dataset: str) -> dict | None:
 def shared_directions(overlap: pd.DataFrame, dataset: str) -> dict | None:
     """The seed-to-seed overlap of each cell's changes (the noise floor) against the overlap of
     two methods' changes at the same rate."""
-    part = overlap[overlap["dataset"] == dataset] if not overlap.empty else overlap
+    part = overlap[(overlap["dataset"] == dataset) & (overlap["seeds"] == "different")] if not overlap.empty else overlap
     seeds, methods = part[part["kind"] == "seeds"], part[part["kind"] == "methods"]
     if seeds.empty or methods.empty:
         return None

@@ -17,6 +17,7 @@ from clipdrift.analysis.tables import (
     drop_diverged,
     method_order,
     normalise_keys,
+    over_seeds,
     sort_grid,
 )
 
@@ -50,15 +51,7 @@ def weight_run_summary(weights: pd.DataFrame | None) -> pd.DataFrame:
 def weight_layer_table(weights: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per cell, layer and matrix at the drift checkpoint: each measure's mean and SD over the
     non-diverged seeds, and n."""
-    rows = drop_diverged(at_checkpoint(weights), runs)
-    columns = [*CELL_KEYS, "layer", "matrix", "n", *(f"{m}_{s}" for m in WEIGHT_MEASURES for s in ("mean", "sd"))]
-    if rows.empty:
-        return pd.DataFrame(columns=columns)
-    grouped = rows.groupby([*CELL_KEYS, "layer", "matrix"], sort=False)
-    table = grouped[list(WEIGHT_MEASURES)].agg(["mean", "std"])
-    table.columns = [f"{m}_{'sd' if s == 'std' else s}" for m, s in table.columns]
-    table.insert(0, "n", grouped.size())
-    return sort_grid(table.reset_index()[columns], extra=["layer", "matrix"])
+    return over_seeds(drop_diverged(at_checkpoint(weights), runs), ["layer", "matrix"], WEIGHT_MEASURES)
 
 
 def intruder_sweep_table(sweep: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -91,30 +84,33 @@ def overlap_kind(pair: pd.DataFrame) -> pd.Series:
 
 
 def weight_overlap_table(overlap: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per dataset and pair of cells (method and rate each): the subspace overlap of their runs'
-    changes, averaged over the tower's matrices per pair of runs of different seeds, then mean, SD
-    and n over the pairs of runs; ``chance``: what random subspaces would overlap; ``kind``: :func:`overlap_kind`.
-    Each pair of cells appears once, in the study's order (a ≤ b)."""
-    columns = ["dataset", "kind", "method_a", "lr_a", "method_b", "lr_b", "n_pairs", "overlap_mean", "overlap_sd",
-               "chance"]
+    """Per dataset, pair of cells (method and rate each) and ``seeds`` (the pairs of runs of
+    ``different`` seeds, or of the ``same`` seed): the subspace overlap of their runs' changes,
+    averaged over the tower's matrices per pair of runs, then mean, SD and n over the pairs;
+    ``chance``: what random subspaces would overlap; ``kind``: :func:`overlap_kind`. Each pair of
+    cells appears once, in the study's order (a ≤ b)."""
+    columns = ["dataset", "kind", "seeds", "method_a", "lr_a", "method_b", "lr_b", "n_pairs", "overlap_mean",
+               "overlap_sd", "chance"]
     if overlap is None or overlap.empty:
         return pd.DataFrame(columns=columns)
     frame = _without_diverged_pairs(overlap, runs)
-    # pairs of different seeds only: two runs of one seed share their data order and head, which
-    # makes their changes more alike whatever their method, and the seed floor has no such pair
-    frame = frame[frame["seed_a"] != frame["seed_b"]]
     frame = frame.astype({"lr_a": str, "lr_b": str, "method_a": str, "method_b": str})
     frame = _ordered_pairs(frame)
     pair_keys = ["dataset", "method_a", "lr_a", "seed_a", "method_b", "lr_b", "seed_b"]
     per_pair = frame.groupby(pair_keys, sort=False).agg(overlap=("overlap", "mean"), chance=("chance", "mean"))
-    grouped = per_pair.reset_index().groupby(["dataset", "method_a", "lr_a", "method_b", "lr_b"], sort=False)
+    per_pair = per_pair.reset_index()
+    # two runs of one seed share their data order and head, which makes their changes more alike
+    # whatever their method, and a cell's seed floor has no such pair: they are summarised apart
+    per_pair["seeds"] = (per_pair["seed_a"] == per_pair["seed_b"]).map({True: "same", False: "different"})
+    grouped = per_pair.groupby(["dataset", "seeds", "method_a", "lr_a", "method_b", "lr_b"], sort=False)
     table = grouped.agg(n_pairs=("overlap", "size"), overlap_mean=("overlap", "mean"), overlap_sd=("overlap", "std"),
                         chance=("chance", "mean")).reset_index()
     table["kind"] = overlap_kind(table)
     methods = _method_rank(table)
     order = table.assign(_ma=table["method_a"].map(methods), _la=table["lr_a"].map(float),
                          _mb=table["method_b"].map(methods), _lb=table["lr_b"].map(float))
-    return order.sort_values(["dataset", "_ma", "_la", "_mb", "_lb"], kind="stable")[columns].reset_index(drop=True)
+    order = order.sort_values(["dataset", "seeds", "_ma", "_la", "_mb", "_lb"], kind="stable")
+    return order[columns].reset_index(drop=True)
 
 
 def _without_diverged_pairs(overlap: pd.DataFrame, runs: pd.DataFrame | None) -> pd.DataFrame:
@@ -149,3 +145,10 @@ def weight_table(weights: pd.DataFrame | None) -> pd.DataFrame:
     if weights is None or weights.empty:
         return pd.DataFrame(columns=[*RUN_KEYS, "state", "epoch", "layer", "matrix", *WEIGHT_MEASURES])
     return sort_grid(normalise_keys(weights), extra=["seed", "state", "epoch", "layer", "matrix"])
+
+
+def comparable_overlap(overlap: pd.DataFrame) -> pd.DataFrame:
+    """The overlap rows that compare like with like: pairs of different seeds where the study has
+    several seeds (the seed floor is of such pairs), else (one seed) the pairs of that seed."""
+    different = overlap[overlap["seeds"] == "different"]
+    return different if not different.empty else overlap[overlap["seeds"] == "same"]

@@ -25,6 +25,7 @@ from clipdrift.report.names import FIGURES, SHARED_PANEL_METHODS
 from clipdrift.report.plotting import (
     MethodStyle,
     canvas,
+    cell_rows,
     hide_unused,
     legend,
     lr_lines,
@@ -145,7 +146,7 @@ def lr_panels(
 
 def _layer_matrix(layers: pd.DataFrame, dataset: str, quantity: str) -> pd.DataFrame:
     data = layers[(layers["dataset"] == dataset) & (layers["quantity"] == quantity)]
-    rows = [(m, lr) for m in method_order(data["method"]) for lr in lr_order(data.loc[data["method"] == m, "lr"])]
+    rows = cell_rows(data)
     matrix = data.pivot_table(index=["method", "lr"], columns="layer", values="mean").reindex(rows)
     matrix.index = [f"{method_label(m)} · {lr}" for m, lr in rows]
     matrix.columns = [int(layer) + 1 for layer in matrix.columns]  # blocks 1..n, as the CKA profiles number them

@@ -18,7 +18,7 @@ import seaborn as sns
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
-from clipdrift.analysis.tables import method_label, method_order
+from clipdrift.analysis.tables import lr_order, method_label, method_order
 from clipdrift.model.methods import METHODS, REFERENCE_PAIR, family_of
 from clipdrift.report.names import SHARED_PANEL_METHODS
 
@@ -90,6 +90,11 @@ def method_groups(methods) -> list[tuple[str, list[str]]]:
         references = [m for m in REFERENCE_PAIR if m in ordered and m not in plain]
         groups.append((", ".join(method_label(m) for m in plain), method_order(references + plain)))
     return groups
+
+
+def cell_rows(frame) -> list[tuple[str, str]]:
+    """The (method, learning rate) cells of ``frame``, in the study's order: a heatmap's rows."""
+    return [(m, lr) for m in method_order(frame["method"]) for lr in lr_order(frame.loc[frame["method"] == m, "lr"])]
 
 
 def panel_title(*parts: str, group: str = "") -> str:

@@ -10,10 +10,11 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from clipdrift.analysis.tables import lr_order, method_label, method_order
-from clipdrift.analysis.weights import CHECKPOINT_STATE
+from clipdrift.analysis.weights import CHECKPOINT_STATE, comparable_overlap
 from clipdrift.analysis.wording import pretrained_top1
 from clipdrift.report.plotting import (
     canvas,
+    cell_rows,
     hide_unused,
     legend,
     lr_lines,
@@ -26,16 +27,12 @@ from clipdrift.report.plotting import (
 PROJECTION_COLUMN = "proj"  # the visual projection's column, after the blocks
 
 
-def _cell_rows(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    return [(m, lr) for m in method_order(frame["method"]) for lr in lr_order(frame.loc[frame["method"] == m, "lr"])]
-
-
 def _by_layer(layers: pd.DataFrame, dataset: str, measure: str) -> pd.DataFrame:
     """Rows method × learning rate, columns blocks 1..n then the projection: ``measure``'s seed
     mean summed over each layer's matrices."""
     data = layers[layers["dataset"] == dataset]
     sums = data.groupby(["method", "lr", "layer"])[f"{measure}_mean"].sum(min_count=1).unstack("layer")
-    sums = sums.reindex(_cell_rows(data))
+    sums = sums.reindex(cell_rows(data))
     blocks = sorted(c for c in sums.columns if c >= 0)
     sums = sums[blocks + [c for c in sums.columns if c < 0]]
     sums.columns = [int(b) + 1 for b in blocks] + [PROJECTION_COLUMN] * (len(sums.columns) - len(blocks))
@@ -101,6 +98,7 @@ def weight_overlap(overlap: pd.DataFrame | None) -> Figure | None:
     noise floor a difference between methods must clear."""
     if overlap is None or overlap.empty:
         return None
+    overlap = comparable_overlap(overlap)
     datasets = sorted(overlap["dataset"].unique())
     frames = [_overlap_matrix(overlap[overlap["dataset"] == d]) for d in datasets]
     size = max(len(f) for f in frames)
@@ -110,14 +108,15 @@ def weight_overlap(overlap: pd.DataFrame | None) -> Figure | None:
                     annot_kws={"fontsize": 7}, linewidths=0.5, square=True,
                     cbar_kws={"label": "subspace overlap (1 = the same directions)"})
         chance = overlap.loc[overlap["dataset"] == dataset, "chance"].mean()
-        ax.set_title(f"{dataset} · random subspaces: {chance:.2f}", fontsize=10)
+        one_seed = "" if (overlap["seeds"] == "different").all() else " · one seed: no noise floor"
+        ax.set_title(f"{dataset} · random subspaces: {chance:.2f}{one_seed}", fontsize=10)
         ax.set_xlabel("")
         ax.set_ylabel("")
     return figure
 
 
 def _overlap_matrix(overlap: pd.DataFrame) -> pd.DataFrame:
-    cells = _cell_rows(pd.DataFrame({"method": pd.concat([overlap["method_a"], overlap["method_b"]]),
+    cells = cell_rows(pd.DataFrame({"method": pd.concat([overlap["method_a"], overlap["method_b"]]),
                                      "lr": pd.concat([overlap["lr_a"], overlap["lr_b"]])}))
     labels = [f"{method_label(m)} · {lr}" for m, lr in cells]
     matrix = pd.DataFrame(np.nan, index=labels, columns=labels)

@@ -21,12 +21,13 @@ def _overlap_table(overlap: pd.DataFrame | None):
     if overlap is None or overlap.empty:
         return None
     shown = overlap[overlap["kind"].isin(["seeds", "methods"])]
-    columns = ["dataset", "between", "cell a", "cell b", "pairs of runs", "overlap, mean ± SD", "random subspaces"]
-    rows = [[r.dataset, "seeds (noise floor)" if r.kind == "seeds" else "methods", _cell(r.method_a, r.lr_a),
+    columns = ["dataset", "between", "seeds", "cell a", "cell b", "pairs of runs", "overlap, mean ± SD",
+               "random subspaces"]
+    rows = [[r.dataset, "seeds (noise floor)" if r.kind == "seeds" else "methods", r.seeds, _cell(r.method_a, r.lr_a),
              _cell(r.method_b, r.lr_b), r.n_pairs,
              f"{r.overlap_mean:.2f}" + ("" if pd.isna(r.overlap_sd) else f" ± {r.overlap_sd:.2f}"), f"{r.chance:.2f}"]
             for r in shown.itertuples()]
-    return table(columns, rows, text_columns=4)
+    return table(columns, rows, text_columns=5)
 
 
 def _sweep_table(sweep: pd.DataFrame | None):
