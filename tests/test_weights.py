@@ -80,6 +80,10 @@ def test_magnitude_and_direction_separate():
     scaled = magnitude_direction(pretrained, 2 * pretrained)
     assert scaled["delta_direction"] == pytest.approx(0.0, abs=1e-12)
     assert scaled["delta_magnitude"] == pytest.approx(float(pretrained.norm(dim=1).mean()))
+    factors = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0], dtype=torch.float64)  # each row its own scale
+    rows = magnitude_direction(pretrained, factors[:, None] * pretrained)
+    assert rows["delta_direction"] == pytest.approx(0.0, abs=1e-12)
+    assert rows["delta_magnitude"] == pytest.approx(float(((factors - 1).abs() * pretrained.norm(dim=1)).mean()))
     rotation = torch.linalg.qr(torch.randn(8, 8, generator=generator, dtype=torch.float64)).Q
     turned = magnitude_direction(pretrained, pretrained @ rotation)
     assert turned["delta_magnitude"] == pytest.approx(0.0, abs=1e-12) and turned["delta_direction"] > 0.1
