@@ -100,10 +100,11 @@ def test_the_study_leaves_sane_outputs(study_dir):
     benchmarks = {p.relative_to(study / "benchmarks").as_posix() for p in (study / "benchmarks").rglob("*.tsv")}
     assert {"backbone.tsv", "data/world-cifar100.tsv", "zeroshot/classifier/world-patterns.tsv", "references/world-pets.tsv",
             "zeroshot/pretrained-indomain/world-pets.tsv", "finetune/world-pets/lora/lr1e-03/seed7.tsv",
-            "extract/world-pets/lora/lr1e-03/seed7.tsv", "curves/world-pets/lp-ft/lr1e-03/seed7.tsv"} <= benchmarks
+            "extract/world-pets/lora/lr1e-03/seed7.tsv", "curves/world-pets/lp-ft/lr1e-03/seed7.tsv",
+            "weights/world-pets/lora/lr1e-03/seed7.tsv", "references/weights.tsv", "weight_overlap.tsv"} <= benchmarks
     # backbone, data (2 fine-tuning + 2 held-out tasks), zero-shot classifiers (2), in-domain references,
-    # probe references, 4 per run, tables + report
-    assert len(benchmarks) == 1 + 4 + 2 + 2 + 2 + 4 * RUNS + 2
+    # probe references, the weight-space reference and overlap, 5 per run, tables + report
+    assert len(benchmarks) == 1 + 4 + 2 + 2 + 2 + 2 + 5 * RUNS + 2
     # the curves: alpha 1 is the run itself, alpha 0 the pretrained tower; every epoch was kept
     curves = pd.read_parquet(study / "tables/curves.parquet").merge(runs, on=["dataset", "method", "lr", "seed"])
     end = curves.query("kind == 'alpha' and point == 1.0")
