@@ -146,10 +146,12 @@ def intervention_findings(effects: pd.DataFrame) -> list[dict]:
                    not above else "removing intruders is no better than removing as much change at random"
                    if not above and not below else "which gives back more depends on the method and rate")
         keep = float(lowest["keep"].iloc[0])
+        removed = ("removing every intruder component (λ = 0)" if keep == 0 else
+                   f"keeping a share λ = {keep:g} of the intruder components")
         out.append(finding(
             "weight_intervention", dataset,
-            f"On {dataset}, keeping {keep:g} of the intruder dimensions instead of shrinking each matrix's change "
-            f"uniformly to the same distance changed zero-shot top-1 by (points, mean over seeds [95% bootstrap "
+            f"On {dataset}, {removed} instead of shrinking each matrix's change uniformly to the same distance "
+            f"from the pretrained weights changed zero-shot top-1 by (points, mean over seeds [95% bootstrap "
             f"interval]): {cells}. The interval lies above 0 in {above} and below 0 in {below} of {len(lowest)} "
             f"cells: {verdict}. In-domain accuracy moved {100 * lowest['indomain_gain_mean'].mean():+.1f} points "
             "against the control on average.",
