@@ -294,3 +294,20 @@ def test_the_overlap_summary_keeps_pairs_of_one_seed_apart_and_orders_each_pair_
     assert set(comparable_overlap(table.reset_index())["seeds"]) == {"different"}
     one_seed = weight_overlap_table(rows[rows["seed_a"] == rows["seed_b"]])
     assert set(comparable_overlap(one_seed)["seeds"]) == {"same"} and set(one_seed["kind"]) == {"methods"}
+
+
+def test_magnitude_is_per_output_unit_as_peft_s_dora_decomposes_a_linear():
+    """DoRA's magnitude vector, as peft initialises it from the base weight, is the norm of each
+    output unit's row: the norms ΔM compares."""
+    import peft
+
+    torch.manual_seed(11)
+    model = peft.get_peft_model(torch.nn.Sequential(torch.nn.Linear(12, 7)),
+                                peft.LoraConfig(r=2, target_modules=["0"], use_dora=True))
+    layer = next(m for m in model.modules() if isinstance(m, peft.tuners.lora.LoraLayer))
+    magnitude = layer.lora_magnitude_vector["default"].weight.detach()
+    base = layer.get_base_layer().weight.detach()
+    assert magnitude.shape == (7,) and torch.allclose(magnitude, base.norm(dim=1))
+    changed = magnitude_direction(base, base * torch.linspace(1, 2, 7)[:, None])
+    assert changed["delta_magnitude"] == pytest.approx(float((torch.linspace(0, 1, 7) * base.norm(dim=1)).mean()),
+                                                       rel=1e-6)
