@@ -123,7 +123,7 @@ FIGURES = {
          'checkpoint), darker for higher rates. DoRA\'s decomposition: Full FT and LoRA are reported to move '
          'the two in opposite proportions.' + _FAMILIES),
         draw="weight_plane", reads=("weights",), needs="weights"),
-    'weight_overlap': Figure(
+    'overlap_matrix': Figure(
         "How alike the runs' changes are",
         ("The overlap of two cells' changes (‖U_Aᵀ U_B‖²/r of their top-r left singular directions, mean over "
          "the tower's matrices and the pairs of runs of different seeds): 1 = the same directions. The diagonal "
