@@ -311,3 +311,21 @@ def test_magnitude_is_per_output_unit_as_peft_s_dora_decomposes_a_linear():
     changed = magnitude_direction(base, base * torch.linspace(1, 2, 7)[:, None])
     assert changed["delta_magnitude"] == pytest.approx(float((torch.linspace(0, 1, 7) * base.norm(dim=1)).mean()),
                                                        rel=1e-6)
+
+
+def test_the_magnitude_direction_slope_of_a_run_is_the_least_squares_slope_over_its_query_matrices():
+    import pandas as pd
+
+    from clipdrift.analysis.weights import magnitude_direction_slopes
+
+    def rows(seed, points, matrix="q_proj"):
+        return [{"dataset": "d", "method": "full", "lr": "1e-03", "seed": seed, "state": "epoch", "epoch": epoch,
+                 "layer": layer, "matrix": matrix, "delta_direction": d, "delta_magnitude": m}
+                for epoch, (layer, d, m) in enumerate(points)]
+
+    frame = pd.DataFrame(rows(1, [(0, 0.1, 1.2), (1, 0.2, 1.4), (0, 0.4, 1.8)])  # ΔM = 2 ΔD + 1
+                         + rows(2, [(0, 0.1, 0.9), (1, 0.3, 0.7)])  # slope −1
+                         + rows(2, [(0, 5.0, 0.0)], matrix="v_proj")  # another matrix: not a query matrix
+                         + rows(3, [(0, 0.1, 0.5)]))  # one point: no slope
+    slopes = magnitude_direction_slopes(frame).set_index("seed")["weight_dm_slope"]
+    assert slopes[1] == pytest.approx(2.0) and slopes[2] == pytest.approx(-1.0) and math.isnan(slopes[3])

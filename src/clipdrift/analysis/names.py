@@ -82,6 +82,11 @@ METRICS = {
                                      "decomposition)", shown=("runs",)),
     "weight_delta_direction": Metric("direction change ΔD", "direction change ΔD",
                                      "the mean over output units and matrices of 1 − cos(W_n, W0_n)", shown=("runs",)),
+    "weight_dm_slope": Metric("slope of ΔM against ΔD", "ΔM–ΔD slope",
+                              "the least-squares slope of the magnitude change against the direction change over "
+                              "every layer's query matrix through training (DoRA's view): its sign tells whether a "
+                              "method moves magnitude and direction together or trades one for the other",
+                              shown=("cells", "runs"), compared=True),
     "trainable_params": Metric("trainable parameters", "trainable params", "the parameters the method trains",
                                shown=("runs",)),
     "train_time_s": Metric("training time", "train time (s)", "wall time of the fine-tune", shown=("runs",)),
@@ -103,6 +108,8 @@ WEIGHT_SUMMARIES = {
     "weight_delta_magnitude": ("delta_magnitude", "mean"),
     "weight_delta_direction": ("delta_direction", "mean"),
 }
+# ... and the slope of ΔM against ΔD through training (clipdrift.analysis.weights.magnitude_direction_slopes)
+DM_SLOPE = "weight_dm_slope"
 
 
 def shown_in(table: str) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from clipdrift.analysis.collapse import collapse_columns
-from clipdrift.analysis.names import WEIGHT_SUMMARIES, interval_metrics
+from clipdrift.analysis.names import DM_SLOPE, WEIGHT_SUMMARIES, interval_metrics
 from clipdrift.analysis.stats import bootstrap_ci
 from clipdrift.model.methods import METHODS, lineup
 
@@ -52,7 +52,7 @@ COST_METRICS = ("trainable_params", "train_time_s", "images_per_s")
 # mean over the seeds whose entropy fell that far, n counting them (a seed that never did is not a number)
 ONSET_METRICS = ("collapse_onset", "collapse_onset_1_published")
 # The weight-space summaries: columns only where a study measures them
-WEIGHT_METRICS = tuple(WEIGHT_SUMMARIES)
+WEIGHT_METRICS = (*WEIGHT_SUMMARIES, DM_SLOPE)
 CELL_METRICS = (ACCURACY_METRICS + DRIFT_METRICS + (LAYER_DRIFT_METRIC, "cka_mean") + WEIGHT_METRICS + COST_METRICS
                 + ONSET_METRICS)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from clipdrift.analysis.names import DM_SLOPE
 from clipdrift.analysis.tables import method_label, method_order
 from clipdrift.analysis.wording import finding, p_text, small
 from clipdrift.model.weights import PROJECTION_LAYER
@@ -26,7 +27,7 @@ def weight_findings(tables: dict[str, pd.DataFrame], alpha: float = 0.05) -> lis
     out = []
     for dataset in sorted(ok["dataset"].unique()):
         part = ok[ok["dataset"] == dataset]
-        out += [change_rank(part, dataset),
+        out += [change_rank(part, dataset), magnitude_direction_signs(part, dataset),
                 intruder_sites(part, tables["weight_layers"], tables["stats"], dataset, alpha),
                 intruder_relations(tables["correlations"], dataset),
                 shared_directions(tables["weight_overlap"], dataset)]
@@ -51,6 +52,25 @@ def change_rank(runs: pd.DataFrame, dataset: str) -> dict | None:
                    f"of {'; '.join(parts)} over the runs.",
                    rank90={m: {"median": v.median(), "min": v.min(), "max": v.max(), "n": len(v)}
                            for m, v in per_method.items() if not v.empty})
+
+
+def magnitude_direction_signs(runs: pd.DataFrame, dataset: str) -> dict | None:
+    """How each method moves magnitude against direction through training: the sign of each run's
+    ΔM–ΔD slope over its query matrices (DoRA's view), counted per method."""
+    if DM_SLOPE not in runs or runs[DM_SLOPE].isna().all():
+        return None
+    values, parts = {}, []
+    for method in method_order(runs["method"]):
+        slopes = runs.loc[runs["method"] == method, DM_SLOPE].dropna()
+        if slopes.empty:
+            continue
+        negative = int((slopes < 0).sum())
+        values[method] = {"negative": negative, "n": len(slopes), "median": slopes.median()}
+        parts.append(f"{negative} of {len(slopes)} {method_label(method)} runs (median slope {slopes.median():+.2g})")
+    return finding("weight_magnitude_direction", dataset,
+                   f"On {dataset}, the magnitude change ΔM falls as the direction change ΔD grows (a negative "
+                   f"slope over every layer's query matrix through training) in {' and '.join(parts)}. Liu et al. "
+                   "(DoRA, 2024) found the sign negative for Full FT and positive for LoRA.", methods=values)
 
 
 def _site(layer: int, matrix: str) -> str:

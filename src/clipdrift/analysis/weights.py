@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from clipdrift.analysis.names import WEIGHT_SUMMARIES
+from clipdrift.analysis.names import DM_SLOPE, WEIGHT_SUMMARIES
 from clipdrift.analysis.tables import (
     CELL_KEYS,
     RUN_KEYS,
@@ -26,6 +26,7 @@ WEIGHT_MEASURES = ("relative_drift", "effective_rank", "stable_rank", "rank90", 
                    "random_intruders", "delta_magnitude", "delta_direction")
 RANK_MEASURES = ("effective_rank", "stable_rank", "rank90")
 OVERLAP_KINDS = ("seeds", "methods", "rates", "other")
+SLOPE_MATRIX = "q_proj"  # DoRA's ΔM–ΔD figure: the query matrices of every layer through training
 
 
 def at_checkpoint(weights: pd.DataFrame | None) -> pd.DataFrame:
@@ -37,15 +38,32 @@ def at_checkpoint(weights: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def weight_run_summary(weights: pd.DataFrame | None) -> pd.DataFrame:
-    """Per run: :data:`WEIGHT_SUMMARIES` over its matrices at the drift checkpoint."""
+    """Per run: :data:`WEIGHT_SUMMARIES` over its matrices at the drift checkpoint, and
+    :func:`magnitude_direction_slopes`."""
     rows = at_checkpoint(weights)
     if rows.empty:
-        return pd.DataFrame(columns=[*RUN_KEYS, *WEIGHT_SUMMARIES])
+        return pd.DataFrame(columns=[*RUN_KEYS, *WEIGHT_SUMMARIES, DM_SLOPE])
     changed = rows.assign(**{m: rows[m].where(rows["relative_drift"] > 0) for m in RANK_MEASURES})
     grouped = changed.groupby(RUN_KEYS, sort=False)
     summary = pd.DataFrame({name: grouped[measure].agg(how) for name, (measure, how) in WEIGHT_SUMMARIES.items()})
     summary["weight_drift_pct"] *= 100.0
-    return summary.reset_index()
+    slopes = magnitude_direction_slopes(weights)
+    return summary.reset_index().merge(slopes, on=RUN_KEYS, how="left")
+
+
+def magnitude_direction_slopes(weights: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the least-squares slope of ΔM against ΔD over every layer's ``SLOPE_MATRIX`` at
+    every weight state (the kept epochs and the drift checkpoint), as DoRA (Liu et al. 2024) plots
+    the query matrices through training; NaN where ΔD does not vary (fewer than two such points)."""
+    frame = normalise_keys(weights)
+    points = frame[(frame["matrix"] == SLOPE_MATRIX) & frame["delta_direction"].notna()]
+    rows = []
+    for key, group in points.groupby(RUN_KEYS, sort=False):
+        spread = group["delta_direction"].var()
+        slope = (group["delta_direction"].cov(group["delta_magnitude"]) / spread
+                 if len(group) > 1 and spread > 0 else float("nan"))
+        rows.append(dict(zip(RUN_KEYS, key)) | {DM_SLOPE: slope})
+    return pd.DataFrame(rows, columns=[*RUN_KEYS, DM_SLOPE])
 
 
 def weight_layer_table(weights: pd.DataFrame | None, runs: pd.DataFrame | None = None) -> pd.DataFrame:

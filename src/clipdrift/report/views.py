@@ -38,8 +38,8 @@ FINDING_GROUPS = (
     ("Beyond the end points: interpolation and trajectories", ("frontier", "trajectory")),
     ("Is drift causal? Regularised Full FT at matched in-domain accuracy", ("causal", "regulariser")),
     ("Every ablation against its method", ("variant_family",)),
-    ("What fine-tuning does to the weights", ("weight_rank", "weight_intruders", "weight_intruder_relations",
-                                              "weight_overlap", "weight_intervention")),
+    ("What fine-tuning does to the weights", ("weight_rank", "weight_magnitude_direction", "weight_intruders",
+                                              "weight_intruder_relations", "weight_overlap", "weight_intervention")),
     ("Caveats", ("diverged", "permutation_power", "probe_sensitivity")),
 )
 
