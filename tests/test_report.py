@@ -26,7 +26,7 @@ from clipdrift.report.names import FIGURES
 from fabricated_study import DIVERGED, PRETRAINED, fabricate, fabricate_intervention, fabricate_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-MEASURED = ("always", "weights", "intervention")  # what the fabricated study has: no curves, no trace
+MEASURED = ("always", "weights", "weight_pairs", "intervention")  # the fabricated study has no curves, no trace
 STUDY = {"name": "fabricated", "preset": "unit-test", "datasets": ["eurosat", "pets"], "seeds": [7, 11, 19]}
 
 
@@ -519,3 +519,11 @@ def test_a_table_too_large_for_the_page_links_to_its_file_beside_the_report():
     links = {link["name"]: link for link in downloads_view({"small": small, "weights": large})["links"]}
     assert links["small"]["inline"] and links["small"]["href"].startswith("data:text/csv;base64,")
     assert not links["weights"]["inline"] and links["weights"]["href"] == "../tables/weights.csv"
+
+
+def test_a_study_of_one_run_per_dataset_has_no_overlap_figure():
+    from clipdrift.report.names import study_figures
+
+    both = study_figures(curves=False, trajectories=False, traced=False, weights=True, runs_per_dataset=2)
+    one = study_figures(curves=False, trajectories=False, traced=False, weights=True, runs_per_dataset=1)
+    assert "overlap_matrix" in both and set(both) - set(one) == {"overlap_matrix"}

@@ -429,10 +429,10 @@ def test_the_slurm_profile_runs_the_study_on_a_real_cluster(study_dir, tmp_path)
     # a run's fine-tune, extraction and zero-shot as one group job (profiles/slurm: groups)
     logs = workdir / ".snakemake/slurm_logs"
     assert sorted(path.name for path in logs.iterdir()) == [
-        "group_run_curves_extract_finetune_zeroshot", "rule_aggregate", "rule_prepare_task", "rule_prepare_zeroshot_task",
-        "rule_pretrain_backbone", "rule_probe_reference", "rule_report", "rule_zeroshot_classifier",
-        "rule_zeroshot_pretrained_indomain"]
-    assert len(list((logs / "group_run_curves_extract_finetune_zeroshot").rglob("*.log"))) == RUNS // 2
+        "group_run_curves_extract_finetune_weights_zeroshot", "rule_aggregate", "rule_prepare_task",
+        "rule_prepare_zeroshot_task", "rule_pretrain_backbone", "rule_probe_reference", "rule_report",
+        "rule_weight_overlap", "rule_weight_reference", "rule_zeroshot_classifier", "rule_zeroshot_pretrained_indomain"]
+    assert len(list((logs / "group_run_curves_extract_finetune_weights_zeroshot").rglob("*.log"))) == RUNS // 2
     assert len(list((logs / "rule_pretrain_backbone").rglob("*.log"))) == 1
     # each job is its own allocation there: no job server, and every job says so
     assert all(record["mode"] == "cold" and "SLURM job" in record["detail"] for record in _usage(workdir / STUDY))

@@ -31,7 +31,7 @@ WEIGHTS = config["weights"]["enabled"]
 INTERVENED = WEIGHTS and config["weights"]["intervention"]["enabled"]  # check_settings refuses it without WEIGHTS
 STUDY_TABLES = [*TABLES, *(PAPER_TABLES if config["preset"] == "paper" else ())]
 TRACED = plan.traces(config)
-STUDY_FIGURES = study_figures(CURVES, TRAJECTORIES, TRACED, WEIGHTS, INTERVENED)
+STUDY_FIGURES = study_figures(CURVES, TRAJECTORIES, TRACED, WEIGHTS, INTERVENED, len(METHODS) * len(LRS) * len(SEEDS))
 # With --use-conda (--software-deployment-method conda) every job runs in an environment built from
 # this file; the jobs import clipdrift from the workflow's own src/ (see the Snakefile).
 CONDA_ENV_FILE = "../../envs/clipdrift.yaml"

@@ -29,7 +29,7 @@ class Figure:
     reads: tuple[str, ...]
     options: dict = field(default_factory=dict)
     # or "curves" (curves.enabled), "trajectories" (curves.epochs), "trace" (the entropy trace), "weights"
-    # (weights.enabled), "intervention" (weights.intervention.enabled)
+    # (weights.enabled), "weight_pairs" (that and two runs of a dataset), "intervention" (weights.intervention)
     needs: str = "always"
 
 
@@ -117,7 +117,7 @@ FIGURES = {
         draw="weight_intruders", reads=("weight_layers",), needs="weights"),
     'weight_plane': Figure(
         'Magnitude and direction of the change',
-        ("Each method × learning rate's path through the plane of direction change ΔD (mean 1 − cos between a "
+        ("The path of each method × learning rate through the plane of direction change ΔD (mean 1 − cos between a "
          "fine-tuned and a pretrained output unit's weights) and magnitude change ΔM (mean change of a unit's "
          'norm), means over the tower\'s matrices and seeds, through the kept epochs (or at the drift '
          'checkpoint), darker for higher rates. DoRA\'s decomposition: Full FT and LoRA are reported to move '
@@ -125,11 +125,11 @@ FIGURES = {
         draw="weight_plane", reads=("weights",), needs="weights"),
     'overlap_matrix': Figure(
         "How alike the runs' changes are",
-        ("The overlap of two cells' changes (‖U_Aᵀ U_B‖²/r of their top-r left singular directions, mean over "
+        ("Subspace overlap of the changes of two cells (‖U_Aᵀ U_B‖²/r of their top-r left singular directions, mean over "
          "the tower's matrices and the pairs of runs of different seeds): 1 = the same directions. The diagonal "
          'is the overlap between the seeds of one cell, the noise floor any difference between methods must '
          'clear; the title gives what random subspaces of that rank overlap.'),
-        draw="weight_overlap", reads=("weight_overlap",), needs="weights"),
+        draw="weight_overlap", reads=("weight_overlap",), needs="weight_pairs"),
     'intervention_curves': Figure(
         'Removing the intruders',
         ("Per dataset (rows) and method (columns): zero-shot top-1 (suite mean, mean over seeds) of the run's "
@@ -142,8 +142,9 @@ FIGURES = {
 
 
 def study_figures(curves: bool, trajectories: bool, traced: bool, weights: bool = False,
-                  intervention: bool = False) -> list[str]:
-    """The figures a study's report holds, in reading order."""
+                  intervention: bool = False, runs_per_dataset: int = 2) -> list[str]:
+    """The figures a study's report holds, in reading order (comparing runs' weight changes takes
+    two runs of a dataset)."""
     measured = {"always": True, "curves": curves, "trajectories": trajectories, "trace": traced, "weights": weights,
-                "intervention": intervention}
+                "weight_pairs": weights and runs_per_dataset > 1, "intervention": intervention}
     return [name for name, figure in FIGURES.items() if measured[figure.needs]]
