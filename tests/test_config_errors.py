@@ -32,8 +32,8 @@ def _default_with(change: dict) -> dict:
     # required
     ({"datasets": [{"epochs": 3}]}, "config key datasets[0] lacks the required key 'name': add it (The task's name"),
     # enum
-    ({"methods": ["full", "bitfit"]},
-     "config key methods[1] is 'bitfit', which is not allowed: use one of full, lora, lp-ft."),
+    ({"methods": ["full", "prefix-tuning"]},
+     "config key methods[1] is 'prefix-tuning', which is not allowed: use one of full, lora, lp-ft, dora,"),
     # type, and a word YAML reads as a boolean
     ({"seeds": "seven"}, "config key seeds is 'seven' (a string) but must be a list (Run seeds"),
     ({"training": {"amp": False}}, "config key training.amp is False but must be one of 'auto', 'bf16', 'fp16', 'off' "
@@ -119,8 +119,8 @@ LORA_R4 = {"name": "lora-r4", "method": "lora", "lora": {"r": 4}}
     ({**LORA_R4, "lora": {"rank": 4}}, "variant 'lora-r4': config key 'methods[1].lora.rank' is not a setting of "
                                        "this workflow: known keys here: r, alpha, dropout, targets, train_projection."),
     ({**LORA_R4, "lora": {"r": 0}}, "variant 'lora-r4': config key methods[1].lora.r is 0 but must be >= 1."),
-    ({**LORA_R4, "method": "bitfit"}, "variant 'lora-r4': config key methods[1].method is 'bitfit', which is not "
-                                      "allowed: use one of full, lora, lp-ft."),
+    ({**LORA_R4, "method": "prefix-tuning"}, "variant 'lora-r4': config key methods[1].method is 'prefix-tuning', "
+                                             "which is not allowed: use one of full, lora, lp-ft, dora,"),
     ({"name": "full-wd", "method": "full", "training": {"weight_decay": -1}},
      "variant 'full-wd': config key methods[1].training.weight_decay is -1 but must be >= 0."),
     ({"name": "full-wd", "method": "full", "training": {"epochs": 3}},
@@ -154,10 +154,11 @@ def test_a_bad_variant_is_refused_naming_the_variant_and_the_key(variant, messag
     (["full", {"name": "full-r4", "method": "lora", "lora": {"r": 4}}],
      "variant 'full-r4' of lora must be named lora-<what it changes> (e.g. lora-full-r4)"),
     (["full", {"name": "full-r4", "method": "full", "lora": {"r": 4}}],
-     "variant 'full-r4' sets lora but its method is full: move the lora settings to a variant of method lora"),
+     "variant 'full-r4' sets lora but its method is full: move the lora settings to a variant of one of the methods "
+     "lora, dora, rslora, pissa, olora"),
     (["full", {**LORA_R4, "freeze_blocks": 2}],
-     "variant 'lora-r4': freeze_blocks and freeze_embeddings are for the methods that train the tower (full, lp-ft): "
-     "LoRA already freezes"),
+     "variant 'lora-r4': freeze_blocks and freeze_embeddings are for the methods that train the tower (full, lp-ft, "
+     "bitfit): LoRA already freezes"),
     (["full", {"name": "full-apr", "method": "full", "regulariser": {"kind": "apr", "weight": 1, "floor": 2}}],
      "variant 'full-apr' gives its apr regulariser floor: it is the entropy_floor regulariser's option; remove "
      "regulariser.floor"),
@@ -169,7 +170,7 @@ def test_a_bad_variant_is_refused_naming_the_variant_and_the_key(variant, messag
      "gives its entropy floor both an absolute floor and a ratio of the pretrained entropy: keep one"),
     (["lora", {"name": "lora-frozen", "method": "lora", "freeze_embeddings": True}],
      "variant 'lora-frozen': freeze_blocks and freeze_embeddings are for the methods that train the tower (full, "
-     "lp-ft): LoRA already freezes every base weight (choose its blocks with lora.targets)"),
+     "lp-ft, bitfit): LoRA already freezes every base weight (choose its blocks with lora.targets)"),
     (["full", {"name": "full-freeze6", "method": "full", "freeze_blocks": 6}],
      "variant 'full-freeze6' freezes 6 blocks but backbone clipdrift-tiny has 3: set freeze_blocks to at most 3"),
 ])
@@ -322,3 +323,41 @@ def test_every_job_is_told_settings_its_class_rebuilds_unchanged():
     cka = CKAConfig(**plan.cka_settings(config)).to_dict()
     assert cka == {**plan.cka_settings(config), "token": tuple(config["metrics"]["cka_token"]) if isinstance(
         config["metrics"]["cka_token"], list) else (config["metrics"]["cka_token"],), "variants": ("linear", "debiased")}
+
+
+def test_every_method_section_of_the_registry_is_in_the_schema_and_a_variant_may_set_it():
+    import yaml
+
+    from clipdrift.model.methods import METHODS
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    sections = {entry.config_section for entry in METHODS.values() if entry.config_section}
+    assert sections <= set(schema["properties"])
+    adapters = {entry.config_section for entry in METHODS.values() if entry.adapter}
+    assert adapters <= set(schema["definitions"]["variant"]["properties"])
+    for entry in METHODS.values():  # each key a method's section holds sets a MethodConfig field
+        if entry.config_section:
+            assert set(schema["properties"][entry.config_section]["properties"]) == set(entry.settings_fields), entry.name
+
+
+def test_a_peft_methods_variant_adds_its_options_to_the_studys_and_peft_judges_them_at_parse_time():
+    from clipdrift.pipeline.plan import method_settings
+
+    config = prepare_config(_default_with({"methods": ["full", "vera", {"name": "vera-r8", "method": "vera",
+                                                                        "vera": {"options": {"r": 8}}}],
+                                           "vera": {"options": {"d_initial": 0.2}}}), SCHEMA)
+    assert method_settings(config, "vera-r8")["peft_options"] == {"d_initial": 0.2, "r": 8}
+    assert method_settings(config, "vera")["peft_options"] == {"d_initial": 0.2}
+    with pytest.raises(StudyConfigError, match=r"methods: method 'boft': BOFT: peft cannot put its adapters on targets "
+                                               r"\['q_proj', 'v_proj'\]: in_features \(96\) must be divisible"):
+        prepare_config(_default_with({"methods": ["full", "boft"], "boft": {"options": {"boft_block_size": 7}}}), SCHEMA)
+    with pytest.raises(StudyConfigError, match=r"methods: method 'vera': VeRA: peft's VeraConfig has no option \['rank'\]"):
+        prepare_config(_default_with({"methods": ["vera"], "vera": {"options": {"rank": 8}}}), SCHEMA)
+    with pytest.raises(StudyConfigError, match=r"variant 'ia3-x' sets ia3.type, which method ia3 does not take"):
+        prepare_config(_default_with({"methods": [{"name": "ia3-x", "method": "ia3", "ia3": {"type": "HRA"}}]}), SCHEMA)
+    with pytest.raises(StudyConfigError, match="method 'peft' needs peft type"):
+        prepare_config(_default_with({"methods": ["peft"]}), SCHEMA)
+    with pytest.raises(StudyConfigError, match="variant 'dora-x' sets vera but its method is dora: move the vera "
+                                               "settings to a variant of method vera"):
+        prepare_config(_default_with({"methods": [{"name": "dora-x", "method": "dora", "vera": {"options": {}}}]}),
+                       SCHEMA)

@@ -97,11 +97,11 @@ def test_every_config_example_validates_and_plans(block, tmp_path):
 def test_an_example_edited_into_one_that_does_not_plan_fails(tmp_path):
     (_, _, text), *_ = [b for b in blocks("yaml") if "study:" in b[2]]
     broken = fabricate_paths(yaml.safe_load(text), tmp_path)
-    broken["methods"] = ["full", "bitfit"]  # an edit the workflow does not know
+    broken["methods"] = ["full", "prefix-tuning"]  # an edit the workflow does not know
     example = tmp_path / "broken.yaml"
     example.write_text(yaml.safe_dump(broken))
     result = snakemake(tmp_path, "-n", f"--configfile={example}")
-    assert result.returncode != 0 and "methods[1] is 'bitfit'" in result.stdout + result.stderr
+    assert result.returncode != 0 and "methods[1] is 'prefix-tuning'" in result.stdout + result.stderr
 
 
 def example_under(heading: str) -> str:

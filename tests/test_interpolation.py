@@ -221,7 +221,7 @@ def test_different_backbone_widths_are_refused():
 
 def test_a_lora_run_with_another_base_is_refused():
     other_base = build_classifier(BackboneSpec("clipdrift-tiny", init_seed=1), 5, seed=0)
-    with pytest.raises(ValueError, match="not the base this LoRA run was trained on"):
+    with pytest.raises(ValueError, match="not the base this adapter run was trained on"):
         with interpolated(_finetuned("lora"), other_base, 0.5):
             pass
 

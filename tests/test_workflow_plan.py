@@ -37,7 +37,8 @@ def test_default_study_is_the_synthetic_world(tmp_path):
     [
         ("learning_rate=[1.0e-4]", "config key 'learning_rate' is not a setting of this workflow: did you mean "
                                    "'learning_rates'?"),
-        ("methods=[full,bitfit]", "config key methods[1] is 'bitfit', which is not allowed: use one of full, lora"),
+        ("methods=[full,prefix-tuning]", "config key methods[1] is 'prefix-tuning', which is not allowed: use one of "
+                                         "full, lora"),
         ("seeds=seven", "config key seeds is 'seven' (a string) but must be a list"),
         ("learning_rates=[1.0e-5,0.00001]", "lists the same rate twice (['1e-05', '1e-05'])"),
     ],
@@ -135,3 +136,28 @@ def test_the_intervention_without_the_weight_space_drift_is_refused(tmp_path):
     result = snakemake(tmp_path, "-n", "--configfile", str(override))
     assert result.returncode != 0
     assert "weights.intervention.enabled is true but weights.enabled is false" in result.stderr + result.stdout
+
+
+def test_the_peft_methods_presets_plan_every_method_of_the_registry_on_the_matched_grid(tmp_path):
+    import yaml
+
+    from clipdrift.model.methods import METHODS
+
+    preset = yaml.safe_load((REPO / "configs/peft-methods.yaml").read_text())
+    assert set(preset["methods"]) == {name for name, entry in METHODS.items() if not entry.probe_phase}
+    plan = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/peft-methods.yaml")))
+    assert plan["finetune"] == plan["curves"] == plan["weights"] == 14 * 2 * 3
+    paper = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/paper-methods.yaml")))
+    assert paper["finetune"] == paper["zeroshot"] == 14 * 2 * 4 * 5
+
+
+def test_the_paper_methods_preset_is_the_paper_preset_but_for_its_methods():
+    import yaml
+
+    paper = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
+    methods = yaml.safe_load((REPO / "configs/paper-methods.yaml").read_text())
+    synthetic = yaml.safe_load((REPO / "configs/peft-methods.yaml").read_text())
+    assert methods["methods"] == synthetic["methods"] and methods.pop("peft") == synthetic["peft"]
+    for key in ("study", "methods"):
+        paper.pop(key), methods.pop(key)
+    assert methods == paper

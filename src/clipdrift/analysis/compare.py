@@ -10,6 +10,7 @@ import pandas as pd
 from clipdrift.analysis.names import compared_metrics
 from clipdrift.analysis.stats import cohens_d, correlation, holm, permutation, welch
 from clipdrift.analysis.tables import method_order, present, sort_grid
+from clipdrift.model.methods import REFERENCE_PAIR
 
 CORRELATION_PAIRS = (
     ("drift_entropy_pct", "zs_top1"),
@@ -38,9 +39,13 @@ def _comparison_row(a, b, seed: int) -> dict:
 
 
 def method_pairs(methods: Iterable[str]) -> list[tuple[str, str]]:
-    """Every pair of the study's methods, in method order (Full FT, LoRA, LP-FT): (a, b) asks
-    what b does compared with a."""
-    return list(itertools.combinations(method_order(methods), 2))
+    """The pairs of the study's methods it compares, in method order (Full FT, LoRA, ...): (a, b)
+    asks what b does compared with a. Every method against Full FT and LoRA (the reference pair,
+    whichever the study has), and those two against each other; every pair in a study with neither."""
+    ordered = method_order(methods)
+    pairs = list(itertools.combinations(ordered, 2))
+    references = set(REFERENCE_PAIR) & set(ordered)
+    return [(a, b) for a, b in pairs if not references or {a, b} & references]
 
 
 def comparison_pairs(methods: Iterable[str], bases: dict[str, str] | None = None) -> list[tuple[str, str]]:

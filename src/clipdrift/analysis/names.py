@@ -11,7 +11,7 @@ from dataclasses import dataclass
 # Table names as written under tables/ (the paper tables only for the paper preset).
 TABLES = ("runs", "cells", "methods", "layers", "stats", "correlations", "cka_entropy", "probe_sensitivity", "curves",
           "layer_groups", "layer_tests", "traces", "zeroshot", "curve_tasks", "weights", "weight_layers", "intruder_sweep",
-          "weight_overlap", "intervention", "intervention_effects")
+          "weight_overlap", "intervention", "intervention_effects", "method_ranking")
 PAPER_TABLES = ("paper_cells", "paper_methods", "paper_correlations", "paper_ablations")
 
 

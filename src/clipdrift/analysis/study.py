@@ -10,6 +10,7 @@ from clipdrift.analysis.findings import findings
 from clipdrift.analysis.frontier import curve_points
 from clipdrift.analysis.intervention import intervention_effects, intervention_points, intervention_table
 from clipdrift.analysis.layergroups import layer_groups, layer_pair_tests
+from clipdrift.analysis.ranking import method_ranking, ranking_findings
 from clipdrift.analysis.reference import (
     PUBLISHED_METRICS,
     PUBLISHED_SD_DDOF,
@@ -90,6 +91,7 @@ def build_tables(
     intervened = intervention_points(intervention, pretrained, runs)
     tables["intervention"] = intervention_table(intervened)
     tables["intervention_effects"] = intervention_effects(intervened)
+    tables["method_ranking"] = method_ranking(tables["curves"], runs)
     if compare_with_paper:
         published = load_reference("cells")
         like_published = cell_table(runs, metrics=list(PUBLISHED_METRICS.values()), ci_metrics=(),
@@ -113,4 +115,5 @@ def study_findings(tables: dict[str, pd.DataFrame], pretrained_zeroshot: list[di
                      curves=tables["curves"])
     return (found + regulariser_findings(tables["curves"], tables["runs"], variants, family=tables["stats"],
                                          correlations=tables["correlations"])
-            + family_findings(tables["stats"], variants) + weight_findings(tables))
+            + family_findings(tables["stats"], variants) + weight_findings(tables)
+            + ranking_findings(tables.get("method_ranking", pd.DataFrame())))

@@ -80,7 +80,7 @@ def load_classifier(path, base: BackboneSpec | None = None) -> tuple[CLIPClassif
     if metadata.get("stored_dtype", "float32") != "float32":  # a half-precision snapshot: back to fp32
         tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     base = _base_for(path, recorded, base)
-    model = apply_method(build_classifier(base, n_classes, seed=seed), method)
+    model = apply_method(build_classifier(base, n_classes, seed=seed), method, seed=seed)  # frozen adapter tensors as drawn
     _load_exact(model, tensors, checkpoint_keys(model, method), path, metadata)
     return model.eval(), metadata
 
@@ -163,6 +163,8 @@ _METHOD_OPTIONAL_FIELD_TYPES = {
     "lp_train_projection": bool,
     "freeze_blocks": int,
     "freeze_embeddings": bool,
+    "peft_type": (str, type(None)),
+    "peft_options": dict,
 }
 
 

@@ -59,6 +59,7 @@ from torch import nn
 from clipdrift.core.errors import UserFacingError
 from clipdrift.model.backbones import CLIPClassifier
 from clipdrift.model.methods import is_adapter_parameter
+from clipdrift.model.weights import merged_linear
 
 PROJECTION = "proj"  # open_clip VisionTransformer's projection, relative to model.clip.visual
 _BASE_LAYER = ".base_layer."  # peft wraps an adapted linear's own weights under this name
@@ -121,6 +122,10 @@ class _Plan:
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     # peft LoraLayers whose scaling alpha multiplies
     lora_layers: list[nn.Module] = field(default_factory=list)
+    # adapted linears interpolated in merged-weight space: (parent, attribute, adapter layer,
+    # [(base tensor, pretrained tensor, merged tensor)]); the base layer computes in its place
+    merged: list[tuple[nn.Module, str, nn.Module, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]] = field(
+        default_factory=list)
 
 
 def _plan(finetuned: CLIPClassifier, pretrained: CLIPClassifier) -> _Plan:
@@ -137,20 +142,33 @@ def _plan(finetuned: CLIPClassifier, pretrained: CLIPClassifier) -> _Plan:
         )
     ft_tensors, pre_tensors = _image_tower_tensors(finetuned), _image_tower_tensors(pretrained)
     _check_geometry(ft_tensors, pre_tensors)
-    lora_layers = _lora_layers(finetuned)
-    if not lora_layers:
+    layers = _adapter_layers(finetuned)
+    if not layers:
         pairs = [(ft, pre_tensors[name]) for name, ft in ft_tensors.items() if ft.is_floating_point()]
         return _Plan(pairs=pairs)
+    adapted = {f"{name}.{kind}" for name in layers for kind in ("weight", "bias")}
     for name, ft in ft_tensors.items():
-        if name != PROJECTION and not _same_values(ft, pre_tensors[name]):
+        if name != PROJECTION and name not in adapted and not _same_values(ft, pre_tensors[name]):
             raise InterpolationError(
-                f"the pretrained model is not the base this LoRA run was trained on: image-tower tensor "
+                f"the pretrained model is not the base this adapter run was trained on: image-tower tensor "
                 f"{name!r} differs from the run's frozen copy. {_PRETRAINED_FIX}"
             )
     pairs = [(ft_tensors[PROJECTION], pre_tensors[PROJECTION])] if PROJECTION in ft_tensors else []
-    return _Plan(pairs=pairs, lora_layers=lora_layers)
+    scalable = all(_plain_lora(layer) for layer in layers.values()) and all(
+        _same_values(ft_tensors[name], pre_tensors[name]) for name in adapted if name in ft_tensors)
+    if scalable:
+        return _Plan(pairs=pairs, lora_layers=list(layers.values()))
+    return _Plan(pairs=pairs, merged=[_merged_entry(finetuned, name, layer, pre_tensors) for name, layer in layers.items()])
 
 
+def _merged_entry(finetuned: CLIPClassifier, name: str, layer: nn.Module, pre_tensors: dict):
+    """What writing ``W0 + alpha (W_merged - W0)`` into an adapted linear's base layer takes."""
+    parent, _, attribute = name.rpartition(".")
+    base = layer.get_base_layer()
+    merged = merged_linear(layer)
+    triples = [(getattr(base, kind), pre_tensors[f"{name}.{kind}"], merged[kind])
+               for kind in ("weight", "bias") if getattr(base, kind, None) is not None]
+    return finetuned.clip.visual.get_submodule(parent), attribute, layer, triples
 def _image_tower_tensors(model: CLIPClassifier) -> dict[str, torch.Tensor]:
     """The image tower's parameters and buffers by name, adapters left out and peft's
     ``base_layer`` names mapped back to the plain module's (``q_proj.base_layer.weight`` ->
@@ -188,33 +206,36 @@ def _same_values(ft: torch.Tensor, pre: torch.Tensor) -> bool:
     return torch.equal(ft, pre.to(device=ft.device, dtype=ft.dtype))
 
 
-def _lora_layers(finetuned: CLIPClassifier) -> list[nn.Module]:
+def _adapter_layers(finetuned: CLIPClassifier) -> dict[str, nn.Module]:
+    """The adapted linears of the image tower (peft's layers), by their name in it."""
     if not any(is_adapter_parameter(name) for name, _ in finetuned.named_parameters()):
-        return []  # no adapters: peft (seconds to import) is not needed
-    from peft.tuners.lora import LoraLayer
+        return {}  # no adapters: peft (seconds to import) is not needed
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = []
+    layers = {}
     for name, module in finetuned.named_modules():
-        if not isinstance(module, LoraLayer):
+        if not isinstance(module, BaseTunerLayer):
             continue
         if not name.startswith("clip.visual."):
             raise InterpolationError(
-                f"the fine-tuned model has a LoRA adapter outside the image tower ({name}); only image-tower "
-                "adapters (clipdrift's LoRA method) can be interpolated."
+                f"the fine-tuned model has an adapter outside the image tower ({name}); only image-tower "
+                "adapters (clipdrift's adapter methods) can be interpolated."
             )
         if module.merged:
             raise InterpolationError(
-                f"the LoRA adapter of {name} is merged into its base weights, so scaling it would not change "
-                "the model: unmerge it first (layer.unmerge()) or interpolate an unmerged model."
+                f"the adapter of {name} is merged into its base weights, so the pretrained base is gone: unmerge it "
+                "first (layer.unmerge()) or interpolate an unmerged model."
             )
-        variants = sorted(getattr(module, "lora_variant", {}))
-        if variants or any(getattr(module, "use_dora", {}).values()):
-            raise InterpolationError(
-                f"the LoRA adapter of {name} is a variant (e.g. DoRA: {variants}) whose update is not "
-                "scaling * B @ A; only plain LoRA can be interpolated."
-            )
-        layers.append(module)
+        layers[name.removeprefix("clip.visual.")] = module
     return layers
+
+
+def _plain_lora(layer: nn.Module) -> bool:
+    """Whether a layer is plain LoRA (its change is ``scaling * B @ A``, which scaling ``alpha`` scales)."""
+    from peft.tuners.lora import LoraLayer
+
+    return (type(layer).__module__.startswith("peft.tuners.lora.") and isinstance(layer, LoraLayer)
+            and not getattr(layer, "lora_variant", {}) and not any(getattr(layer, "use_dora", {}).values()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +248,10 @@ class _Undo:
     def __init__(self):
         self._tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._scalings: list[tuple[dict, dict]] = []
+        self._modules: list[tuple[nn.Module, str, nn.Module]] = []
+
+    def keep_module(self, parent: nn.Module, attribute: str, module: nn.Module) -> None:
+        self._modules.append((parent, attribute, module))
 
     def keep_tensor(self, target: torch.Tensor) -> None:
         self._tensors.append((target, target.detach().clone()))
@@ -240,6 +265,9 @@ class _Undo:
             scaling.update(saved)
         for target, saved in reversed(self._tensors):
             target.copy_(saved)
+        for parent, attribute, module in reversed(self._modules):
+            setattr(parent, attribute, module)
+        self._modules.clear()
         self._tensors.clear()
         self._scalings.clear()
 
@@ -249,6 +277,13 @@ def _apply(plan: _Plan, alpha: float, undo: _Undo) -> None:
         for target, source in plan.pairs:
             undo.keep_tensor(target)
             target.copy_(_mix(target, source, alpha))
+    if alpha != 1.0:
+        for parent, attribute, layer, triples in plan.merged:
+            undo.keep_module(parent, attribute, layer)
+            setattr(parent, attribute, layer.get_base_layer())
+            for target, pretrained, merged in triples:
+                undo.keep_tensor(target)
+                target.copy_(_mix(merged, pretrained, alpha))
     for layer in plan.lora_layers:
         undo.keep_scaling(layer.scaling)
         for adapter in list(layer.scaling):

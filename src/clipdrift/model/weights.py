@@ -1,7 +1,8 @@
 """The image tower's weight matrices as a run computes with them: every block's attention
 projections and MLP matrices and the visual projection, each with the adapters it carries merged
-in (``W + ΔW``), in ``nn.Linear``'s layout (one row per output unit). The weight-space drift
-measures (:mod:`clipdrift.measure.weights`) compare these with the pretrained model's.
+in by peft's own merge (``W + ΔW`` for LoRA; a rescaled or rotated ``W`` for (IA)³, DoRA, OFT),
+in ``nn.Linear``'s layout (one row per output unit). The weight-space drift measures
+(:mod:`clipdrift.measure.weights`) compare these with the pretrained model's.
 
 No file I/O. The merge is computed, never written into the model, except inside
 :func:`written_tower`, which restores what it wrote.
@@ -10,6 +11,7 @@ No file I/O. The merge is computed, never written into the model, except inside
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -26,13 +28,18 @@ PROJECTION_LAYER = -1
 
 def _tower_modules(model: CLIPClassifier) -> dict[tuple[int, str], nn.Module]:
     """Every block's matrices' modules (plain linears, or peft layers wrapping them), by key."""
-    modules = {}
+    return {key: getattr(parent, key[1]) for key, parent in _tower_parents(model).items()}
+
+
+def _tower_parents(model: CLIPClassifier) -> dict[tuple[int, str], nn.Module]:
+    """The module holding each block matrix's module (its attention, its MLP), by key."""
+    parents = {}
     for index, block in enumerate(image_tower_blocks(model.clip)):
-        for name, module in block.named_modules():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf in BLOCK_MATRICES:
-                modules[(index, leaf)] = module
-    return modules
+        for name, _ in block.named_modules():
+            parent, _, leaf = name.rpartition(".")
+            if leaf in BLOCK_MATRICES and "base_layer" not in name:
+                parents[(index, leaf)] = block.get_submodule(parent)
+    return parents
 
 
 def _adapted(model: CLIPClassifier) -> bool:
@@ -62,10 +69,10 @@ def lora_ranks(model: CLIPClassifier) -> dict[tuple[int, str], int]:
 @contextlib.contextmanager
 def written_tower(model: CLIPClassifier, matrices: dict[tuple[int, str], torch.Tensor]) -> Iterator[CLIPClassifier]:
     """``model`` computing with ``matrices`` (some keys of :func:`tower_matrices`, merged weights)
-    in place of its own, written in place and restored bit for bit on exit. An adapted matrix is
-    written into the weight under its adapters (the new matrix minus their change); a matrix equal
-    to the model's own is not written at all."""
-    current, modules, saved = tower_matrices(model), _tower_modules(model), []
+    in place of its own, restored bit for bit on exit. A plain matrix is written in place; an
+    adapted one is computed by a plain linear holding it (and the bias the adapters' merge gives)
+    put where the adapted linear was. A matrix equal to the model's own is not written at all."""
+    current, parents, adapted, saved, swapped = tower_matrices(model), _tower_parents(model), _adapted(model), [], []
     try:
         for key, new in matrices.items():
             new = new.detach().float().cpu()
@@ -73,10 +80,12 @@ def written_tower(model: CLIPClassifier, matrices: dict[tuple[int, str], torch.T
                 continue
             if key == (PROJECTION_LAYER, PROJECTION):
                 target, value = model.clip.visual.proj, new.T
+            elif adapted and _is_tuner_layer(module := getattr(parents[key], key[1])):
+                swapped.append((parents[key], key[1], module))
+                setattr(parents[key], key[1], _plain_linear(module, new))
+                continue
             else:
-                module = modules[key]
-                base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
-                target, value = base.weight, new - (current[key] - base.weight.detach().float().cpu())
+                target, value = getattr(parents[key], key[1]).weight, new
             saved.append((target, target.detach().clone()))
             with torch.no_grad():
                 target.copy_(value.to(target))
@@ -85,18 +94,39 @@ def written_tower(model: CLIPClassifier, matrices: dict[tuple[int, str], torch.T
         with torch.no_grad():
             for target, value in reversed(saved):
                 target.copy_(value)
+        for parent, name, module in reversed(swapped):
+            setattr(parent, name, module)
+
+
+def _plain_linear(adapted: nn.Module, weight: torch.Tensor) -> nn.Linear:
+    """A copy of an adapted linear's base layer holding ``weight`` and the adapters' merged bias."""
+    plain = copy.deepcopy(adapted.get_base_layer())
+    with torch.no_grad():
+        plain.weight.copy_(weight.to(plain.weight))
+        if plain.bias is not None:
+            plain.bias.copy_(merged_linear(adapted)["bias"])
+    return plain
+
+
+def _is_tuner_layer(module: nn.Module) -> bool:
+    from peft.tuners.tuners_utils import BaseTunerLayer  # asked only where adapters exist (seconds to import)
+
+    return isinstance(module, BaseTunerLayer)
+
+
+def merged_linear(module: nn.Module) -> dict[str, torch.Tensor | None]:
+    """An adapted linear's ``weight`` and ``bias`` with its active adapters merged by peft's own
+    ``merge`` (on a copy: the module is untouched), in the module's dtype and device."""
+    merged = copy.deepcopy(module)
+    merged.merge(adapter_names=list(module.active_adapters))
+    base = merged.get_base_layer()
+    return {"weight": base.weight.detach(), "bias": None if base.bias is None else base.bias.detach()}
 
 
 def _merged(module: nn.Module, adapted: bool) -> torch.Tensor:
-    """A linear's weight with every active adapter's ``get_delta_weight`` added (peft's own merge)."""
-    if adapted:
-        from peft.tuners.tuners_utils import BaseTunerLayer  # imported only where adapters exist (seconds)
-
-        if isinstance(module, BaseTunerLayer):
-            weight = module.get_base_layer().weight.detach().float()
-            for adapter in module.active_adapters:
-                weight = weight + module.get_delta_weight(adapter).detach().float()
-            return weight.cpu()
+    """A linear's weight as the run computes with it (adapters merged), float32 on the CPU."""
+    if adapted and _is_tuner_layer(module):
+        return merged_linear(module)["weight"].float().cpu()
     return module.weight.detach().float().cpu()
 
 

@@ -86,6 +86,8 @@ def check_methods(config: dict, model_config: dict) -> None:
         raise StudyConfigError(f"methods: the name {repeated[0]!r} is used twice: give every method and variant "
                                "its own name (it names the runs' folders and the tables' rows)")
     blocks = model_config.get("vision_cfg", {}).get("layers")
+    for name in names:
+        check_method_settings(config, name, model_config)
     for entry in config["methods"]:
         if isinstance(entry, str):
             continue
@@ -97,21 +99,41 @@ def check_methods(config: dict, model_config: dict) -> None:
             raise StudyConfigError(f"methods: variant {name!r} of {method} must be named {method}-<what it changes> "
                                    f"(e.g. {method}-{name}): every table and figure groups a variant with its method "
                                    "by that name")
-        for other in METHODS.values():
-            if other.config_section in entry and other.name != method:
-                raise StudyConfigError(f"methods: variant {name!r} sets {other.config_section} but its method is "
-                                       f"{method}: move the {other.config_section} settings to a variant of method "
-                                       f"{other.name}")
+        own = METHODS[method].config_section
+        for section in {other.config_section for other in METHODS.values()} - {own, None}:
+            if section in entry:
+                owners = [other.name for other in METHODS.values() if other.config_section == section]
+                whose = f"method {owners[0]}" if len(owners) == 1 else f"one of the methods {', '.join(owners)}"
+                raise StudyConfigError(f"methods: variant {name!r} sets {section} but its method is {method}: move the "
+                                       f"{section} settings to a variant of {whose}")
+        stray = sorted(set(entry.get(own, {})) - set(METHODS[method].settings_fields)) if own else []
+        if stray:
+            raise StudyConfigError(f"methods: variant {name!r} sets {own}.{stray[0]}, which method {method} does not "
+                                   f"take: remove it")
         if "regulariser" in entry:
             _check_regulariser(config, name, entry["regulariser"])
-        try:  # the method's own rules (clipdrift.model.methods.MethodConfig), here at parse time
-            MethodConfig(**method_settings(config, name))
-        except ValueError as error:
-            raise StudyConfigError(f"methods: variant {name!r}: {error}") from None
         frozen = entry.get("freeze_blocks", 0)
         if frozen and isinstance(blocks, int) and frozen > blocks:
             raise StudyConfigError(f"methods: variant {name!r} freezes {frozen} blocks but backbone "
                                    f"{config['backbone']['name']} has {blocks}: set freeze_blocks to at most {blocks}")
+
+
+def check_method_settings(config: dict, name: str, model_config: dict) -> None:
+    """A method's settings by its own rules (clipdrift.model.methods.MethodConfig) and, for an
+    adapter method other than plain LoRA (whose settings the schema holds), by peft's: its
+    adapters put on one block of the backbone's widths, here at parse time."""
+    described = f"{'method' if name in METHODS else 'variant'} {name!r}"
+    try:
+        settings = MethodConfig(**method_settings(config, name))
+        entry = METHODS[settings.method]
+        if entry.adapter and (entry.adapter != "LoraConfig" or entry.adapter_options):  # peft's to judge
+            from clipdrift.model.adapters import check_adapters_fit  # torch and peft: only for such a study
+
+            vision = model_config.get("vision_cfg", {})
+            width = vision.get("width", 768)
+            check_adapters_fit(settings, width, int(width * vision.get("mlp_ratio", 4.0)))
+    except ValueError as error:
+        raise StudyConfigError(f"methods: {described}: {error}") from None
 
 
 def check_settings(config: dict) -> None:
@@ -204,9 +226,12 @@ def method_settings(config: dict, name: str) -> dict:
     its method's config section (a variant's own keys over the study's), by the registry's fields."""
     entry = method_entries(config)[name]
     method = METHODS[entry["method"]]
-    section = {**config.get(method.config_section, {}), **entry.get(method.config_section, {})}
+    study, own = config.get(method.config_section, {}), entry.get(method.config_section, {})
+    section = {**study, **own}
+    if "options" in own:  # a variant's peft options add to the study's
+        section["options"] = {**study.get("options", {}), **own["options"]}
     settings = {"method": method.name}
-    settings |= {field: section[key] for key, field in method.settings_fields.items()}
+    settings |= {field: section[key] for key, field in method.settings_fields.items() if key in section}
     for key in ("freeze_blocks", "freeze_embeddings"):  # absent when off: a plain method's settings stay as they were
         if entry.get(key):
             settings[key] = entry[key]

@@ -64,6 +64,8 @@ SECTIONS: tuple[Section, ...] = (
             lambda r: views.suite_view(r.tables.get("zeroshot"), r.tables["runs"], r.pretrained)),
     Section("stats", "Comparisons", "Method comparisons at matched learning rates",
             lambda r: views.stats_view(r.tables.get("stats"))),
+    Section("ranking", "Method ranking", "Methods ranked by the zero-shot they keep at matched in-domain accuracy",
+            lambda r: views.ranking_view(r.tables.get("method_ranking"))),
     Section("correlations", "Correlations", "Correlations", lambda r: views.correlations_view(r.tables.get("correlations"))),
     Section("relations", "CKA vs drift", "CKA and attention drift",
             lambda r: views.relations_view(r.tables.get("cka_entropy"))),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from clipdrift.analysis.names import metric_label, shown_in
+from clipdrift.analysis.ranking import REFERENCE
 from clipdrift.analysis.reference import PUBLISHED_PRETRAINED_ZEROSHOT
 from clipdrift.analysis.sensitivity import sensitivity_summary
 from clipdrift.analysis.tables import drop_diverged, method_label
@@ -355,3 +356,21 @@ def _plain(value) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) or "{}"
     return str(value)
+
+
+def ranking_view(ranking: pd.DataFrame | None) -> dict:
+    """The methods per dataset in rank order of the zero-shot they keep against Full FT's
+    interpolation at their own in-domain accuracy, with what they cost."""
+    if ranking is None or ranking.empty:
+        return {"table": None}
+    columns = ["dataset", "rank", "method", "zero-shot kept vs Full FT (points)", "rates matched",
+               metric_label("best_select_acc"), metric_label("zs_top1"), metric_label("trainable_params"),
+               metric_label("images_per_s")]
+    rows = [[row.dataset, row.rank, method_label(row.method),
+             "reference" if row.method == REFERENCE else
+             ("no match" if is_missing(row.zs_kept) else f"{100 * row.zs_kept:+.1f}"),
+             f"{row.rates_matched}/{row.rates}", pct(row.best_select_acc), pct(row.zs_top1),
+             format_value("trainable_params", getattr(row, "trainable_params", math.nan)),
+             format_value("images_per_s", getattr(row, "images_per_s", math.nan))]
+            for row in ranking.itertuples()]
+    return {"table": table(columns, rows, text_columns=3)}

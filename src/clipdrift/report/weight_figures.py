@@ -92,6 +92,9 @@ def weight_plane(weights: pd.DataFrame | None) -> Figure | None:
     return figure
 
 
+OVERLAP_PANEL_INCHES = 12.0  # the most a panel of the overlap matrix grows to
+
+
 def weight_overlap(overlap: pd.DataFrame | None) -> Figure | None:
     """One matrix per dataset: every pair of cells' mean subspace overlap (their runs' changes,
     mean over the tower's matrices); the diagonal is the overlap between one cell's seeds, the
@@ -102,10 +105,12 @@ def weight_overlap(overlap: pd.DataFrame | None) -> Figure | None:
     datasets = sorted(overlap["dataset"].unique())
     frames = [_overlap_matrix(overlap[overlap["dataset"] == d]) for d in datasets]
     size = max(len(f) for f in frames)
-    figure, axes = canvas(1, len(datasets), 0.5 * size + 3.0, 0.5 * size + 1.6)
+    cell = min(0.5, OVERLAP_PANEL_INCHES / size)  # a study of many cells gets smaller cells, not a wall-sized figure
+    figure, axes = canvas(1, len(datasets), cell * size + 3.0, cell * size + 1.6)
     for ax, dataset, frame in zip(axes[0], datasets, frames):
         sns.heatmap(frame, ax=ax, cmap="mako_r", vmin=0, vmax=1, annot=size <= 16, fmt=".2f",
-                    annot_kws={"fontsize": 7}, linewidths=0.5, square=True,
+                    annot_kws={"fontsize": 7}, linewidths=0.5 if size <= 16 else 0, square=True,
+                    xticklabels=True, yticklabels=True,
                     cbar_kws={"label": "subspace overlap (1 = the same directions)"})
         chance = overlap.loc[overlap["dataset"] == dataset, "chance"].mean()
         one_seed = "" if (overlap["seeds"] == "different").all() else " · one seed: no noise floor"
