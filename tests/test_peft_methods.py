@@ -176,6 +176,7 @@ def _vit_b32_formula(name: str) -> int:
         "oft": (d // 32) * (32 * 31 // 2),  # 24 blocks of 32, each a skew-symmetric 32 x 32
         "boft": (d // 4) * 4 * 4 + d,  # one butterfly factor of 192 blocks of 4 x 4, and a scale per output
         "peft": d * r,  # HRA: r Householder vectors of length 768
+        "adalora": 12 * 2 * d + 12,  # init_r 12: A (12 x 768), B (768 x 12) and the 12 singular values E
     }
     if name == "bitfit":  # per block: q, k, v, out, two LayerNorms, the MLP's two; ln_pre, ln_post
         return 12 * (4 * d + 2 * d + 4 * d + d) + 2 * d
@@ -192,3 +193,37 @@ def vit_b32():
 def test_on_vit_b32_each_method_trains_what_its_formula_says(name, vit_b32):
     counts = trainable_parameter_counts(apply_method(copy.deepcopy(vit_b32), registry_config(name)))
     assert counts["adapter" if method(name).adapter else "image_tower"] == _vit_b32_formula(name)
+
+
+def test_adalora_s_rank_schedule_and_penalty_are_peft_s_own_on_the_same_model(monkeypatch, tiny_images):
+    """Our schedule, stepped as peft's AdaLoraModel.update_and_allocate, masks the same ranks as
+    peft's on a twin model fed the same gradients, through the budget and past its final step; our
+    penalty equals what peft's forward adds to a loss."""
+    import types
+
+    from clipdrift.model.adalora import RankSchedule
+
+    settings = MethodConfig("adalora", peft_options={"init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 2, "deltaT": 1})
+    ours, peft_model = (build_classifier(TINY, N_CLASSES, seed=0).requires_grad_(False) for _ in range(2))
+    inject_adapters(ours, settings)
+    tuner = inject_adapters(peft_model, settings)
+    tuner.peft_config["default"].total_step = 8
+    tuner.rankallocator.set_total_step(8)
+    schedule = RankSchedule(ours, settings, total_steps=8)
+    ours.load_state_dict(peft_model.state_dict())
+    targets = torch.arange(tiny_images.shape[0]) % N_CLASSES
+    for step in range(1, 10):
+        for model in (ours, peft_model):
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(tiny_images), targets).backward()
+            with torch.no_grad():
+                for param in model.parameters():
+                    if param.grad is not None:
+                        param.add_(-0.05 * param.grad)
+        schedule.after_step(ours, step)
+        tuner.update_and_allocate(step)
+        assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), peft_model.state_dict().values()))
+    assert schedule.settings.rank_pattern == tuner.peft_config["default"].rank_pattern
+    assert sum(sum(pattern) for pattern in schedule.settings.rank_pattern.values()) == 2 * 6  # target_r x matrices
+    monkeypatch.setattr(peft_model, "forward", lambda *args: types.SimpleNamespace(loss=torch.zeros(())))
+    torch.testing.assert_close(schedule.penalty(ours), tuner.forward(tiny_images).loss)

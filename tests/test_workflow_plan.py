@@ -146,9 +146,9 @@ def test_the_peft_methods_presets_plan_every_method_of_the_registry_on_the_match
     preset = yaml.safe_load((REPO / "configs/peft-methods.yaml").read_text())
     assert set(preset["methods"]) == {name for name, entry in METHODS.items() if not entry.probe_phase}
     plan = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/peft-methods.yaml")))
-    assert plan["finetune"] == plan["curves"] == plan["weights"] == 14 * 2 * 3
+    assert plan["finetune"] == plan["curves"] == plan["weights"] == 15 * 2 * 3
     paper = planned_jobs(snakemake(tmp_path, "-n", "--configfile", str(REPO / "configs/paper-methods.yaml")))
-    assert paper["finetune"] == paper["zeroshot"] == 14 * 2 * 4 * 5
+    assert paper["finetune"] == paper["zeroshot"] == 15 * 2 * 4 * 5
 
 
 def test_the_paper_methods_preset_is_the_paper_preset_but_for_its_methods():

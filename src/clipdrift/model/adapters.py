@@ -38,6 +38,7 @@ from clipdrift.model.methods import (
 # What an open_clip ViT image tower computes before its first block (frozen with freeze_embeddings).
 EMBEDDING_STAGE = ("conv1", "class_embedding", "positional_embedding", "ln_pre")
 PROJECTION = "proj"  # open_clip VisionTransformer's projection, relative to model.clip.visual
+ADAPTER_NAME = "default"  # the name peft gives a model's one adapter
 
 
 def target_regex(targets: tuple[str, ...]) -> str:
@@ -51,15 +52,21 @@ class AdapterSettingsError(ValueError):
     """peft cannot make a method's adapters from its settings."""
 
 
-def peft_config(config: MethodConfig):
+def peft_config(config: MethodConfig, total_steps: int | None = None):
     """The peft config of an adapter method's settings: its class, the keywords the method fixes,
-    the study's (LoRA's: r, alpha, dropout) and the user's options, on ``target_regex``. Refused
-    with :class:`AdapterSettingsError` naming the problem where peft's config refuses them."""
+    the study's (LoRA's: r, alpha, dropout) and the user's options, on ``target_regex``; a rank
+    schedule's (AdaLoRA's) ``total_step`` is the run's ``total_steps`` (without them: just past its
+    ``tinit`` and ``tfinal``, which shapes no layer). Refused with :class:`AdapterSettingsError`
+    naming the problem where peft's config refuses them."""
     import peft  # imported here: it pulls in transformers (seconds), which Full FT never needs
 
     entry = method(config.method)
     kind = _config_class(peft, config.peft_type if entry.adapter == ANY_ADAPTER else entry.adapter)
+    if entry.adapter == ANY_ADAPTER and kind is peft.AdaLoraConfig:
+        raise AdapterSettingsError("AdaLoRA is a method of its own (adalora, with its rank schedule): use it, not peft")
     keywords = {"target_modules": target_regex(config.lora_targets), **entry.adapter_options, **config.peft_options}
+    if entry.schedules_rank:
+        keywords["total_step"] = total_steps or keywords.get("tinit", 0) + keywords.get("tfinal", 0) + 1
     if entry.adapter == "LoraConfig":
         keywords |= {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
                      "bias": "none"}
@@ -185,7 +192,7 @@ def inject_adapters(model: nn.Module, config: MethodConfig):
     settings = peft_config(config)
     frozen = {param for param in model.parameters() if not param.requires_grad}
     try:
-        tuner = PEFT_TYPE_TO_TUNER_MAPPING[settings.peft_type](model, settings, "default")
+        tuner = PEFT_TYPE_TO_TUNER_MAPPING[settings.peft_type](model, settings, ADAPTER_NAME)
     except (TypeError, ValueError, RuntimeError) as error:
         raise AdapterSettingsError(f"{method(config.method).label}: peft cannot put its adapters on targets "
                                    f"{list(config.lora_targets)}: {error}") from None

@@ -32,6 +32,7 @@ class Method:
     adapter: str | None = None  # peft's config class (LoraConfig, VeraConfig, ...); ANY_ADAPTER: the settings name it
     adapter_options: dict = field(default_factory=dict)  # peft config keywords the method fixes (DoRA: use_dora)
     tower_weights: str = "all"  # the methods that train the tower: every weight, or "biases" only (BitFit)
+    schedules_rank: bool = False  # its adapters' ranks follow a budget over the run's steps (AdaLoRA)
     probe_phase: bool = False
     config_section: str | None = None
     settings_fields: dict[str, str] = field(default_factory=dict)  # config key -> MethodConfig field
@@ -59,10 +60,11 @@ def _lora_kind(name: str, label: str, colour: str, options: dict, what: str) -> 
                               "the study's lora settings); the projection and the head train with it")
 
 
-def _peft_kind(name: str, label: str, colour: str, adapter: str, what: str) -> Method:
+def _peft_kind(name: str, label: str, colour: str, adapter: str, what: str, schedules_rank: bool = False) -> Method:
     """A peft tuner of its own, with its own config section (targets, train_projection, options)."""
     fields = _PEFT_FIELDS | ({"type": "peft_type"} if adapter == ANY_ADAPTER else {})
     return Method(name, label, colour, _ADAPTER, adapter=adapter, config_section=name, settings_fields=fields,
+                  schedules_rank=schedules_rank,
                   description=f"{what}; the chosen targets of every block get adapters, the projection and the head "
                               "train with them, every base weight stays frozen")
 
@@ -95,6 +97,9 @@ METHODS: dict[str, Method] = {entry.name: entry for entry in (
     _peft_kind("oft", "OFT", "#999933", "OFTConfig", "OFT: a trained block-diagonal orthogonal rotation of each target"),
     _peft_kind("boft", "BOFT", "#DDCC77", "BOFTConfig",
                "BOFT: a butterfly product of block-diagonal orthogonal rotations of each target"),
+    _peft_kind("adalora", "AdaLoRA", "#117733", "AdaLoraConfig",
+               "AdaLoRA: SVD-shaped low-rank updates whose ranks are pruned from init_r to a budget of target_r per "
+               "matrix by importance over the run's steps, with an orthogonality penalty", schedules_rank=True),
     _peft_kind("peft", "peft", "#888888", ANY_ADAPTER, "any other peft tuner, named by its config type"),
     Method("bitfit", "BitFit", "#000000", ("image_tower_biases", "projection", "head"), tower_weights="biases",
            description="BitFit: only the image tower's biases train, with the projection and the head"),
@@ -217,10 +222,12 @@ class MethodConfig:
             raise ValueError(f"options must map peft config keywords to values, got {self.peft_options!r}")
         if self.peft_options and "options" not in entry.settings_fields:
             raise ValueError(f"method {self.method!r} takes no peft options ({sorted(self.peft_options)})")
-        owned = sorted(set(self.peft_options) & ({"target_modules"} | set(entry.adapter_options)))
+        schedule = {"total_step"} if entry.schedules_rank else set()  # the run's own steps
+        owned = sorted(set(self.peft_options) & ({"target_modules"} | set(entry.adapter_options) | schedule))
         if owned:
             raise ValueError(f"options {owned} are set by clipdrift for {entry.label}: choose the adapted linears "
-                             "with targets, and pick another method for another variant of LoRA")
+                             "with targets (a rank schedule spans the run's steps; another variant of LoRA is "
+                             "another method)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from clipdrift.core.device import deterministic, resolve_device, seeded
 from clipdrift.data.split import ImageSplit, to_model_input
+from clipdrift.model.adalora import RankSchedule, schedules_rank
 from clipdrift.model.adapters import MethodConfig, set_lp_ft_phase, trainable_parameters
 from clipdrift.model.backbones import CLIPClassifier, normalisation
 from clipdrift.train.batches import CachedBatches, epoch_order, free_gpu_memory, keeps_data_on_device
@@ -172,6 +173,8 @@ class _Run:
         self.reference_identity = {"probe": probe.labels.tolist()} if probe_images is not None else {}  # resume
         self.total_steps = self.steps_per_epoch * config.epochs
         self.n_warmup = warmup_steps(self.total_steps, config.warmup_fraction)
+        # AdaLoRA: the adapters' rank budget over this run's steps, and its orthogonality penalty
+        self.rank_schedule = RankSchedule(model, method, self.total_steps) if schedules_rank(method) else None
 
     def _probe_input(self, probe: ImageSplit | None) -> torch.Tensor:
         if probe is None:
@@ -208,6 +211,8 @@ class _Run:
         loss = F.cross_entropy(logits.float(), labels)
         if self.regulariser:
             loss = loss + self.config.regulariser.weight * penalty
+        if self.rank_schedule:
+            loss = loss + self.rank_schedule.penalty(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -247,6 +252,8 @@ class _Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             progress.step += 1
+            if self.rank_schedule:  # peft's order: after the optimiser step, before the next zero_grad
+                self.rank_schedule.after_step(self.model, progress.step)
             if self.trace and self.trace.due(progress.step):
                 trace.append([progress.step, self.trace.measure()])
             loss_sum += loss_value * len(index)

@@ -191,12 +191,17 @@ def save_resume(store: ResumeStore, run: ResumableRun, progress: Progress, finge
     for index, values in run.optimizer.state_dict()["state"].items():
         tensors.update({f"optim/{index}/{key}": value.to("cpu") for key, value in values.items()})
     tensors.update(_rng_tensors(run.device))
+    schedule = getattr(run, "rank_schedule", None)
+    scores, pattern = schedule.state() if schedule else ({}, None)
+    tensors.update({f"rank/{key}": value for key, value in scores.items()})
     metadata = {
         "kind": _RESUME_KIND, "fingerprint": fingerprint, "epoch": progress.epoch, "step": progress.step,
         "epochs": progress.epochs, "best_epoch": progress.best_epoch, "best_select_acc": progress.best_select_acc,
         "best_file": best_file, "scaler": run.scaler.state_dict(), "skipped_steps": progress.skipped_steps,
         "position": progress.position, "partial": progress.partial,
     }
+    if schedule:
+        metadata["rank_schedule"] = pattern
     store.save_state(tensors, metadata)
     store.prune({best_file} if best_file else set())
 
@@ -228,6 +233,9 @@ def restore_resume(store: ResumeStore, run: ResumableRun, fingerprint: str) -> P
     if metadata["scaler"]:
         run.scaler.load_state_dict(metadata["scaler"])
     _set_rng_tensors(tensors, run.device)
+    if getattr(run, "rank_schedule", None):
+        run.rank_schedule.load_state({k.removeprefix("rank/"): v for k, v in tensors.items() if k.startswith("rank/")},
+                                     metadata.get("rank_schedule") or {}, run.device)
     return Progress(epoch=metadata["epoch"], step=metadata["step"], epochs=metadata["epochs"],
                     best_epoch=metadata["best_epoch"], best_select_acc=metadata["best_select_acc"],
                     best_state=best_state, resumed_from_epoch=metadata["epoch"], resumed_at_step=metadata["step"],
