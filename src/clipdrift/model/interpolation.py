@@ -16,6 +16,12 @@ the frozen pretrained one in every method).
   alpha``; peft's forward adds ``lora_B(lora_A(x)) * scaling[adapter]``), so the base is never
   copied. The projection, trained in LoRA too, is interpolated as in Full FT. Every other
   image-tower tensor must equal the pretrained one (it is the base the run was trained on).
+- **Every other adapter** (DoRA, PiSSA / OLoRA starts, VeRA, (IA)³, LoHa, LoKr, OFT, BOFT, any
+  peft tuner): in merged-weight space, ``theta(alpha) = W0 + alpha * (W_merged - W0)`` for each
+  adapted linear's weight and bias, ``W_merged`` by peft's own ``merge`` (on a copy); inside the
+  block the linear's base layer, holding ``theta(alpha)``, computes in the adapted layer's place.
+  For plain LoRA this is what scaling does (a test keeps the two equal); for the others it is not
+  their own scaling, which is why every method is interpolated in weight space.
 
 API: :func:`interpolated` is a context manager that writes ``theta(alpha)`` **into the
 fine-tuned model in place**, yields it, and on exit (normal or exception) restores every value it

@@ -85,7 +85,9 @@ FIGURES = {
          "pretrained tower (alpha 0) to the run's final weights (alpha 1, filled marker): in-domain test "
          'accuracy against held-out zero-shot top-1, mean over seeds; darker lines are higher learning rates; '
          'the star is the pretrained model (its in-domain zero-shot accuracy). A curve above another at the '
-         'same in-domain accuracy keeps more transfer for what it learns.' + _FAMILIES),
+         'same in-domain accuracy keeps more transfer for what it learns. The interpolation is in merged-weight '
+         'space for every method, W0 + alpha (W_merged - W0): for LoRA the same as scaling its adapters, for '
+         'the other adapter methods not their own scaling.' + _FAMILIES),
         draw="frontier", reads=("curves", "pretrained", "curve_tasks"), needs='curves'),
     'trajectories': Figure(
         'Per-epoch trajectories',
