@@ -227,3 +227,22 @@ def test_adalora_s_rank_schedule_and_penalty_are_peft_s_own_on_the_same_model(mo
     assert sum(sum(pattern) for pattern in schedule.settings.rank_pattern.values()) == 2 * 6  # target_r x matrices
     monkeypatch.setattr(peft_model, "forward", lambda *args: types.SimpleNamespace(loss=torch.zeros(())))
     torch.testing.assert_close(schedule.penalty(ours), tuner.forward(tiny_images).loss)
+
+
+def test_only_a_change_of_rank_at_most_r_is_refit_to_the_adapters_rank():
+    """LoRA's and rsLoRA's change from the pretrained matrix has rank <= r; DoRA's (row magnitudes)
+    and a PiSSA start's (the base rewritten) do not, so the intervention refits none of theirs."""
+    from clipdrift.model.weights import lora_ranks
+
+    assert set(lora_ranks(_trained("lora")[0]).values()) == set(lora_ranks(_trained("rslora")[0]).values()) == {8}
+    assert lora_ranks(apply_method(build_classifier(TINY, N_CLASSES, seed=0), registry_config("dora"))) == {}
+    assert lora_ranks(apply_method(build_classifier(TINY, N_CLASSES, seed=0), registry_config("pissa"))) == {}
+
+
+def test_no_adapter_method_trains_a_base_bias_and_bitfit_keeps_a_frozen_embedding_stage_frozen():
+    with pytest.raises(ValueError, match="options.bias 'all': an adapter method trains no base bias here"):
+        MethodConfig("vera", peft_options={"bias": "all"})
+    model = apply_method(build_classifier(TINY, N_CLASSES, seed=0), MethodConfig("bitfit", freeze_embeddings=True))
+    training = {name for name, param in model.clip.visual.named_parameters() if param.requires_grad}
+    assert "ln_pre.bias" not in training and "ln_post.bias" in training and "proj" in training
+    assert all(name.endswith("bias") or name == "proj" for name in training)

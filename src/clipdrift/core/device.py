@@ -61,6 +61,20 @@ def _cuda_index(device: torch.device) -> int:
 
 
 @contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block (None: left as they are), then restored."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def seeded(seed: int, device: torch.device | str = "cpu") -> Iterator[None]:
     """Draw from ``seed`` inside the block; restore the CPU generator and ``device``'s own."""
     device = torch.device(device)

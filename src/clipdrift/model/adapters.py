@@ -24,7 +24,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from clipdrift.core.device import seeded
+from clipdrift.core.device import seeded, torch_threads
 from clipdrift.model.backbones import CLIPClassifier, image_tower_blocks
 from clipdrift.model.methods import (
     ANY_ADAPTER,
@@ -156,13 +156,13 @@ def train_image_tower(model: CLIPClassifier, freeze_blocks: int = 0, freeze_embe
         raise ValueError(f"freeze_blocks is {freeze_blocks} but the image tower has {len(blocks)} blocks: "
                          f"freeze at most {len(blocks)}")
     visual.requires_grad_(True)
+    if biases_only:
+        for name, param in visual.named_parameters():
+            param.requires_grad_(name.endswith("bias") or name == PROJECTION)
     if freeze_embeddings:
         for name, param in visual.named_parameters():
             if name.split(".")[0] in EMBEDDING_STAGE:
                 param.requires_grad_(False)
-    if biases_only:
-        for name, param in visual.named_parameters():
-            param.requires_grad_(name.endswith("bias") or name == PROJECTION)
     for block in blocks[:freeze_blocks]:
         block.requires_grad_(False)
 
@@ -190,15 +190,17 @@ def inject_adapters(model: nn.Module, config: MethodConfig):
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 
     settings = peft_config(config)
-    frozen = {param for param in model.parameters() if not param.requires_grad}
+    frozen = [param for param in model.parameters() if not param.requires_grad]
     try:
-        tuner = PEFT_TYPE_TO_TUNER_MAPPING[settings.peft_type](model, settings, ADAPTER_NAME)
+        # one thread: an initialisation that decomposes the base (PiSSA's SVD, OLoRA's QR) then gives
+        # the same bits in every job that sets the method up (the fine-tune, and each one that loads it)
+        with torch_threads(1):
+            tuner = PEFT_TYPE_TO_TUNER_MAPPING[settings.peft_type](model, settings, ADAPTER_NAME)
     except (TypeError, ValueError, RuntimeError) as error:
         raise AdapterSettingsError(f"{method(config.method).label}: peft cannot put its adapters on targets "
                                    f"{list(config.lora_targets)}: {error}") from None
-    for name, param in model.named_parameters():  # peft unfreezes nothing but its adapters; keep it so
-        if not is_adapter_parameter(name) and param not in frozen:
-            param.requires_grad_(False)
+    for param in frozen:  # what was frozen stays frozen: only peft's adapters are new to train
+        param.requires_grad_(False)
     return tuner
 
 

@@ -222,6 +222,9 @@ class MethodConfig:
             raise ValueError(f"options must map peft config keywords to values, got {self.peft_options!r}")
         if self.peft_options and "options" not in entry.settings_fields:
             raise ValueError(f"method {self.method!r} takes no peft options ({sorted(self.peft_options)})")
+        if self.peft_options.get("bias", "none") != "none":
+            raise ValueError(f"options.bias {self.peft_options['bias']!r}: an adapter method trains no base bias here "
+                             "(bias: none); BitFit is the method that trains the tower's biases")
         schedule = {"total_step"} if entry.schedules_rank else set()  # the run's own steps
         owned = sorted(set(self.peft_options) & ({"target_modules"} | set(entry.adapter_options) | schedule))
         if owned:

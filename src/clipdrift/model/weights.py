@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from clipdrift.model.backbones import CLIPClassifier, image_tower_blocks
-from clipdrift.model.methods import is_adapter_parameter
+from clipdrift.model.methods import is_adapter_parameter, method
 
 # Each block's matrices, by the names of their modules; the projection is layer PROJECTION_LAYER.
 BLOCK_MATRICES = ("q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj")
@@ -57,13 +57,20 @@ def tower_matrices(model: CLIPClassifier) -> dict[tuple[int, str], torch.Tensor]
 
 
 def lora_ranks(model: CLIPClassifier) -> dict[tuple[int, str], int]:
-    """The rank ``r`` of each matrix a LoRA adapter adapts (none for other matrices or adapters)."""
-    if not _adapted(model):
+    """The rank ``r`` of each matrix a LoRA adapter adapts, where the change from the pretrained
+    matrix has rank at most ``r`` (LoRA, rsLoRA); none for other matrices, for DoRA (its magnitudes
+    rescale whole rows), for a start that rewrote the base (PiSSA, OLoRA) or other adapters."""
+    settings = getattr(model, "clipdrift_method", None)
+    if not _adapted(model) or settings is None or not _rank_bounded(method(settings.method)):
         return {}
     from peft.tuners.lora import LoraLayer
 
     return {key: int(module.r[module.active_adapters[0]]) for key, module in _tower_modules(model).items()
             if isinstance(module, LoraLayer)}
+
+
+def _rank_bounded(entry) -> bool:
+    return entry.adapter == "LoraConfig" and not {"use_dora", "init_lora_weights"} & set(entry.adapter_options)
 
 
 @contextlib.contextmanager

@@ -11,10 +11,12 @@ drawn elsewhere, so that the report's code digest covers every drawing), called 
 from dataclasses import dataclass, field
 
 # Up to this many methods share a panel; with more, each method family (a method and its
-# variants) has panels of its own, the reference methods drawn bold in each.
+# variants) has panels of its own, methods without variants this many a panel, the reference
+# methods drawn bold in each.
 SHARED_PANEL_METHODS = 4
-_FAMILIES = (f" With more than {SHARED_PANEL_METHODS} methods, each method and its variants have panels of "
-             "their own, Full FT and LoRA drawn bold in each.")
+_FAMILIES = (f" With more than {SHARED_PANEL_METHODS} methods, each method with variants has panels of its own "
+             f"and the methods without share panels {SHARED_PANEL_METHODS} at a time, Full FT and LoRA drawn bold in "
+             "each.")
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,9 @@ def method_styles(methods) -> dict[str, MethodStyle]:
 
 def method_groups(methods) -> list[tuple[str, list[str]]]:
     """The panels ``methods`` are drawn in: one, titled "", with every method when they are few;
-    else one per family present (its method and variants, after the reference methods of the
-    other families), titled by the family."""
+    else one per family with variants (its method and variants, after the reference methods of the
+    other families), titled by the family, and the methods without variants a few a panel beside
+    the reference methods, titled by their names."""
     ordered = method_order(methods)
     if len(ordered) <= SHARED_PANEL_METHODS:
         return [("", ordered)]
@@ -86,9 +87,11 @@ def method_groups(methods) -> list[tuple[str, list[str]]]:
         groups.append((title, method_order(references + members)))
     drawn = {m for _, members in groups for m in members}
     plain = [m for m in ordered if m not in drawn]  # methods of no variant that no panel references
-    if plain:
-        references = [m for m in REFERENCE_PAIR if m in ordered and m not in plain]
-        groups.append((", ".join(method_label(m) for m in plain), method_order(references + plain)))
+    references = [m for m in REFERENCE_PAIR if m in ordered]
+    others = [m for m in plain if m not in references] or plain
+    for start in range(0, len(others), SHARED_PANEL_METHODS):  # many plain methods: a few a panel, beside the references
+        chunk = others[start:start + SHARED_PANEL_METHODS]
+        groups.append((", ".join(method_label(m) for m in chunk), method_order([*references, *chunk])))
     return groups
 
 

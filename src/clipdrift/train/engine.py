@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from clipdrift.core.device import deterministic, resolve_device, seeded
+from clipdrift.core.device import deterministic, resolve_device, seeded, torch_threads
 from clipdrift.data.split import ImageSplit, to_model_input
 from clipdrift.model.adalora import RankSchedule, schedules_rank
 from clipdrift.model.adapters import MethodConfig, set_lp_ft_phase, trainable_parameters
@@ -120,19 +120,6 @@ class FinetuneResult:
             raise ValueError(f"which must be 'best' or 'final', got {which!r}")
         load_params(model, states[which])
         return model
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    if n is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _Run:
@@ -252,8 +239,10 @@ class _Run:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             progress.step += 1
-            if self.rank_schedule:  # peft's order: after the optimiser step, before the next zero_grad
-                self.rank_schedule.after_step(self.model, progress.step)
+            # AdaLoRA, in peft's order (after the optimiser step, before the next zero_grad, the step
+            # counted from 0); not after a step the scaler skipped: its inf gradients would poison the scores
+            if self.rank_schedule and math.isfinite(norm_value):
+                self.rank_schedule.after_step(self.model, progress.step - 1)
             if self.trace and self.trace.due(progress.step):
                 trace.append([progress.step, self.trace.measure()])
             loss_sum += loss_value * len(index)
@@ -317,7 +306,7 @@ def finetune(model: CLIPClassifier, train: ImageSplit, select: ImageSplit, confi
     check_inputs(model, config, {"train": train, "select": select, "test": test})
     store = ResumeStore(resume) if resume is not None and not isinstance(resume, ResumeStore) else resume
     # Seeding inside the run must not change the caller's random streams (CPU and the run's device).
-    with _torch_threads(config.num_threads), seeded(config.seed, resolve_device(config.device)), \
+    with torch_threads(config.num_threads), seeded(config.seed, resolve_device(config.device)), \
             deterministic(config.deterministic):
         run = _Run(model, train, config, method, probe)
         fingerprint = run_fingerprint(run, train, select) if store is not None else ""
