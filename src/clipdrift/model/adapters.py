@@ -71,7 +71,7 @@ def peft_config(config: MethodConfig, total_steps: int | None = None):
         keywords |= {"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
                      "bias": "none"}
     if kind is peft.IA3Config and "feedforward_modules" not in keywords:
-        # (IA)³ rescales a feed-forward layer's input (the activations after the nonlinearity), as published
+        # (IA)³ rescales a feed-forward layer's input (the activations after the nonlinearity): c_proj's, if targeted
         keywords["feedforward_modules"] = target_regex(("c_proj",)) if "c_proj" in config.lora_targets else []
     accepted = {item.name for item in dataclasses.fields(kind)}
     unknown = sorted(set(keywords) - accepted)
